@@ -1,0 +1,133 @@
+//! Changes: proposed updates submitted as git refs, and their queue order.
+
+use serde::{Deserialize, Serialize};
+
+pub type ChangeId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    // Declared most urgent first so that the derived `Ord` sorts the queue.
+    Urgent,
+    High,
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Urgent => "urgent",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        Some(match s {
+            "urgent" => Priority::Urgent,
+            "high" => Priority::High,
+            "normal" => Priority::Normal,
+            "low" => Priority::Low,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeState {
+    Queued,
+    Testing,
+    Merged,
+    Rejected,
+    Cancelled,
+}
+
+impl ChangeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::Queued => "queued",
+            ChangeState::Testing => "testing",
+            ChangeState::Merged => "merged",
+            ChangeState::Rejected => "rejected",
+            ChangeState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeState> {
+        Some(match s {
+            "queued" => ChangeState::Queued,
+            "testing" => ChangeState::Testing,
+            "merged" => ChangeState::Merged,
+            "rejected" => ChangeState::Rejected,
+            "cancelled" => ChangeState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ChangeState::Merged | ChangeState::Rejected | ChangeState::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub id: ChangeId,
+    pub repo: String,
+    pub target: String,
+    /// The git ref the change was submitted as; re-resolved when it is tested.
+    pub git_ref: String,
+    /// The head commit when the change was accepted.
+    pub submitted_head: String,
+    /// The head commit it was last tested at (differs after a force-push).
+    pub head: String,
+    pub title: String,
+    pub author: String,
+    pub priority: Priority,
+    pub state: ChangeState,
+    pub reason: Option<String>,
+    pub landed_commit: Option<String>,
+    /// Unix seconds.
+    pub submitted_at: i64,
+    pub updated_at: i64,
+}
+
+impl Change {
+    /// Queue order: priority class, then submission time, then id.
+    pub fn queue_key(&self) -> (Priority, i64, ChangeId) {
+        (self.priority, self.submitted_at, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_orders_urgent_first() {
+        let mut v = vec![
+            Priority::Low,
+            Priority::Urgent,
+            Priority::Normal,
+            Priority::High,
+        ];
+        v.sort();
+        assert_eq!(
+            v,
+            vec![
+                Priority::Urgent,
+                Priority::High,
+                Priority::Normal,
+                Priority::Low
+            ]
+        );
+        for p in v {
+            assert_eq!(Priority::parse(p.as_str()), Some(p));
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The TOML configuration file. Unknown keys are errors; every error names
+//! `FILE:LINE:COL`. Every key is documented in `docs/configuration.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A syntax, type or validation error at a position in the file.
+    #[error("{path}:{line}:{col}: {message}")]
+    At {
+        path: String,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Whole { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SQLite database, git mirrors and logs live here.
+    pub state_dir: PathBuf,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Bearer token for write endpoints. When unset, `$CREDENTIALS_DIRECTORY/api-token`
+    /// is used if present; otherwise every write request is refused.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub nix: NixConfig,
+    #[serde(default)]
+    pub repos: Vec<Repo>,
+    #[serde(default)]
+    pub builders: Vec<Builder>,
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NixConfig {
+    /// Passed as `--option NAME VALUE` to every nix command.
+    #[serde(default = "default_nix_options")]
+    pub options: BTreeMap<String, String>,
+    /// `auto` (nix-eval-jobs when on PATH), `nix-eval-jobs` or `nix-instantiate`.
+    #[serde(default)]
+    pub evaluator: Evaluator,
+    /// Kill a build that prints nothing for this many seconds (0 = no limit).
+    #[serde(default = "default_max_silent")]
+    pub max_silent_time_secs: u64,
+    /// Kill a build that runs longer than this many seconds (0 = no limit).
+    #[serde(default = "default_build_timeout")]
+    pub build_timeout_secs: u64,
+    /// How long a genuine build failure is remembered before it may be retried.
+    #[serde(default = "default_failure_ttl")]
+    pub failure_ttl_secs: u64,
+}
+
+impl Default for NixConfig {
+    fn default() -> Self {
+        NixConfig {
+            options: default_nix_options(),
+            evaluator: Evaluator::default(),
+            max_silent_time_secs: default_max_silent(),
+            build_timeout_secs: default_build_timeout(),
+            failure_ttl_secs: default_failure_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Evaluator {
+    #[default]
+    Auto,
+    NixEvalJobs,
+    NixInstantiate,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repo {
+    pub name: Spanned<String>,
+    /// Any URL the git CLI can fetch from and push to.
+    pub url: String,
+    /// File in the repository that evaluates to an attribute set of derivations.
+    #[serde(default = "default_jobset")]
+    pub jobset: String,
+    #[serde(default = "default_systems")]
+    pub systems: Vec<String>,
+    #[serde(default)]
+    pub branches: Vec<Branch>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Branch {
+    pub name: Spanned<String>,
+    #[serde(default = "default_batch_max")]
+    pub batch_max: Spanned<usize>,
+    /// Attribute paths that must build on every landed commit.
+    #[serde(default)]
+    pub required: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Builder {
+    /// `local` or a Nix store URI such as `ssh-ng://user@host?remote-store=...`.
+    pub uri: Spanned<String>,
+    #[serde(default = "default_systems")]
+    pub systems: Vec<String>,
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: Spanned<usize>,
+    #[serde(default = "default_speed")]
+    pub speed_factor: f64,
+    #[serde(default)]
+    pub supported_features: Vec<String>,
+    #[serde(default)]
+    pub mandatory_features: Vec<String>,
+    #[serde(default)]
+    pub ssh_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: Spanned<String>,
+    pub repo: Spanned<String>,
+    /// Branch followed.
+    pub source: String,
+    /// Branch advanced (in the repo's url, or in `remote` if given).
+    pub target: String,
+    pub gate: Vec<String>,
+    #[serde(default)]
+    pub remote: Option<String>,
+    #[serde(default)]
+    pub min_interval_secs: u64,
+    #[serde(default)]
+    pub artifacts_dir: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_nix_options() -> BTreeMap<String, String> {
+    // Without this every nix command waits seconds on an unreachable cache.
+    BTreeMap::from([("substituters".to_string(), String::new())])
+}
+fn default_max_silent() -> u64 {
+    3 * 3600
+}
+fn default_build_timeout() -> u64 {
+    10 * 3600
+}
+fn default_failure_ttl() -> u64 {
+    24 * 3600
+}
+fn default_jobset() -> String {
+    "release.nix".into()
+}
+fn default_systems() -> Vec<String> {
+    vec!["x86_64-linux".into()]
+}
+fn default_batch_max() -> Spanned<usize> {
+    Spanned::new(0..0, 8)
+}
+fn default_max_jobs() -> Spanned<usize> {
+    Spanned::new(0..0, 2)
+}
+fn default_speed() -> f64 {
+    1.0
+}
+
+/// Byte offset to 1-based line and column.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates; `path` is only used in messages.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, col) = line_col(text, span.map_or(0, |s| s.start));
+            ConfigError::At {
+                path: path.to_string(),
+                line,
+                col,
+                message,
+            }
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+        config.validate().map_err(|(span, msg)| at(span, msg))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        let mut names = std::collections::BTreeSet::new();
+        for repo in &self.repos {
+            if !names.insert(repo.name.get_ref()) {
+                return Err((
+                    Some(repo.name.span()),
+                    format!("duplicate repo name {:?}", repo.name.get_ref()),
+                ));
+            }
+            if repo.name.get_ref().is_empty() || repo.name.get_ref().contains('/') {
+                return Err((
+                    Some(repo.name.span()),
+                    "repo name must be non-empty and contain no '/'".into(),
+                ));
+            }
+            let mut branches = std::collections::BTreeSet::new();
+            for b in &repo.branches {
+                if !branches.insert(b.name.get_ref()) {
+                    return Err((
+                        Some(b.name.span()),
+                        format!("duplicate branch {:?}", b.name.get_ref()),
+                    ));
+                }
+                if *b.batch_max.get_ref() == 0 {
+                    return Err((
+                        Some(b.batch_max.span()),
+                        "batch_max must be at least 1".into(),
+                    ));
+                }
+            }
+        }
+        for b in &self.builders {
+            let uri = b.uri.get_ref();
+            if uri != "local" && !uri.starts_with("ssh-ng://") && !uri.starts_with("ssh://") {
+                return Err((
+                    Some(b.uri.span()),
+                    format!(
+                        "builder uri {uri:?} must be \"local\" or an ssh-ng:// or ssh:// store URI"
+                    ),
+                ));
+            }
+            if *b.max_jobs.get_ref() == 0 {
+                return Err((
+                    Some(b.max_jobs.span()),
+                    "max_jobs must be at least 1".into(),
+                ));
+            }
+        }
+        let mut channels = std::collections::BTreeSet::new();
+        for c in &self.channels {
+            if !channels.insert(c.name.get_ref()) {
+                return Err((
+                    Some(c.name.span()),
+                    format!("duplicate channel {:?}", c.name.get_ref()),
+                ));
+            }
+            if self.repo(c.repo.get_ref()).is_none() {
+                return Err((
+                    Some(c.repo.span()),
+                    format!("channel refers to unknown repo {:?}", c.repo.get_ref()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn repo(&self, name: &str) -> Option<&Repo> {
+        self.repos.iter().find(|r| r.name.get_ref() == name)
+    }
+
+    /// `--option NAME VALUE` pairs for every nix invocation.
+    pub fn nix_args(&self) -> Vec<String> {
+        self.nix
+            .options
+            .iter()
+            .flat_map(|(k, v)| ["--option".to_string(), k.clone(), v.clone()])
+            .collect()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("mergequeue.sqlite")
+    }
+}
+
+impl Repo {
+    pub fn branch(&self, name: &str) -> Option<&Branch> {
+        self.branches.iter().find(|b| b.name.get_ref() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+state_dir = "/var/lib/mergequeue"
+listen = "127.0.0.1:8080"
+api_token_file = "/run/credentials/mergequeue.service/api-token"
+
+[nix]
+options = { substituters = "" }
+
+[[repos]]
+name = "pkgs"
+url = "file:///srv/git/pkgs.git"
+jobset = "release.nix"
+systems = ["x86_64-linux"]
+
+[[repos.branches]]
+name = "master"
+batch_max = 8
+required = ["tested"]
+
+[[builders]]
+uri = "local"
+systems = ["x86_64-linux"]
+max_jobs = 2
+
+[[channels]]
+name = "unstable"
+repo = "pkgs"
+source = "master"
+target = "nixos-unstable"
+gate = ["tested"]
+"#;
+
+    #[test]
+    fn contract_example_parses() {
+        let c = Config::parse(GOOD, "mq.toml").unwrap();
+        assert_eq!(c.repos[0].branches[0].required, vec!["tested"]);
+        assert_eq!(c.nix_args(), vec!["--option", "substituters", ""]);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let bad = GOOD.replace("batch_max = 8", "batch_max = 8\nbatchmax = 3");
+        let err = Config::parse(&bad, "mq.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("mq.toml:18:1: unknown field `batchmax`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_value() {
+        let bad = GOOD.replace("repo = \"pkgs\"", "repo = \"nope\"");
+        let err = Config::parse(&bad, "mq.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("mq.toml:27:8: channel refers to unknown repo"),
+            "{err}"
+        );
+        let bad = GOOD.replace("batch_max = 8", "batch_max = 0");
+        let err = Config::parse(&bad, "mq.toml").unwrap_err().to_string();
+        assert!(err.starts_with("mq.toml:17:13: batch_max"), "{err}");
+    }
+}

@@ -1,0 +1,228 @@
+//! Evaluations of a jobset at one commit, and the diff of two evaluations
+//! (the rebuild set). Pure data and functions: the Nix adapter fills them.
+
+use serde::{Deserialize, Serialize};
+
+/// (attribute path, system): the identity of a job across commits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobKey {
+    pub attr: String,
+    pub system: String,
+}
+
+impl std::fmt::Display for JobKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.attr, self.system)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub drv_path: String,
+    /// (output name, store path), sorted by name.
+    pub outputs: Vec<(String, String)>,
+    pub maintainers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobResult {
+    Ok(Job),
+    /// The attribute failed to evaluate; the message is Nix's.
+    Error(String),
+}
+
+impl JobResult {
+    pub fn job(&self) -> Option<&Job> {
+        match self {
+            JobResult::Ok(j) => Some(j),
+            JobResult::Error(_) => None,
+        }
+    }
+}
+
+/// All jobs of one commit. `jobs` is sorted by key and has no duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub commit: String,
+    pub outcome: EvalOutcome,
+    pub jobs: Vec<(JobKey, JobResult)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EvalOutcome {
+    Ok,
+    /// The jobset as a whole did not evaluate (syntax error, not an attrset, ...).
+    Failed(String),
+}
+
+impl Evaluation {
+    pub fn new(commit: String, outcome: EvalOutcome, mut jobs: Vec<(JobKey, JobResult)>) -> Self {
+        jobs.sort_by(|a, b| a.0.cmp(&b.0));
+        jobs.dedup_by(|a, b| a.0 == b.0);
+        Evaluation {
+            commit,
+            outcome,
+            jobs,
+        }
+    }
+
+    pub fn get(&self, key: &JobKey) -> Option<&JobResult> {
+        self.jobs
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|i| &self.jobs[i].1)
+    }
+
+    /// Jobs whose attribute path is `attr` or below it (`attr.` prefix).
+    pub fn by_attr<'a>(
+        &'a self,
+        attr: &'a str,
+    ) -> impl Iterator<Item = (&'a JobKey, &'a JobResult)> {
+        self.jobs
+            .iter()
+            .filter(move |(k, _)| {
+                k.attr == attr
+                    || (k.attr.starts_with(attr)
+                        && k.attr.as_bytes().get(attr.len()) == Some(&b'.'))
+            })
+            .map(|(k, r)| (k, r))
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(self.outcome, EvalOutcome::Failed(_))
+    }
+}
+
+/// Jobs that differ between two evaluations, by output paths per (attr, system).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalDiff {
+    pub added: Vec<JobKey>,
+    pub changed: Vec<JobKey>,
+    pub removed: Vec<JobKey>,
+    /// Evaluates to an error on the new side but not on the old.
+    pub failing: Vec<JobKey>,
+}
+
+impl EvalDiff {
+    /// Added and changed jobs: what must be built to judge the new side.
+    pub fn rebuild_set(&self) -> impl Iterator<Item = &JobKey> {
+        self.added.iter().chain(self.changed.iter())
+    }
+}
+
+/// Merge-join of two sorted job lists: O(n), no allocation beyond the result.
+pub fn diff(old: &Evaluation, new: &Evaluation) -> EvalDiff {
+    let mut d = EvalDiff::default();
+    let (mut i, mut j) = (0, 0);
+    let (a, b) = (&old.jobs, &new.jobs);
+    while i < a.len() || j < b.len() {
+        let ord = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.0.cmp(&y.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                d.removed.push(a[i].0.clone());
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                match &b[j].1 {
+                    JobResult::Ok(_) => d.added.push(b[j].0.clone()),
+                    JobResult::Error(_) => d.failing.push(b[j].0.clone()),
+                }
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                match (&a[i].1, &b[j].1) {
+                    (JobResult::Ok(x), JobResult::Ok(y)) if x.outputs != y.outputs => {
+                        d.changed.push(b[j].0.clone())
+                    }
+                    (JobResult::Ok(_), JobResult::Ok(_)) => {}
+                    // Newly evaluating: must be built to know it works.
+                    (JobResult::Error(_), JobResult::Ok(_)) => d.added.push(b[j].0.clone()),
+                    (JobResult::Ok(_), JobResult::Error(_)) => d.failing.push(b[j].0.clone()),
+                    (JobResult::Error(_), JobResult::Error(_)) => {}
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(attr: &str, out: &str) -> (JobKey, JobResult) {
+        (
+            JobKey {
+                attr: attr.into(),
+                system: "x86_64-linux".into(),
+            },
+            JobResult::Ok(Job {
+                drv_path: format!("/nix/store/{out}.drv"),
+                outputs: vec![("out".into(), format!("/nix/store/{out}"))],
+                maintainers: vec![],
+            }),
+        )
+    }
+
+    fn err(attr: &str) -> (JobKey, JobResult) {
+        (
+            JobKey {
+                attr: attr.into(),
+                system: "x86_64-linux".into(),
+            },
+            JobResult::Error("boom".into()),
+        )
+    }
+
+    #[test]
+    fn diff_classifies_every_kind() {
+        let old = Evaluation::new(
+            "a".into(),
+            EvalOutcome::Ok,
+            vec![
+                job("same", "1"),
+                job("chg", "2"),
+                job("gone", "3"),
+                job("breaks", "4"),
+                err("fixed"),
+                err("still"),
+            ],
+        );
+        let new = Evaluation::new(
+            "b".into(),
+            EvalOutcome::Ok,
+            vec![
+                job("same", "1"),
+                job("chg", "2x"),
+                job("new", "5"),
+                err("breaks"),
+                job("fixed", "6"),
+                err("still"),
+                err("newerr"),
+            ],
+        );
+        let d = diff(&old, &new);
+        let names = |v: &Vec<JobKey>| v.iter().map(|k| k.attr.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&d.added), vec!["fixed", "new"]);
+        assert_eq!(names(&d.changed), vec!["chg"]);
+        assert_eq!(names(&d.removed), vec!["gone"]);
+        assert_eq!(names(&d.failing), vec!["breaks", "newerr"]);
+    }
+
+    #[test]
+    fn by_attr_matches_prefix_at_dot_only() {
+        let e = Evaluation::new(
+            "c".into(),
+            EvalOutcome::Ok,
+            vec![job("py", "1"), job("py.a", "2"), job("pyx", "3")],
+        );
+        let got: Vec<_> = e.by_attr("py").map(|(k, _)| k.attr.as_str()).collect();
+        assert_eq!(got, vec!["py", "py.a"]);
+    }
+}
