@@ -1,1 +1,587 @@
-//! TODO
+//! The pure decision core. It takes inputs (a change was submitted, a candidate was
+//! prepared, an evaluation or build finished, a timer fired) with the current time and
+//! returns commands as data. It reads no clock, spawns nothing and touches no file: the
+//! shell (`driver`) performs the commands and feeds their results back. SQLite is the
+//! source of truth: every state change leaves as a `Record` command, applied before the
+//! effects of the same step, and `Core::restore` rebuilds the state after a crash.
+
+mod attribution;
+mod candidate;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::{Change, ChangeId, ChangeState, Priority};
+use crate::evaluation::{Evaluation, JobKey, JobResult};
+use crate::outcome::{BuildReport, OutcomeClass};
+
+pub use candidate::{Candidate, Phase};
+
+pub type CandId = u64;
+pub type ProbeId = u64;
+/// Milliseconds since the Unix epoch, always passed in by the shell.
+pub type Millis = i64;
+
+#[derive(Debug, Clone)]
+pub struct LaneConfig {
+    pub batch_max: usize,
+    pub required: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    pub lanes: BTreeMap<String, LaneConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub repos: BTreeMap<String, RepoConfig>,
+    /// How long a genuine failure is remembered.
+    pub failure_ttl_ms: Millis,
+    /// First delay before re-dispatching after an infrastructure outcome; doubles each time.
+    pub retry_delay_ms: Millis,
+}
+
+impl CoreConfig {
+    pub fn from_config(c: &crate::config::Config) -> CoreConfig {
+        let repos = c
+            .repos
+            .iter()
+            .map(|r| {
+                let lanes = r
+                    .branches
+                    .iter()
+                    .map(|b| {
+                        (
+                            b.name.get_ref().clone(),
+                            LaneConfig {
+                                batch_max: *b.batch_max.get_ref(),
+                                required: b.required.clone(),
+                            },
+                        )
+                    })
+                    .collect();
+                (r.name.get_ref().clone(), RepoConfig { lanes })
+            })
+            .collect();
+        CoreConfig {
+            repos,
+            failure_ttl_ms: c.nix.failure_ttl_secs as i64 * 1000,
+            retry_delay_ms: 5_000,
+        }
+    }
+}
+
+/// A remembered build result, by drvPath. Infrastructure outcomes are never remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memo {
+    pub class: OutcomeClass,
+    pub log_tail: String,
+    pub root_drv: Option<String>,
+    /// Failures expire; successes do not.
+    pub expires_at: Option<Millis>,
+}
+
+impl Memo {
+    pub fn ok(&self) -> bool {
+        self.class == OutcomeClass::Success
+    }
+}
+
+/// State changes the shell must persist before performing the step's effects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Change(Change),
+    Candidate(Candidate),
+    Memo {
+        drv: String,
+        memo: Memo,
+    },
+    /// A line of progress for operators and the demo ("testing #3 #4", "landed ...").
+    Event {
+        at: Millis,
+        repo: String,
+        text: String,
+    },
+}
+
+/// Effects for the shell. Each is idempotent and carries the id its result refers to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Record(Record),
+    /// Fetch the target tip and the changes' refs, merge them one by one onto the tip
+    /// (a chain of merge commits; conflicting ones skipped) and report `Input::Prepared`.
+    Prepare {
+        cand: CandId,
+        repo: String,
+        branch: String,
+        changes: Vec<(ChangeId, String)>,
+    },
+    /// Evaluate the jobset at a commit (served from the evaluation store when known).
+    Evaluate {
+        repo: String,
+        commit: String,
+    },
+    /// Realise one derivation.
+    Build {
+        drv: String,
+        system: String,
+    },
+    /// Merge `heads` onto `base` and evaluate `attrs` there (all jobs when `None`).
+    Probe {
+        probe: ProbeId,
+        repo: String,
+        base: String,
+        heads: Vec<String>,
+        attrs: Option<Vec<String>>,
+    },
+    /// Move `branch` from `old` to `new`: fast-forward only, compare-and-swap on `old`.
+    Land {
+        cand: CandId,
+        repo: String,
+        branch: String,
+        old: String,
+        new: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub base: String,
+    /// Every change's head as resolved now.
+    pub heads: Vec<(ChangeId, String)>,
+    /// Merged changes in order, each with the commit after merging it.
+    pub merged: Vec<(ChangeId, String)>,
+    pub conflicts: Vec<(ChangeId, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeResult {
+    Attrs {
+        commit: String,
+        jobs: Vec<(JobKey, JobResult)>,
+    },
+    Full {
+        eval: Arc<Evaluation>,
+    },
+    Conflict(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LandResult {
+    Landed,
+    /// The target is no longer at `old`; it is at `tip`.
+    Moved {
+        tip: String,
+    },
+    /// Could not reach the remote; retried later.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Prepared {
+        cand: CandId,
+        result: Result<Prepared, String>,
+    },
+    Evaluated {
+        eval: Arc<Evaluation>,
+    },
+    Built(BuildReport),
+    Probed {
+        probe: ProbeId,
+        result: Result<ProbeResult, String>,
+    },
+    Landed {
+        cand: CandId,
+        result: LandResult,
+    },
+    /// A timer came due (see `Core::next_wakeup`).
+    Tick,
+}
+
+/// Outcome of a submission or cancellation through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownRepo,
+    UnknownTarget,
+    UnknownChange,
+    /// The change already reached a final state or is being landed.
+    TooLate(ChangeState),
+}
+
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub repo: String,
+    pub target: String,
+    pub git_ref: String,
+    pub head: String,
+    pub title: String,
+    pub author: String,
+    pub priority: Priority,
+}
+
+#[derive(Debug, Default)]
+pub struct Core {
+    pub(crate) config: Option<CoreConfig>,
+    pub(crate) changes: BTreeMap<ChangeId, Change>,
+    pub(crate) candidates: BTreeMap<CandId, Candidate>,
+    /// Active candidate per (repo, branch).
+    pub(crate) lanes: BTreeMap<(String, String), CandId>,
+    pub(crate) evals: BTreeMap<String, Arc<Evaluation>>,
+    pub(crate) evals_requested: BTreeSet<String>,
+    pub(crate) memo: BTreeMap<String, Memo>,
+    /// Derivations being built, with the number of infrastructure retries so far.
+    pub(crate) building: BTreeMap<String, u32>,
+    pub(crate) probes: BTreeMap<ProbeId, CandId>,
+    /// Delayed commands, by due time and sequence.
+    pub(crate) timers: BTreeMap<(Millis, u64), Command>,
+    pub(crate) next_change: ChangeId,
+    pub(crate) next_cand: CandId,
+    pub(crate) next_probe: ProbeId,
+    pub(crate) seq: u64,
+    pub(crate) out: Vec<Command>,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig) -> Core {
+        Core {
+            config: Some(config),
+            next_change: 1,
+            next_cand: 1,
+            next_probe: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Rebuilds the core from persisted state. Interrupted candidates are prepared again
+    /// (evaluations and build results are reused); a candidate caught while landing is
+    /// landed again, which is idempotent.
+    pub fn restore(
+        config: CoreConfig,
+        changes: Vec<Change>,
+        candidates: Vec<Candidate>,
+        memo: Vec<(String, Memo)>,
+        now: Millis,
+    ) -> Core {
+        let mut core = Core::new(config);
+        core.next_change = changes.iter().map(|c| c.id + 1).max().unwrap_or(1);
+        core.next_cand = candidates.iter().map(|c| c.id + 1).max().unwrap_or(1);
+        core.memo = memo.into_iter().collect();
+        core.changes = changes.into_iter().map(|c| (c.id, c)).collect();
+        let mut attached = BTreeSet::new();
+        for mut cand in candidates {
+            if matches!(cand.phase, Phase::Done) {
+                continue;
+            }
+            attached.extend(cand.changes.iter().copied());
+            let lane = (cand.repo.clone(), cand.branch.clone());
+            if cand.phase == Phase::Landing {
+                core.emit_land(&cand);
+            } else {
+                cand.reset_for_prepare();
+                core.emit_prepare(&cand);
+            }
+            core.out
+                .push(Command::Record(Record::Candidate(cand.clone())));
+            core.lanes.insert(lane, cand.id);
+            core.candidates.insert(cand.id, cand);
+        }
+        let orphans: Vec<ChangeId> = core
+            .changes
+            .values()
+            .filter(|c| c.state == ChangeState::Testing && !attached.contains(&c.id))
+            .map(|c| c.id)
+            .collect();
+        for id in orphans {
+            core.set_state(id, ChangeState::Queued, None, now);
+        }
+        core.tick(now);
+        core
+    }
+
+    fn cfg(&self) -> &CoreConfig {
+        self.config.as_ref().expect("core built without config")
+    }
+
+    /// Drains the commands produced so far.
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn next_wakeup(&self) -> Option<Millis> {
+        self.timers.keys().next().map(|(t, _)| *t)
+    }
+
+    pub fn change(&self, id: ChangeId) -> Option<&Change> {
+        self.changes.get(&id)
+    }
+
+    pub fn changes(&self) -> impl Iterator<Item = &Change> {
+        self.changes.values()
+    }
+
+    pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
+        self.candidates.values()
+    }
+
+    pub fn candidate(&self, id: CandId) -> Option<&Candidate> {
+        self.candidates.get(&id)
+    }
+
+    pub fn memo(&self, drv: &str) -> Option<&Memo> {
+        self.memo.get(drv)
+    }
+
+    /// Queued changes of one lane in queue order.
+    pub fn queue(&self, repo: &str, branch: &str) -> Vec<&Change> {
+        let mut q: Vec<&Change> = self
+            .changes
+            .values()
+            .filter(|c| c.repo == repo && c.target == branch && c.state == ChangeState::Queued)
+            .collect();
+        q.sort_by_key(|c| c.queue_key());
+        q
+    }
+
+    pub fn lanes(&self) -> Vec<(String, String)> {
+        self.cfg()
+            .repos
+            .iter()
+            .flat_map(|(r, rc)| rc.lanes.keys().map(move |b| (r.clone(), b.clone())))
+            .collect()
+    }
+
+    pub fn submit(&mut self, s: Submission, now: Millis) -> Result<Change, Refusal> {
+        let repo = self.cfg().repos.get(&s.repo).ok_or(Refusal::UnknownRepo)?;
+        if !repo.lanes.contains_key(&s.target) {
+            return Err(Refusal::UnknownTarget);
+        }
+        let id = self.next_change;
+        self.next_change += 1;
+        let change = Change {
+            id,
+            repo: s.repo,
+            target: s.target,
+            git_ref: s.git_ref,
+            submitted_head: s.head.clone(),
+            head: s.head,
+            title: s.title,
+            author: s.author,
+            priority: s.priority,
+            state: ChangeState::Queued,
+            reason: None,
+            landed_commit: None,
+            submitted_at: now / 1000,
+            updated_at: now / 1000,
+        };
+        self.event(
+            now,
+            &change.repo,
+            format!(
+                "queued #{id} {:?} ({})",
+                change.title,
+                change.priority.as_str()
+            ),
+        );
+        self.out
+            .push(Command::Record(Record::Change(change.clone())));
+        self.changes.insert(id, change.clone());
+        self.tick(now);
+        Ok(change)
+    }
+
+    /// Cancels a queued or testing change. A change whose candidate is already being
+    /// landed cannot be cancelled: it may already be on the target.
+    pub fn cancel(&mut self, id: ChangeId, now: Millis) -> Result<Change, Refusal> {
+        let change = self.changes.get(&id).ok_or(Refusal::UnknownChange)?;
+        match change.state {
+            ChangeState::Queued => {}
+            ChangeState::Testing => {
+                let cand = self
+                    .candidates
+                    .values()
+                    .find(|c| c.phase != Phase::Done && c.changes.contains(&id))
+                    .map(|c| (c.id, c.phase.clone()));
+                if let Some((cid, phase)) = cand {
+                    if phase == Phase::Landing {
+                        return Err(Refusal::TooLate(ChangeState::Testing));
+                    }
+                    self.abandon(cid, now, &format!("#{id} was cancelled"));
+                }
+            }
+            s => return Err(Refusal::TooLate(s)),
+        }
+        self.set_state(
+            id,
+            ChangeState::Cancelled,
+            Some("cancelled by request".into()),
+            now,
+        );
+        let repo = self.changes[&id].repo.clone();
+        self.event(now, &repo, format!("cancelled #{id}"));
+        self.tick(now);
+        Ok(self.changes[&id].clone())
+    }
+
+    pub fn handle(&mut self, input: Input, now: Millis) {
+        match input {
+            Input::Prepared { cand, result } => self.on_prepared(cand, result, now),
+            Input::Evaluated { eval } => self.on_evaluated(eval, now),
+            Input::Built(report) => self.on_built(report, now),
+            Input::Probed { probe, result } => self.on_probed(probe, result, now),
+            Input::Landed { cand, result } => self.on_landed(cand, result, now),
+            Input::Tick => {}
+        }
+        self.fire_timers(now);
+        self.tick(now);
+    }
+
+    fn fire_timers(&mut self, now: Millis) {
+        while let Some((&(at, seq), _)) = self.timers.iter().next() {
+            if at > now {
+                break;
+            }
+            let cmd = self.timers.remove(&(at, seq)).expect("present");
+            self.out.push(cmd);
+        }
+    }
+
+    fn later(&mut self, at: Millis, cmd: Command) {
+        self.seq += 1;
+        self.timers.insert((at, self.seq), cmd);
+    }
+
+    /// Starts a candidate on every idle lane that has queued changes.
+    fn tick(&mut self, now: Millis) {
+        for (repo, branch) in self.lanes() {
+            if self.lanes.contains_key(&(repo.clone(), branch.clone())) {
+                continue;
+            }
+            let batch_max = self.cfg().repos[&repo].lanes[&branch].batch_max;
+            let ids: Vec<ChangeId> = self
+                .queue(&repo, &branch)
+                .iter()
+                .take(batch_max)
+                .map(|c| c.id)
+                .collect();
+            if !ids.is_empty() {
+                self.start_candidate(&repo, &branch, ids, None, now);
+            }
+        }
+    }
+
+    pub(crate) fn set_state(
+        &mut self,
+        id: ChangeId,
+        state: ChangeState,
+        reason: Option<String>,
+        now: Millis,
+    ) {
+        let c = self.changes.get_mut(&id).expect("known change");
+        c.state = state;
+        if reason.is_some() || state == ChangeState::Queued {
+            c.reason = reason;
+        }
+        c.updated_at = now / 1000;
+        self.out.push(Command::Record(Record::Change(c.clone())));
+    }
+
+    pub(crate) fn event(&mut self, at: Millis, repo: &str, text: String) {
+        self.out.push(Command::Record(Record::Event {
+            at,
+            repo: repo.to_string(),
+            text,
+        }));
+    }
+
+    /// Requests a build unless its result is remembered or it is already running.
+    /// Returns whether a build was dispatched.
+    pub(crate) fn request_build(&mut self, drv: &str, system: &str, now: Millis) -> bool {
+        if self.known(drv, now).is_some() || self.building.contains_key(drv) {
+            return false;
+        }
+        self.building.insert(drv.to_string(), 0);
+        self.out.push(Command::Build {
+            drv: drv.to_string(),
+            system: system.to_string(),
+        });
+        true
+    }
+
+    /// A remembered result that has not expired.
+    pub(crate) fn known(&self, drv: &str, now: Millis) -> Option<&Memo> {
+        self.memo
+            .get(drv)
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+    }
+
+    pub(crate) fn request_eval(&mut self, repo: &str, commit: &str) {
+        if !self.evals.contains_key(commit) && self.evals_requested.insert(commit.to_string()) {
+            self.out.push(Command::Evaluate {
+                repo: repo.to_string(),
+                commit: commit.to_string(),
+            });
+        }
+    }
+
+    fn on_built(&mut self, r: BuildReport, now: Millis) {
+        let Some(retries) = self.building.remove(&r.drv_path) else {
+            return; // a duplicate or stale report
+        };
+        if !r.class.is_verdict() {
+            // Infrastructure trouble says nothing about the derivation: try again later.
+            let delay = self
+                .cfg()
+                .retry_delay_ms
+                .saturating_mul(1 << retries.min(6))
+                .min(300_000);
+            self.building.insert(r.drv_path.clone(), retries + 1);
+            let system = self.system_of(&r.drv_path);
+            self.later(
+                now + delay,
+                Command::Build {
+                    drv: r.drv_path.clone(),
+                    system,
+                },
+            );
+            return;
+        }
+        let expires_at =
+            (r.class != OutcomeClass::Success).then(|| now + self.cfg().failure_ttl_ms);
+        let memo = Memo {
+            class: r.class,
+            log_tail: r.log_tail.clone(),
+            root_drv: r.root_drv.clone(),
+            expires_at,
+        };
+        self.memo.insert(r.drv_path.clone(), memo.clone());
+        self.out.push(Command::Record(Record::Memo {
+            drv: r.drv_path.clone(),
+            memo,
+        }));
+        let waiting: Vec<CandId> = self
+            .candidates
+            .values()
+            .filter(|c| c.waits_for(&r.drv_path))
+            .map(|c| c.id)
+            .collect();
+        for id in waiting {
+            self.on_build_done(id, &r.drv_path, now);
+        }
+    }
+
+    /// The system a derivation is built for, from any evaluation that names it.
+    fn system_of(&self, drv: &str) -> String {
+        for c in self.candidates.values() {
+            if let Some(s) = c.system_of(drv) {
+                return s;
+            }
+        }
+        "x86_64-linux".into()
+    }
+}

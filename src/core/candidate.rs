@@ -1,0 +1,626 @@
+//! Candidates: a batch merged onto the target tip, evaluated, built, judged and landed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::attribution::{Attribution, Blocker};
+use super::{CandId, Command, Core, LandResult, Millis, Prepared, Record};
+use crate::change::{ChangeId, ChangeState};
+use crate::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Preparing,
+    Evaluating,
+    Building,
+    Attributing,
+    Landing,
+    Done,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preparing => "preparing",
+            Phase::Evaluating => "evaluating",
+            Phase::Building => "building",
+            Phase::Attributing => "attributing",
+            Phase::Landing => "landing",
+            Phase::Done => "done",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        [
+            Phase::Preparing,
+            Phase::Evaluating,
+            Phase::Building,
+            Phase::Attributing,
+            Phase::Landing,
+            Phase::Done,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// A job the verdict depends on: its derivation on the candidate and on the base.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Target {
+    pub key: JobKey,
+    pub drv: String,
+    pub base_drv: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: CandId,
+    pub repo: String,
+    pub branch: String,
+    /// Changes in batch order (conflicting ones are dropped after preparing).
+    pub changes: Vec<ChangeId>,
+    pub base: Option<String>,
+    /// The merge chain: each merged change with the commit after it. The last one is
+    /// the candidate commit; earlier ones are the prefixes bisection tests.
+    pub merged: Vec<(ChangeId, String)>,
+    pub phase: Phase,
+    /// Set on a candidate that retests the innocent changes of a failed batch.
+    pub follow_up_of: Option<CandId>,
+    /// Builds dispatched for this candidate's own verdict.
+    pub builds: u32,
+    /// Builds spent on attribution: bisection builds plus the follow-up's builds.
+    pub extra_builds: u32,
+    pub created_at: Millis,
+    pub last_build_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    /// A one-line summary once done ("landed abc", "rejected #3", ...).
+    pub summary: Option<String>,
+    pub(crate) targets: Vec<Target>,
+    pub(crate) pending: BTreeSet<String>,
+    pub(crate) eval_blockers: Vec<Blocker>,
+    pub(crate) attribution: Option<Attribution>,
+}
+
+impl Candidate {
+    pub fn commit(&self) -> Option<&str> {
+        self.merged.last().map(|(_, c)| c.as_str())
+    }
+
+    pub(crate) fn waits_for(&self, drv: &str) -> bool {
+        self.pending.contains(drv)
+            || self
+                .attribution
+                .as_ref()
+                .is_some_and(|a| a.waiting_drv.as_deref() == Some(drv))
+    }
+
+    pub(crate) fn system_of(&self, drv: &str) -> Option<String> {
+        self.targets
+            .iter()
+            .find(|t| t.drv == drv || t.base_drv.as_deref() == Some(drv))
+            .map(|t| t.key.system.clone())
+    }
+
+    pub(crate) fn reset_for_prepare(&mut self) {
+        self.phase = Phase::Preparing;
+        self.base = None;
+        self.merged.clear();
+        self.targets.clear();
+        self.pending.clear();
+        self.eval_blockers.clear();
+        self.attribution = None;
+    }
+}
+
+impl Core {
+    pub(crate) fn start_candidate(
+        &mut self,
+        repo: &str,
+        branch: &str,
+        ids: Vec<ChangeId>,
+        follow_up_of: Option<CandId>,
+        now: Millis,
+    ) {
+        let id = self.next_cand;
+        self.next_cand += 1;
+        for &c in &ids {
+            self.set_state(c, ChangeState::Testing, None, now);
+        }
+        let cand = Candidate {
+            id,
+            repo: repo.to_string(),
+            branch: branch.to_string(),
+            changes: ids,
+            base: None,
+            merged: vec![],
+            phase: Phase::Preparing,
+            follow_up_of,
+            builds: 0,
+            extra_builds: 0,
+            created_at: now,
+            last_build_at: None,
+            finished_at: None,
+            summary: None,
+            targets: vec![],
+            pending: BTreeSet::new(),
+            eval_blockers: vec![],
+            attribution: None,
+        };
+        let list = cand
+            .changes
+            .iter()
+            .map(|c| format!("#{c}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let why = follow_up_of.map_or(String::new(), |f| format!(" (innocents of candidate {f})"));
+        self.event(
+            now,
+            repo,
+            format!("candidate {id} on {branch}: testing {list}{why}"),
+        );
+        self.emit_prepare(&cand);
+        self.lanes
+            .insert((repo.to_string(), branch.to_string()), id);
+        self.save(cand);
+    }
+
+    pub(crate) fn save(&mut self, cand: Candidate) {
+        self.out
+            .push(Command::Record(Record::Candidate(cand.clone())));
+        self.candidates.insert(cand.id, cand);
+    }
+
+    pub(crate) fn save_id(&mut self, id: CandId) {
+        let cand = self.candidates[&id].clone();
+        self.out.push(Command::Record(Record::Candidate(cand)));
+    }
+
+    pub(crate) fn emit_prepare(&mut self, cand: &Candidate) {
+        let changes = cand
+            .changes
+            .iter()
+            .map(|id| (*id, self.changes[id].git_ref.clone()))
+            .collect();
+        self.out.push(Command::Prepare {
+            cand: cand.id,
+            repo: cand.repo.clone(),
+            branch: cand.branch.clone(),
+            changes,
+        });
+    }
+
+    pub(crate) fn emit_land(&mut self, cand: &Candidate) {
+        if let (Some(old), Some(new)) = (cand.base.clone(), cand.commit()) {
+            self.out.push(Command::Land {
+                cand: cand.id,
+                repo: cand.repo.clone(),
+                branch: cand.branch.clone(),
+                old,
+                new: new.to_string(),
+            });
+        }
+    }
+
+    fn active(&self, id: CandId, phase: Phase) -> bool {
+        self.candidates.get(&id).is_some_and(|c| c.phase == phase)
+    }
+
+    pub(crate) fn on_prepared(
+        &mut self,
+        id: CandId,
+        result: Result<Prepared, String>,
+        now: Millis,
+    ) {
+        if !self.active(id, Phase::Preparing) {
+            return;
+        }
+        let repo = self.candidates[&id].repo.clone();
+        let p = match result {
+            Ok(p) => p,
+            Err(msg) => {
+                self.event(
+                    now,
+                    &repo,
+                    format!("candidate {id}: preparing failed, retrying: {msg}"),
+                );
+                let cand = self.candidates[&id].clone();
+                self.emit_prepare(&cand);
+                let cmd = self.out.pop().expect("just pushed");
+                self.later(now + self.cfg().retry_delay_ms, cmd);
+                return;
+            }
+        };
+        for (cid, head) in &p.heads {
+            let c = self.changes.get_mut(cid).expect("known");
+            if &c.head != head {
+                let old = std::mem::replace(&mut c.head, head.clone());
+                let c = c.clone();
+                self.out.push(Command::Record(Record::Change(c)));
+                self.event(
+                    now,
+                    &repo,
+                    format!(
+                        "#{cid} moved from {} to {}; testing the new head",
+                        short(&old),
+                        short(head)
+                    ),
+                );
+            }
+        }
+        let branch = self.candidates[&id].branch.clone();
+        for (cid, why) in &p.conflicts {
+            let reason = format!("merge conflict with {branch} at {}: {why}", short(&p.base));
+            self.reject(*cid, reason, now);
+        }
+        let cand = self.candidates.get_mut(&id).expect("active");
+        cand.changes = p.merged.iter().map(|(c, _)| *c).collect();
+        cand.base = Some(p.base.clone());
+        cand.merged = p.merged;
+        if cand.merged.is_empty() {
+            self.finish(id, "nothing merged".into(), now);
+            return;
+        }
+        cand.phase = Phase::Evaluating;
+        let commit = cand.commit().expect("non-empty").to_string();
+        self.save_id(id);
+        self.request_eval(&repo, &p.base);
+        self.request_eval(&repo, &commit);
+        self.advance_eval(id, now);
+    }
+
+    pub(crate) fn on_evaluated(&mut self, eval: Arc<Evaluation>, now: Millis) {
+        let commit = eval.commit.clone();
+        self.evals_requested.remove(&commit);
+        self.evals.insert(commit.clone(), eval);
+        let waiting: Vec<CandId> = self
+            .candidates
+            .values()
+            .filter(|c| {
+                c.phase == Phase::Evaluating
+                    && (c.base.as_deref() == Some(&commit) || c.commit() == Some(&commit))
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in waiting {
+            self.advance_eval(id, now);
+        }
+        let attributing: Vec<CandId> = self
+            .candidates
+            .values()
+            .filter(|c| c.phase == Phase::Attributing)
+            .map(|c| c.id)
+            .collect();
+        for id in attributing {
+            self.attribution_eval_ready(id, &commit, now);
+        }
+    }
+
+    /// Once both evaluations are known: diff them and build the rebuild set plus the
+    /// required jobs.
+    fn advance_eval(&mut self, id: CandId, now: Millis) {
+        let cand = &self.candidates[&id];
+        let (Some(base), Some(commit)) = (cand.base.as_deref(), cand.commit()) else {
+            return;
+        };
+        let (Some(base_eval), Some(new_eval)) = (
+            self.evals.get(base).cloned(),
+            self.evals.get(commit).cloned(),
+        ) else {
+            return;
+        };
+        if let EvalOutcome::Failed(msg) = &new_eval.outcome {
+            self.begin_attribution(
+                id,
+                vec![Blocker::WholeEval {
+                    message: msg.clone(),
+                }],
+                now,
+            );
+            return;
+        }
+        let base_eval = if base_eval.failed() {
+            Arc::new(Evaluation::new(base.to_string(), EvalOutcome::Ok, vec![]))
+        } else {
+            base_eval
+        };
+        let d = diff(&base_eval, &new_eval);
+        let mut keys: BTreeSet<JobKey> = d.rebuild_set().cloned().collect();
+        let mut blockers: Vec<Blocker> = d
+            .failing
+            .iter()
+            .map(|k| Blocker::EvalError {
+                key: k.clone(),
+                message: error_of(&new_eval, k),
+            })
+            .collect();
+        let required = self.cfg().repos[&cand.repo].lanes[&cand.branch]
+            .required
+            .clone();
+        for attr in &required {
+            let jobs: Vec<_> = new_eval.by_attr(attr).collect();
+            if jobs.is_empty() {
+                blockers.push(Blocker::Missing { attr: attr.clone() });
+            }
+            for (k, r) in jobs {
+                match r {
+                    JobResult::Ok(_) => {
+                        keys.insert(k.clone());
+                    }
+                    JobResult::Error(m) if !blockers.iter().any(|b| b.key() == Some(k)) => blockers
+                        .push(Blocker::EvalError {
+                            key: k.clone(),
+                            message: m.clone(),
+                        }),
+                    JobResult::Error(_) => {}
+                }
+            }
+        }
+        let targets: Vec<Target> = keys
+            .into_iter()
+            .filter_map(|key| {
+                let drv = new_eval.get(&key)?.job()?.drv_path.clone();
+                let base_drv = base_eval
+                    .get(&key)
+                    .and_then(|r| r.job())
+                    .map(|j| j.drv_path.clone());
+                Some(Target { key, drv, base_drv })
+            })
+            .collect();
+        let mut pending = BTreeSet::new();
+        let mut dispatched = 0;
+        for t in &targets {
+            if self.known(&t.drv, now).is_none() {
+                pending.insert(t.drv.clone());
+                dispatched += self.request_build(&t.drv, &t.key.system, now) as u32;
+            }
+        }
+        let repo = self.candidates[&id].repo.clone();
+        self.event(
+            now,
+            &repo,
+            format!(
+                "candidate {id}: {} jobs to check ({} added, {} changed, {} newly failing to evaluate); {} builds, {} remembered",
+                targets.len(),
+                d.added.len(),
+                d.changed.len(),
+                d.failing.len(),
+                pending.len(),
+                targets.len() - pending.len()
+            ),
+        );
+        let cand = self.candidates.get_mut(&id).expect("active");
+        cand.targets = targets;
+        cand.pending = pending;
+        cand.eval_blockers = blockers;
+        cand.phase = Phase::Building;
+        self.count_builds(id, dispatched);
+        self.save_id(id);
+        if self.candidates[&id].pending.is_empty() {
+            self.judge(id, now);
+        }
+    }
+
+    /// Builds dispatched by a follow-up candidate are the attribution's cost.
+    pub(crate) fn count_builds(&mut self, id: CandId, n: u32) {
+        let cand = self.candidates.get_mut(&id).expect("known");
+        cand.builds += n;
+        if let Some(root) = cand.follow_up_of {
+            if let Some(r) = self.candidates.get_mut(&root) {
+                r.extra_builds += n;
+            }
+        }
+    }
+
+    pub(crate) fn on_build_done(&mut self, id: CandId, drv: &str, now: Millis) {
+        let cand = self.candidates.get_mut(&id).expect("known");
+        cand.last_build_at = Some(now);
+        if cand.pending.remove(drv) && cand.pending.is_empty() && cand.phase == Phase::Building {
+            self.judge(id, now);
+        } else if cand.phase == Phase::Attributing {
+            self.attribution_build_done(id, drv, now);
+        }
+    }
+
+    /// The verdict: every required job builds and no job that builds on the base fails
+    /// on the candidate. A failing job whose base version was never built gets that
+    /// base version built first, so pre-existing failures never block.
+    fn judge(&mut self, id: CandId, now: Millis) {
+        let targets = self.candidates[&id].targets.clone();
+        let mut blockers = self.candidates[&id].eval_blockers.clone();
+        let mut pending = BTreeSet::new();
+        let mut dispatched = 0;
+        let mut preexisting = 0;
+        for t in &targets {
+            let Some(m) = self.known(&t.drv, now).cloned() else {
+                // Expired while we waited: build again.
+                pending.insert(t.drv.clone());
+                dispatched += self.request_build(&t.drv, &t.key.system, now) as u32;
+                continue;
+            };
+            if m.ok() {
+                continue;
+            }
+            let base_fails = match &t.base_drv {
+                None => false,
+                Some(b) if b == &t.drv => true,
+                Some(b) => match self.known(b, now) {
+                    Some(bm) => !bm.ok(),
+                    None => {
+                        pending.insert(b.clone());
+                        dispatched += self.request_build(b, &t.key.system, now) as u32;
+                        continue;
+                    }
+                },
+            };
+            if base_fails {
+                preexisting += 1;
+            } else {
+                blockers.push(Blocker::Build {
+                    key: t.key.clone(),
+                    drv: t.drv.clone(),
+                    base_drv: t.base_drv.clone(),
+                    class: m.class,
+                    log_tail: m.log_tail.clone(),
+                    root_drv: m.root_drv.clone(),
+                });
+            }
+        }
+        self.count_builds(id, dispatched);
+        if !pending.is_empty() {
+            self.candidates.get_mut(&id).expect("known").pending = pending;
+            return;
+        }
+        let repo = self.candidates[&id].repo.clone();
+        if blockers.is_empty() {
+            let cand = self.candidates.get_mut(&id).expect("known");
+            cand.phase = Phase::Landing;
+            let cand = cand.clone();
+            let extra = if preexisting > 0 {
+                format!(" ({preexisting} failures already on the base ignored)")
+            } else {
+                String::new()
+            };
+            self.event(
+                now,
+                &repo,
+                format!(
+                    "candidate {id}: gate passed{extra}; landing {}",
+                    short(cand.commit().unwrap_or(""))
+                ),
+            );
+            self.emit_land(&cand);
+            self.save_id(id);
+        } else {
+            self.begin_attribution(id, blockers, now);
+        }
+    }
+
+    pub(crate) fn on_landed(&mut self, id: CandId, result: LandResult, now: Millis) {
+        if !self.active(id, Phase::Landing) {
+            return;
+        }
+        let cand = self.candidates[&id].clone();
+        match result {
+            LandResult::Landed => {
+                let commit = cand.commit().expect("landing has a commit").to_string();
+                for c in &cand.changes {
+                    let ch = self.changes.get_mut(c).expect("known");
+                    ch.landed_commit = Some(commit.clone());
+                    self.set_state(*c, ChangeState::Merged, None, now);
+                }
+                let list = cand
+                    .changes
+                    .iter()
+                    .map(|c| format!("#{c}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let cost = cand
+                    .follow_up_of
+                    .and_then(|r| self.candidates.get(&r))
+                    .map_or(String::new(), |r| {
+                        format!(
+                            "; attribution of candidate {} cost {} builds beyond the batch's own",
+                            r.id, r.extra_builds
+                        )
+                    });
+                self.event(
+                    now,
+                    &cand.repo,
+                    format!(
+                        "landed {list} on {} at {}{cost}",
+                        cand.branch,
+                        short(&commit)
+                    ),
+                );
+                self.finish(id, format!("landed {commit}"), now);
+            }
+            LandResult::Moved { tip } => {
+                self.event(
+                    now,
+                    &cand.repo,
+                    format!(
+                        "candidate {id}: {} moved to {}; rebasing and testing again",
+                        cand.branch,
+                        short(&tip)
+                    ),
+                );
+                let c = self.candidates.get_mut(&id).expect("known");
+                c.reset_for_prepare();
+                let c = c.clone();
+                self.emit_prepare(&c);
+                self.save_id(id);
+            }
+            LandResult::Failed(msg) => {
+                self.event(
+                    now,
+                    &cand.repo,
+                    format!("candidate {id}: push failed, retrying: {msg}"),
+                );
+                self.emit_land(&cand);
+                let cmd = self.out.pop().expect("just pushed");
+                self.later(now + self.cfg().retry_delay_ms, cmd);
+            }
+        }
+    }
+
+    pub(crate) fn reject(&mut self, change: ChangeId, reason: String, now: Millis) {
+        let repo = self.changes[&change].repo.clone();
+        self.event(
+            now,
+            &repo,
+            format!(
+                "rejected #{change}: {}",
+                reason.lines().next().unwrap_or("")
+            ),
+        );
+        self.set_state(change, ChangeState::Rejected, Some(reason), now);
+    }
+
+    pub(crate) fn finish(&mut self, id: CandId, summary: String, now: Millis) {
+        let cand = self.candidates.get_mut(&id).expect("known");
+        cand.phase = Phase::Done;
+        cand.finished_at = Some(now);
+        cand.summary = Some(summary);
+        cand.pending.clear();
+        cand.attribution = None;
+        let lane = (cand.repo.clone(), cand.branch.clone());
+        if self.lanes.get(&lane) == Some(&id) {
+            self.lanes.remove(&lane);
+        }
+        self.save_id(id);
+        self.probes.retain(|_, c| *c != id);
+        // Evaluations only live in memory while a candidate needs them.
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        for c in self.candidates.values().filter(|c| c.phase != Phase::Done) {
+            keep.extend(c.base.iter().cloned());
+            keep.extend(c.merged.iter().map(|(_, m)| m.clone()));
+        }
+        self.evals.retain(|k, _| keep.contains(k));
+    }
+
+    /// Drops a candidate without a verdict: its changes go back to the queue.
+    pub(crate) fn abandon(&mut self, id: CandId, now: Millis, why: &str) {
+        let cand = self.candidates[&id].clone();
+        for c in &cand.changes {
+            if self.changes[c].state == ChangeState::Testing {
+                self.set_state(*c, ChangeState::Queued, None, now);
+            }
+        }
+        self.event(now, &cand.repo, format!("candidate {id} abandoned: {why}"));
+        self.finish(id, format!("abandoned: {why}"), now);
+    }
+}
+
+pub(crate) fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+fn error_of(eval: &Evaluation, key: &JobKey) -> String {
+    match eval.get(key) {
+        Some(JobResult::Error(m)) => m.clone(),
+        _ => String::new(),
+    }
+}
