@@ -1,1 +1,557 @@
-//! TODO
+//! Realisation of one derivation in the local store with `nix-store --realise`, and the
+//! classification of the attempt's outcome from Nix's messages.
+//!
+//! `--keep-going` is deliberately not passed: the first failing dependency already decides the
+//! verdict for this derivation (it cannot succeed), so the attempt reports at once and frees the
+//! builder; other dependencies are built when their own jobs are scheduled.
+//!
+//! Messages of Nix 2.8 (recorded on this machine, see the unit tests):
+//! - own failure: `error: builder for '/nix/store/…-x.drv' failed with exit code 1` (exit 100);
+//! - dependency: `error: 1 dependencies of derivation '/nix/store/…-y.drv' failed to build`
+//!   after the failing dependency's own `builder for … failed` line (exit 100);
+//! - timeout: `error: building of '/nix/store/…-x.drv!*' from .drv file timed out after 2 seconds`
+//!   (`… seconds of silence` for max-silent-time; exit 101). A dependency's timeout makes this
+//!   derivation `dependency-failed` with that dependency as root;
+//! - no daemon: `error: cannot connect to socket at '…': No such file or directory` (exit 1);
+//! - SIGTERM: `error: interrupted by the user` (exit 1).
+//!
+//! Ambiguous cases are classified as `infrastructure`: that costs a retry, while a wrong
+//! `failed` would blame a change.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::outcome::{BuildReport, OutcomeClass};
+
+/// Lines and bytes kept in [`BuildReport::log_tail`].
+pub const TAIL_LINES: usize = 40;
+pub const TAIL_BYTES: usize = 4096;
+
+/// Seconds between SIGTERM and SIGKILL when an attempt is cancelled.
+const KILL_GRACE_SECS: u64 = 10;
+
+#[derive(Debug, Clone)]
+pub struct LocalBuilder {
+    /// Extra arguments for every Nix command, e.g. `["--option", "substituters", ""]`.
+    pub nix_args: Vec<String>,
+    /// `--option max-silent-time N` when non-zero.
+    pub max_silent_time_secs: u64,
+    /// `--option timeout N` when non-zero.
+    pub timeout_secs: u64,
+    /// Logs go to `<log_dir>/<drv basename without .drv>.<attempt>.log.gz`.
+    pub log_dir: PathBuf,
+}
+
+impl LocalBuilder {
+    /// The gzipped log of attempt `attempt` (1-based) of `drv`.
+    pub fn log_path(&self, drv: &str, attempt: u32) -> PathBuf {
+        self.log_dir
+            .join(format!("{}.{attempt}.log.gz", log_base(drv)))
+    }
+
+    /// Realises `drv` (a `.drv` store path). Never panics; every failure is a report.
+    /// Dropping the future terminates the build (SIGTERM, then SIGKILL after a grace period).
+    pub async fn realise(&self, drv: &str) -> BuildReport {
+        let start = Instant::now();
+        let report = |class, log_tail: String, root_drv| BuildReport {
+            drv_path: drv.to_string(),
+            class,
+            log_tail,
+            root_drv,
+            builder: "local".into(),
+            duration_ms: start.elapsed().as_millis() as u64,
+        };
+        let (raw_path, gz_path) = match self.claim_log(drv) {
+            Ok(p) => p,
+            Err(e) => {
+                return report(
+                    OutcomeClass::Infrastructure,
+                    format!("cannot create log in {}: {e}", self.log_dir.display()),
+                    None,
+                )
+            }
+        };
+        let spawned = (|| -> io::Result<Child> {
+            let raw = File::create(&raw_path)?;
+            let mut cmd = Command::new("nix-store");
+            cmd.args(&self.nix_args).arg("--realise").arg(drv);
+            if self.max_silent_time_secs > 0 {
+                cmd.args(["--option", "max-silent-time"])
+                    .arg(self.max_silent_time_secs.to_string());
+            }
+            if self.timeout_secs > 0 {
+                cmd.args(["--option", "timeout"])
+                    .arg(self.timeout_secs.to_string());
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(raw.try_clone()?))
+                .stderr(Stdio::from(raw))
+                .kill_on_drop(true)
+                .spawn()
+        })();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&raw_path);
+                let _ = std::fs::write(&gz_path, b"");
+                return report(
+                    OutcomeClass::Infrastructure,
+                    format!("cannot run nix-store: {e}"),
+                    None,
+                );
+            }
+        };
+        let mut guard = ChildGuard(Some(child));
+        // Nix enforces the timeouts; this only catches a nix-store that never exits.
+        let deadline = if self.timeout_secs > 0 {
+            Some(Duration::from_secs(
+                self.timeout_secs * 2 + self.max_silent_time_secs + 600,
+            ))
+        } else {
+            None
+        };
+        let waited = {
+            let child = guard.0.as_mut().unwrap();
+            match deadline {
+                Some(d) => tokio::time::timeout(d, child.wait()).await.ok(),
+                None => Some(child.wait().await),
+            }
+        };
+        let status = match waited {
+            Some(Ok(s)) => {
+                guard.0 = None;
+                Ok(s)
+            }
+            Some(Err(e)) => Err(format!("waiting for nix-store: {e}")),
+            None => Err("nix-store did not exit long after the build timeout; killed".to_string()),
+        };
+        drop(guard); // terminates the process if it is still running
+        let raw_for_scan = raw_path.clone();
+        let scanned = tokio::task::spawn_blocking(move || scan_log(&raw_for_scan)).await;
+        let (condensed, tail) = match scanned {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => (String::new(), format!("cannot read build log: {e}")),
+            Err(e) => (String::new(), format!("cannot read build log: {e}")),
+        };
+        let (raw2, gz2) = (raw_path.clone(), gz_path.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let r = compress(&raw2, &gz2);
+            let _ = std::fs::remove_file(&raw2);
+            r
+        })
+        .await;
+        match status {
+            Ok(s) => {
+                let (class, root) = classify(drv, s.code(), &condensed);
+                report(class, tail, root)
+            }
+            Err(msg) => report(OutcomeClass::Infrastructure, format!("{tail}\n{msg}"), None),
+        }
+    }
+
+    /// Picks the next free attempt number by creating its `.log.gz` exclusively.
+    fn claim_log(&self, drv: &str) -> io::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(&self.log_dir)?;
+        for attempt in 1.. {
+            let gz = self.log_path(drv, attempt);
+            match OpenOptions::new().write(true).create_new(true).open(&gz) {
+                Ok(_) => {
+                    let raw = gz.with_extension(""); // strips ".gz"
+                    return Ok((raw, gz));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!()
+    }
+}
+
+/// Terminates a still-running child on drop: SIGTERM (nix-store then stops its builders),
+/// SIGKILL after a grace period.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if let Some(pid) = child.id() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let grace = Duration::from_secs(KILL_GRACE_SECS);
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            });
+        }
+        // Without a runtime, dropping `child` SIGKILLs it (kill_on_drop).
+    }
+}
+
+fn log_base(drv: &str) -> String {
+    let base = drv.rsplit('/').next().unwrap_or(drv);
+    base.strip_suffix(".drv").unwrap_or(base).to_string()
+}
+
+/// Reads the raw log once: the lines classification needs (Nix's `error:` lines and disk-full
+/// lines, anywhere in the log) followed by the tail; and the tail alone.
+fn scan_log(path: &Path) -> io::Result<(String, String)> {
+    let mut f = File::open(path)?;
+    let mut condensed = String::new();
+    for line in BufReader::new(&mut f).split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).into_owned();
+        let clean = strip_ansi(&line);
+        let t = clean.trim_start();
+        if t.starts_with("error:") || is_disk_full(t) {
+            condensed.push_str(t);
+            condensed.push('\n');
+        }
+    }
+    let len = f.seek(SeekFrom::End(0))?;
+    let from = len.saturating_sub(4 * TAIL_BYTES as u64);
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let text = strip_ansi(&String::from_utf8_lossy(&buf));
+    let tail = tail_of(&text, TAIL_LINES, TAIL_BYTES);
+    Ok((condensed, tail))
+}
+
+/// The last `lines` lines of `text`, at most `bytes` bytes (cut at a char boundary).
+pub fn tail_of(text: &str, lines: usize, bytes: usize) -> String {
+    let text = text.trim_end();
+    let mut start = text.len();
+    for _ in 0..lines {
+        match text[..start].rfind('\n') {
+            Some(i) => start = i,
+            None => {
+                start = 0;
+                break;
+            }
+        }
+    }
+    let mut s = text[start..].trim_start_matches('\n');
+    if s.len() > bytes {
+        let mut cut = s.len() - bytes;
+        while !s.is_char_boundary(cut) {
+            cut += 1;
+        }
+        s = &s[cut..];
+    }
+    s.to_string()
+}
+
+fn compress(raw: &Path, gz: &Path) -> io::Result<()> {
+    let mut input = File::open(raw)?;
+    let out = File::create(gz)?;
+    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    io::copy(&mut input, &mut enc)?;
+    enc.finish()?.flush()
+}
+
+fn strip_ansi(s: &str) -> String {
+    if !s.contains('\u{1b}') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn is_disk_full(line: &str) -> bool {
+    line.contains("No space left on device") || line.contains("Disk quota exceeded")
+}
+
+/// Markers, in Nix's `error:` lines, of a problem with the builder rather than the package.
+const INFRA_MARKERS: &[&str] = &[
+    "unexpected end-of-file",
+    "Connection refused",
+    "Connection reset",
+    "Connection timed out",
+    "cannot connect to socket",
+    "cannot open connection",
+    "Broken pipe",
+    "interrupted by the user",
+    "error: writing to file",
+    "Resource temporarily unavailable",
+    "Cannot allocate memory",
+    "out of memory",
+    "Too many open files",
+    "is not valid",
+    "cannot build on",
+    "failed to start SSH",
+    "Host key verification failed",
+    "Permission denied (publickey",
+    "cannot build missing derivation",
+];
+
+/// A derivation whose own build the line says failed or timed out: (drv, timed_out).
+fn failed_drv_in(line: &str) -> Option<(String, bool)> {
+    if let Some(rest) = line.split_once("builder for '").map(|x| x.1) {
+        let drv = rest.split('\'').next()?;
+        if rest[drv.len()..].starts_with("' failed") {
+            return Some((drv.to_string(), false));
+        }
+    }
+    if let Some(rest) = line.split_once("hash mismatch in fixed-output derivation '") {
+        let drv = rest.1.split('\'').next()?;
+        return Some((drv.to_string(), false));
+    }
+    if line.contains("timed out") {
+        if let Some(rest) = line.split_once("building of '").map(|x| x.1) {
+            let quoted = rest.split('\'').next()?;
+            let drv = quoted.split('!').next()?;
+            return Some((drv.to_string(), true));
+        }
+    }
+    None
+}
+
+/// Does the line say that dependencies of `drv` failed?
+fn dependencies_failed(line: &str, drv: &str) -> bool {
+    // Nix 2.8: "N dependencies of derivation 'D' failed to build".
+    // Older Nix and Lix: "cannot build derivation 'D': N dependencies couldn't be built".
+    (line.contains(&format!(
+        "dependencies of derivation '{drv}' failed to build"
+    ))) || (line.contains(&format!("cannot build derivation '{drv}'"))
+        && line.contains("couldn't be built"))
+}
+
+/// Classifies a `nix-store --realise DRV` attempt from its exit code (`None`: killed by a
+/// signal) and log. Returns the class and, for a dependency failure, the root derivation.
+pub fn classify(drv: &str, exit_code: Option<i32>, log: &str) -> (OutcomeClass, Option<String>) {
+    if exit_code == Some(0) {
+        return (OutcomeClass::Success, None);
+    }
+    let lines: Vec<String> = log
+        .lines()
+        .map(|l| strip_ansi(l).trim().to_string())
+        .collect();
+    if lines.iter().any(|l| is_disk_full(l)) {
+        return (OutcomeClass::Infrastructure, None);
+    }
+    let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("error:")).collect();
+    // Nix sets bit 0x64 of the exit status for build failures (0x65 timeout, 0x66 hash
+    // mismatch, 0x68 not deterministic).
+    let nix_build_failure = matches!(exit_code, Some(c) if (100..=111).contains(&c));
+    for l in &errors {
+        if let Some((d, timed_out)) = failed_drv_in(l) {
+            if d == drv {
+                let class = if timed_out {
+                    OutcomeClass::TimedOut
+                } else {
+                    OutcomeClass::Failed
+                };
+                return (class, None);
+            }
+        }
+    }
+    // Checked after the own verdict: a builder's output may contain such words.
+    if errors
+        .iter()
+        .any(|l| INFRA_MARKERS.iter().any(|m| l.contains(m)))
+    {
+        return (OutcomeClass::Infrastructure, None);
+    }
+    if errors.iter().any(|l| dependencies_failed(l, drv)) {
+        let root = errors
+            .iter()
+            .filter_map(|l| failed_drv_in(l))
+            .map(|(d, _)| d)
+            .find(|d| d != drv);
+        if root.is_some() || nix_build_failure {
+            return (OutcomeClass::DependencyFailed, root);
+        }
+    }
+    (OutcomeClass::Infrastructure, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAIL: &str = "/nix/store/4mg02ijx993yh0smrj1cic4fb6qqa55w-fail.drv";
+    const DEP: &str = "/nix/store/nvwlarcfgm8s71fxfm1iqjwpq9q3kr1d-dep.drv";
+
+    // Recorded from Nix 2.8.0 on this machine (`nix-store --realise`).
+    const LOG_FAILED: &str = "this derivation will be built:
+  /nix/store/4mg02ijx993yh0smrj1cic4fb6qqa55w-fail.drv
+building '/nix/store/4mg02ijx993yh0smrj1cic4fb6qqa55w-fail.drv'...
+building
+oops
+error: builder for '/nix/store/4mg02ijx993yh0smrj1cic4fb6qqa55w-fail.drv' failed with exit code 1
+";
+    const LOG_DEP: &str = "these 2 derivations will be built:
+  /nix/store/4mg02ijx993yh0smrj1cic4fb6qqa55w-fail.drv
+  /nix/store/nvwlarcfgm8s71fxfm1iqjwpq9q3kr1d-dep.drv
+building '/nix/store/4mg02ijx993yh0smrj1cic4fb6qqa55w-fail.drv'...
+building
+oops
+error: builder for '/nix/store/4mg02ijx993yh0smrj1cic4fb6qqa55w-fail.drv' failed with exit code 1
+error: 1 dependencies of derivation '/nix/store/nvwlarcfgm8s71fxfm1iqjwpq9q3kr1d-dep.drv' failed to build
+";
+    const LOG_TIMEOUT: &str = "this derivation will be built:
+  /nix/store/wazpx1nymd84jsk73disc6gv3mcn6s2v-slow.drv
+building '/nix/store/wazpx1nymd84jsk73disc6gv3mcn6s2v-slow.drv'...
+error: building of '/nix/store/wazpx1nymd84jsk73disc6gv3mcn6s2v-slow.drv!*' from .drv file timed out after 2 seconds
+";
+    const LOG_SILENT: &str = "building '/nix/store/wazpx1nymd84jsk73disc6gv3mcn6s2v-slow.drv'...
+error: building of '/nix/store/wazpx1nymd84jsk73disc6gv3mcn6s2v-slow.drv!*' from .drv file timed out after 2 seconds of silence
+";
+    const LOG_DEP_TIMEOUT: &str = "these 2 derivations will be built:
+  /nix/store/vzhir50m0xad35sh83mk29i6wzhnwpv8-t.drv
+  /nix/store/3si081v00jwabd8xh7j1vlshjix5pd8f-tdep.drv
+building '/nix/store/vzhir50m0xad35sh83mk29i6wzhnwpv8-t.drv'...
+error: building of '/nix/store/vzhir50m0xad35sh83mk29i6wzhnwpv8-t.drv!out' from .drv file timed out after 1 seconds
+error: 1 dependencies of derivation '/nix/store/3si081v00jwabd8xh7j1vlshjix5pd8f-tdep.drv' failed to build
+";
+    const LOG_NO_DAEMON: &str =
+        "error: cannot connect to socket at '/nix/var/nix/daemon-socket/socket': No such file or directory\n";
+    const LOG_INTERRUPTED: &str =
+        "building '/nix/store/7p06ihjaiwfmcldqj5zzmpii8lpmsgzx-t5-1795268101.drv'...
+error: interrupted by the user
+";
+
+    #[test]
+    fn success() {
+        assert_eq!(
+            classify(FAIL, Some(0), "error: whatever"),
+            (OutcomeClass::Success, None)
+        );
+    }
+
+    #[test]
+    fn own_failure() {
+        assert_eq!(
+            classify(FAIL, Some(100), LOG_FAILED),
+            (OutcomeClass::Failed, None)
+        );
+    }
+
+    #[test]
+    fn dependency_failure_names_root() {
+        assert_eq!(
+            classify(DEP, Some(100), LOG_DEP),
+            (OutcomeClass::DependencyFailed, Some(FAIL.to_string()))
+        );
+        // Older Nix / Lix wording.
+        let old = format!(
+            "error: builder for '{FAIL}' failed with exit code 1\n\
+             error: cannot build derivation '{DEP}': 1 dependencies couldn't be built\n"
+        );
+        assert_eq!(
+            classify(DEP, Some(100), &old),
+            (OutcomeClass::DependencyFailed, Some(FAIL.to_string()))
+        );
+    }
+
+    #[test]
+    fn timeouts() {
+        let slow = "/nix/store/wazpx1nymd84jsk73disc6gv3mcn6s2v-slow.drv";
+        assert_eq!(
+            classify(slow, Some(101), LOG_TIMEOUT),
+            (OutcomeClass::TimedOut, None)
+        );
+        assert_eq!(
+            classify(slow, Some(101), LOG_SILENT),
+            (OutcomeClass::TimedOut, None)
+        );
+        assert_eq!(
+            classify(
+                "/nix/store/3si081v00jwabd8xh7j1vlshjix5pd8f-tdep.drv",
+                Some(101),
+                LOG_DEP_TIMEOUT
+            ),
+            (
+                OutcomeClass::DependencyFailed,
+                Some("/nix/store/vzhir50m0xad35sh83mk29i6wzhnwpv8-t.drv".to_string())
+            )
+        );
+    }
+
+    #[test]
+    fn infrastructure() {
+        assert_eq!(
+            classify(FAIL, Some(1), LOG_NO_DAEMON).0,
+            OutcomeClass::Infrastructure
+        );
+        assert_eq!(
+            classify(FAIL, Some(1), LOG_INTERRUPTED).0,
+            OutcomeClass::Infrastructure
+        );
+        assert_eq!(classify(FAIL, None, "").0, OutcomeClass::Infrastructure);
+        let eof = format!("building '{FAIL}' on 'ssh-ng://b1'...\nerror: unexpected end-of-file\n");
+        assert_eq!(
+            classify(FAIL, Some(1), &eof).0,
+            OutcomeClass::Infrastructure
+        );
+        // A remote dependency lost mid-build is not the package's fault.
+        let lost = format!(
+            "error: unexpected end-of-file\n\
+             error: 1 dependencies of derivation '{DEP}' failed to build\n"
+        );
+        assert_eq!(
+            classify(DEP, Some(1), &lost).0,
+            OutcomeClass::Infrastructure
+        );
+        let disk = format!(
+            "cp: error writing 'x': No space left on device\n\
+             error: builder for '{FAIL}' failed with exit code 1\n"
+        );
+        assert_eq!(
+            classify(FAIL, Some(100), &disk).0,
+            OutcomeClass::Infrastructure
+        );
+        let refused = "error: cannot open connection to remote store 'ssh-ng://b1': ssh: connect to host 127.0.0.1 port 2222: Connection refused\n";
+        assert_eq!(
+            classify(FAIL, Some(1), refused).0,
+            OutcomeClass::Infrastructure
+        );
+        // Some unrelated failure mentioning neither this derivation nor a dependency.
+        let other = "error: builder for '/nix/store/zzz-other.drv' failed with exit code 1\n";
+        assert_eq!(
+            classify(FAIL, Some(100), other).0,
+            OutcomeClass::Infrastructure
+        );
+    }
+
+    #[test]
+    fn tail_is_capped() {
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let t = tail_of(&text, 40, 4096);
+        assert_eq!(t.lines().count(), 40);
+        assert!(t.starts_with("line 60"));
+        assert!(t.ends_with("line 99"));
+        let long = "é".repeat(5000);
+        assert!(tail_of(&long, 40, 4096).len() <= 4096);
+        assert_eq!(tail_of("a\nb", 40, 4096), "a\nb");
+    }
+}

@@ -1,1 +1,826 @@
-//! TODO
+//! Evaluation of a jobset at a checked-out directory.
+//!
+//! The jobset file (e.g. `release.nix`) may be an attribute set, or a function: when the
+//! function takes a `system` argument (`builtins.functionArgs`) it is called with
+//! `{ system = S; }` once per configured system, otherwise with `{}`. Nested sets are entered
+//! only where `recurseForDerivations = true` (the top level always).
+//!
+//! Two evaluators:
+//! - `nix-eval-jobs` (when on `PATH` and the configured evaluator allows it), whose JSON lines
+//!   are parsed by [`parse_nix_eval_jobs_line`];
+//! - `nix-instantiate --eval --strict --json --read-write-mode` on a wrapper expression
+//!   ([`WRAPPER_NIX`]) that walks the jobset with `builtins.tryEval` per attribute.
+//!   `--read-write-mode` matters: without it `drvPath` is computed but the `.drv` file is not
+//!   written to the store. `tryEval` catches only `throw` and `assert`; when a whole call fails
+//!   (`abort`, type errors, missing attributes, infinite recursion), the attribute list is split in
+//!   halves recursively so only the failing attributes become [`JobResult::Error`]. For an
+//!   attribute that `tryEval` caught, Nix's real message is fetched by evaluating that one
+//!   attribute without `tryEval`.
+//!
+//! Jobs are keyed by the attribute path joined with `.` and the derivation's `system` attribute.
+//! An attribute that fails to evaluate is keyed by the system the jobset was called with (for a
+//! jobset that does not take `system`: the first configured system).
+//!
+//! The `.drv` files are written to the store but not registered as GC roots.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+
+use crate::config::Evaluator;
+use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
+
+/// Longest error message kept per attribute or evaluation (bytes).
+pub const MAX_MESSAGE: usize = 4000;
+
+/// The wrapper expression; called as `nix-instantiate --eval ... WRAPPER --argstr input FILE`
+/// where FILE holds the JSON [`Input`].
+pub const WRAPPER_NIX: &str = r#"# mergequeue: walks a jobset, one builtins.tryEval per attribute.
+{ input }:
+let
+  cfg = builtins.fromJSON (builtins.readFile input);
+  raw = import cfg.file;
+  isFn = builtins.isFunction raw;
+  takesSystem = isFn && (builtins.functionArgs raw) ? system;
+  roots =
+    if takesSystem then map (s: { system = s; value = raw { system = s; }; }) cfg.systems
+    else [ { system = builtins.head cfg.systems; value = if isFn then raw { } else raw; } ];
+  selected =
+    if cfg.rootSystem == null then roots
+    else builtins.filter (r: r.system == cfg.rootSystem) roots;
+  try = e: if cfg.catch then builtins.tryEval e else { success = true; value = e; };
+  kindOf = v:
+    if !(builtins.isAttrs v) then "other"
+    else if (v.type or null) == "derivation" then "drv"
+    else if (v.recurseForDerivations or false) == true then "rec"
+    else "set";
+  maintainerName = m:
+    if builtins.isString m then m
+    else if builtins.isAttrs m then
+      (let g = m.github or null; n = m.name or null; in
+       if builtins.isString g then g else if builtins.isString n then n else "unknown")
+    else "unknown";
+  maintainersOf = d:
+    let
+      ms = (d.meta or { }).maintainers or [ ];
+      names = if builtins.isList ms then map maintainerName ms else [ ];
+      r = builtins.tryEval (builtins.deepSeq names names);
+    in
+    if r.success then r.value else [ ];
+  job = system: path: d:
+    let
+      outs = d.outputs or [ "out" ];
+      info = {
+        drvPath = d.drvPath;
+        system = if builtins.isString d.system then d.system else system;
+        outputs = builtins.listToAttrs (map (o: { name = o; value = d.${o}.outPath; }) outs);
+      };
+      r = try (builtins.deepSeq info info);
+    in
+    if r.success then [ (r.value // { inherit path; maintainers = maintainersOf d; }) ]
+    else [ { inherit path system; error = true; } ];
+  walk = system: path: v:
+    let k = try (kindOf v); in
+    if !k.success then [ { inherit path system; error = true; } ]
+    else if k.value == "drv" then job system path v
+    else if k.value == "rec" then children system path v
+    else [ ];
+  children = system: path: v:
+    builtins.concatMap (n: walk system (path ++ [ n ]) v.${n}) (builtins.attrNames v);
+  # Follows `rest` from `v`, then applies `f`.
+  lookup = f: system: v: path: rest:
+    if rest == [ ] then f system path v
+    else
+      let
+        n = builtins.head rest;
+        k = try (builtins.isAttrs v && v ? ${n});
+      in
+      if !k.success then [ { inherit path system; error = true; } ]
+      else if !k.value then [ { inherit path system; missing = true; } ]
+      else lookup f system v.${n} path (builtins.tail rest);
+  list = system: path: v:
+    let k = try (kindOf v); in
+    if !k.success then [ { inherit path system; error = true; } ]
+    else [ {
+      inherit path system;
+      kind = k.value;
+      names = if k.value == "rec" || (path == [ ] && k.value != "other")
+        then builtins.attrNames v else [ ];
+    } ];
+  checkTop = r:
+    if builtins.isAttrs r.value then r.value
+    else throw "the jobset does not evaluate to an attribute set";
+  perRoot = r:
+    if cfg.select == null then
+      (if cfg.mode == "list" then list r.system [ ] (checkTop r) else children r.system [ ] (checkTop r))
+    else
+      builtins.concatMap
+        (p: lookup (if cfg.mode == "list" then list else walk) r.system (checkTop r) p p)
+        cfg.select;
+in
+builtins.concatMap perRoot selected
+"#;
+
+/// What the wrapper is asked to do (written as JSON to a file).
+#[derive(Debug, Clone, Serialize)]
+struct Input<'a> {
+    file: &'a str,
+    systems: &'a [String],
+    #[serde(rename = "rootSystem")]
+    root_system: Option<&'a str>,
+    select: Option<&'a [Vec<String>]>,
+    catch: bool,
+    mode: &'a str,
+}
+
+/// One row of the wrapper's output.
+#[derive(Debug, Clone, Deserialize)]
+struct Row {
+    path: Vec<String>,
+    system: String,
+    #[serde(rename = "drvPath")]
+    drv_path: Option<String>,
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    maintainers: Vec<String>,
+    #[serde(default)]
+    error: bool,
+    #[serde(default)]
+    missing: bool,
+    kind: Option<String>,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+/// A resolved row.
+#[derive(Debug, Clone)]
+enum Item {
+    Job(Vec<String>, String, Job),
+    /// Message `None`: caught by `tryEval`, message still to be fetched.
+    Error(Vec<String>, String, Option<String>),
+    Missing(Vec<String>, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NixEval {
+    /// Extra arguments for every Nix command, e.g. `["--option", "substituters", ""]`.
+    pub nix_args: Vec<String>,
+    pub evaluator: Evaluator,
+}
+
+impl NixEval {
+    /// Offline settings: substituters disabled, evaluator chosen automatically.
+    pub fn offline() -> Self {
+        NixEval {
+            nix_args: vec!["--option".into(), "substituters".into(), "".into()],
+            evaluator: Evaluator::Auto,
+        }
+    }
+
+    /// Evaluates all jobs of `jobset` (a file relative to `dir`).
+    pub async fn evaluate(
+        &self,
+        dir: &Path,
+        jobset: &str,
+        systems: &[String],
+        commit: &str,
+    ) -> Evaluation {
+        let use_nej = match self.evaluator {
+            Evaluator::NixInstantiate => false,
+            Evaluator::Auto => find_on_path("nix-eval-jobs").is_some(),
+            Evaluator::NixEvalJobs => {
+                if find_on_path("nix-eval-jobs").is_none() {
+                    return Evaluation::new(
+                        commit.into(),
+                        EvalOutcome::Failed(
+                            "evaluator is nix-eval-jobs but nix-eval-jobs is not on PATH".into(),
+                        ),
+                        vec![],
+                    );
+                }
+                true
+            }
+        };
+        if use_nej {
+            return self
+                .evaluate_nix_eval_jobs(dir, jobset, systems, commit)
+                .await;
+        }
+        let ctx = match Ctx::new(self, dir, jobset, systems).await {
+            Ok(c) => c,
+            Err(e) => return Evaluation::new(commit.into(), EvalOutcome::Failed(e), vec![]),
+        };
+        let items = match ctx.call("eval", None, None, true).await {
+            Ok(rows) => rows_to_items(rows),
+            Err(_) => {
+                // Something tryEval does not catch: find the culprits by splitting.
+                let roots = match ctx.call("list", None, Some(&[vec![]]), true).await {
+                    Ok(r) => r,
+                    Err(msg) => {
+                        return Evaluation::new(commit.into(), EvalOutcome::Failed(msg), vec![])
+                    }
+                };
+                let mut items = Vec::new();
+                for root in roots {
+                    if root.error || root.kind.as_deref() == Some("other") {
+                        let msg = match ctx.call("eval", Some(&root.system), None, false).await {
+                            Err(m) => m,
+                            Ok(_) => "the jobset does not evaluate to an attribute set".into(),
+                        };
+                        return Evaluation::new(commit.into(), EvalOutcome::Failed(msg), vec![]);
+                    }
+                    let paths: Vec<Vec<String>> =
+                        root.names.iter().map(|n| vec![n.clone()]).collect();
+                    items.extend(ctx.split(root.system.clone(), paths).await);
+                }
+                items
+            }
+        };
+        let items = ctx.fill_messages(items).await;
+        let jobs = items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Job(p, s, j) => Some((key(&p, s), JobResult::Ok(j))),
+                Item::Error(p, s, m) => Some((key(&p, s), JobResult::Error(m.unwrap_or_default()))),
+                Item::Missing(..) => None,
+            })
+            .collect();
+        Evaluation::new(commit.into(), EvalOutcome::Ok, jobs)
+    }
+
+    /// Evaluates only the given attribute paths (`a.b` for nested ones); a path naming a
+    /// nested set yields its jobs. Attributes that do not exist, or are no job, are errors.
+    pub async fn evaluate_attrs(
+        &self,
+        dir: &Path,
+        jobset: &str,
+        systems: &[String],
+        attrs: &[String],
+    ) -> Vec<(JobKey, JobResult)> {
+        let paths: Vec<Vec<String>> = attrs
+            .iter()
+            .map(|a| a.split('.').map(String::from).collect())
+            .collect();
+        let ctx = match Ctx::new(self, dir, jobset, systems).await {
+            Ok(c) => c,
+            Err(e) => return all_errors(attrs, systems, &e),
+        };
+        let items = match ctx.call("eval", None, Some(&paths), true).await {
+            Ok(rows) => rows_to_items(rows),
+            Err(_) => {
+                let roots = match ctx.call("list", None, Some(&[vec![]]), true).await {
+                    Ok(r) => r,
+                    Err(msg) => return all_errors(attrs, &ctx.systems, &msg),
+                };
+                let mut items = Vec::new();
+                for root in roots {
+                    items.extend(ctx.split(root.system.clone(), paths.clone()).await);
+                }
+                items
+            }
+        };
+        let items = ctx.fill_messages(items).await;
+        let mut out: Vec<(JobKey, JobResult)> = Vec::new();
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for i in items {
+            let (p, s, r) = match i {
+                Item::Job(p, s, j) => (p, s, JobResult::Ok(j)),
+                Item::Error(p, s, m) => (p, s, JobResult::Error(m.unwrap_or_default())),
+                Item::Missing(p, s) => {
+                    let a = p.join(".");
+                    let m = format!("attribute '{a}' not found");
+                    (p, s, JobResult::Error(m))
+                }
+            };
+            seen.push((p.join("."), s.clone()));
+            out.push((key(&p, s), r));
+        }
+        // Requested attributes that yielded nothing (not a derivation, or an empty set).
+        let root_systems: Vec<String> = {
+            let mut v: Vec<String> = seen.iter().map(|(_, s)| s.clone()).collect();
+            v.sort();
+            v.dedup();
+            if v.is_empty() {
+                ctx.systems.iter().take(1).cloned().collect()
+            } else {
+                v
+            }
+        };
+        for a in attrs {
+            let covered = seen.iter().any(|(p, _)| {
+                p == a || (p.starts_with(a.as_str()) && p.as_bytes().get(a.len()) == Some(&b'.'))
+            });
+            if !covered {
+                for s in &root_systems {
+                    out.push((
+                        JobKey {
+                            attr: a.clone(),
+                            system: s.clone(),
+                        },
+                        JobResult::Error(format!("attribute '{a}' is not a derivation")),
+                    ));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+
+    async fn evaluate_nix_eval_jobs(
+        &self,
+        dir: &Path,
+        jobset: &str,
+        systems: &[String],
+        commit: &str,
+    ) -> Evaluation {
+        let tmp = match tempfile::tempdir() {
+            Ok(t) => t,
+            Err(e) => {
+                return Evaluation::new(
+                    commit.into(),
+                    EvalOutcome::Failed(format!("temporary directory: {e}")),
+                    vec![],
+                )
+            }
+        };
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get().min(8))
+            .unwrap_or(2);
+        let runs: Vec<Option<&String>> = if systems.is_empty() {
+            vec![None]
+        } else {
+            systems.iter().map(Some).collect()
+        };
+        let mut jobs = Vec::new();
+        for sys in runs {
+            let mut cmd = Command::new("nix-eval-jobs");
+            cmd.current_dir(dir)
+                .args(&self.nix_args)
+                .arg("--meta")
+                .arg("--workers")
+                .arg(workers.to_string())
+                .arg("--gc-roots-dir")
+                .arg(tmp.path());
+            if let Some(s) = sys {
+                cmd.arg("--arg").arg("system").arg(format!(
+                    "\"{}\"",
+                    s.replace('\\', "\\\\").replace('"', "\\\"")
+                ));
+            }
+            cmd.arg(dir.join(jobset)).kill_on_drop(true);
+            let out = match cmd.output().await {
+                Ok(o) => o,
+                Err(e) => {
+                    return Evaluation::new(
+                        commit.into(),
+                        EvalOutcome::Failed(format!("cannot run nix-eval-jobs: {e}")),
+                        vec![],
+                    )
+                }
+            };
+            if !out.status.success() {
+                let msg = clean_message(&String::from_utf8_lossy(&out.stderr));
+                return Evaluation::new(commit.into(), EvalOutcome::Failed(msg), vec![]);
+            }
+            let default_system = sys.cloned().unwrap_or_else(|| "unknown".into());
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(j) = parse_nix_eval_jobs_line(line, &default_system) {
+                    jobs.push(j);
+                }
+            }
+        }
+        Evaluation::new(commit.into(), EvalOutcome::Ok, jobs)
+    }
+}
+
+fn key(path: &[String], system: String) -> JobKey {
+    JobKey {
+        attr: path.join("."),
+        system,
+    }
+}
+
+fn all_errors(attrs: &[String], systems: &[String], msg: &str) -> Vec<(JobKey, JobResult)> {
+    let mut out: Vec<(JobKey, JobResult)> = attrs
+        .iter()
+        .flat_map(|a| {
+            systems.iter().map(move |s| {
+                (
+                    JobKey {
+                        attr: a.clone(),
+                        system: s.clone(),
+                    },
+                    JobResult::Error(msg.to_string()),
+                )
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
+fn rows_to_items(rows: Vec<Row>) -> Vec<Item> {
+    rows.into_iter()
+        .map(|r| {
+            if r.missing {
+                Item::Missing(r.path, r.system)
+            } else if r.error || r.drv_path.is_none() {
+                Item::Error(r.path, r.system, None)
+            } else {
+                Item::Job(
+                    r.path,
+                    r.system,
+                    Job {
+                        drv_path: r.drv_path.unwrap_or_default(),
+                        outputs: r.outputs.into_iter().collect(),
+                        maintainers: r.maintainers,
+                    },
+                )
+            }
+        })
+        .collect()
+}
+
+/// State of one evaluation with the wrapper.
+struct Ctx {
+    tmp: tempfile::TempDir,
+    wrapper: PathBuf,
+    file: String,
+    dir: PathBuf,
+    systems: Vec<String>,
+    nix_args: Vec<String>,
+    sem: Arc<Semaphore>,
+    counter: AtomicUsize,
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Ctx {
+    async fn new(
+        ev: &NixEval,
+        dir: &Path,
+        jobset: &str,
+        systems: &[String],
+    ) -> Result<Ctx, String> {
+        let tmp = tempfile::Builder::new()
+            .prefix("mq-eval-")
+            .tempdir()
+            .map_err(|e| format!("temporary directory: {e}"))?;
+        let wrapper = tmp.path().join("wrapper.nix");
+        std::fs::write(&wrapper, WRAPPER_NIX).map_err(|e| format!("writing wrapper: {e}"))?;
+        let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let file = dir.join(jobset);
+        if !file.exists() {
+            return Err(format!("jobset file '{jobset}' does not exist"));
+        }
+        let systems = if systems.is_empty() {
+            vec![current_system(&ev.nix_args).await?]
+        } else {
+            systems.to_vec()
+        };
+        let permits = std::thread::available_parallelism()
+            .map(|n| n.get().min(8))
+            .unwrap_or(2);
+        Ok(Ctx {
+            tmp,
+            wrapper,
+            file: file.to_string_lossy().into_owned(),
+            dir,
+            systems,
+            nix_args: ev.nix_args.clone(),
+            sem: Arc::new(Semaphore::new(permits)),
+            counter: AtomicUsize::new(0),
+        })
+    }
+
+    /// One `nix-instantiate --eval` of the wrapper. Err: Nix's message.
+    async fn call(
+        &self,
+        mode: &str,
+        root_system: Option<&str>,
+        select: Option<&[Vec<String>]>,
+        catch: bool,
+    ) -> Result<Vec<Row>, String> {
+        let input = Input {
+            file: &self.file,
+            systems: &self.systems,
+            root_system,
+            select,
+            catch,
+            mode,
+        };
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let input_path = self.tmp.path().join(format!("input-{n}.json"));
+        std::fs::write(&input_path, serde_json::to_vec(&input).unwrap())
+            .map_err(|e| format!("writing {}: {e}", input_path.display()))?;
+        let _permit = self.sem.acquire().await.map_err(|e| e.to_string())?;
+        let out = Command::new("nix-instantiate")
+            .current_dir(&self.dir)
+            .args(&self.nix_args)
+            .args(["--eval", "--strict", "--json", "--read-write-mode"])
+            .arg(&self.wrapper)
+            .arg("--argstr")
+            .arg("input")
+            .arg(&input_path)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
+        let _ = std::fs::remove_file(&input_path);
+        if !out.status.success() {
+            let mut msg = clean_message(&String::from_utf8_lossy(&out.stderr));
+            if msg.is_empty() {
+                msg = format!("nix-instantiate failed ({})", out.status);
+            }
+            return Err(msg);
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("unexpected output of the evaluation wrapper: {e}"))
+    }
+
+    /// Evaluates `paths` under the root for `system`, halving on whole-call failures.
+    fn split(&self, system: String, paths: Vec<Vec<String>>) -> Boxed<'_, Vec<Item>> {
+        Box::pin(async move {
+            if paths.is_empty() {
+                return vec![];
+            }
+            match self.call("eval", Some(&system), Some(&paths), true).await {
+                Ok(rows) => rows_to_items(rows),
+                Err(msg) if paths.len() == 1 => {
+                    let path = paths.into_iter().next().unwrap();
+                    let listed = self
+                        .call(
+                            "list",
+                            Some(&system),
+                            Some(std::slice::from_ref(&path)),
+                            true,
+                        )
+                        .await;
+                    match listed {
+                        Ok(rows)
+                            if rows.len() == 1
+                                && rows[0].kind.as_deref() == Some("rec")
+                                && !rows[0].names.is_empty() =>
+                        {
+                            let children = rows[0]
+                                .names
+                                .iter()
+                                .map(|n| {
+                                    let mut p = path.clone();
+                                    p.push(n.clone());
+                                    p
+                                })
+                                .collect();
+                            self.split(system, children).await
+                        }
+                        _ => vec![Item::Error(path, system, Some(msg))],
+                    }
+                }
+                Err(_) => {
+                    let mut a = paths;
+                    let b = a.split_off(a.len() / 2);
+                    let (x, y) =
+                        tokio::join!(self.split(system.clone(), a), self.split(system.clone(), b));
+                    x.into_iter().chain(y).collect()
+                }
+            }
+        })
+    }
+
+    /// Fetches Nix's message for errors that `tryEval` caught, by evaluating each such
+    /// attribute alone without `tryEval`.
+    async fn fill_messages(&self, items: Vec<Item>) -> Vec<Item> {
+        let futs = items.into_iter().map(|i| async move {
+            match i {
+                Item::Error(p, s, None) => {
+                    let msg = match self
+                        .call("eval", Some(&s), Some(std::slice::from_ref(&p)), false)
+                        .await
+                    {
+                        Err(m) => m,
+                        Ok(_) => "evaluation failed (caught by builtins.tryEval, \
+                                  but succeeded when evaluated alone)"
+                            .to_string(),
+                    };
+                    Item::Error(p, s, Some(msg))
+                }
+                other => other,
+            }
+        });
+        join_all(futs).await
+    }
+}
+
+/// Runs futures concurrently (the semaphore in `call` bounds the processes).
+async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut futs: Vec<Option<Pin<Box<F>>>> = futs.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, slot) in futs.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(o) => {
+                        outs[i] = Some(o);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter().map(|o| o.unwrap()).collect()
+}
+
+async fn current_system(nix_args: &[String]) -> Result<String, String> {
+    let out = Command::new("nix-instantiate")
+        .args(nix_args)
+        .args(["--eval", "--json", "-E", "builtins.currentSystem"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
+    if !out.status.success() {
+        return Err(clean_message(&String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("builtins.currentSystem: {e}"))
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Nix's error text without colours, the `--show-trace` hint and leading warnings; capped.
+pub fn clean_message(stderr: &str) -> String {
+    let text = strip_ansi(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("(use '--show-trace' to show detailed location information)"))
+        .collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("error:"))
+        .unwrap_or(0);
+    let msg = lines[start..].join("\n");
+    truncate(msg.trim(), MAX_MESSAGE)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One line of `nix-eval-jobs` output. `default_system` keys error lines (they carry no
+/// system). Lines that are not JSON objects with an attribute are skipped (`None`).
+pub fn parse_nix_eval_jobs_line(line: &str, default_system: &str) -> Option<(JobKey, JobResult)> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    let obj = v.as_object()?;
+    let attr = match obj.get("attrPath").and_then(|p| p.as_array()) {
+        Some(p) if !p.is_empty() => p
+            .iter()
+            .map(|x| x.as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join("."),
+        _ => obj.get("attr")?.as_str()?.to_string(),
+    };
+    let system = obj
+        .get("system")
+        .and_then(|s| s.as_str())
+        .unwrap_or(default_system)
+        .to_string();
+    let key = JobKey { attr, system };
+    if let Some(err) = obj.get("error").filter(|e| !e.is_null()) {
+        let msg = err.as_str().map(String::from).unwrap_or(err.to_string());
+        return Some((key, JobResult::Error(clean_message(&msg))));
+    }
+    let drv_path = obj.get("drvPath")?.as_str()?.to_string();
+    let mut outputs: Vec<(String, String)> = obj
+        .get("outputs")
+        .and_then(|o| o.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    outputs.sort();
+    let maintainers = obj
+        .get("meta")
+        .and_then(|m| m.get("maintainers"))
+        .and_then(|m| m.as_array())
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| match m {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Object(o) => o
+                        .get("github")
+                        .and_then(|g| g.as_str())
+                        .or_else(|| o.get("name").and_then(|n| n.as_str()))
+                        .map(String::from),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((
+        key,
+        JobResult::Ok(Job {
+            drv_path,
+            outputs,
+            maintainers,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Recorded from nix-eval-jobs 2.x (`--meta`) on nixpkgs, shortened.
+    const NEJ_OK: &str = r#"{"attr":"python3Packages.requests","attrPath":["python3Packages","requests"],"drvPath":"/nix/store/8nd1x6ssi7fmwzq9ni7v0dwk3idxm2xw-python3.11-requests-2.31.0.drv","inputDrvs":{"/nix/store/1l2yxz2hfs8fs0xs1jkj7ag7w8x4h1gy-python3-3.11.6.drv":["out"]},"isCached":false,"meta":{"available":true,"broken":false,"description":"HTTP library for Python","homepage":"http://docs.python-requests.org/","maintainers":[{"email":"fabian@affolter-engineering.ch","github":"fabaff","githubId":116184,"name":"Fabian Affolter"},"someone"],"name":"python3.11-requests-2.31.0"},"name":"python3.11-requests-2.31.0","outputs":{"out":"/nix/store/lz6hhd6dn9vi8s7k4l4xd2w3m47mnw1j-python3.11-requests-2.31.0","dist":"/nix/store/a8fl0y6x1hdkrh4mlhspz4yrjr3j59aq-python3.11-requests-2.31.0-dist"},"system":"x86_64-linux"}"#;
+    const NEJ_ERR: &str = r#"{"attr":"broken","attrPath":["broken"],"error":"\u001b[31;1merror:\u001b[0m\n       … while evaluating the attribute 'broken'\n\n       error: Package ‘foo-1.0’ is marked as broken, refusing to evaluate.\n(use '--show-trace' to show detailed location information)"}"#;
+
+    #[test]
+    fn parses_nix_eval_jobs_job() {
+        let (k, r) = parse_nix_eval_jobs_line(NEJ_OK, "aarch64-linux").unwrap();
+        assert_eq!(k.attr, "python3Packages.requests");
+        assert_eq!(k.system, "x86_64-linux");
+        let j = r.job().unwrap();
+        assert!(j.drv_path.ends_with("requests-2.31.0.drv"));
+        assert_eq!(j.outputs[0].0, "dist");
+        assert_eq!(j.outputs[1].0, "out");
+        assert_eq!(j.maintainers, vec!["fabaff", "someone"]);
+    }
+
+    #[test]
+    fn parses_nix_eval_jobs_error() {
+        let (k, r) = parse_nix_eval_jobs_line(NEJ_ERR, "x86_64-linux").unwrap();
+        assert_eq!(k.attr, "broken");
+        assert_eq!(k.system, "x86_64-linux");
+        match r {
+            JobResult::Error(m) => {
+                assert!(m.starts_with("error:"), "{m}");
+                assert!(m.contains("is marked as broken"));
+                assert!(!m.contains("show-trace"));
+                assert!(!m.contains('\u{1b}'));
+            }
+            _ => panic!("expected error"),
+        }
+        assert!(parse_nix_eval_jobs_line("not json", "x").is_none());
+        assert!(parse_nix_eval_jobs_line("{}", "x").is_none());
+    }
+
+    #[test]
+    fn clean_message_caps_and_skips_warnings() {
+        let m = clean_message("warning: foo\nerror: boom\n\n       at x\n");
+        assert_eq!(m, "error: boom\n\n       at x");
+        let long = format!("error: {}", "é".repeat(5000));
+        assert!(clean_message(&long).len() <= MAX_MESSAGE + 4);
+    }
+}
