@@ -1,1 +1,485 @@
-//! TODO
+//! HTTP API (JSON) and Prometheus metrics. Handlers validate input, then ask the driver;
+//! bad input gets a 4xx with `{"error": "..."}` and changes nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::change::{Change, ChangeState, Priority};
+use crate::config::Config;
+use crate::core::{Core, Refusal, Submission};
+use crate::driver::{Handle, Msg, Query, Reply};
+use crate::outcome::OutcomeClass;
+use crate::store::Store;
+
+pub struct Api {
+    pub config: Config,
+    pub token: Option<String>,
+    pub driver: Handle,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_resp(status: StatusCode, v: Value) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec_pretty(&v).expect("json"),
+        )))
+        .expect("valid response")
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
+    json_resp(status, json!({ "error": msg.into() }))
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    api: Arc<Api>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                // Out of file descriptors and similar: back off instead of spinning.
+                Err(e) => { log::warn!("accept: {e}"); tokio::time::sleep(std::time::Duration::from_millis(100)).await; continue; }
+            },
+        };
+        let api = api.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(api.route(req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    target: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    priority: Option<String>,
+}
+
+impl Api {
+    async fn ask(&self, q: Query) -> Option<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.driver.tx.send(Msg::Query { q, reply }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        // Constant-time comparison: the token guards write access.
+        given.is_some_and(|g| {
+            g.len() == token.len()
+                && g.bytes()
+                    .zip(token.bytes())
+                    .fold(0, |a, (x, y)| a | (x ^ y))
+                    == 0
+        })
+    }
+
+    pub async fn route(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        let method = req.method().clone();
+        let reply = match (&method, parts.as_slice()) {
+            (&Method::GET, ["metrics"]) => self.ask(Query::Metrics).await,
+            (&Method::GET, ["api", "v1", "builders"]) => self.ask(Query::Builders).await,
+            (&Method::GET, ["api", "v1", "events"]) => {
+                let after = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("after="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                self.ask(Query::Events { after }).await
+            }
+            (&Method::GET, ["api", "v1", "channels"]) => Some(Reply::Json(json!([]))),
+            (&Method::GET, ["api", "v1", "channels", name]) => {
+                return error(StatusCode::NOT_FOUND, format!("unknown channel {name:?}"));
+            }
+            (_, ["api", "v1", "repos", repo, rest @ ..]) => {
+                if self.config.repo(repo).is_none() {
+                    return error(StatusCode::NOT_FOUND, format!("unknown repo {repo:?}"));
+                }
+                let repo = repo.to_string();
+                match (&method, rest) {
+                    (&Method::GET, ["queue"]) => self.ask(Query::Queue { repo }).await,
+                    (&Method::GET, ["candidates"]) => self.ask(Query::Candidates { repo }).await,
+                    (&Method::POST, ["changes"]) => return self.submit(req, repo).await,
+                    (&Method::GET, ["changes", id]) => match id.parse() {
+                        Ok(id) => self.ask(Query::Change { repo, id }).await,
+                        Err(_) => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                format!("change id {id:?} is not a number"),
+                            )
+                        }
+                    },
+                    (&Method::DELETE, ["changes", id]) => {
+                        if !self.authorized(&req) {
+                            return error(
+                                StatusCode::UNAUTHORIZED,
+                                "missing or invalid bearer token",
+                            );
+                        }
+                        let Ok(id) = id.parse() else {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                format!("change id {id:?} is not a number"),
+                            );
+                        };
+                        return self.cancel(repo, id).await;
+                    }
+                    _ => {
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            format!("no route for {method} {path}"),
+                        )
+                    }
+                }
+            }
+            _ => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {method} {path}"),
+                )
+            }
+        };
+        match reply {
+            Some(Reply::Json(v)) => json_resp(StatusCode::OK, v),
+            Some(Reply::Text(t)) => Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(t)))
+                .expect("valid response"),
+            None => error(StatusCode::NOT_FOUND, format!("not found: {path}")),
+        }
+    }
+
+    async fn submit(&self, req: Request<Incoming>, repo: String) -> Resp {
+        if !self.authorized(&req) {
+            return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+        }
+        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+        };
+        let b: SubmitBody = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+        };
+        let r = self.config.repo(&repo).expect("checked by the router");
+        if r.branch(&b.target).is_none() {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "target {:?} is not a branch mergequeue manages in repo {repo:?}",
+                    b.target
+                ),
+            );
+        }
+        let priority = match b.priority.as_deref().map(Priority::parse) {
+            None => Priority::Normal,
+            Some(Some(p)) => p,
+            Some(None) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "priority {:?} is not one of urgent, high, normal, low",
+                        b.priority.unwrap_or_default()
+                    ),
+                )
+            }
+        };
+        let git_ref = crate::git::full_ref(&b.git_ref);
+        let url = r.url.clone();
+        let lookup = git_ref.clone();
+        let head =
+            match tokio::task::spawn_blocking(move || crate::git::ls_remote(&url, &lookup)).await {
+                Ok(Ok(Some(h))) => h,
+                Ok(Ok(None)) => {
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("ref {git_ref:?} does not exist in repo {repo:?}"),
+                    )
+                }
+                Ok(Err(e)) => {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        format!("cannot reach repo {repo:?}: {e}"),
+                    )
+                }
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+        let sub = Submission {
+            repo,
+            target: b.target,
+            git_ref,
+            head,
+            title: b.title,
+            author: b.author,
+            priority,
+        };
+        let (reply, rx) = oneshot::channel();
+        if self
+            .driver
+            .tx
+            .send(Msg::Submit { sub, reply })
+            .await
+            .is_err()
+        {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        }
+        match rx.await {
+            Ok(Ok(c)) => json_resp(StatusCode::CREATED, change_json(&c, None)),
+            Ok(Err(r)) => refusal(r),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        }
+    }
+
+    async fn cancel(&self, repo: String, id: u64) -> Resp {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .driver
+            .tx
+            .send(Msg::Cancel { repo, id, reply })
+            .await
+            .is_err()
+        {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        }
+        match rx.await {
+            Ok(Ok(c)) => json_resp(StatusCode::OK, change_json(&c, None)),
+            Ok(Err(r)) => refusal(r),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        }
+    }
+}
+
+fn refusal(r: Refusal) -> Resp {
+    match r {
+        Refusal::UnknownRepo => error(StatusCode::NOT_FOUND, "unknown repo"),
+        Refusal::UnknownTarget => error(StatusCode::UNPROCESSABLE_ENTITY, "unknown target branch"),
+        Refusal::UnknownChange => error(StatusCode::NOT_FOUND, "unknown change"),
+        Refusal::TooLate(s) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "the change is {} and can no longer be cancelled",
+                if s == ChangeState::Testing {
+                    "being landed"
+                } else {
+                    s.as_str()
+                }
+            ),
+        ),
+    }
+}
+
+fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Value {
+    json!({
+        "id": c.id,
+        "repo": c.repo,
+        "target": c.target,
+        "ref": c.git_ref,
+        "head": c.head,
+        "submitted_head": c.submitted_head,
+        "title": c.title,
+        "author": c.author,
+        "priority": c.priority.as_str(),
+        "state": c.state.as_str(),
+        "reason": c.reason,
+        "landed_commit": c.landed_commit,
+        "submitted_at": c.submitted_at,
+        "updated_at": c.updated_at,
+        "candidate": candidate.map(|k| k.id),
+    })
+}
+
+fn candidate_json(k: &crate::core::Candidate) -> Value {
+    json!({
+        "id": k.id,
+        "branch": k.branch,
+        "changes": k.changes,
+        "base": k.base,
+        "commit": k.commit(),
+        "phase": k.phase.as_str(),
+        "follow_up_of": k.follow_up_of,
+        "builds": k.builds,
+        "extra_builds": k.extra_builds,
+        "created_at": k.created_at,
+        "last_build_at": k.last_build_at,
+        "finished_at": k.finished_at,
+        "summary": k.summary,
+    })
+}
+
+/// Answers a query from the driver's state (runs on the driver task).
+pub fn answer(config: &Config, core: &Core, store: &Store, q: Query) -> Option<Reply> {
+    Some(match q {
+        Query::Change { repo, id } => {
+            let c = core.change(id).filter(|c| c.repo == repo)?;
+            let cand = core.candidates().filter(|k| k.changes.contains(&id)).last();
+            Reply::Json(change_json(c, cand))
+        }
+        Query::Queue { repo } => {
+            let r = config.repo(&repo)?;
+            let branches: Vec<Value> = r
+                .branches
+                .iter()
+                .map(|b| {
+                    let name = b.name.get_ref();
+                    let testing: Vec<Value> = core
+                        .candidates()
+                        .filter(|k| {
+                            k.repo == repo
+                                && &k.branch == name
+                                && k.phase != crate::core::Phase::Done
+                        })
+                        .map(candidate_json)
+                        .collect();
+                    let queued: Vec<Value> = core
+                        .queue(&repo, name)
+                        .into_iter()
+                        .map(|c| change_json(c, None))
+                        .collect();
+                    json!({ "branch": name, "testing": testing, "queued": queued })
+                })
+                .collect();
+            Reply::Json(json!({ "repo": repo, "branches": branches }))
+        }
+        Query::Candidates { repo } => Reply::Json(Value::Array(
+            core.candidates()
+                .filter(|k| k.repo == repo)
+                .map(candidate_json)
+                .collect(),
+        )),
+        Query::Events { after } => {
+            let events = store.events_after(after, 500).ok()?;
+            Reply::Json(Value::Array(
+                events
+                    .into_iter()
+                    .map(|(id, at, repo, text)| json!({ "id": id, "at": at, "repo": repo, "text": text }))
+                    .collect(),
+            ))
+        }
+        Query::Builders => {
+            let counts = store.attempt_counts().ok()?;
+            let builders: Vec<Value> = config
+                .builders
+                .iter()
+                .map(|b| {
+                    let uri = b.uri.get_ref();
+                    let attempts: serde_json::Map<String, Value> = OutcomeClass::ALL
+                        .iter()
+                        .map(|c| {
+                            let n: u64 = counts
+                                .iter()
+                                .filter(|(bu, cl, _)| bu == uri && cl == c.as_str())
+                                .map(|x| x.2)
+                                .sum();
+                            (c.as_str().to_string(), json!(n))
+                        })
+                        .collect();
+                    json!({
+                        "uri": uri,
+                        "state": "up",
+                        "systems": b.systems,
+                        "max_jobs": b.max_jobs.get_ref(),
+                        "implementation": "Nix",
+                        "version": null,
+                        "attempts": attempts,
+                    })
+                })
+                .collect();
+            Reply::Json(Value::Array(builders))
+        }
+        Query::Metrics => Reply::Text(metrics(config, core, store)),
+    })
+}
+
+fn metrics(config: &Config, core: &Core, store: &Store) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    out.push_str("# HELP mergequeue_changes_total Changes by state.\n# TYPE mergequeue_changes_total gauge\n");
+    for s in [
+        ChangeState::Queued,
+        ChangeState::Testing,
+        ChangeState::Merged,
+        ChangeState::Rejected,
+        ChangeState::Cancelled,
+    ] {
+        let n = core.changes().filter(|c| c.state == s).count();
+        let _ = writeln!(
+            out,
+            "mergequeue_changes_total{{state=\"{}\"}} {n}",
+            s.as_str()
+        );
+    }
+    out.push_str("# HELP mergequeue_queue_depth Queued changes per branch.\n# TYPE mergequeue_queue_depth gauge\n");
+    for r in &config.repos {
+        for b in &r.branches {
+            let n = core.queue(r.name.get_ref(), b.name.get_ref()).len();
+            let _ = writeln!(
+                out,
+                "mergequeue_queue_depth{{repo=\"{}\",branch=\"{}\"}} {n}",
+                r.name.get_ref(),
+                b.name.get_ref()
+            );
+        }
+    }
+    out.push_str("# HELP mergequeue_builds_total Build attempts by outcome class.\n# TYPE mergequeue_builds_total counter\n");
+    let counts = store.attempt_counts().unwrap_or_default();
+    for c in OutcomeClass::ALL {
+        let n: u64 = counts
+            .iter()
+            .filter(|(_, cl, _)| cl == c.as_str())
+            .map(|x| x.2)
+            .sum();
+        let _ = writeln!(
+            out,
+            "mergequeue_builds_total{{outcome=\"{}\"}} {n}",
+            c.as_str()
+        );
+    }
+    out.push_str("# HELP mergequeue_attribution_extra_builds_total Builds spent on attribution beyond the batches' own.\n# TYPE mergequeue_attribution_extra_builds_total counter\n");
+    let extra: u64 = core.candidates().map(|k| k.extra_builds as u64).sum();
+    let _ = writeln!(out, "mergequeue_attribution_extra_builds_total {extra}");
+    out
+}

@@ -112,6 +112,9 @@ pub struct Branch {
     /// Attribute paths that must build on every landed commit.
     #[serde(default)]
     pub required: Vec<String>,
+    /// Seconds to wait after a change is queued before testing, to gather a fuller batch.
+    #[serde(default)]
+    pub batch_delay_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,1 +1,518 @@
-//! TODO
+//! The live shell around the core: one task owns the `Core` and the SQLite `Store`
+//! (the single writer). Everything else (HTTP handlers, git, nix) talks to it through
+//! messages. Each step: feed an input to the core, persist its records in one
+//! transaction, then perform its effects, whose results come back as messages.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::change::{Change, ChangeId};
+use crate::config::Config;
+use crate::core::{
+    Command, Core, CoreConfig, Input, Millis, ProbeResult, Record, Refusal, Submission,
+};
+use crate::evaluation::{EvalOutcome, Evaluation};
+use crate::git::Mirror;
+use crate::nix::build::LocalBuilder;
+use crate::nix::eval::NixEval;
+use crate::outcome::BuildReport;
+use crate::store::Store;
+
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// Read-only questions the HTTP layer asks; answered from the core's state.
+pub enum Query {
+    Change { repo: String, id: ChangeId },
+    Queue { repo: String },
+    Candidates { repo: String },
+    Events { after: i64 },
+    Builders,
+    Metrics,
+}
+
+pub enum Msg {
+    Submit {
+        sub: Submission,
+        reply: oneshot::Sender<Result<Change, Refusal>>,
+    },
+    Cancel {
+        repo: String,
+        id: ChangeId,
+        reply: oneshot::Sender<Result<Change, Refusal>>,
+    },
+    Query {
+        q: Query,
+        reply: oneshot::Sender<Option<Reply>>,
+    },
+    Input(Input),
+    Evaluated {
+        repo: String,
+        eval: Evaluation,
+        probe: Option<u64>,
+    },
+    Built(BuildReport),
+}
+
+pub enum Reply {
+    Json(serde_json::Value),
+    Text(String),
+}
+
+struct RepoShell {
+    mirror: Arc<Mutex<Mirror>>,
+    jobset: String,
+    systems: Vec<String>,
+}
+
+/// Handle used by the HTTP layer and the CLI server to reach the driver.
+#[derive(Clone)]
+pub struct Handle {
+    pub tx: mpsc::Sender<Msg>,
+}
+
+pub struct Driver {
+    config: Config,
+    core: Core,
+    store: Store,
+    repos: BTreeMap<String, RepoShell>,
+    eval: Arc<NixEval>,
+    builder: Arc<LocalBuilder>,
+    slots: Arc<Semaphore>,
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    /// Inputs produced synchronously (e.g. a stored evaluation), fed before new messages.
+    local: VecDeque<Input>,
+    tmp: PathBuf,
+}
+
+impl Driver {
+    pub fn open(config: Config) -> anyhow::Result<Driver> {
+        std::fs::create_dir_all(&config.state_dir)?;
+        let store = Store::open(&config.db_path())?;
+        let now = now_ms();
+        let core = Core::restore(
+            CoreConfig::from_config(&config),
+            store.changes()?,
+            store.candidates()?,
+            store.memo()?,
+            now,
+        );
+        let mut repos = BTreeMap::new();
+        for r in &config.repos {
+            let mirror = Mirror::open(&config.state_dir, r.name.get_ref(), &r.url)?;
+            repos.insert(
+                r.name.get_ref().clone(),
+                RepoShell {
+                    mirror: Arc::new(Mutex::new(mirror)),
+                    jobset: r.jobset.clone(),
+                    systems: r.systems.clone(),
+                },
+            );
+        }
+        let nix_args = config.nix_args();
+        let eval = Arc::new(NixEval {
+            nix_args: nix_args.clone(),
+            evaluator: config.nix.evaluator,
+        });
+        let log_dir = config.state_dir.join("logs");
+        std::fs::create_dir_all(&log_dir)?;
+        let builder = Arc::new(LocalBuilder {
+            nix_args,
+            max_silent_time_secs: config.nix.max_silent_time_secs,
+            timeout_secs: config.nix.build_timeout_secs,
+            log_dir,
+        });
+        let max_jobs = config
+            .builders
+            .iter()
+            .map(|b| *b.max_jobs.get_ref())
+            .sum::<usize>()
+            .max(1);
+        let tmp = config.state_dir.join("tmp");
+        // Trees of a previous run are garbage.
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let (tx, rx) = mpsc::channel(1024);
+        Ok(Driver {
+            config,
+            core,
+            store,
+            repos,
+            eval,
+            builder,
+            slots: Arc::new(Semaphore::new(max_jobs)),
+            tx,
+            rx,
+            local: VecDeque::new(),
+            tmp,
+        })
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves. Effects already started are abandoned; their
+    /// results are recomputed after the next start (every command is idempotent).
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        self.flush()?;
+        loop {
+            while let Some(input) = self.local.pop_front() {
+                self.core.handle(input, now_ms());
+                self.flush()?;
+            }
+            let wake = self.core.next_wakeup();
+            let sleep = async {
+                match wake {
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64))
+                            .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = sleep => {
+                    self.core.handle(Input::Tick, now_ms());
+                    self.flush()?;
+                }
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    self.on_msg(msg)?;
+                }
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: Msg) -> anyhow::Result<()> {
+        let now = now_ms();
+        match msg {
+            Msg::Submit { sub, reply } => {
+                let r = self.core.submit(sub, now);
+                // Persisted before the client hears "201": accepted means durable.
+                self.flush()?;
+                let _ = reply.send(r);
+            }
+            Msg::Cancel { repo, id, reply } => {
+                let r = match self.core.change(id) {
+                    Some(c) if c.repo == repo => self.core.cancel(id, now),
+                    _ => Err(Refusal::UnknownChange),
+                };
+                self.flush()?;
+                let _ = reply.send(r);
+            }
+            Msg::Query { q, reply } => {
+                let _ = reply.send(self.answer(q));
+            }
+            Msg::Input(input) => {
+                self.core.handle(input, now);
+                self.flush()?;
+            }
+            Msg::Evaluated { repo, eval, probe } => {
+                self.store.put_eval(&repo, &eval, now)?;
+                let eval = Arc::new(eval);
+                let input = match probe {
+                    Some(probe) => Input::Probed {
+                        probe,
+                        result: Ok(ProbeResult::Full { eval }),
+                    },
+                    None => Input::Evaluated { eval },
+                };
+                self.core.handle(input, now);
+                self.flush()?;
+            }
+            Msg::Built(report) => {
+                self.store.put_attempt(&report, now)?;
+                log::info!(
+                    "build {} {} in {} ms",
+                    report.drv_path,
+                    report.class.as_str(),
+                    report.duration_ms
+                );
+                self.core.handle(Input::Built(report), now);
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists the step's records, then starts its effects.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let cmds = self.core.take_commands();
+        let records: Vec<&Record> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::Record(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        self.store.apply(&records)?;
+        for r in &records {
+            if let Record::Event { repo, text, .. } = r {
+                log::info!("[{repo}] {text}");
+            }
+        }
+        for cmd in cmds {
+            self.perform(cmd)?;
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, cmd: Command) -> anyhow::Result<()> {
+        match cmd {
+            Command::Record(_) => {}
+            Command::Prepare {
+                cand,
+                repo,
+                branch,
+                changes,
+            } => {
+                let mirror = self.repos[&repo].mirror.clone();
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = mirror
+                        .lock()
+                        .expect("mirror lock")
+                        .prepare(&branch, &changes)
+                        .map_err(|e| e.to_string());
+                    let _ = tx.blocking_send(Msg::Input(Input::Prepared { cand, result }));
+                });
+            }
+            Command::Evaluate { repo, commit } => {
+                if let Some(eval) = self.store.get_eval(&commit)? {
+                    self.local.push_back(Input::Evaluated {
+                        eval: Arc::new(eval),
+                    });
+                    return Ok(());
+                }
+                self.spawn_eval(repo, commit, None, None);
+            }
+            Command::Probe {
+                probe,
+                repo,
+                base,
+                heads,
+                attrs,
+            } => {
+                let mirror = self.repos[&repo].mirror.clone();
+                let tx = self.tx.clone();
+                let this = self.evaluator(&repo);
+                tokio::spawn(async move {
+                    let merged = tokio::task::spawn_blocking(move || {
+                        mirror
+                            .lock()
+                            .expect("mirror lock")
+                            .probe_commit(&base, &heads)
+                    })
+                    .await;
+                    let commit = match merged {
+                        Ok(Ok(Ok(c))) => c,
+                        Ok(Ok(Err(conflict))) => {
+                            let _ = tx
+                                .send(Msg::Input(Input::Probed {
+                                    probe,
+                                    result: Ok(ProbeResult::Conflict(conflict)),
+                                }))
+                                .await;
+                            return;
+                        }
+                        other => {
+                            let msg = match other {
+                                Ok(Ok(Err(_))) | Ok(Ok(Ok(_))) => unreachable!(),
+                                Ok(Err(e)) => e.to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            let _ = tx
+                                .send(Msg::Input(Input::Probed {
+                                    probe,
+                                    result: Err(msg),
+                                }))
+                                .await;
+                            return;
+                        }
+                    };
+                    let msg = match this.run(&commit, attrs.as_deref()).await {
+                        Ok(Evaled::Full(eval)) => Msg::Evaluated {
+                            repo: this.repo.clone(),
+                            eval,
+                            probe: Some(probe),
+                        },
+                        Ok(Evaled::Attrs(jobs)) => Msg::Input(Input::Probed {
+                            probe,
+                            result: Ok(ProbeResult::Attrs { commit, jobs }),
+                        }),
+                        Err(e) => Msg::Input(Input::Probed {
+                            probe,
+                            result: Err(e),
+                        }),
+                    };
+                    let _ = tx.send(msg).await;
+                });
+            }
+            Command::Build { drv, system: _ } => {
+                let builder = self.builder.clone();
+                let slots = self.slots.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _slot = slots.acquire_owned().await.expect("semaphore open");
+                    let report = builder.realise(&drv).await;
+                    let _ = tx.send(Msg::Built(report)).await;
+                });
+            }
+            Command::Land {
+                cand,
+                repo,
+                branch,
+                old,
+                new,
+            } => {
+                let mirror = self.repos[&repo].mirror.clone();
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = mirror
+                        .lock()
+                        .expect("mirror lock")
+                        .land(&branch, &old, &new)
+                        .unwrap_or_else(|e| crate::core::LandResult::Failed(e.to_string()));
+                    let _ = tx.blocking_send(Msg::Input(Input::Landed { cand, result }));
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluator(&self, repo: &str) -> EvalJob {
+        let r = &self.repos[repo];
+        EvalJob {
+            repo: repo.to_string(),
+            mirror: r.mirror.clone(),
+            jobset: r.jobset.clone(),
+            systems: r.systems.clone(),
+            eval: self.eval.clone(),
+            tmp: self.tmp.clone(),
+        }
+    }
+
+    fn spawn_eval(
+        &self,
+        repo: String,
+        commit: String,
+        probe: Option<u64>,
+        attrs: Option<Vec<String>>,
+    ) {
+        let job = self.evaluator(&repo);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let msg = match job.run(&commit, attrs.as_deref()).await {
+                Ok(Evaled::Full(eval)) => Msg::Evaluated { repo, eval, probe },
+                Ok(Evaled::Attrs(_)) => unreachable!("full evaluation asked"),
+                // The tree could not even be checked out: record a failed evaluation
+                // rather than wedge the candidate.
+                Err(e) => Msg::Evaluated {
+                    repo,
+                    eval: Evaluation::new(commit, EvalOutcome::Failed(e), vec![]),
+                    probe,
+                },
+            };
+            let _ = tx.send(msg).await;
+        });
+    }
+
+    fn answer(&self, q: Query) -> Option<Reply> {
+        crate::api::answer(&self.config, &self.core, &self.store, q)
+    }
+}
+
+enum Evaled {
+    Full(Evaluation),
+    Attrs(Vec<(crate::evaluation::JobKey, crate::evaluation::JobResult)>),
+}
+
+struct EvalJob {
+    repo: String,
+    mirror: Arc<Mutex<Mirror>>,
+    jobset: String,
+    systems: Vec<String>,
+    eval: Arc<NixEval>,
+    tmp: PathBuf,
+}
+
+impl EvalJob {
+    /// Checks out `commit` into a scratch tree and evaluates it (all jobs, or `attrs`).
+    async fn run(&self, commit: &str, attrs: Option<&[String]>) -> Result<Evaled, String> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("tree-{}-", &commit[..commit.len().min(12)]))
+            .tempdir_in(&self.tmp)
+            .map_err(|e| e.to_string())?;
+        let tree = dir.path().join("src");
+        let (mirror, c, t) = (self.mirror.clone(), commit.to_string(), tree.clone());
+        tokio::task::spawn_blocking(move || mirror.lock().expect("mirror lock").checkout(&c, &t))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(match attrs {
+            None => Evaled::Full(
+                self.eval
+                    .evaluate(&tree, &self.jobset, &self.systems, commit)
+                    .await,
+            ),
+            Some(a) => Evaled::Attrs(
+                self.eval
+                    .evaluate_attrs(&tree, &self.jobset, &self.systems, a)
+                    .await,
+            ),
+        })
+    }
+}
+
+/// Loads the API token: the configured file, else the systemd credential `api-token`.
+pub fn load_token(config: &Config) -> anyhow::Result<Option<String>> {
+    let path: Option<PathBuf> = match &config.api_token_file {
+        Some(p) => Some(p.clone()),
+        None => crate::systemd::credential("api-token"),
+    };
+    match path {
+        None => Ok(None),
+        Some(p) => {
+            let t = read_secret(&p)?;
+            anyhow::ensure!(
+                !t.is_empty(),
+                "{}: the API token file is empty",
+                p.display()
+            );
+            Ok(Some(t))
+        }
+    }
+}
+
+fn read_secret(p: &Path) -> anyhow::Result<String> {
+    // A file named by the unit's credentials wins over the literal path: with
+    // LoadCredential the original path is not readable by the service user.
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = if p.exists() {
+        p.to_path_buf()
+    } else {
+        crate::systemd::credential(&name).unwrap_or_else(|| p.to_path_buf())
+    };
+    let t = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the API token: {e}", path.display()))?;
+    Ok(t.trim().to_string())
+}

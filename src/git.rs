@@ -1,1 +1,279 @@
-//! TODO
+//! Git adapter: a bare mirror per repository under `state_dir/git`. Fetch and push go
+//! through the git CLI (any URL it supports); merges, checkouts and ancestry use git2.
+//! Everything here blocks: the driver calls it from `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use git2::{Oid, Repository, Signature, Time};
+
+use crate::change::ChangeId;
+use crate::core::{LandResult, Prepared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git {args}: {stderr}")]
+    Cli { args: String, stderr: String },
+    #[error("cannot run git: {0}")]
+    Spawn(std::io::Error),
+    #[error("libgit2: {0}")]
+    Lib(#[from] git2::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Mirror {
+    pub path: PathBuf,
+    pub url: String,
+}
+
+/// Result of merging a list of heads onto a base one by one.
+pub struct Chain {
+    /// (index into heads, commit after merging it)
+    pub merged: Vec<(usize, String)>,
+    /// (index into heads, conflicting paths)
+    pub conflicts: Vec<(usize, String)>,
+}
+
+fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+    let mut cmd = Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    // Never prompt for credentials: a daemon has nobody to answer.
+    cmd.args(args).env("GIT_TERMINAL_PROMPT", "0");
+    let out = cmd.output().map_err(GitError::Spawn)?;
+    if !out.status.success() {
+        return Err(GitError::Cli {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Normalises what users submit: `feature` means `refs/heads/feature`.
+pub fn full_ref(r: &str) -> String {
+    if r.starts_with("refs/") {
+        r.to_string()
+    } else {
+        format!("refs/heads/{r}")
+    }
+}
+
+/// Resolves a ref on a remote without fetching; `None` if it does not exist.
+pub fn ls_remote(url: &str, git_ref: &str) -> Result<Option<String>, GitError> {
+    let out = git(None, &["ls-remote", "--", url, git_ref])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(_, name)| *name == git_ref)
+        .map(|(sha, _)| sha.to_string()))
+}
+
+impl Mirror {
+    pub fn open(state_dir: &Path, name: &str, url: &str) -> Result<Mirror, GitError> {
+        let path = state_dir.join("git").join(format!("{name}.git"));
+        if !path.join("HEAD").exists() {
+            std::fs::create_dir_all(&path)
+                .map_err(|e| GitError::Other(format!("{}: {e}", path.display())))?;
+            Repository::init_bare(&path)?;
+        }
+        Ok(Mirror {
+            path,
+            url: url.to_string(),
+        })
+    }
+
+    fn repo(&self) -> Result<Repository, GitError> {
+        Ok(Repository::open_bare(&self.path)?)
+    }
+
+    fn fetch(&self, refspecs: &[String]) -> Result<(), GitError> {
+        let mut args = vec![
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--force",
+            "--",
+            self.url.as_str(),
+        ];
+        args.extend(refspecs.iter().map(String::as_str));
+        git(Some(&self.path), &args).map(|_| ())
+    }
+
+    fn resolve(&self, local_ref: &str) -> Result<String, GitError> {
+        Ok(self.repo()?.refname_to_id(local_ref)?.to_string())
+    }
+
+    /// Fetches the target tip and each change's ref, then merges the changes in order.
+    pub fn prepare(
+        &self,
+        branch: &str,
+        changes: &[(ChangeId, String)],
+    ) -> Result<Prepared, GitError> {
+        let target = format!("refs/mq/target/{branch}");
+        self.fetch(&[format!("+refs/heads/{branch}:{target}")])?;
+        let base = self.resolve(&target)?;
+        let mut heads = vec![];
+        let mut missing = vec![];
+        let specs: Vec<String> = changes
+            .iter()
+            .map(|(id, r)| format!("+{r}:refs/mq/change/{id}"))
+            .collect();
+        if self.fetch(&specs).is_err() {
+            // One vanished ref fails the whole fetch: find which, one by one.
+            for ((id, r), spec) in changes.iter().zip(&specs) {
+                if let Err(e) = self.fetch(std::slice::from_ref(spec)) {
+                    missing.push((*id, format!("cannot fetch {r}: {e}")));
+                }
+            }
+        }
+        let mut order = vec![];
+        for (id, _) in changes {
+            if missing.iter().any(|(m, _)| m == id) {
+                continue;
+            }
+            let head = self.resolve(&format!("refs/mq/change/{id}"))?;
+            heads.push((*id, head.clone()));
+            order.push((*id, head));
+        }
+        let shas: Vec<String> = order.iter().map(|(_, h)| h.clone()).collect();
+        let chain = self.merge_chain(&base, &shas, |i| {
+            format!("Merge change #{} into {branch}", order[i].0)
+        })?;
+        let tip = chain.merged.last().map(|(_, c)| c.clone());
+        if let Some(tip) = &tip {
+            // Keep the chain reachable until it is landed or replaced.
+            self.repo()?.reference(
+                &format!("refs/mq/candidate/{branch}"),
+                Oid::from_str(tip)?,
+                true,
+                "candidate",
+            )?;
+        }
+        let mut conflicts = missing;
+        conflicts.extend(
+            chain
+                .conflicts
+                .into_iter()
+                .map(|(i, why)| (order[i].0, why)),
+        );
+        Ok(Prepared {
+            base,
+            heads,
+            merged: chain
+                .merged
+                .into_iter()
+                .map(|(i, c)| (order[i].0, c))
+                .collect(),
+            conflicts,
+        })
+    }
+
+    /// Merges `heads` one by one onto `base` (merge commits, base first parent), skipping
+    /// heads that conflict. Commit times are the newest parent's, so merging the same
+    /// inputs again gives the same commits (and reuses their stored evaluations).
+    pub fn merge_chain(
+        &self,
+        base: &str,
+        heads: &[String],
+        message: impl Fn(usize) -> String,
+    ) -> Result<Chain, GitError> {
+        let repo = self.repo()?;
+        let mut cur = repo.find_commit(Oid::from_str(base)?)?;
+        let mut chain = Chain {
+            merged: vec![],
+            conflicts: vec![],
+        };
+        for (i, h) in heads.iter().enumerate() {
+            let theirs = repo.find_commit(Oid::from_str(h)?)?;
+            let mut index = repo.merge_commits(&cur, &theirs, None)?;
+            if index.has_conflicts() {
+                let mut paths: Vec<String> = index
+                    .conflicts()?
+                    .filter_map(|c| c.ok())
+                    .filter_map(|c| c.our.or(c.their).or(c.ancestor))
+                    .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+                    .collect();
+                paths.dedup();
+                chain
+                    .conflicts
+                    .push((i, format!("conflicting files: {}", paths.join(", "))));
+                continue;
+            }
+            let tree = repo.find_tree(index.write_tree_to(&repo)?)?;
+            let secs = cur.time().seconds().max(theirs.time().seconds());
+            let sig = Signature::new("mergequeue", "mergequeue@localhost", &Time::new(secs, 0))?;
+            let oid = repo.commit(None, &sig, &sig, &message(i), &tree, &[&cur, &theirs])?;
+            cur = repo.find_commit(oid)?;
+            chain.merged.push((i, oid.to_string()));
+        }
+        Ok(chain)
+    }
+
+    /// Merges heads onto base and returns the resulting commit, or the conflict.
+    pub fn probe_commit(
+        &self,
+        base: &str,
+        heads: &[String],
+    ) -> Result<Result<String, String>, GitError> {
+        if heads.is_empty() {
+            return Ok(Ok(base.to_string()));
+        }
+        let chain = self.merge_chain(base, heads, |_| "mergequeue probe".into())?;
+        if let Some((_, why)) = chain.conflicts.first() {
+            return Ok(Err(why.clone()));
+        }
+        Ok(Ok(chain.merged.last().expect("merged").1.clone()))
+    }
+
+    /// Writes the tree of `commit` into `dir` (which must not exist yet).
+    pub fn checkout(&self, commit: &str, dir: &Path) -> Result<(), GitError> {
+        let repo = self.repo()?;
+        let tree = repo.find_commit(Oid::from_str(commit)?)?.tree()?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| GitError::Other(format!("{}: {e}", dir.display())))?;
+        let mut co = git2::build::CheckoutBuilder::new();
+        co.target_dir(dir).force();
+        repo.checkout_tree(tree.as_object(), Some(&mut co))?;
+        Ok(())
+    }
+
+    /// Moves `branch` on the remote from `old` to `new`: fast-forward only (checked here)
+    /// and compare-and-swap on `old` (`--force-with-lease`). Idempotent: if the remote
+    /// already contains `new`, the result is `Landed`.
+    pub fn land(&self, branch: &str, old: &str, new: &str) -> Result<LandResult, GitError> {
+        let repo = self.repo()?;
+        let (o, n) = (Oid::from_str(old)?, Oid::from_str(new)?);
+        if o != n && !repo.graph_descendant_of(n, o)? {
+            return Err(GitError::Other(format!(
+                "{new} does not descend from {old}: refusing a non-fast-forward"
+            )));
+        }
+        let lease = format!("--force-with-lease=refs/heads/{branch}:{old}");
+        let spec = format!("{new}:refs/heads/{branch}");
+        let pushed = git(
+            Some(&self.path),
+            &["push", "--quiet", &lease, "--", &self.url, &spec],
+        );
+        if pushed.is_ok() {
+            return Ok(LandResult::Landed);
+        }
+        let target = format!("refs/mq/target/{branch}");
+        if let Err(e) = self.fetch(&[format!("+refs/heads/{branch}:{target}")]) {
+            return Ok(LandResult::Failed(e.to_string()));
+        }
+        let tip = self.resolve(&target)?;
+        let t = Oid::from_str(&tip)?;
+        if t == n || repo.graph_descendant_of(t, n)? {
+            return Ok(LandResult::Landed);
+        }
+        if t != o {
+            return Ok(LandResult::Moved { tip });
+        }
+        Ok(LandResult::Failed(
+            pushed.err().map(|e| e.to_string()).unwrap_or_default(),
+        ))
+    }
+}

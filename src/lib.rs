@@ -4,6 +4,7 @@
 //! runs its commands (git, nix, SQLite, HTTP) and feeds results back.
 
 pub mod api;
+pub mod bench;
 pub mod change;
 pub mod client;
 pub mod config;
@@ -13,7 +14,10 @@ pub mod driver;
 pub mod evaluation;
 pub mod fixture;
 pub mod git;
+pub mod harness;
 pub mod nix;
 pub mod outcome;
+pub mod prereq;
+pub mod serve;
 pub mod store;
 pub mod systemd;

@@ -1,1 +1,195 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use hyper::Method;
+use serde_json::json;
+
+use mergequeue::client::ApiClient;
+use mergequeue::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "mergequeue",
+    version,
+    about = "Keeps a Nix package set's branches green and its channels fresh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// Server address (default: `listen` from --config, else 127.0.0.1:8080).
+    #[arg(long)]
+    server: Option<String>,
+    /// Config file to take the server address and token file from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// File holding the bearer token (default: `api_token_file` from --config, or $MERGEQUEUE_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the coordinator in the foreground; SIGTERM stops it cleanly.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Validate a config file: exit 0, or print FILE:LINE:COL: message and exit 1.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the self-contained demonstration with real nix and git.
+    Demo(mergequeue::demo::DemoArgs),
+    /// Submit a git ref as a change.
+    Submit {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        repo: String,
+        /// The git ref of the change (refs/heads/NAME, or NAME for a branch).
+        #[arg(long = "ref")]
+        git_ref: String,
+        /// The branch to land on.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "")]
+        title: String,
+        #[arg(long, default_value = "")]
+        author: String,
+        /// urgent, high, normal or low.
+        #[arg(long, default_value = "normal")]
+        priority: String,
+    },
+    /// Show a change, or the queue of a repo when no id is given.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        repo: String,
+        id: Option<u64>,
+    },
+    /// Cancel a queued or testing change.
+    Cancel {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        repo: String,
+        id: u64,
+    },
+    /// Benchmarks (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        which: mergequeue::bench::Bench,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mergequeue: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Serve { config, verbose } => {
+            mergequeue::systemd::init_logging(verbose);
+            let config = Config::load(&config)?;
+            mergequeue::serve::serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Cmd::Demo(args) => mergequeue::demo::run(args).await,
+        Cmd::Submit {
+            remote,
+            repo,
+            git_ref,
+            target,
+            title,
+            author,
+            priority,
+        } => {
+            let c = client(&remote)?;
+            let body = json!({ "ref": git_ref, "target": target, "title": title, "author": author, "priority": priority });
+            let v = c
+                .ok(
+                    Method::POST,
+                    &format!("/api/v1/repos/{repo}/changes"),
+                    Some(body),
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { remote, repo, id } => {
+            let c = client(&remote)?;
+            let path = match id {
+                Some(id) => format!("/api/v1/repos/{repo}/changes/{id}"),
+                None => format!("/api/v1/repos/{repo}/queue"),
+            };
+            let v = c.ok(Method::GET, &path, None).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cancel { remote, repo, id } => {
+            let c = client(&remote)?;
+            let v = c
+                .ok(
+                    Method::DELETE,
+                    &format!("/api/v1/repos/{repo}/changes/{id}"),
+                    None,
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { which } => mergequeue::bench::run(which).await,
+    }
+}
+
+fn client(r: &Remote) -> anyhow::Result<Arc<ApiClient>> {
+    let config = r.config.as_ref().map(|p| Config::load(p)).transpose()?;
+    let server = r
+        .server
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.listen.clone()))
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let token_file = r
+        .token_file
+        .clone()
+        .or_else(|| config.as_ref().and_then(|c| c.api_token_file.clone()));
+    let token = match token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(&p)
+                .map_err(|e| anyhow::anyhow!("{}: cannot read token: {e}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("MERGEQUEUE_TOKEN").ok(),
+    };
+    Ok(Arc::new(ApiClient::new(&server, token)))
+}

@@ -1,1 +1,393 @@
-//! TODO
+//! SQLite, the source of truth. One connection, owned by the driver task (one writer).
+//! WAL mode; schema versions applied by `rusqlite_migration` from `PRAGMA user_version`.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+
+use crate::change::{Change, ChangeState, Priority};
+use crate::core::{Candidate, Memo, Millis, Phase, Record};
+use crate::evaluation::Evaluation;
+use crate::outcome::{BuildReport, OutcomeClass};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database migration: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Schema history. Never edit a released migration; append a new one.
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE changes (
+                id INTEGER PRIMARY KEY,
+                repo TEXT NOT NULL,
+                target TEXT NOT NULL,
+                git_ref TEXT NOT NULL,
+                submitted_head TEXT NOT NULL,
+                head TEXT NOT NULL,
+                title TEXT NOT NULL DEFAULT '',
+                author TEXT NOT NULL DEFAULT '',
+                priority TEXT NOT NULL DEFAULT 'normal',
+                state TEXT NOT NULL,
+                reason TEXT,
+                landed_commit TEXT,
+                submitted_at INTEGER NOT NULL,
+                updated_at INTEGER NOT NULL
+            );
+            CREATE TABLE candidates (
+                id INTEGER PRIMARY KEY,
+                repo TEXT NOT NULL,
+                branch TEXT NOT NULL,
+                changes TEXT NOT NULL,
+                base TEXT,
+                merged TEXT NOT NULL DEFAULT '[]',
+                phase TEXT NOT NULL,
+                follow_up_of INTEGER,
+                builds INTEGER NOT NULL DEFAULT 0,
+                extra_builds INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL,
+                last_build_at INTEGER,
+                finished_at INTEGER,
+                summary TEXT
+            );
+            CREATE TABLE memo (
+                drv TEXT PRIMARY KEY,
+                class TEXT NOT NULL,
+                log_tail TEXT NOT NULL DEFAULT '',
+                root_drv TEXT,
+                expires_at INTEGER
+            );
+            CREATE TABLE evaluations (
+                commit_sha TEXT PRIMARY KEY,
+                repo TEXT NOT NULL,
+                data BLOB NOT NULL,
+                created_at INTEGER NOT NULL
+            );
+            CREATE TABLE events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at INTEGER NOT NULL,
+                repo TEXT NOT NULL,
+                text TEXT NOT NULL
+            );",
+        ),
+        // v2: every build attempt (including infrastructure failures, which are never
+        // remembered in `memo`), for metrics, logs and flakiness.
+        M::up(
+            "CREATE TABLE attempts (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                drv TEXT NOT NULL,
+                builder TEXT NOT NULL DEFAULT 'local',
+                class TEXT NOT NULL,
+                root_drv TEXT,
+                log_tail TEXT NOT NULL DEFAULT '',
+                duration_ms INTEGER NOT NULL DEFAULT 0,
+                finished_at INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE INDEX attempts_drv ON attempts(drv);
+            CREATE INDEX changes_state ON changes(state);",
+        ),
+    ])
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a landed change must survive power loss, not only a process crash.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        migrations().to_latest(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Applies one step's records atomically.
+    pub fn apply(&mut self, records: &[&Record]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for r in records {
+            match r {
+                Record::Change(c) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO changes (id, repo, target, git_ref, submitted_head, head, title, author,
+                         priority, state, reason, landed_commit, submitted_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                        params![
+                            c.id,
+                            c.repo,
+                            c.target,
+                            c.git_ref,
+                            c.submitted_head,
+                            c.head,
+                            c.title,
+                            c.author,
+                            c.priority.as_str(),
+                            c.state.as_str(),
+                            c.reason,
+                            c.landed_commit,
+                            c.submitted_at,
+                            c.updated_at
+                        ],
+                    )?;
+                }
+                Record::Candidate(c) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO candidates (id, repo, branch, changes, base, merged, phase, follow_up_of,
+                         builds, extra_builds, created_at, last_build_at, finished_at, summary)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                        params![
+                            c.id,
+                            c.repo,
+                            c.branch,
+                            serde_json::to_string(&c.changes).expect("serialisable"),
+                            c.base,
+                            serde_json::to_string(&c.merged).expect("serialisable"),
+                            c.phase.as_str(),
+                            c.follow_up_of,
+                            c.builds,
+                            c.extra_builds,
+                            c.created_at,
+                            c.last_build_at,
+                            c.finished_at,
+                            c.summary
+                        ],
+                    )?;
+                }
+                Record::Memo { drv, memo } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO memo (drv, class, log_tail, root_drv, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![drv, memo.class.as_str(), memo.log_tail, memo.root_drv, memo.expires_at],
+                    )?;
+                }
+                Record::Event { at, repo, text } => {
+                    tx.execute(
+                        "INSERT INTO events (at, repo, text) VALUES (?1, ?2, ?3)",
+                        params![at, repo, text],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn changes(&self) -> Result<Vec<Change>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, repo, target, git_ref, submitted_head, head, title, author, priority, state, reason,
+             landed_commit, submitted_at, updated_at FROM changes ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                Change {
+                    id: r.get(0)?,
+                    repo: r.get(1)?,
+                    target: r.get(2)?,
+                    git_ref: r.get(3)?,
+                    submitted_head: r.get(4)?,
+                    head: r.get(5)?,
+                    title: r.get(6)?,
+                    author: r.get(7)?,
+                    priority: Priority::Normal,
+                    state: ChangeState::Queued,
+                    reason: r.get(10)?,
+                    landed_commit: r.get(11)?,
+                    submitted_at: r.get(12)?,
+                    updated_at: r.get(13)?,
+                },
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            ))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (mut c, prio, state) = row?;
+            c.priority = Priority::parse(&prio)
+                .ok_or_else(|| StoreError::Corrupt(format!("priority {prio:?}")))?;
+            c.state = ChangeState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    pub fn candidates(&self) -> Result<Vec<Candidate>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, repo, branch, changes, base, merged, phase, follow_up_of, builds, extra_builds,
+             created_at, last_build_at, finished_at, summary FROM candidates ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, Option<u64>>(7)?,
+                (r.get::<_, u32>(8)?, r.get::<_, u32>(9)?),
+                (
+                    r.get::<_, i64>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
+                    r.get::<_, Option<i64>>(12)?,
+                ),
+                r.get::<_, Option<String>>(13)?,
+            ))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (
+                id,
+                repo,
+                branch,
+                changes,
+                base,
+                merged,
+                phase,
+                follow_up_of,
+                (builds, extra),
+                (created, last, fin),
+                summary,
+            ) = row?;
+            let corrupt = |what: &str| StoreError::Corrupt(format!("candidate {id}: {what}"));
+            out.push(Candidate {
+                id,
+                repo,
+                branch,
+                changes: serde_json::from_str(&changes).map_err(|_| corrupt("changes"))?,
+                base,
+                merged: serde_json::from_str(&merged).map_err(|_| corrupt("merged"))?,
+                phase: Phase::parse(&phase).ok_or_else(|| corrupt("phase"))?,
+                follow_up_of,
+                builds,
+                extra_builds: extra,
+                created_at: created,
+                last_build_at: last,
+                finished_at: fin,
+                summary,
+                targets: vec![],
+                pending: Default::default(),
+                eval_blockers: vec![],
+                attribution: None,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn memo(&self) -> Result<Vec<(String, Memo)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT drv, class, log_tail, root_drv, expires_at FROM memo")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (drv, class, log_tail, root_drv, expires_at) = row?;
+            let class = OutcomeClass::parse(&class)
+                .ok_or_else(|| StoreError::Corrupt(format!("memo class {class:?}")))?;
+            out.push((
+                drv,
+                Memo {
+                    class,
+                    log_tail,
+                    root_drv,
+                    expires_at,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn put_eval(
+        &mut self,
+        repo: &str,
+        eval: &Evaluation,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(eval).expect("serialisable");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&json).expect("in-memory write");
+        let data = enc.finish().expect("in-memory write");
+        self.conn.execute(
+            "INSERT OR REPLACE INTO evaluations (commit_sha, repo, data, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![eval.commit, repo, data, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn get_eval(&self, commit: &str) -> Result<Option<Evaluation>, StoreError> {
+        let data: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT data FROM evaluations WHERE commit_sha = ?1",
+                [commit],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(data) = data else { return Ok(None) };
+        let mut json = vec![];
+        flate2::read::GzDecoder::new(&data[..])
+            .read_to_end(&mut json)
+            .map_err(|e| StoreError::Corrupt(format!("evaluation {commit}: {e}")))?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("evaluation {commit}: {e}")))
+    }
+
+    pub fn put_attempt(&mut self, r: &BuildReport, now: Millis) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO attempts (drv, builder, class, root_drv, log_tail, duration_ms, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![r.drv_path, r.builder, r.class.as_str(), r.root_drv, r.log_tail, r.duration_ms, now],
+        )?;
+        Ok(())
+    }
+
+    /// Attempts by outcome class, for `/metrics`.
+    pub fn attempt_counts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT builder, class, COUNT(*) FROM attempts GROUP BY builder, class ORDER BY builder, class")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, i64, String, String)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, at, repo, text FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let rows = st.query_map(params![after, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -30,6 +30,8 @@ pub type Millis = i64;
 pub struct LaneConfig {
     pub batch_max: usize,
     pub required: Vec<String>,
+    /// Wait this long after a change is queued to gather a fuller batch.
+    pub batch_delay_ms: Millis,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +63,7 @@ impl CoreConfig {
                             LaneConfig {
                                 batch_max: *b.batch_max.get_ref(),
                                 required: b.required.clone(),
+                                batch_delay_ms: b.batch_delay_secs as Millis * 1000,
                             },
                         )
                     })
@@ -240,6 +243,8 @@ pub struct Core {
     pub(crate) probes: BTreeMap<ProbeId, CandId>,
     /// Delayed commands, by due time and sequence.
     pub(crate) timers: BTreeMap<(Millis, u64), Command>,
+    /// Times at which `tick` must look at the lanes again (batch delays).
+    pub(crate) wakes: BTreeSet<Millis>,
     pub(crate) next_change: ChangeId,
     pub(crate) next_cand: CandId,
     pub(crate) next_probe: ProbeId,
@@ -314,7 +319,9 @@ impl Core {
     }
 
     pub fn next_wakeup(&self) -> Option<Millis> {
-        self.timers.keys().next().map(|(t, _)| *t)
+        let t = self.timers.keys().next().map(|(t, _)| *t);
+        let w = self.wakes.first().copied();
+        t.into_iter().chain(w).min()
     }
 
     pub fn change(&self, id: ChangeId) -> Option<&Change> {
@@ -442,6 +449,7 @@ impl Core {
     }
 
     fn fire_timers(&mut self, now: Millis) {
+        self.wakes.retain(|&w| w > now);
         while let Some((&(at, seq), _)) = self.timers.iter().next() {
             if at > now {
                 break;
@@ -462,13 +470,18 @@ impl Core {
             if self.lanes.contains_key(&(repo.clone(), branch.clone())) {
                 continue;
             }
-            let batch_max = self.cfg().repos[&repo].lanes[&branch].batch_max;
-            let ids: Vec<ChangeId> = self
-                .queue(&repo, &branch)
-                .iter()
-                .take(batch_max)
-                .map(|c| c.id)
-                .collect();
+            let lane = &self.cfg().repos[&repo].lanes[&branch];
+            let (batch_max, delay) = (lane.batch_max, lane.batch_delay_ms);
+            let queue = self.queue(&repo, &branch);
+            let oldest = queue.iter().map(|c| c.submitted_at * 1000).min();
+            let ids: Vec<ChangeId> = queue.iter().take(batch_max).map(|c| c.id).collect();
+            if let Some(oldest) = oldest {
+                // Gather a fuller batch first, unless it is full already.
+                if delay > 0 && ids.len() < batch_max && oldest + delay > now {
+                    self.wakes.insert(oldest + delay);
+                    continue;
+                }
+            }
             if !ids.is_empty() {
                 self.start_candidate(&repo, &branch, ids, None, now);
             }
