@@ -568,6 +568,11 @@ impl PackageSet {
         Ok(nv)
     }
 
+    /// Sets the version of `name` (changes its derivation like [`PackageSet::bump`]).
+    pub fn set_version(&mut self, name: &str, version: &str) -> io::Result<()> {
+        self.set_field(name, "version", &nix_str(version))
+    }
+
     /// Makes the build of `name` print [`BUILD_FAILURE_MARKER`] and exit 1 (this changes the
     /// derivation, so reverse dependencies rebuild and fail with a dependency failure).
     pub fn break_build(&mut self, name: &str) -> io::Result<()> {

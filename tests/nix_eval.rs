@@ -1,0 +1,371 @@
+//! Jobset evaluation with real Nix on generated package sets.
+
+use std::path::Path;
+use std::time::Instant;
+
+use mergequeue::config::Evaluator;
+use mergequeue::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
+use mergequeue::fixture::{generate, EvalBreak, PackageSet, Spec};
+use mergequeue::nix::eval::NixEval;
+
+const SYSTEM: &str = "x86_64-linux";
+
+fn require_nix() {
+    let ok = std::process::Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "nix-instantiate is not on PATH: these tests need real Nix. Run the prerequisite \
+         installer first (apt-get update && apt-get install -y nix-bin git busybox-static, \
+         see docs/nix-here.md), then re-run the tests."
+    );
+}
+
+fn eval() -> NixEval {
+    NixEval {
+        nix_args: vec!["--option".into(), "substituters".into(), "".into()],
+        evaluator: Evaluator::NixInstantiate,
+    }
+}
+
+fn systems() -> Vec<String> {
+    vec![SYSTEM.to_string()]
+}
+
+fn small(dir: &Path, packages: usize, seed: u64) -> PackageSet {
+    generate(
+        dir,
+        &Spec {
+            packages,
+            seed,
+            broken: 1,
+            ..Spec::default()
+        },
+    )
+    .unwrap()
+}
+
+fn get<'a>(e: &'a Evaluation, attr: &str) -> &'a JobResult {
+    e.get(&JobKey {
+        attr: attr.into(),
+        system: SYSTEM.into(),
+    })
+    .unwrap_or_else(|| panic!("no job {attr}"))
+}
+
+fn error_of(e: &Evaluation, attr: &str) -> String {
+    match get(e, attr) {
+        JobResult::Error(m) => m.clone(),
+        JobResult::Ok(_) => panic!("{attr} evaluated, expected an error"),
+    }
+}
+
+#[tokio::test]
+async fn finds_all_jobs_with_drv_outputs_and_maintainers() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let set = small(dir.path(), 60, 7);
+    let e = eval()
+        .evaluate(dir.path(), "release.nix", &systems(), "c1")
+        .await;
+    assert_eq!(e.outcome, EvalOutcome::Ok);
+    assert_eq!(e.commit, "c1");
+    assert_eq!(e.jobs.len(), set.names.len());
+    assert!(!set.nested().is_empty(), "the fixture should have python.*");
+    for name in &set.names {
+        let j = get(&e, name)
+            .job()
+            .unwrap_or_else(|| panic!("{name} failed"));
+        assert!(j.drv_path.starts_with("/nix/store/") && j.drv_path.ends_with(".drv"));
+        assert!(
+            Path::new(&j.drv_path).exists(),
+            "{} was not written to the store",
+            j.drv_path
+        );
+        assert_eq!(j.outputs.len(), 1);
+        assert_eq!(j.outputs[0].0, "out");
+        assert_eq!(&j.maintainers, &set.maintainers[name], "{name}");
+    }
+    // Maintainers come both as strings and as { github = ...; } sets in the fixture.
+    let files: String = set
+        .names
+        .iter()
+        .map(|n| std::fs::read_to_string(set.file(n)).unwrap())
+        .collect();
+    assert!(files.contains("maintainers = [ m.\""));
+    assert!(files.contains("maintainers = [ \""));
+}
+
+#[tokio::test]
+async fn throw_abort_and_type_errors_are_isolated() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = small(dir.path(), 60, 8);
+    let leaves: Vec<String> = set
+        .healthy_leaves()
+        .into_iter()
+        .filter(|n| !n.contains('.'))
+        .collect();
+    let nested: Vec<String> = set
+        .leaves()
+        .into_iter()
+        .filter(|n| n.contains('.'))
+        .collect();
+    assert!(leaves.len() >= 3 && !nested.is_empty());
+    let (t, a, ty, na) = (&leaves[0], &leaves[1], &leaves[2], &nested[0]);
+    set.break_eval(t).unwrap();
+    set.abort_eval(a).unwrap();
+    set.break_eval_with(ty, EvalBreak::TypeError).unwrap();
+    set.abort_eval(na).unwrap();
+
+    let started = Instant::now();
+    let e = eval()
+        .evaluate(dir.path(), "release.nix", &systems(), "c2")
+        .await;
+    eprintln!("evaluation with 3 uncaught errors: {:?}", started.elapsed());
+    assert_eq!(e.outcome, EvalOutcome::Ok);
+    assert_eq!(e.jobs.len(), set.names.len());
+
+    let m = error_of(&e, t);
+    assert!(
+        m.contains(&format!("fixture: {t} does not evaluate (throw)")),
+        "{m}"
+    );
+    assert!(!m.contains("show-trace"), "{m}");
+    let m = error_of(&e, a);
+    assert!(m.contains("evaluation aborted"), "{m}");
+    assert!(
+        m.contains(&format!("fixture: {a} does not evaluate (abort)")),
+        "{m}"
+    );
+    let m = error_of(&e, ty);
+    assert!(m.contains("cannot add a string to an integer"), "{m}");
+    let m = error_of(&e, na);
+    assert!(m.contains("evaluation aborted"), "{m}");
+
+    let broken = [t, a, ty, na];
+    for name in &set.names {
+        if !broken.contains(&name) {
+            assert!(get(&e, name).job().is_some(), "{name} should evaluate");
+        }
+    }
+}
+
+#[tokio::test]
+async fn reverse_dependencies_of_an_eval_error_fail_too() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = small(dir.path(), 40, 9);
+    set.abort_eval("openssl").unwrap();
+    let e = eval()
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await;
+    assert_eq!(e.outcome, EvalOutcome::Ok);
+    let rdeps = set.reverse_deps("openssl");
+    for name in &set.names {
+        let failed = get(&e, name).job().is_none();
+        let expected = name == "openssl" || rdeps.contains(name);
+        assert_eq!(failed, expected, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn whole_jobset_failures() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    small(dir.path(), 10, 1);
+    std::fs::write(
+        dir.path().join("syntax.nix"),
+        "{ system ? null }: { a = ; }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("number.nix"), "{ system }: 42\n").unwrap();
+    std::fs::write(dir.path().join("throws.nix"), "throw \"no jobs today\"\n").unwrap();
+    let ev = eval();
+    let e = ev.evaluate(dir.path(), "syntax.nix", &systems(), "c").await;
+    match &e.outcome {
+        EvalOutcome::Failed(m) => assert!(m.contains("syntax error"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    assert!(e.jobs.is_empty());
+    let e = ev.evaluate(dir.path(), "number.nix", &systems(), "c").await;
+    match &e.outcome {
+        EvalOutcome::Failed(m) => assert!(m.contains("attribute set"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    let e = ev.evaluate(dir.path(), "throws.nix", &systems(), "c").await;
+    match &e.outcome {
+        EvalOutcome::Failed(m) => assert!(m.contains("no jobs today"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    let e = ev
+        .evaluate(dir.path(), "missing.nix", &systems(), "c")
+        .await;
+    assert!(e.failed());
+}
+
+#[tokio::test]
+async fn plain_attrset_and_function_forms_agree() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    small(dir.path(), 30, 2);
+    std::fs::write(
+        dir.path().join("plain.nix"),
+        "import ./release.nix { system = \"x86_64-linux\"; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("nosystem.nix"),
+        "{ extra ? 1 }: import ./release.nix { system = \"x86_64-linux\"; }\n",
+    )
+    .unwrap();
+    let ev = eval();
+    let f = ev
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await;
+    let p = ev.evaluate(dir.path(), "plain.nix", &systems(), "c").await;
+    let n = ev
+        .evaluate(dir.path(), "nosystem.nix", &systems(), "c")
+        .await;
+    assert_eq!(f.jobs, p.jobs);
+    assert_eq!(f.jobs, n.jobs);
+}
+
+#[tokio::test]
+async fn function_jobsets_are_called_per_system() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let set = small(dir.path(), 15, 3);
+    let systems = vec!["x86_64-linux".to_string(), "aarch64-linux".to_string()];
+    let e = eval()
+        .evaluate(dir.path(), "release.nix", &systems, "c")
+        .await;
+    assert_eq!(e.jobs.len(), 2 * set.names.len());
+    let x = e
+        .get(&JobKey {
+            attr: "libc".into(),
+            system: "x86_64-linux".into(),
+        })
+        .and_then(|r| r.job())
+        .unwrap();
+    let a = e
+        .get(&JobKey {
+            attr: "libc".into(),
+            system: "aarch64-linux".into(),
+        })
+        .and_then(|r| r.job())
+        .unwrap();
+    assert_ne!(x.drv_path, a.drv_path);
+}
+
+#[tokio::test]
+async fn evaluate_attrs_matches_evaluate() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = small(dir.path(), 50, 4);
+    let leaves = set.healthy_leaves();
+    let thrower = leaves.iter().find(|n| !n.contains('.')).unwrap().clone();
+    let aborter = leaves
+        .iter()
+        .rev()
+        .find(|n| !n.contains('.') && **n != thrower)
+        .unwrap()
+        .clone();
+    set.break_eval(&thrower).unwrap();
+    set.abort_eval(&aborter).unwrap();
+    let ev = eval();
+    let full = ev
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await;
+    let attrs: Vec<String> = vec![
+        "libc".into(),
+        "tested".into(),
+        thrower.clone(),
+        aborter.clone(),
+        set.nested()[0].clone(),
+        "no-such-package".into(),
+        "python.no-such-package".into(),
+    ];
+    let started = Instant::now();
+    let got = ev
+        .evaluate_attrs(dir.path(), "release.nix", &systems(), &attrs)
+        .await;
+    eprintln!(
+        "evaluate_attrs of {} attrs: {:?}",
+        attrs.len(),
+        started.elapsed()
+    );
+    assert_eq!(got.len(), attrs.len());
+    for (k, r) in &got {
+        if k.attr.contains("no-such-package") {
+            assert_eq!(
+                r,
+                &JobResult::Error(format!("attribute '{}' not found", k.attr))
+            );
+        } else {
+            assert_eq!(Some(r), full.get(k), "{k}");
+        }
+    }
+    // A nested set expands to its jobs.
+    let python = ev
+        .evaluate_attrs(dir.path(), "release.nix", &systems(), &["python".into()])
+        .await;
+    let expected: Vec<_> = full
+        .by_attr("python")
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    assert_eq!(python, expected);
+    assert!(!python.is_empty());
+}
+
+#[tokio::test]
+async fn bump_rebuilds_exactly_the_package_and_its_reverse_deps() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = small(dir.path(), 80, 5);
+    let ev = eval();
+    let before = ev
+        .evaluate(dir.path(), "release.nix", &systems(), "a")
+        .await;
+    set.bump("zlib").unwrap();
+    let after = ev
+        .evaluate(dir.path(), "release.nix", &systems(), "b")
+        .await;
+    let d = diff(&before, &after);
+    let changed: Vec<String> = d.changed.iter().map(|k| k.attr.clone()).collect();
+    let mut expected = set.reverse_deps("zlib");
+    expected.push("zlib".into());
+    expected.sort();
+    assert_eq!(changed, expected);
+    assert!(d.added.is_empty() && d.removed.is_empty() && d.failing.is_empty());
+}
+
+/// The 300-package default fixture: prints the time (see the report in docs).
+#[tokio::test]
+async fn default_fixture_evaluation_time() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let set = generate(dir.path(), &Spec::default()).unwrap();
+    let ev = eval();
+    let started = Instant::now();
+    let e = ev
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await;
+    let cold = started.elapsed();
+    let started = Instant::now();
+    let e2 = ev
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await;
+    let warm = started.elapsed();
+    eprintln!(
+        "evaluated {} jobs: {cold:?} (drvs written), {warm:?} (again)",
+        e.jobs.len()
+    );
+    assert_eq!(e.jobs.len(), set.names.len());
+    assert!(e.jobs.iter().all(|(_, r)| r.job().is_some()));
+    assert_eq!(e, e2);
+    assert!(cold.as_secs() < 60);
+}
