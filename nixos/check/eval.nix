@@ -1,0 +1,308 @@
+# Evaluates nixos/module.nix with nixpkgs' `lib` alone, for machines without
+# nixpkgs (see scripts/check-nix.sh and docs/nixos.md "Verification").
+#
+# The NixOS options the module (and the VM test nodes) touch are stubbed as
+# loosely typed options; pkgs is a stub whose derivations are fake store paths and
+# whose `formats.toml` has nixpkgs' value type. What is real: lib.evalModules, the
+# module's options, types, defaults, priorities, assertions, warnings and the
+# settings it renders.
+#
+#   nix-instantiate --eval --strict --json nixos/check/eval.nix \
+#     --arg lib 'import /path/to/nixpkgs.lib/lib' -A scenarios.queue.settings
+{
+  lib,
+  system ? "x86_64-linux",
+}:
+
+let
+  inherit (lib) mkOption types;
+
+  fakeHash = "0000000000000000000000000000000${toString (builtins.stringLength system)}";
+  stubDrv =
+    name: extra:
+    {
+      type = "derivation";
+      inherit name;
+      outPath = "${builtins.storeDir}/${fakeHash}-${name}";
+      drvPath = "${builtins.storeDir}/${fakeHash}-${name}.drv";
+      meta = { };
+      outputs = [ "out" ];
+    }
+    // extra;
+
+  tomlType =
+    let
+      valueType =
+        types.oneOf [
+          types.bool
+          types.int
+          types.float
+          types.str
+          types.path
+          (types.attrsOf valueType)
+          (types.listOf valueType)
+        ]
+        // {
+          description = "TOML value";
+        };
+    in
+    valueType;
+
+  pkgs = {
+    inherit lib;
+    stdenv.hostPlatform = {
+      inherit system;
+    };
+    formats.toml =
+      { }:
+      {
+        type = tomlType;
+        generate = name: value: stubDrv name { rendered = value; };
+      };
+    runCommand = name: env: script: stubDrv name { inherit env script; };
+    writeShellScriptBin = name: text: stubDrv name { inherit text; };
+    runtimeShell = "${builtins.storeDir}/${fakeHash}-bash/bin/bash";
+    mergequeue = stubDrv "mergequeue" { meta.mainProgram = "mergequeue"; };
+    git = stubDrv "git" { };
+    openssh = stubDrv "openssh" { };
+    busybox = stubDrv "busybox" { };
+    jq = stubDrv "jq" { };
+    nix = stubDrv "nix" { };
+    nixos = module: evalSystem [ module ];
+    testers.testBuildFailure = drv: stubDrv "test-build-failure" { inherit drv; };
+  };
+
+  freeform = types.submodule { freeformType = types.lazyAttrsOf types.anything; };
+  ns = mkOption {
+    type = freeform;
+    default = { };
+  };
+  listOpt =
+    elem:
+    mkOption {
+      type = types.listOf elem;
+      default = [ ];
+    };
+
+  # The slice of NixOS the module and the test nodes use.
+  stubs = {
+    options = {
+      assertions = listOf' types.unspecified;
+      warnings = listOf' types.str;
+      # One option per service/program, as in NixOS: a single `services` option
+      # would make every `mkIf cfg.enable` definition depend on itself.
+      services.openssh = ns;
+      programs.git = ns;
+      programs.ssh = ns;
+      virtualisation = ns;
+      documentation = ns;
+      boot = ns;
+      fileSystems = ns;
+      system = mkOption {
+        type = types.submodule {
+          freeformType = types.lazyAttrsOf types.anything;
+          options.extraDependencies = listOpt types.package;
+        };
+        default = { };
+      };
+      environment = mkOption {
+        type = types.submodule {
+          freeformType = types.lazyAttrsOf types.anything;
+          options.systemPackages = listOpt types.package;
+          options.etc = mkOption {
+            type = types.attrsOf freeform;
+            default = { };
+          };
+        };
+        default = { };
+      };
+      networking.firewall.allowedTCPPorts = listOpt types.port;
+      nix = {
+        package = mkOption {
+          type = types.package;
+          default = pkgs.nix;
+        };
+        buildMachines = listOpt freeform;
+        settings = mkOption {
+          type = types.submodule {
+            freeformType = types.attrsOf (types.either (types.listOf types.str) types.anything);
+          };
+          default = { };
+        };
+      };
+      users = {
+        users = mkOption {
+          type = types.attrsOf (
+            types.submodule {
+              freeformType = types.lazyAttrsOf types.anything;
+              options.isSystemUser = mkOption {
+                type = types.bool;
+                default = false;
+              };
+              options.group = mkOption {
+                type = types.str;
+                default = "";
+              };
+            }
+          );
+          default = { };
+        };
+        groups = mkOption {
+          type = types.attrsOf freeform;
+          default = { };
+        };
+      };
+      systemd.services = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            freeformType = types.lazyAttrsOf types.anything;
+            options = {
+              path = listOpt types.package;
+              wantedBy = listOpt types.str;
+              wants = listOpt types.str;
+              after = listOpt types.str;
+              environment = mkOption {
+                type = types.attrsOf types.str;
+                default = { };
+              };
+              restartTriggers = listOpt types.unspecified;
+              serviceConfig = mkOption {
+                type = types.attrsOf (
+                  types.oneOf [
+                    types.bool
+                    types.int
+                    types.str
+                    (types.listOf types.str)
+                  ]
+                );
+                default = { };
+              };
+            };
+          }
+        );
+        default = { };
+      };
+    };
+  };
+  listOf' =
+    t:
+    mkOption {
+      type = types.listOf t;
+      default = [ ];
+    };
+
+  evalSystem =
+    modules:
+    lib.evalModules {
+      modules = [
+        stubs
+        ../module.nix
+        { _module.args.pkgs = pkgs; }
+      ]
+      ++ modules;
+    };
+
+  # What a scenario yields: the rendered settings (as the TOML file would hold
+  # them), the unit, failed assertions and warnings.
+  summarize =
+    result:
+    let
+      cfg = result.config;
+      svc = cfg.systemd.services.mergequeue;
+    in
+    {
+      settings = cfg.services.mergequeue.configFile.env.configToCheck.rendered;
+      checkScript = cfg.services.mergequeue.configFile.script;
+      failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
+      inherit (cfg) warnings;
+      unit = {
+        inherit (svc) environment wantedBy after;
+        path = map (p: p.name) svc.path;
+        serviceConfig = svc.serviceConfig;
+      };
+      users = lib.mapAttrs (_: u: { inherit (u) isSystemUser group; }) cfg.users.users;
+      firewall = cfg.networking.firewall.allowedTCPPorts;
+      nixSettings = cfg.nix.settings;
+    };
+
+  # A VM test's node, evaluated with the real test file and vm-tests/common.nix.
+  vmTestNode =
+    file: node:
+    let
+      common = import ../../vm-tests/common.nix { inherit pkgs; };
+      test = import file {
+        inherit pkgs common;
+        self.nixosModules.default = { };
+      };
+    in
+    evalSystem [ test.nodes.${node} ];
+
+  examples = {
+    infra = ../examples/infra.nix;
+    community = ../examples/community.nix;
+  };
+in
+{
+  inherit pkgs;
+
+  scenarios = {
+    disabled = summarize (evalSystem [ ]) // {
+      # Nothing but option declarations when disabled.
+      settings = null;
+      checkScript = null;
+      unit = null;
+    };
+    basic = summarize (vmTestNode ../../vm-tests/basic.nix "machine");
+    basic-bad =
+      let
+        common = import ../../vm-tests/common.nix { inherit pkgs; };
+        test = import ../../vm-tests/basic.nix {
+          inherit pkgs common;
+          self.nixosModules.default = { };
+        };
+        # basic.nix builds the config of a deliberately bad system; its node
+        # references testBuildFailure of that system's checked config file.
+        bad = (evalSystem [ test.nodes.machine ]).config.environment.etc."mergequeue-bad-config".source.drv;
+      in
+      {
+        checkScript = bad.script;
+        settings = bad.env.configToCheck.rendered;
+      };
+    queue = summarize (vmTestNode ../../vm-tests/queue.nix "coordinator");
+    builder-crash = summarize (vmTestNode ../../vm-tests/builder-crash.nix "coordinator");
+    channel = summarize (vmTestNode ../../vm-tests/channel.nix "coordinator");
+    builder-node =
+      let
+        cfg = (vmTestNode ../../vm-tests/queue.nix "builder").config;
+      in
+      {
+        failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
+        user = cfg.users.users.mergequeue-builder;
+        trusted = cfg.nix.settings.trusted-users;
+      };
+    infra = summarize (evalSystem [ examples.infra ]);
+    community = summarize (evalSystem [ examples.community ]);
+    # Negative cases: each must produce a failed assertion.
+    store-secret = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          apiTokenFile = "${builtins.storeDir}/${fakeHash}-token";
+        };
+      }
+    ]);
+    relative-key = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          builders = [
+            {
+              hostName = "b";
+              sshKey = "keys/id";
+            }
+          ];
+        };
+      }
+    ]);
+  };
+}
