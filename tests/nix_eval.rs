@@ -232,6 +232,20 @@ async fn plain_attrset_and_function_forms_agree() {
         .await;
     assert_eq!(f.jobs, p.jobs);
     assert_eq!(f.jobs, n.jobs);
+
+    // Nested sets are entered only with recurseForDerivations = true.
+    std::fs::write(
+        dir.path().join("hidden.nix"),
+        "let p = import ./release.nix { }; in p // { hidden = { x = p.libc; }; \
+         shown = { recurseForDerivations = true; y = p.zlib; deeper = { z = p.libc; }; }; }\n",
+    )
+    .unwrap();
+    let h = ev.evaluate(dir.path(), "hidden.nix", &systems(), "c").await;
+    assert_eq!(h.outcome, EvalOutcome::Ok);
+    assert_eq!(h.jobs.len(), f.jobs.len() + 1);
+    assert_eq!(get(&h, "shown.y").job(), get(&f, "zlib").job());
+    assert!(h.by_attr("hidden").next().is_none());
+    assert!(h.by_attr("shown.deeper").next().is_none());
 }
 
 #[tokio::test]
