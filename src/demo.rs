@@ -32,7 +32,7 @@ struct Scripted {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::prereq::require(&["nix-instantiate", "nix-store", "git"])?;
+    crate::prereq::ensure(&["nix-instantiate", "nix-store", "git"])?;
     let started = Instant::now();
     let tmp;
     let root = match &args.dir {

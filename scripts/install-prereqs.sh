@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs what mergequeue runs: Nix (nix-bin), git, a static busybox (the offline
+# bootstrap of the generated package sets) and OpenSSH (remote builders in tests).
+# Idempotent: does nothing when everything is present.
+set -eu
+
+need=""
+command -v nix-instantiate >/dev/null 2>&1 || need="$need nix-bin"
+command -v git >/dev/null 2>&1 || need="$need git"
+[ -x /bin/busybox ] || need="$need busybox-static"
+[ -x /usr/sbin/sshd ] || need="$need openssh-server"
+command -v ssh >/dev/null 2>&1 || need="$need openssh-client"
+
+if [ -z "$need" ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "mergequeue needs:$need" >&2
+  echo "Install them as root, e.g.: apt-get update && apt-get install -y nix-bin git busybox-static openssh-server openssh-client" >&2
+  exit 1
+fi
+echo "installing:$need" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin git busybox-static openssh-server openssh-client >&2

@@ -1,0 +1,18 @@
+#!/bin/sh
+# The test command: installs prerequisites, then runs every check CI runs.
+set -eu
+cd "$(dirname "$0")/.."
+sh scripts/install-prereqs.sh
+export NIX_CONFIG="substituters ="
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo build --release
+cargo test --release -- --test-threads 2
+# The NixOS module and VM tests cannot be built here (no nixpkgs): parse them, and
+# validate the configs the VM tests use with the real binary.
+[ -x scripts/check-nix.sh ] && sh scripts/check-nix.sh
+for f in vm-tests/config/*.toml; do
+  [ -e "$f" ] || continue
+  ./target/release/mergequeue check-config --config "$f"
+done
+echo "all checks passed"
