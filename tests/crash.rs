@@ -1,0 +1,136 @@
+//! Crash safety: `kill -9` the real server at many points and restart it. Every accepted
+//! change survives, none lands twice, and the target only ever points at a tested commit.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{harness, state, LONG};
+use hyper::Method;
+use mergequeue::harness::{git, BranchOpts, Harness};
+
+/// The target is the initial commit or the commit of a candidate that passed its gate
+/// (phase `landing` or landed), as recorded in the database.
+fn assert_target_tested(h: &Harness, initial: &str) {
+    let master = h.upstream_head("master").unwrap();
+    if master == initial {
+        return;
+    }
+    let db = rusqlite::Connection::open(h.state_dir.join("mergequeue.sqlite")).unwrap();
+    let mut st = db
+        .prepare("SELECT merged, phase, summary FROM candidates")
+        .unwrap();
+    let rows: Vec<(String, String, Option<String>)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let tested = rows.iter().any(|(merged, phase, summary)| {
+        let chain: Vec<(u64, String)> = serde_json::from_str(merged).unwrap();
+        chain.last().is_some_and(|(_, c)| *c == master)
+            && (phase == "landing" || summary.as_deref().is_some_and(|s| s.starts_with("landed")))
+    });
+    assert!(
+        tested,
+        "master {master} is not a tested candidate: {rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_many_points_loses_nothing_and_lands_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = BranchOpts {
+        batch_max: 2,
+        ..BranchOpts::default()
+    };
+    let mut h = harness(dir.path(), 60, 21, opts);
+    let initial = h.upstream_head("master").unwrap();
+    let leaves = h.set.healthy_leaves();
+    let mut heads = BTreeMap::new();
+    for (i, leaf) in leaves.iter().take(6).enumerate() {
+        let leaf = leaf.clone();
+        let head = h
+            .change(&format!("c{i}"), &format!("change {i}"), |s| {
+                s.bump(&leaf)?;
+                s.set_sleep(&leaf, 0.8)?;
+                if i == 3 {
+                    s.break_build(&leaf)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        heads.insert(i, head);
+    }
+    h.start_server().await.unwrap();
+    let mut ids = vec![];
+    for i in 0..6 {
+        ids.push(
+            h.submit(&format!("c{i}"), &format!("change {i}"), "normal")
+                .await
+                .unwrap()["id"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    // Kill at spread-out moments: preparing, evaluating, building, attributing, landing.
+    let delays_ms = [
+        150, 400, 700, 1000, 1300, 1700, 2100, 2600, 300, 900, 1500, 2000,
+    ];
+    let mut phases = vec![];
+    for d in delays_ms {
+        tokio::time::sleep(Duration::from_millis(d)).await;
+        let q = h
+            .client
+            .ok(Method::GET, "/api/v1/repos/pkgs/queue", None)
+            .await
+            .unwrap();
+        phases.push(
+            q["branches"][0]["testing"][0]["phase"]
+                .as_str()
+                .unwrap_or("idle")
+                .to_string(),
+        );
+        h.stop_server(true).unwrap();
+        assert_target_tested(&h, &initial);
+        h.start_server().await.unwrap();
+        // Every accepted change is still there after the crash.
+        for id in &ids {
+            h.change_status(*id)
+                .await
+                .unwrap_or_else(|e| panic!("change {id} lost after kill -9: {e}"));
+        }
+    }
+    eprintln!("phases at the kills: {phases:?}");
+    let done = h.wait_final(&ids, LONG).await.unwrap();
+    for (i, c) in done.iter().enumerate() {
+        let want = if i == 3 { "rejected" } else { "merged" };
+        assert_eq!(state(c), want, "change {i}: {c}");
+    }
+    assert_target_tested(&h, &initial);
+    // Each landed change's head is merged into master exactly once.
+    let master = h.upstream_head("master").unwrap();
+    let parents = git(
+        &h.upstream,
+        &["log", "--format=%P", &format!("{initial}..{master}")],
+    )
+    .unwrap();
+    for (i, head) in &heads {
+        let n = parents.split_whitespace().filter(|p| p == head).count();
+        assert_eq!(
+            n,
+            if *i == 3 { 0 } else { 1 },
+            "change {i} merged {n} times"
+        );
+    }
+    // Master is still a fast-forward of the initial commit.
+    assert!(git(
+        &h.upstream,
+        &["merge-base", "--is-ancestor", &initial, &master]
+    )
+    .is_ok());
+    assert!(
+        phases.iter().any(|p| p == "building"),
+        "some kill hit a build: {phases:?}"
+    );
+}
