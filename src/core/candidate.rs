@@ -407,9 +407,11 @@ impl Core {
     pub(crate) fn count_builds(&mut self, id: CandId, n: u32) {
         let cand = self.candidates.get_mut(&id).expect("known");
         cand.builds += n;
-        if let Some(root) = cand.follow_up_of {
+        if let Some(root) = cand.follow_up_of.filter(|_| n > 0) {
             if let Some(r) = self.candidates.get_mut(&root) {
                 r.extra_builds += n;
+                // The root is usually done already: persist its new cost.
+                self.save_id(root);
             }
         }
     }
