@@ -32,6 +32,8 @@ struct Patch {
     breaks_eval: bool,
     /// Does not merge onto the target.
     conflict: bool,
+    /// Attributes this patch removes.
+    removes: Vec<String>,
 }
 
 impl Patch {
@@ -40,6 +42,10 @@ impl Patch {
     }
     fn and(mut self, attr: &str, tag: &str) -> Patch {
         self.alters.push((attr.into(), tag.into()));
+        self
+    }
+    fn remove(mut self, attr: &str) -> Patch {
+        self.removes.push(attr.into());
         self
     }
     fn eval_error(mut self, attr: &str) -> Patch {
@@ -169,6 +175,9 @@ impl World {
                     vec![],
                 );
             }
+            for a in &p.removes {
+                tags.remove(a);
+            }
             for (a, t) in &p.alters {
                 tags.entry(a.clone()).or_default().push(t.clone());
             }
@@ -289,9 +298,13 @@ struct Sim {
 }
 
 fn config(batch_max: usize, delay: Millis) -> CoreConfig {
+    config_required(batch_max, delay, &[])
+}
+
+fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreConfig {
     let lane = LaneConfig {
         batch_max,
-        required: vec![],
+        required: required.iter().map(|r| r.to_string()).collect(),
         batch_delay_ms: delay,
     };
     CoreConfig {
@@ -1142,4 +1155,101 @@ fn restore_requeues_orphaned_testing_changes_and_relands_a_landing_candidate() {
     sim.crash_and_restore();
     sim.run();
     sim.assert_merged(&ids);
+}
+
+#[test]
+fn bisection_with_three_suspects_spends_few_builds() {
+    let mut w = world();
+    w.bad_tags.insert("bad".into());
+    let mut sim = Sim::new(config(8, 60_000), w);
+    let ids = submit_batch(
+        &mut sim,
+        8,
+        &[
+            (2, Patch::alter("pkg11", "dep")),
+            (4, Patch::alter("pkg11", "dep2")),
+            (6, Patch::alter("pkg11", "bad")),
+        ],
+    );
+    sim.run();
+    assert_eq!(sim.state(6), ChangeState::Rejected);
+    sim.assert_merged(&without(&ids, &[6]));
+    let root = sim.cand(1);
+    // Positions [2, 4, 6, 8]: the prefix through #4 is built (good), then the one
+    // through #6 equals the batch's derivation (bad, no build).
+    assert_eq!(root.extra_builds, 1);
+    assert_eq!(sim.builds_of("/nix/store/dep_dep2-pkg11.drv"), 1);
+    assert_eq!(sim.builds_of("/nix/store/dep-pkg11.drv"), 0);
+}
+
+#[test]
+fn two_culprits_in_one_batch_are_both_rejected_at_once() {
+    let mut w = world();
+    w.bad_tags.insert("c3".into());
+    w.bad_tags.insert("c6".into());
+    let mut sim = Sim::new(config(8, 60_000), w);
+    let ids = submit_batch(&mut sim, 8, &[]);
+    sim.run();
+    assert_eq!(sim.state(3), ChangeState::Rejected);
+    assert_eq!(sim.state(6), ChangeState::Rejected);
+    assert!(sim.reason(3).contains("pkg3"));
+    assert!(sim.reason(6).contains("pkg6"));
+    sim.assert_merged(&without(&ids, &[3, 6]));
+    assert_eq!(sim.core.candidates().count(), 2);
+    assert_eq!(sim.cand(1).extra_builds, 0);
+}
+
+#[test]
+fn a_batch_that_merges_nothing_ends_without_evaluating() {
+    let mut sim = Sim::new(config(8, 60_000), world());
+    let a = sim.submit(
+        "h1",
+        Patch::alter("pkg1", "c1").conflict(),
+        Priority::Normal,
+    );
+    let b = sim.submit(
+        "h2",
+        Patch::alter("pkg2", "c2").conflict(),
+        Priority::Normal,
+    );
+    sim.run();
+    assert_eq!(sim.state(a), ChangeState::Rejected);
+    assert_eq!(sim.state(b), ChangeState::Rejected);
+    assert!(!sim
+        .issued
+        .iter()
+        .any(|(_, c)| matches!(c, Command::Evaluate { .. } | Command::Land { .. })));
+    assert_eq!(sim.cand(1).summary.as_deref(), Some("nothing merged"));
+    // The lane is free again.
+    let c = sim.submit("h3", Patch::alter("pkg3", "c3"), Priority::Normal);
+    sim.run();
+    sim.assert_merged(&[c]);
+}
+
+#[test]
+fn required_jobs_are_built_and_must_exist() {
+    let mut w = world();
+    // A required job already failing on the base does not block.
+    w.broken_attrs.insert("pkg0".into());
+    let mut sim = Sim::new(config_required(8, 60_000, &["pkg0", "pkg1"]), w);
+    let a = sim.submit("h2", Patch::alter("pkg2", "c2"), Priority::Normal);
+    let b = sim.submit("h3", Patch::alter("pkg3", "c3"), Priority::Normal);
+    sim.run();
+    sim.assert_merged(&[a, b]);
+    // Unchanged required jobs are built too (once, then remembered).
+    assert_eq!(sim.builds_of("/nix/store/base-pkg0.drv"), 1);
+    assert_eq!(sim.builds_of("/nix/store/base-pkg1.drv"), 1);
+
+    // Removing a required job blocks; the change that removed it is rejected.
+    let c = sim.submit("h4", Patch::default().remove("pkg1"), Priority::Normal);
+    let d = sim.submit("h5", Patch::alter("pkg5", "c5"), Priority::Normal);
+    sim.run();
+    assert_eq!(sim.state(c), ChangeState::Rejected);
+    assert!(
+        sim.reason(c).contains("required job pkg1 is missing"),
+        "{}",
+        sim.reason(c)
+    );
+    sim.assert_merged(&[d]);
+    assert_eq!(sim.builds_of("/nix/store/base-pkg1.drv"), 1);
 }
