@@ -80,13 +80,13 @@ in
     with subtest("writes need the token from the credential"):
         machine.fail(
             "curl -sSf -X POST -H 'Content-Type: application/json' "
-            "--data '{\"git_ref\":\"refs/heads/x\",\"target\":\"master\"}' "
+            "--data '{\"ref\":\"refs/heads/x\",\"target\":\"master\"}' "
             "http://127.0.0.1:8080/api/v1/repos/pkgs/changes"
         )
         machine.fail(
             "curl -sSf -X POST -H 'Authorization: Bearer wrong' "
             "-H 'Content-Type: application/json' "
-            "--data '{\"git_ref\":\"refs/heads/x\",\"target\":\"master\"}' "
+            "--data '{\"ref\":\"refs/heads/x\",\"target\":\"master\"}' "
             "http://127.0.0.1:8080/api/v1/repos/pkgs/changes"
         )
         # The secret reaches the service as a credential; the config has no secret.

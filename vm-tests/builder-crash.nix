@@ -75,7 +75,10 @@
     with subtest("the crash was recorded as infrastructure, not a failure"):
         metrics = coordinator.succeed("curl -sSf http://127.0.0.1:8080/metrics")
         print(metrics)
-        assert "infrastructure" in metrics, "no infrastructure outcome in /metrics"
+        infra = re.search(r'^mergequeue_builds_total\{outcome="infrastructure"\} (\d+)$', metrics, re.M)
+        assert infra and int(infra.group(1)) >= 1, "the crash is not counted as infrastructure"
+        failed = re.search(r'^mergequeue_builds_total\{outcome="failed"\} (\d+)$', metrics, re.M)
+        assert failed and int(failed.group(1)) == 0, "the crash was counted as a package failure"
         coordinator.succeed(
             f"curl -sSf http://127.0.0.1:8080/api/v1/repos/pkgs/changes/{change} | jq -e '.reason == null'"
         )

@@ -175,6 +175,7 @@ in
   # Python for testScripts; expects a node named `coordinator`.
   helpers = ''
     import json
+    import re
     import shlex
 
     TOKEN_HEADER = "-H 'Authorization: Bearer vm-test-token'"
@@ -186,7 +187,7 @@ in
 
 
     def submit(repo, git_ref, target, title):
-        body = json.dumps({"git_ref": git_ref, "target": target, "title": title})
+        body = json.dumps({"ref": git_ref, "target": target, "title": title})
         out = coordinator.succeed(
             f"curl -sSf {TOKEN_HEADER} -H 'Content-Type: application/json' "
             f"-X POST --data {shlex.quote(body)} {BASE}/api/v1/repos/{repo}/changes"
