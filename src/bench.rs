@@ -17,6 +17,15 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Coordinator overhead in a real run: from the last build result of a candidate to
+    /// the target pushed (real nix, git and the real server).
+    Landing {
+        /// Changes landed one after another (one candidate each).
+        #[arg(long, default_value_t = 15)]
+        changes: usize,
+        #[arg(long, default_value_t = 100)]
+        packages: usize,
+    },
 }
 
 /// A plausible Nixpkgs-like evaluation: nested attribute names, two systems' worth of
@@ -112,5 +121,72 @@ pub async fn run(which: Bench) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Bench::Landing { changes, packages } => landing(changes, packages).await,
     }
+}
+
+async fn landing(changes: usize, packages: usize) -> anyhow::Result<ExitCode> {
+    use crate::harness::{BranchOpts, Harness};
+    use hyper::Method;
+    crate::prereq::ensure(&["nix-instantiate", "nix-store", "git"])?;
+    let dir = tempfile::Builder::new()
+        .prefix("mergequeue-bench-")
+        .tempdir()?;
+    let spec = crate::fixture::Spec {
+        packages,
+        seed: 5,
+        ..Default::default()
+    };
+    let opts = BranchOpts {
+        batch_max: 1,
+        ..BranchOpts::default()
+    };
+    let mut h = Harness::create(dir.path(), &spec, &opts, &std::env::current_exe()?)?;
+    let leaves = h.set.healthy_leaves();
+    anyhow::ensure!(
+        leaves.len() >= changes,
+        "only {} healthy leaves; use more --packages",
+        leaves.len()
+    );
+    for (i, leaf) in leaves.iter().take(changes).enumerate() {
+        let leaf = leaf.clone();
+        h.change(&format!("c{i}"), "bump", move |s| s.bump(&leaf).map(|_| ()))?;
+    }
+    h.start_server().await?;
+    let mut ids = vec![];
+    for i in 0..changes {
+        ids.push(
+            h.submit(&format!("c{i}"), "bump", "normal").await?["id"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+    }
+    h.wait_final(&ids, std::time::Duration::from_secs(600))
+        .await?;
+    let cands = h
+        .client
+        .ok(Method::GET, "/api/v1/repos/pkgs/candidates", None)
+        .await?;
+    let mut overhead: Vec<i64> = cands
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| {
+            k["summary"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("landed"))
+        })
+        .filter_map(|k| Some(k["finished_at"].as_i64()? - k["last_build_at"].as_i64()?))
+        .collect();
+    overhead.sort();
+    anyhow::ensure!(!overhead.is_empty(), "no candidate landed after a build");
+    h.stop_server(false)?;
+    println!(
+        "last build result -> target pushed, over {} landed candidates: median {} ms, min {} ms, max {} ms",
+        overhead.len(),
+        overhead[overhead.len() / 2],
+        overhead[0],
+        overhead[overhead.len() - 1]
+    );
+    Ok(ExitCode::SUCCESS)
 }

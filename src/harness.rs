@@ -198,18 +198,25 @@ max_jobs = {max_jobs}
         Ok(head)
     }
 
-    /// Pushes a commit straight to upstream `master` (someone bypassing the queue).
+    /// Pushes a commit straight to upstream `master` (someone bypassing the queue),
+    /// retrying when master moved between fetch and push.
     pub fn push_direct(
         &mut self,
         message: &str,
-        edit: impl FnOnce(&mut PackageSet) -> std::io::Result<()>,
+        edit: impl Fn(&mut PackageSet) -> std::io::Result<()>,
     ) -> anyhow::Result<String> {
-        let head = self.change("direct-push", message, edit)?;
-        git(
-            &self.work,
-            &["push", "--quiet", "origin", "direct-push:master"],
-        )?;
-        Ok(head)
+        let mut last = None;
+        for _ in 0..5 {
+            let head = self.change("direct-push", message, &edit)?;
+            match git(
+                &self.work,
+                &["push", "--quiet", "origin", "direct-push:master"],
+            ) {
+                Ok(_) => return Ok(head),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried"))
     }
 
     pub fn upstream_head(&self, branch: &str) -> anyhow::Result<String> {

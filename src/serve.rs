@@ -49,7 +49,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => log::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => log::info!("interrupted: stopping"),
-        r = async { core.await } => {
+        r = core => {
             // The driver ended by itself: a database error. Fail loudly.
             let _ = systemd::notify("STOPPING=1");
             return match r { Ok(Ok(())) => Ok(()), Ok(Err(e)) => Err(e), Err(e) => Err(e.into()) };

@@ -97,6 +97,9 @@ impl Memo {
 
 /// State changes the shell must persist before performing the step's effects.
 #[derive(Debug, Clone, PartialEq)]
+// Records and commands are short-lived values handed straight to the shell; boxing the
+// large variants would only add allocations.
+#[allow(clippy::large_enum_variant)]
 pub enum Record {
     Change(Change),
     Candidate(Candidate),
@@ -114,6 +117,7 @@ pub enum Record {
 
 /// Effects for the shell. Each is idempotent and carries the id its result refers to.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Record(Record),
     /// Fetch the target tip and the changes' refs, merge them one by one onto the tip
@@ -281,6 +285,8 @@ impl Core {
         let mut attached = BTreeSet::new();
         for mut cand in candidates {
             if matches!(cand.phase, Phase::Done) {
+                // History for the API, and the root of a follow-up still counting builds.
+                core.candidates.insert(cand.id, cand);
                 continue;
             }
             attached.extend(cand.changes.iter().copied());
@@ -413,7 +419,7 @@ impl Core {
                     .candidates
                     .values()
                     .find(|c| c.phase != Phase::Done && c.changes.contains(&id))
-                    .map(|c| (c.id, c.phase.clone()));
+                    .map(|c| (c.id, c.phase));
                 if let Some((cid, phase)) = cand {
                     if phase == Phase::Landing {
                         return Err(Refusal::TooLate(ChangeState::Testing));
