@@ -212,7 +212,73 @@ for name in ["basic", "basic-bad", "queue", "builder-crash", "channel"]:
 sys.exit(0 if ok else 1)
 EOF
 
-# ---- 4. check-config on the rendered files --------------------------------------
+# ---- 4. the flake's outputs and the VM tests' Python ----------------------------
+flake_json=$(mktemp)
+trap 'rm -f "$scenarios" "$flake_json"' EXIT
+if ! nix-instantiate --eval --strict --json nixos/check/eval.nix \
+    --arg lib "import $lib_dir" -A flake >"$flake_json"; then
+    echo "check-nix: evaluating flake.nix's outputs failed" >&2
+    exit 1
+fi
+python3 - "$flake_json" <<'EOF' || fail=1
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+flake = json.load(open(sys.argv[1]))
+ok = True
+
+
+def problem(msg):
+    global ok
+    ok = False
+    print(f"check-nix: {msg}", file=sys.stderr)
+
+
+want = {"packages", "overlays", "nixosModules", "checks", "devShells", "formatter"}
+if set(flake["outputs"]) != want:
+    problem(f"flake outputs {sorted(flake['outputs'])}, want {sorted(want)}")
+if set(flake["checks"]) != {"package", "basic", "queue", "builder-crash", "channel"}:
+    problem(f"checks: {flake['checks']}")
+if "default" not in flake["outputs"]["nixosModules"]:
+    problem("no nixosModules.default")
+if flake["packageMeta"].get("mainProgram") != "mergequeue":
+    problem("package has no meta.mainProgram")
+if not flake["cargoLock"].endswith("/Cargo.lock"):
+    problem(f"cargoLock.lockFile = {flake['cargoLock']}")
+
+# What the NixOS test driver treats as defined when it lints testScript.
+driver_globals = [
+    "start_all", "subtest", "machines", "driver", "log", "retry", "join_all",
+    "serial_stdout_off", "serial_stdout_on", "polling_condition", "Machine",
+    "create_machine", "run_tests", "vlans", "os", "t",
+]
+try:
+    import pyflakes  # noqa: F401
+    have_pyflakes = True
+except ImportError:
+    have_pyflakes = False
+    print("check-nix: pyflakes not installed; VM test scripts are only compiled")
+for name, test in sorted(flake["tests"].items()):
+    try:
+        compile(test["testScript"], f"vm-tests/{name}.nix:testScript", "exec")
+    except SyntaxError as e:
+        problem(f"vm-tests/{name}.nix: testScript: {e}")
+    if have_pyflakes:
+        with tempfile.NamedTemporaryFile("w", suffix=f"-{name}.py", delete=False) as f:
+            f.write(test["testScript"])
+        env = dict(os.environ, PYFLAKES_BUILTINS=",".join(driver_globals + test["nodes"]))
+        r = subprocess.run([sys.executable, "-m", "pyflakes", f.name], env=env,
+                           capture_output=True, text=True)
+        os.unlink(f.name)
+        if r.returncode != 0:
+            problem(f"vm-tests/{name}.nix: pyflakes:\n{r.stdout}{r.stderr}")
+sys.exit(0 if ok else 1)
+EOF
+
+# ---- 5. check-config on the rendered files --------------------------------------
 if [ -n "${MERGEQUEUE_BIN:-}" ]; then
     for toml in vm-tests/config/*.toml; do
         case $toml in

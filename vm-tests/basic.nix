@@ -54,6 +54,27 @@ in
         }
       ];
       environment.etc."mergequeue-bad-config".source = badConfigBuild;
+
+      # The repository the service fetches, on the same machine.
+      systemd.services.seed-repo = {
+        before = [ "mergequeue.service" ];
+        requiredBy = [ "mergequeue.service" ];
+        path = [ pkgs.git ];
+        serviceConfig.Type = "oneshot";
+        script = ''
+          if [ ! -d /srv/git/pkgs.git ]; then
+            work=$(mktemp -d)
+            cp -r ${common.fixture}/. "$work"
+            chmod -R u+w "$work"
+            git -C "$work" init -q -b master
+            git -C "$work" add -A
+            git -C "$work" -c user.name=test -c user.email=test@example.org commit -q -m initial
+            git init -q --bare /srv/git/pkgs.git
+            git -C "$work" push -q /srv/git/pkgs.git master
+            chown -R mergequeue:mergequeue /srv/git
+          fi
+        '';
+      };
     };
 
   testScript = ''

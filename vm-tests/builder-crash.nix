@@ -42,6 +42,7 @@
 
   testScript = ''
     ${common.helpers}
+    import re
 
     gitserver.start()
     builder.start()

@@ -175,7 +175,6 @@ in
   # Python for testScripts; expects a node named `coordinator`.
   helpers = ''
     import json
-    import re
     import shlex
 
     TOKEN_HEADER = "-H 'Authorization: Bearer vm-test-token'"

@@ -70,7 +70,42 @@ let
     nix = stubDrv "nix" { };
     nixos = module: evalSystem [ module ];
     testers.testBuildFailure = drv: stubDrv "test-build-failure" { inherit drv; };
+    # For flake.nix: the VM test module itself stands in for the test derivation.
+    testers.runNixOSTest = module: stubDrv "vm-test" { inherit module; };
+    callPackage = fn: args: import fn ({ inherit lib; } // packageInputs // args);
+    mkShell = attrs: stubDrv "shell" { inherit attrs; };
+  }
+  // lib.genAttrs [
+    "cargo"
+    "clippy"
+    "rustfmt"
+    "rust-analyzer"
+    "sqlite"
+    "nixfmt-rfc-style"
+    "pkg-config"
+    "zlib"
+  ] (name: stubDrv name { });
+  packageInputs = {
+    inherit (pkgs) pkg-config zlib;
+    rustPlatform.buildRustPackage = attrs: stubDrv "${attrs.pname}-${attrs.version}" { inherit attrs; };
   };
+
+  # flake.nix's outputs, with a nixpkgs made of the stub pkgs.
+  flake =
+    let
+      nixpkgs = {
+        inherit lib;
+        legacyPackages = lib.genAttrs [
+          "x86_64-linux"
+          "aarch64-linux"
+        ] (_: pkgs);
+      };
+      outputs = (import ../../flake.nix).outputs {
+        self = outputs;
+        inherit nixpkgs;
+      };
+    in
+    outputs;
 
   freeform = types.submodule { freeformType = types.lazyAttrsOf types.anything; };
   ns = mkOption {
@@ -244,6 +279,47 @@ let
 in
 {
   inherit pkgs;
+
+  # Shape of the flake outputs and the VM tests' Python, for scripts/check-nix.sh.
+  flake =
+    let
+      sys = "x86_64-linux";
+      checks = flake.checks.${sys};
+      tests = lib.filterAttrs (_: c: c ? module) checks;
+      testOf = c: builtins.head c.module.imports;
+    in
+    {
+      outputs = lib.mapAttrs (_: v: if builtins.isAttrs v then builtins.attrNames v else "<function>") {
+        inherit (flake)
+          packages
+          overlays
+          nixosModules
+          checks
+          devShells
+          formatter
+          ;
+      };
+      checks = builtins.attrNames checks;
+      packageName = flake.packages.${sys}.default.name;
+      packageMeta = flake.packages.${sys}.default.attrs.meta;
+      # Not `src`: lib.fileset needs builtins.readFileType (Nix >= 2.14).
+      cargoLock = toString flake.packages.${sys}.default.attrs.cargoLock.lockFile;
+      overlayPackage = (flake.overlays.default pkgs pkgs).mergequeue.name;
+      # The module through the flake's wrapper (package default from the flake).
+      moduleViaFlake =
+        let
+          r = evalSystem [
+            flake.nixosModules.default
+            { services.mergequeue.enable = true; }
+          ];
+        in
+        r.config.systemd.services.mergequeue.serviceConfig.ExecStart;
+      tests = lib.mapAttrs (_: c: {
+        inherit (testOf c) name;
+        nodes = builtins.attrNames (testOf c).nodes;
+        testScript = (testOf c).testScript;
+      }) tests;
+    };
 
   scenarios = {
     disabled = summarize (evalSystem [ ]) // {
