@@ -169,3 +169,138 @@ fn logging_falls_back_to_stderr_outside_systemd() {
     assert_eq!(log::max_level(), log::LevelFilter::Debug);
     log::debug!("debug enabled");
 }
+
+/// `mergequeue serve` as systemd runs it with `Type=notify`, `WatchdogSec=` and
+/// `LoadCredential=api-token:...`: READY=1 once it serves, WATCHDOG=1 while it runs,
+/// the token from `$CREDENTIALS_DIRECTORY`, STOPPING=1 on SIGTERM.
+#[test]
+fn serve_speaks_sd_notify_and_reads_the_token_credential() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir.path())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    let work = dir.path().join("work");
+    let bare = dir.path().join("pkgs.git");
+    git(&["init", "-q", "-b", "master", work.to_str().unwrap()]);
+    std::fs::write(work.join("release.nix"), "{ }\n").unwrap();
+    git(&["-C", work.to_str().unwrap(), "add", "-A"]);
+    git(&[
+        "-C",
+        work.to_str().unwrap(),
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.org",
+        "commit",
+        "-q",
+        "-m",
+        "init",
+    ]);
+    git(&[
+        "clone",
+        "-q",
+        "--bare",
+        work.to_str().unwrap(),
+        bare.to_str().unwrap(),
+    ]);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("mergequeue.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {state:?}\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [[repos]]\nname = \"pkgs\"\nurl = \"file://{bare}\"\n\n\
+             [[repos.branches]]\nname = \"master\"\n",
+            state = dir.path().join("state").display().to_string(),
+            bare = bare.display(),
+        ),
+    )
+    .unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("api-token"), "from-credential\n").unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mergequeue"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .env_remove("JOURNAL_STREAM")
+        .env("NIX_CONFIG", "substituters =")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("mergequeue serve");
+    let mut messages = Vec::new();
+    let mut next = |notify: &UnixDatagram| {
+        let m = recv(notify);
+        messages.push(m.clone());
+        m
+    };
+
+    assert_eq!(next(&notify), "READY=1", "first message");
+    let http = |request: String| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response
+    };
+    let post = |token: &str| {
+        let body = r#"{"ref":"refs/heads/absent","target":"master"}"#;
+        http(format!(
+            "POST /api/v1/repos/pkgs/changes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    // Ready means serving: the API answers at once.
+    let metrics = http("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into());
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let wrong = post("wrong");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let right = post("from-credential");
+    assert!(
+        !right.starts_with("HTTP/1.1 401"),
+        "the api-token credential was not used: {right}"
+    );
+
+    let start = Instant::now();
+    assert_eq!(next(&notify), "WATCHDOG=1");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "watchdog pings every WATCHDOG_USEC/2"
+    );
+
+    // SAFETY: signalling our own child by its pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next(&notify) != "STOPPING=1" {
+        assert!(Instant::now() < deadline, "no STOPPING=1: {messages:?}");
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}
