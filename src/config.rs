@@ -43,6 +43,12 @@ pub struct Config {
     pub repos: Vec<Repo>,
     #[serde(default)]
     pub builders: Vec<Builder>,
+    /// A Nix machines file (`/etc/nix/machines` format) whose entries are added to
+    /// `builders`, so `nix.buildMachines` users reuse what they have.
+    #[serde(default)]
+    pub machines_file: Option<PathBuf>,
+    #[serde(default)]
+    pub dispatch: Dispatch,
     #[serde(default)]
     pub channels: Vec<Channel>,
 }
@@ -77,6 +83,49 @@ impl Default for NixConfig {
             failure_ttl_secs: default_failure_ttl(),
         }
     }
+}
+
+/// How builds are retried and builders kept healthy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dispatch {
+    /// First delay before retrying after an infrastructure failure; doubles each time.
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_secs: u64,
+    /// Infrastructure failures of one build before its requesters stop waiting for it
+    /// (their changes go back to the queue, never blamed).
+    #[serde(default = "default_infra_retries")]
+    pub infra_retries: u32,
+    /// Consecutive infrastructure failures that quarantine a builder.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+    /// First delay before probing a quarantined builder; doubles up to 10 minutes.
+    #[serde(default = "default_probe_delay")]
+    pub probe_delay_secs: u64,
+}
+
+impl Default for Dispatch {
+    fn default() -> Self {
+        Dispatch {
+            retry_delay_secs: default_retry_delay(),
+            infra_retries: default_infra_retries(),
+            quarantine_after: default_quarantine_after(),
+            probe_delay_secs: default_probe_delay(),
+        }
+    }
+}
+
+fn default_retry_delay() -> u64 {
+    5
+}
+fn default_infra_retries() -> u32 {
+    5
+}
+fn default_quarantine_after() -> u32 {
+    3
+}
+fn default_probe_delay() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -302,6 +351,61 @@ impl Config {
             .collect()
     }
 
+    /// Every builder: `[[builders]]` plus the machines file's entries. Without any, the
+    /// local store with 2 jobs for the repos' systems.
+    pub fn all_builders(&self) -> Result<Vec<Builder>, ConfigError> {
+        let mut out = self.builders.clone();
+        if let Some(path) = &self.machines_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            out.extend(
+                parse_machines(&text).map_err(|(line, message)| ConfigError::At {
+                    path: path.display().to_string(),
+                    line,
+                    col: 1,
+                    message,
+                })?,
+            );
+        }
+        if out.is_empty() {
+            let mut systems: Vec<String> =
+                self.repos.iter().flat_map(|r| r.systems.clone()).collect();
+            systems.sort();
+            systems.dedup();
+            out.push(Builder {
+                uri: Spanned::new(0..0, "local".into()),
+                systems: if systems.is_empty() {
+                    default_systems()
+                } else {
+                    systems
+                },
+                max_jobs: default_max_jobs(),
+                speed_factor: 1.0,
+                supported_features: vec![],
+                mandatory_features: vec![],
+                ssh_key: None,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn builder_specs(&self) -> Vec<crate::core::scheduler::BuilderSpec> {
+        self.all_builders()
+            .unwrap_or_else(|_| self.builders.clone())
+            .iter()
+            .map(|b| crate::core::scheduler::BuilderSpec {
+                id: b.uri.get_ref().clone(),
+                systems: b.systems.iter().cloned().collect(),
+                supported: b.supported_features.iter().cloned().collect(),
+                mandatory: b.mandatory_features.iter().cloned().collect(),
+                max_jobs: *b.max_jobs.get_ref(),
+                speed: b.speed_factor,
+            })
+            .collect()
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("mergequeue.sqlite")
     }
@@ -311,6 +415,57 @@ impl Repo {
     pub fn branch(&self, name: &str) -> Option<&Branch> {
         self.branches.iter().find(|b| b.name.get_ref() == name)
     }
+}
+
+/// Parses the Nix machines file format: one machine per line (or `;`-separated), fields
+/// `URI SYSTEMS SSH_KEY MAX_JOBS SPEED SUPPORTED MANDATORY HOST_KEY`, `-` for a default.
+/// Returns `(line, message)` on error.
+pub fn parse_machines(text: &str) -> Result<Vec<Builder>, (usize, String)> {
+    let mut out = vec![];
+    for (n, line) in text.lines().enumerate() {
+        for entry in line.split(';') {
+            let entry = entry.split('#').next().unwrap_or("").trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = entry.split_whitespace().collect();
+            let field = |i: usize| f.get(i).copied().filter(|v| *v != "-");
+            let list = |i: usize| {
+                field(i).map_or_else(Vec::new, |v| v.split(',').map(String::from).collect())
+            };
+            let mut uri = f[0].to_string();
+            if !uri.contains("://") {
+                uri = format!("ssh://{uri}");
+            }
+            let max_jobs = match field(3) {
+                None => 1,
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| (n + 1, format!("max jobs {v:?} is not a number")))?,
+            };
+            let speed = match field(4) {
+                None => 1.0,
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| (n + 1, format!("speed factor {v:?} is not a number")))?,
+            };
+            let systems = list(1);
+            out.push(Builder {
+                uri: Spanned::new(0..0, uri),
+                systems: if systems.is_empty() {
+                    default_systems()
+                } else {
+                    systems
+                },
+                max_jobs: Spanned::new(0..0, max_jobs),
+                speed_factor: speed,
+                supported_features: list(5),
+                mandatory_features: list(6),
+                ssh_key: field(2).map(PathBuf::from),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -348,6 +503,25 @@ source = "master"
 target = "nixos-unstable"
 gate = ["tested"]
 "#;
+
+    #[test]
+    fn machines_file_all_eight_fields() {
+        let m = parse_machines(
+            "ssh-ng://builder@b1 x86_64-linux,i686-linux /etc/key 8 2 kvm,big-parallel big-parallel AAAAC3Nz\n\
+             # comment\nb2 - - - - - - -; ssh://b3 aarch64-linux\n",
+        )
+        .unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].uri.get_ref(), "ssh-ng://builder@b1");
+        assert_eq!(m[0].systems, vec!["x86_64-linux", "i686-linux"]);
+        assert_eq!(m[0].ssh_key.as_deref(), Some(Path::new("/etc/key")));
+        assert_eq!((*m[0].max_jobs.get_ref(), m[0].speed_factor), (8, 2.0));
+        assert_eq!(m[0].supported_features, vec!["kvm", "big-parallel"]);
+        assert_eq!(m[0].mandatory_features, vec!["big-parallel"]);
+        assert_eq!(m[1].uri.get_ref(), "ssh://b2");
+        assert_eq!(m[2].systems, vec!["aarch64-linux"]);
+        assert_eq!(parse_machines("b x 1 many").unwrap_err().0, 1);
+    }
 
     #[test]
     fn contract_example_parses() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::change::{Change, ChangeId};
 use crate::config::Config;
@@ -59,6 +59,11 @@ pub enum Msg {
         probe: Option<u64>,
     },
     Built(BuildReport),
+    Drain {
+        builder: String,
+        drained: bool,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 pub enum Reply {
@@ -84,12 +89,13 @@ pub struct Driver {
     store: Store,
     repos: BTreeMap<String, RepoShell>,
     eval: Arc<NixEval>,
-    builder: Arc<LocalBuilder>,
-    slots: Arc<Semaphore>,
+    builders: BTreeMap<String, Arc<LocalBuilder>>,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
     /// Inputs produced synchronously (e.g. a stored evaluation), fed before new messages.
     local: VecDeque<Input>,
+    /// Derivations to inspect, gathered over one step.
+    inspect: Vec<String>,
     tmp: PathBuf,
 }
 
@@ -122,20 +128,11 @@ impl Driver {
             nix_args: nix_args.clone(),
             evaluator: config.nix.evaluator,
         });
-        let log_dir = config.state_dir.join("logs");
-        std::fs::create_dir_all(&log_dir)?;
-        let builder = Arc::new(LocalBuilder {
-            nix_args,
-            max_silent_time_secs: config.nix.max_silent_time_secs,
-            timeout_secs: config.nix.build_timeout_secs,
-            log_dir,
-        });
-        let max_jobs = config
-            .builders
-            .iter()
-            .map(|b| *b.max_jobs.get_ref())
-            .sum::<usize>()
-            .max(1);
+        let builders = crate::builder::pool(&config)?;
+        let mut core = core;
+        for b in store.drained_builders()? {
+            core.set_drained(&b);
+        }
         let tmp = config.state_dir.join("tmp");
         // Trees of a previous run are garbage.
         let _ = std::fs::remove_dir_all(&tmp);
@@ -147,11 +144,11 @@ impl Driver {
             store,
             repos,
             eval,
-            builder,
-            slots: Arc::new(Semaphore::new(max_jobs)),
+            builders,
             tx,
             rx,
             local: VecDeque::new(),
+            inspect: vec![],
             tmp,
         })
     }
@@ -236,6 +233,15 @@ impl Driver {
                 self.core.handle(input, now);
                 self.flush()?;
             }
+            Msg::Drain {
+                builder,
+                drained,
+                reply,
+            } => {
+                let ok = self.core.drain(&builder, drained, now);
+                self.flush()?;
+                let _ = reply.send(ok);
+            }
             Msg::Built(report) => {
                 self.store.put_attempt(&report, now)?;
                 log::info!(
@@ -269,6 +275,15 @@ impl Driver {
         }
         for cmd in cmds {
             self.perform(cmd)?;
+        }
+        // One `nix show-derivation` for all the step's new build requests.
+        if !self.inspect.is_empty() {
+            let drvs = std::mem::take(&mut self.inspect);
+            let (tx, args) = (self.tx.clone(), self.config.nix_args());
+            tokio::spawn(async move {
+                let infos = crate::builder::inspect(&args, &drvs).await;
+                let _ = tx.send(Msg::Input(Input::Inspected { infos })).await;
+            });
         }
         Ok(())
     }
@@ -364,14 +379,38 @@ impl Driver {
                     let _ = tx.send(msg).await;
                 });
             }
-            Command::Build { drv, system: _ } => {
-                let builder = self.builder.clone();
-                let slots = self.slots.clone();
+            Command::Build {
+                drv,
+                system: _,
+                builder,
+            } => {
+                let Some(b) = self.builders.get(&builder).cloned() else {
+                    anyhow::bail!("the core chose unknown builder {builder}");
+                };
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
-                    let _slot = slots.acquire_owned().await.expect("semaphore open");
-                    let report = builder.realise(&drv).await;
+                    let report = b.realise(&drv).await;
                     let _ = tx.send(Msg::Built(report)).await;
+                });
+            }
+            Command::Inspect { drvs } => self.inspect.extend(drvs),
+            Command::QueryReferrers { root } => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let drvs = crate::builder::referrers(&root).await;
+                    let _ = tx.send(Msg::Input(Input::Referrers { root, drvs })).await;
+                });
+            }
+            Command::ProbeBuilder { builder } => {
+                let Some(b) = self.builders.get(&builder).cloned() else {
+                    return Ok(());
+                };
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let result = crate::builder::probe(&b).await;
+                    let _ = tx
+                        .send(Msg::Input(Input::BuilderProbed { builder, result }))
+                        .await;
                 });
             }
             Command::Land {

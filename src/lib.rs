@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod builder;
 pub mod change;
 pub mod client;
 pub mod config;

@@ -62,4 +62,7 @@ pub struct BuildReport {
     pub root_drv: Option<String>,
     pub builder: String,
     pub duration_ms: u64,
+    /// The attempt's compressed log, when one was written.
+    #[serde(default)]
+    pub log_path: Option<String>,
 }

@@ -94,7 +94,23 @@ pub fn migrations() -> Migrations<'static> {
             CREATE INDEX attempts_drv ON attempts(drv);
             CREATE INDEX changes_state ON changes(state);",
         ),
+        // v3: builders drained by an operator (kept across restarts); where each attempt's
+        // compressed log is.
+        M::up(
+            "CREATE TABLE builders (
+                uri TEXT PRIMARY KEY,
+                drained INTEGER NOT NULL DEFAULT 0
+            );
+            ALTER TABLE attempts ADD COLUMN log_path TEXT;",
+        ),
     ])
+}
+
+pub struct AttemptRow {
+    pub drv: String,
+    pub builder: String,
+    pub class: String,
+    pub log_path: Option<String>,
 }
 
 pub struct Store {
@@ -175,6 +191,12 @@ impl Store {
                     tx.execute(
                         "INSERT OR REPLACE INTO memo (drv, class, log_tail, root_drv, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![drv, memo.class.as_str(), memo.log_tail, memo.root_drv, memo.expires_at],
+                    )?;
+                }
+                Record::BuilderDrained { builder, drained } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO builders (uri, drained) VALUES (?1, ?2)",
+                        params![builder, drained],
                     )?;
                 }
                 Record::Event { at, repo, text } => {
@@ -359,13 +381,51 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("evaluation {commit}: {e}")))
     }
 
-    pub fn put_attempt(&mut self, r: &BuildReport, now: Millis) -> Result<(), StoreError> {
+    /// Records an attempt; returns its id.
+    pub fn put_attempt(&mut self, r: &BuildReport, now: Millis) -> Result<i64, StoreError> {
         self.conn.execute(
-            "INSERT INTO attempts (drv, builder, class, root_drv, log_tail, duration_ms, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![r.drv_path, r.builder, r.class.as_str(), r.root_drv, r.log_tail, r.duration_ms, now],
+            "INSERT INTO attempts (drv, builder, class, root_drv, log_tail, duration_ms, finished_at, log_path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![r.drv_path, r.builder, r.class.as_str(), r.root_drv, r.log_tail, r.duration_ms, now, r.log_path],
         )?;
-        Ok(())
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn drained_builders(&self) -> Result<Vec<String>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT uri FROM builders WHERE drained = 1 ORDER BY uri")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Derivations that failed and later succeeded unchanged.
+    pub fn flaky_count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(DISTINCT s.drv) FROM attempts s JOIN attempts f ON f.drv = s.drv
+             WHERE s.class = 'success' AND f.class = 'failed' AND f.id < s.id",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// One attempt: derivation, builder, outcome class, compressed log.
+    pub fn attempt(&self, id: i64) -> Result<Option<AttemptRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT drv, builder, class, log_path FROM attempts WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(AttemptRow {
+                        drv: r.get(0)?,
+                        builder: r.get(1)?,
+                        class: r.get(2)?,
+                        log_path: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// Attempts by outcome class, for `/metrics`.

@@ -332,6 +332,7 @@ fn v1_database_opens_with_the_current_store() {
         root_drv: None,
         builder: builder.into(),
         duration_ms: 1234,
+        log_path: None,
     };
     let now = 1_700_000_200_000;
     store
@@ -422,6 +423,10 @@ fn core_restores_from_a_migrated_v1_database() {
         )]),
         failure_ttl_ms: 86_400_000,
         retry_delay_ms: 5_000,
+        builders: vec![],
+        infra_retries: 5,
+        quarantine_after: 3,
+        probe_delay_ms: 30_000,
     };
     let mut core = Core::restore(
         config,

@@ -31,6 +31,9 @@ fn offline() -> Vec<String> {
 
 fn builder(log_dir: &Path, timeout: u64, silent: u64) -> LocalBuilder {
     LocalBuilder {
+        id: "local".into(),
+        store: None,
+        ssh_key: None,
         nix_args: offline(),
         max_silent_time_secs: silent,
         timeout_secs: timeout,

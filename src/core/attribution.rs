@@ -424,8 +424,8 @@ impl Core {
                         Some(m) => !m.ok(),
                         None => {
                             // The one place attribution spends a build.
-                            let (d, sys) = (j.drv_path.clone(), key.system.clone());
-                            if self.request_build(&d, &sys, now) {
+                            let d = j.drv_path.clone();
+                            if self.request_build(&d, self.cand_prio(id), now) {
                                 self.candidates.get_mut(&id).expect("known").extra_builds += 1;
                                 self.save_id(id);
                             }

@@ -97,13 +97,6 @@ impl Candidate {
                 .is_some_and(|a| a.waiting_drv.as_deref() == Some(drv))
     }
 
-    pub(crate) fn system_of(&self, drv: &str) -> Option<String> {
-        self.targets
-            .iter()
-            .find(|t| t.drv == drv || t.base_drv.as_deref() == Some(drv))
-            .map(|t| t.key.system.clone())
-    }
-
     pub(crate) fn reset_for_prepare(&mut self) {
         self.phase = Phase::Preparing;
         self.base = None;
@@ -371,10 +364,11 @@ impl Core {
             .collect();
         let mut pending = BTreeSet::new();
         let mut dispatched = 0;
+        let prio = self.cand_prio(id);
         for t in &targets {
             if self.known(&t.drv, now).is_none() {
                 pending.insert(t.drv.clone());
-                dispatched += self.request_build(&t.drv, &t.key.system, now) as u32;
+                dispatched += self.request_build(&t.drv, prio, now) as u32;
             }
         }
         let repo = self.candidates[&id].repo.clone();
@@ -435,11 +429,12 @@ impl Core {
         let mut pending = BTreeSet::new();
         let mut dispatched = 0;
         let mut preexisting = 0;
+        let prio = self.cand_prio(id);
         for t in &targets {
             let Some(m) = self.known(&t.drv, now).cloned() else {
                 // Expired while we waited: build again.
                 pending.insert(t.drv.clone());
-                dispatched += self.request_build(&t.drv, &t.key.system, now) as u32;
+                dispatched += self.request_build(&t.drv, prio, now) as u32;
                 continue;
             };
             if m.ok() {
@@ -452,7 +447,7 @@ impl Core {
                     Some(bm) => !bm.ok(),
                     None => {
                         pending.insert(b.clone());
-                        dispatched += self.request_build(b, &t.key.system, now) as u32;
+                        dispatched += self.request_build(b, prio, now) as u32;
                         continue;
                     }
                 },

@@ -7,6 +7,8 @@
 
 mod attribution;
 mod candidate;
+mod dispatch;
+pub mod scheduler;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +48,13 @@ pub struct CoreConfig {
     pub failure_ttl_ms: Millis,
     /// First delay before re-dispatching after an infrastructure outcome; doubles each time.
     pub retry_delay_ms: Millis,
+    pub builders: Vec<scheduler::BuilderSpec>,
+    /// Infrastructure failures of one step before its requesters give up on it for now.
+    pub infra_retries: u32,
+    /// Consecutive infrastructure failures that quarantine a builder.
+    pub quarantine_after: u32,
+    /// First delay before probing a quarantined builder again; doubles up to 10 min.
+    pub probe_delay_ms: Millis,
 }
 
 impl CoreConfig {
@@ -74,7 +83,11 @@ impl CoreConfig {
         CoreConfig {
             repos,
             failure_ttl_ms: c.nix.failure_ttl_secs as i64 * 1000,
-            retry_delay_ms: 5_000,
+            retry_delay_ms: c.dispatch.retry_delay_secs as Millis * 1000,
+            builders: c.builder_specs(),
+            infra_retries: c.dispatch.infra_retries,
+            quarantine_after: c.dispatch.quarantine_after,
+            probe_delay_ms: c.dispatch.probe_delay_secs as Millis * 1000,
         }
     }
 }
@@ -107,6 +120,11 @@ pub enum Record {
         drv: String,
         memo: Memo,
     },
+    /// An operator drained (or returned) a builder.
+    BuilderDrained {
+        builder: String,
+        drained: bool,
+    },
     /// A line of progress for operators and the demo ("testing #3 #4", "landed ...").
     Event {
         at: Millis,
@@ -133,10 +151,23 @@ pub enum Command {
         repo: String,
         commit: String,
     },
-    /// Realise one derivation.
+    /// Learn derivations' systems, required features and inputs (`Input::Inspected`).
+    Inspect {
+        drvs: Vec<String>,
+    },
+    /// Realise one derivation on one builder.
     Build {
         drv: String,
         system: String,
+        builder: String,
+    },
+    /// Find the derivations that depend on a failed one (`Input::Referrers`).
+    QueryReferrers {
+        root: String,
+    },
+    /// Connect to a builder: implementation, version, health (`Input::BuilderProbed`).
+    ProbeBuilder {
+        builder: String,
     },
     /// Merge `heads` onto `base` and evaluate `attrs` there (all jobs when `None`).
     Probe {
@@ -199,6 +230,17 @@ pub enum Input {
         eval: Arc<Evaluation>,
     },
     Built(BuildReport),
+    Inspected {
+        infos: Vec<(String, Result<scheduler::StepInfo, String>)>,
+    },
+    Referrers {
+        root: String,
+        drvs: Vec<String>,
+    },
+    BuilderProbed {
+        builder: String,
+        result: Result<BuilderIdentity, String>,
+    },
     Probed {
         probe: ProbeId,
         result: Result<ProbeResult, String>,
@@ -209,6 +251,13 @@ pub enum Input {
     },
     /// A timer came due (see `Core::next_wakeup`).
     Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuilderIdentity {
+    /// `Nix`, `Lix`, `Determinate Nix`, ...
+    pub implementation: String,
+    pub version: String,
 }
 
 /// Outcome of a submission or cancellation through the API.
@@ -242,8 +291,8 @@ pub struct Core {
     pub(crate) evals: BTreeMap<String, Arc<Evaluation>>,
     pub(crate) evals_requested: BTreeSet<String>,
     pub(crate) memo: BTreeMap<String, Memo>,
-    /// Derivations being built, with the number of infrastructure retries so far.
-    pub(crate) building: BTreeMap<String, u32>,
+    /// Every build step, queued or running, and the builders.
+    pub(crate) scheduler: scheduler::Scheduler,
     pub(crate) probes: BTreeMap<ProbeId, CandId>,
     /// Delayed commands, by due time and sequence.
     pub(crate) timers: BTreeMap<(Millis, u64), Command>,
@@ -258,7 +307,15 @@ pub struct Core {
 
 impl Core {
     pub fn new(config: CoreConfig) -> Core {
+        let mut out = vec![];
+        for b in &config.builders {
+            out.push(Command::ProbeBuilder {
+                builder: b.id.clone(),
+            });
+        }
         Core {
+            scheduler: scheduler::Scheduler::new(config.builders.clone()),
+            out,
             config: Some(config),
             next_change: 1,
             next_cand: 1,
@@ -446,6 +503,11 @@ impl Core {
             Input::Prepared { cand, result } => self.on_prepared(cand, result, now),
             Input::Evaluated { eval } => self.on_evaluated(eval, now),
             Input::Built(report) => self.on_built(report, now),
+            Input::Inspected { infos } => self.on_inspected(infos),
+            Input::Referrers { root, drvs } => self.on_referrers(&root, drvs, now),
+            Input::BuilderProbed { builder, result } => {
+                self.on_builder_probed(&builder, result, now)
+            }
             Input::Probed { probe, result } => self.on_probed(probe, result, now),
             Input::Landed { cand, result } => self.on_landed(cand, result, now),
             Input::Tick => {}
@@ -492,6 +554,7 @@ impl Core {
                 self.start_candidate(&repo, &branch, ids, None, now);
             }
         }
+        self.dispatch_builds(now);
     }
 
     pub(crate) fn set_state(
@@ -518,20 +581,6 @@ impl Core {
         }));
     }
 
-    /// Requests a build unless its result is remembered or it is already running.
-    /// Returns whether a build was dispatched.
-    pub(crate) fn request_build(&mut self, drv: &str, system: &str, now: Millis) -> bool {
-        if self.known(drv, now).is_some() || self.building.contains_key(drv) {
-            return false;
-        }
-        self.building.insert(drv.to_string(), 0);
-        self.out.push(Command::Build {
-            drv: drv.to_string(),
-            system: system.to_string(),
-        });
-        true
-    }
-
     /// A remembered result that has not expired.
     pub(crate) fn known(&self, drv: &str, now: Millis) -> Option<&Memo> {
         self.memo
@@ -546,61 +595,5 @@ impl Core {
                 commit: commit.to_string(),
             });
         }
-    }
-
-    fn on_built(&mut self, r: BuildReport, now: Millis) {
-        let Some(retries) = self.building.remove(&r.drv_path) else {
-            return; // a duplicate or stale report
-        };
-        if !r.class.is_verdict() {
-            // Infrastructure trouble says nothing about the derivation: try again later.
-            let delay = self
-                .cfg()
-                .retry_delay_ms
-                .saturating_mul(1 << retries.min(6))
-                .min(300_000);
-            self.building.insert(r.drv_path.clone(), retries + 1);
-            let system = self.system_of(&r.drv_path);
-            self.later(
-                now + delay,
-                Command::Build {
-                    drv: r.drv_path.clone(),
-                    system,
-                },
-            );
-            return;
-        }
-        let expires_at =
-            (r.class != OutcomeClass::Success).then(|| now + self.cfg().failure_ttl_ms);
-        let memo = Memo {
-            class: r.class,
-            log_tail: r.log_tail.clone(),
-            root_drv: r.root_drv.clone(),
-            expires_at,
-        };
-        self.memo.insert(r.drv_path.clone(), memo.clone());
-        self.out.push(Command::Record(Record::Memo {
-            drv: r.drv_path.clone(),
-            memo,
-        }));
-        let waiting: Vec<CandId> = self
-            .candidates
-            .values()
-            .filter(|c| c.waits_for(&r.drv_path))
-            .map(|c| c.id)
-            .collect();
-        for id in waiting {
-            self.on_build_done(id, &r.drv_path, now);
-        }
-    }
-
-    /// The system a derivation is built for, from any evaluation that names it.
-    fn system_of(&self, drv: &str) -> String {
-        for c in self.candidates.values() {
-            if let Some(s) = c.system_of(drv) {
-                return s;
-            }
-        }
-        "x86_64-linux".into()
     }
 }

@@ -208,15 +208,16 @@ impl World {
         self.broken_attrs.contains(&attr) || tags.iter().any(|t| self.bad_tags.contains(t))
     }
 
-    fn build(&mut self, drv: &str) -> BuildReport {
+    fn build(&mut self, drv: &str, builder: &str) -> BuildReport {
         *self.builds.entry(drv.into()).or_default() += 1;
         let report = |class, log_tail: String| BuildReport {
             drv_path: drv.into(),
             class,
             log_tail,
             root_drv: None,
-            builder: "local".into(),
+            builder: builder.into(),
             duration_ms: 1000,
+            log_path: None,
         };
         if let Some(n) = self.infra.get_mut(drv).filter(|n| **n > 0) {
             *n -= 1;
@@ -316,6 +317,17 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         )]),
         failure_ttl_ms: 86_400_000,
         retry_delay_ms: 5_000,
+        builders: vec![crate::core::scheduler::BuilderSpec {
+            id: "local".into(),
+            systems: ["x86_64-linux".to_string()].into(),
+            supported: Default::default(),
+            mandatory: Default::default(),
+            max_jobs: 4,
+            speed: 1.0,
+        }],
+        infra_retries: 5,
+        quarantine_after: 3,
+        probe_delay_ms: 30_000,
     }
 }
 
@@ -389,6 +401,7 @@ impl Sim {
                 self.db.memo.insert(drv, memo);
             }
             Record::Event { text, .. } => self.db.events.push(text),
+            Record::BuilderDrained { .. } => {}
         }
     }
 
@@ -477,7 +490,27 @@ impl Sim {
             Command::Evaluate { commit, .. } => Input::Evaluated {
                 eval: Arc::new(w.eval(&commit)),
             },
-            Command::Build { drv, .. } => Input::Built(w.build(&drv)),
+            Command::Build { drv, builder, .. } => Input::Built(w.build(&drv, &builder)),
+            Command::Inspect { drvs } => Input::Inspected {
+                infos: drvs
+                    .into_iter()
+                    .map(|d| {
+                        let info = crate::core::scheduler::StepInfo {
+                            system: "x86_64-linux".into(),
+                            ..Default::default()
+                        };
+                        (d, Ok(info))
+                    })
+                    .collect(),
+            },
+            Command::QueryReferrers { root } => Input::Referrers { root, drvs: vec![] },
+            Command::ProbeBuilder { builder } => Input::BuilderProbed {
+                builder,
+                result: Ok(crate::core::BuilderIdentity {
+                    implementation: "Nix".into(),
+                    version: "2.8.0".into(),
+                }),
+            },
             Command::Probe {
                 probe,
                 base,

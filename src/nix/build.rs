@@ -37,6 +37,14 @@ const KILL_GRACE_SECS: u64 = 10;
 
 #[derive(Debug, Clone)]
 pub struct LocalBuilder {
+    /// The builder's name in reports: `local` or its store URI.
+    pub id: String,
+    /// `None` for the local store; a store URI (`ssh-ng://...`) to build remotely: the
+    /// derivation closure is copied there (`nix copy --derivation --to`), realised there
+    /// (`nix build --store`) and its outputs copied back.
+    pub store: Option<String>,
+    /// SSH identity for the remote store (added to `NIX_SSHOPTS`).
+    pub ssh_key: Option<PathBuf>,
     /// Extra arguments for every Nix command, e.g. `["--option", "substituters", ""]`.
     pub nix_args: Vec<String>,
     /// `--option max-silent-time N` when non-zero.
@@ -58,15 +66,18 @@ impl LocalBuilder {
     /// Dropping the future terminates the build (SIGTERM, then SIGKILL after a grace period).
     pub async fn realise(&self, drv: &str) -> BuildReport {
         let start = Instant::now();
+        let claimed = self.claim_log(drv);
+        let log_path = claimed.as_ref().ok().map(|p| p.1.display().to_string());
         let report = |class, log_tail: String, root_drv| BuildReport {
             drv_path: drv.to_string(),
             class,
             log_tail,
             root_drv,
-            builder: "local".into(),
+            builder: self.id.clone(),
             duration_ms: start.elapsed().as_millis() as u64,
+            log_path: log_path.clone(),
         };
-        let (raw_path, gz_path) = match self.claim_log(drv) {
+        let (raw_path, gz_path) = match claimed {
             Ok(p) => p,
             Err(e) => {
                 return report(
@@ -76,10 +87,44 @@ impl LocalBuilder {
                 )
             }
         };
+        if let Some(store) = &self.store {
+            // Send the derivation closure and the input outputs we already have.
+            if let Err(e) = self.copy_inputs(store, drv, &raw_path).await {
+                let tail = finish_log(&raw_path, &gz_path).await.1;
+                return report(
+                    OutcomeClass::Infrastructure,
+                    format!("{tail}\ntransfer to {store} failed: {e}"),
+                    None,
+                );
+            }
+        }
         let spawned = (|| -> io::Result<Child> {
-            let raw = File::create(&raw_path)?;
-            let mut cmd = Command::new("nix-store");
-            cmd.args(&self.nix_args).arg("--realise").arg(drv);
+            let raw = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&raw_path)?;
+            let mut cmd = match &self.store {
+                None => {
+                    let mut c = Command::new("nix-store");
+                    c.args(&self.nix_args).arg("--realise").arg(drv);
+                    c
+                }
+                Some(store) => {
+                    let mut c = Command::new("nix");
+                    c.args([
+                        "--extra-experimental-features",
+                        "nix-command",
+                        "build",
+                        "--no-link",
+                        "--store",
+                        store,
+                    ])
+                    .args(&self.nix_args)
+                    .arg(drv);
+                    self.ssh_env(&mut c);
+                    c
+                }
+            };
             if self.max_silent_time_secs > 0 {
                 cmd.args(["--option", "max-silent-time"])
                     .arg(self.max_silent_time_secs.to_string());
@@ -101,7 +146,7 @@ impl LocalBuilder {
                 let _ = std::fs::write(&gz_path, b"");
                 return report(
                     OutcomeClass::Infrastructure,
-                    format!("cannot run nix-store: {e}"),
+                    format!("cannot run nix: {e}"),
                     None,
                 );
             }
@@ -131,20 +176,16 @@ impl LocalBuilder {
             None => Err("nix-store did not exit long after the build timeout; killed".to_string()),
         };
         drop(guard); // terminates the process if it is still running
-        let raw_for_scan = raw_path.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan_log(&raw_for_scan)).await;
-        let (condensed, tail) = match scanned {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => (String::new(), format!("cannot read build log: {e}")),
-            Err(e) => (String::new(), format!("cannot read build log: {e}")),
-        };
-        let (raw2, gz2) = (raw_path.clone(), gz_path.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            let r = compress(&raw2, &gz2);
-            let _ = std::fs::remove_file(&raw2);
-            r
-        })
-        .await;
+        let mut status = status;
+        if let (Some(store), Ok(s)) = (&self.store, &status) {
+            if s.success() {
+                // Bring the outputs back: gates, channels and dependents built elsewhere need them.
+                if let Err(e) = self.copy_outputs_back(store, drv, &raw_path).await {
+                    status = Err(format!("transfer of the outputs from {store} failed: {e}"));
+                }
+            }
+        }
+        let (condensed, tail) = finish_log(&raw_path, &gz_path).await;
         match status {
             Ok(s) => {
                 let (class, root) = classify(drv, s.code(), &condensed);
@@ -152,6 +193,103 @@ impl LocalBuilder {
             }
             Err(msg) => report(OutcomeClass::Infrastructure, format!("{tail}\n{msg}"), None),
         }
+    }
+
+    /// Adds the builder's SSH identity to `NIX_SSHOPTS` for `cmd`.
+    pub fn ssh_env(&self, cmd: &mut Command) {
+        if let Some(key) = &self.ssh_key {
+            let mut opts = std::env::var("NIX_SSHOPTS").unwrap_or_default();
+            opts.push_str(&format!(" -i {}", key.display()));
+            cmd.env("NIX_SSHOPTS", opts.trim());
+        }
+    }
+
+    /// Runs one transfer command, its output appended to the attempt's log.
+    async fn run_logged(&self, args: &[String], log: &Path) -> Result<(), String> {
+        let raw = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("nix");
+        cmd.args(["--extra-experimental-features", "nix-command"])
+            .args(args)
+            .args(&self.nix_args);
+        self.ssh_env(&mut cmd);
+        let err = raw.try_clone().map_err(|e| e.to_string())?;
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(raw))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| format!("cannot run nix: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            Err(text
+                .lines()
+                .rev()
+                .find(|l| l.contains("error"))
+                .unwrap_or("nix copy failed")
+                .trim()
+                .to_string())
+        }
+    }
+
+    async fn copy_inputs(&self, store: &str, drv: &str, log: &Path) -> Result<(), String> {
+        let to = vec![
+            "copy".to_string(),
+            "--derivation".into(),
+            "--to".into(),
+            store.to_string(),
+            drv.to_string(),
+        ];
+        self.run_logged(&to, log).await?;
+        // Outputs of the closure that are valid here, so the builder need not rebuild them.
+        let out = Command::new("nix-store")
+            .args(["-q", "--requisites", "--include-outputs", drv])
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let paths: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|p| !p.ends_with(".drv") && !p.is_empty())
+            .map(String::from)
+            .collect();
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![
+            "copy".to_string(),
+            "--no-check-sigs".into(),
+            "--to".into(),
+            store.to_string(),
+        ];
+        args.extend(paths);
+        self.run_logged(&args, log).await
+    }
+
+    async fn copy_outputs_back(&self, store: &str, drv: &str, log: &Path) -> Result<(), String> {
+        let out = Command::new("nix-store")
+            .args(["-q", "--outputs", drv])
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut args = vec![
+            "copy".to_string(),
+            "--no-check-sigs".into(),
+            "--from".into(),
+            store.to_string(),
+        ];
+        args.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from),
+        );
+        self.run_logged(&args, log).await
     }
 
     /// Picks the next free attempt number by creating its `.log.gz` exclusively.
@@ -200,6 +338,25 @@ impl Drop for ChildGuard {
         }
         // Without a runtime, dropping `child` SIGKILLs it (kill_on_drop).
     }
+}
+
+/// Reads the classification lines and the tail of the raw log, then compresses it.
+async fn finish_log(raw_path: &Path, gz_path: &Path) -> (String, String) {
+    let raw_for_scan = raw_path.to_path_buf();
+    let scanned = tokio::task::spawn_blocking(move || scan_log(&raw_for_scan)).await;
+    let (condensed, tail) = match scanned {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => (String::new(), format!("cannot read build log: {e}")),
+        Err(e) => (String::new(), format!("cannot read build log: {e}")),
+    };
+    let (raw2, gz2) = (raw_path.to_path_buf(), gz_path.to_path_buf());
+    let _ = tokio::task::spawn_blocking(move || {
+        let r = compress(&raw2, &gz2);
+        let _ = std::fs::remove_file(&raw2);
+        r
+    })
+    .await;
+    (condensed, tail)
 }
 
 fn log_base(drv: &str) -> String {

@@ -12,8 +12,12 @@
 //!   ([`WRAPPER_NIX`]) that walks the jobset with `builtins.tryEval` per attribute.
 //!   `--read-write-mode` matters: without it `drvPath` is computed but the `.drv` file is not
 //!   written to the store. `tryEval` catches only `throw` and `assert`; when a whole call fails
-//!   (`abort`, type errors, missing attributes, infinite recursion), the attribute list is split in
-//!   halves recursively so only the failing attributes become [`JobResult::Error`]. For an
+//!   (`abort`, type errors, missing attributes, infinite recursion), it is repeated in trace
+//!   mode: the wrapper reports on stderr (`builtins.trace`) each attribute it begins and the rows
+//!   it completes, so the attribute being evaluated when Nix died is the culprit; completed rows
+//!   are kept and the call resumes with the rest (one extra call per failing attribute, chunks of
+//!   the attribute list in parallel). When a failure cannot be attributed that way, the list is
+//!   split in halves recursively. Only the failing attributes become [`JobResult::Error`]. For an
 //!   attribute that `tryEval` caught, Nix's real message is fetched by evaluating that one
 //!   attribute without `tryEval`.
 //!
@@ -56,6 +60,16 @@ let
     if cfg.rootSystem == null then roots
     else builtins.filter (r: r.system == cfg.rootSystem) roots;
   try = e: if cfg.catch then builtins.tryEval e else { success = true; value = e; };
+  # Paths already evaluated (or known to fail) by an earlier call of a resumed evaluation.
+  skipSet = builtins.listToAttrs
+    (map (p: { name = builtins.toJSON p; value = true; }) (cfg.skip or [ ]));
+  # In trace mode, progress goes to stderr so that a call that dies on an error tryEval cannot
+  # catch still tells which attribute was being evaluated and which ones were complete.
+  traced = cfg.trace or false;
+  begin = path: r:
+    if traced then builtins.trace "mergequeue-eval-begin ${builtins.toJSON path}" r else r;
+  done = rows:
+    if traced then builtins.trace "mergequeue-eval-rows ${builtins.toJSON rows}" rows else rows;
   kindOf = v:
     if !(builtins.isAttrs v) then "other"
     else if (v.type or null) == "derivation" then "drv"
@@ -84,11 +98,15 @@ let
       };
       r = try (builtins.deepSeq info info);
     in
-    if r.success then [ (r.value // { inherit path; maintainers = maintainersOf d; }) ]
-    else [ { inherit path system; error = true; } ];
+    done (if r.success then [ (r.value // { inherit path; maintainers = maintainersOf d; }) ]
+    else [ { inherit path system; error = true; } ]);
+  # Each attribute is evaluated completely before the next one begins.
   walk = system: path: v:
+    if skipSet ? ${builtins.toJSON path} then [ ]
+    else begin path (let rows = walk' system path v; in builtins.deepSeq rows rows);
+  walk' = system: path: v:
     let k = try (kindOf v); in
-    if !k.success then [ { inherit path system; error = true; } ]
+    if !k.success then done [ { inherit path system; error = true; } ]
     else if k.value == "drv" then job system path v
     else if k.value == "rec" then children system path v
     else [ ];
@@ -102,8 +120,8 @@ let
         n = builtins.head rest;
         k = try (builtins.isAttrs v && v ? ${n});
       in
-      if !k.success then [ { inherit path system; error = true; } ]
-      else if !k.value then [ { inherit path system; missing = true; } ]
+      if !k.success then done [ { inherit path system; error = true; } ]
+      else if !k.value then done [ { inherit path system; missing = true; } ]
       else lookup f system v.${n} path (builtins.tail rest);
   list = system: path: v:
     let k = try (kindOf v); in
@@ -138,6 +156,35 @@ struct Input<'a> {
     select: Option<&'a [Vec<String>]>,
     catch: bool,
     mode: &'a str,
+    trace: bool,
+    skip: &'a [Vec<String>],
+}
+
+/// A failed wrapper call: Nix's cleaned message and the raw stderr (with trace lines).
+struct Failure {
+    msg: String,
+    stderr: String,
+}
+
+const TRACE_BEGIN: &str = "trace: mergequeue-eval-begin ";
+const TRACE_ROWS: &str = "trace: mergequeue-eval-rows ";
+
+/// From the stderr of a traced call: the rows completed, and the last attribute begun.
+fn parse_trace(stderr: &str) -> (Vec<Row>, Option<Vec<String>>) {
+    let mut rows = Vec::new();
+    let mut begun = None;
+    for line in stderr.lines() {
+        if let Some(j) = line.strip_prefix(TRACE_ROWS) {
+            if let Ok(r) = serde_json::from_str::<Vec<Row>>(j) {
+                rows.extend(r);
+            }
+        } else if let Some(j) = line.strip_prefix(TRACE_BEGIN) {
+            if let Ok(p) = serde_json::from_str::<Vec<String>>(j) {
+                begun = Some(p);
+            }
+        }
+    }
+    (rows, begun)
 }
 
 /// One row of the wrapper's output.
@@ -239,7 +286,7 @@ impl NixEval {
                     }
                     let paths: Vec<Vec<String>> =
                         root.names.iter().map(|n| vec![n.clone()]).collect();
-                    items.extend(ctx.split(root.system.clone(), paths).await);
+                    items.extend(ctx.resume_chunked(&root.system, paths).await);
                 }
                 items
             }
@@ -282,7 +329,7 @@ impl NixEval {
                 };
                 let mut items = Vec::new();
                 for root in roots {
-                    items.extend(ctx.split(root.system.clone(), paths.clone()).await);
+                    items.extend(ctx.resume_chunked(&root.system, paths.clone()).await);
                 }
                 items
             }
@@ -511,6 +558,24 @@ impl Ctx {
         select: Option<&[Vec<String>]>,
         catch: bool,
     ) -> Result<Vec<Row>, String> {
+        self.call_full(mode, root_system, select, catch, false, &[])
+            .await
+            .map_err(|f| f.msg)
+    }
+
+    async fn call_full(
+        &self,
+        mode: &str,
+        root_system: Option<&str>,
+        select: Option<&[Vec<String>]>,
+        catch: bool,
+        trace: bool,
+        skip: &[Vec<String>],
+    ) -> Result<Vec<Row>, Failure> {
+        let fail = |msg: String| Failure {
+            msg,
+            stderr: String::new(),
+        };
         let input = Input {
             file: &self.file,
             systems: &self.systems,
@@ -518,12 +583,14 @@ impl Ctx {
             select,
             catch,
             mode,
+            trace,
+            skip,
         };
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let input_path = self.tmp.path().join(format!("input-{n}.json"));
         std::fs::write(&input_path, serde_json::to_vec(&input).unwrap())
-            .map_err(|e| format!("writing {}: {e}", input_path.display()))?;
-        let _permit = self.sem.acquire().await.map_err(|e| e.to_string())?;
+            .map_err(|e| fail(format!("writing {}: {e}", input_path.display())))?;
+        let _permit = self.sem.acquire().await.map_err(|e| fail(e.to_string()))?;
         let out = Command::new("nix-instantiate")
             .current_dir(&self.dir)
             .args(&self.nix_args)
@@ -535,26 +602,84 @@ impl Ctx {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
+            .map_err(|e| fail(format!("cannot run nix-instantiate: {e}")))?;
         let _ = std::fs::remove_file(&input_path);
         if !out.status.success() {
-            let mut msg = clean_message(&String::from_utf8_lossy(&out.stderr));
+            let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+            let mut msg = clean_message(&stderr);
             if msg.is_empty() {
                 msg = format!("nix-instantiate failed ({})", out.status);
             }
-            return Err(msg);
+            return Err(Failure { msg, stderr });
         }
         serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("unexpected output of the evaluation wrapper: {e}"))
+            .map_err(|e| fail(format!("unexpected output of the evaluation wrapper: {e}")))
+    }
+
+    /// Evaluates `paths` in chunks, concurrently, each with [`Ctx::resume`].
+    async fn resume_chunked(&self, system: &str, paths: Vec<Vec<String>>) -> Vec<Item> {
+        let chunks = self.sem.available_permits().max(1);
+        let size = paths.len().div_ceil(chunks).max(1);
+        let futs = paths
+            .chunks(size)
+            .map(|c| self.resume(system.to_string(), c.to_vec()));
+        join_all(futs).await.into_iter().flatten().collect()
+    }
+
+    /// Evaluates `paths` with progress traces; when a call dies on an error that tryEval
+    /// cannot catch, the attribute being evaluated is recorded as failing with Nix's message,
+    /// the completed ones are kept, and the call is repeated for the rest. One call per
+    /// failing attribute. Falls back to halving when a failure cannot be attributed.
+    async fn resume(&self, system: String, paths: Vec<Vec<String>>) -> Vec<Item> {
+        let mut skip: Vec<Vec<String>> = Vec::new();
+        let mut items = Vec::new();
+        loop {
+            let res = self
+                .call_full("eval", Some(&system), Some(&paths), true, true, &skip)
+                .await;
+            let f = match res {
+                Ok(rows) => {
+                    items.extend(rows_to_items(rows));
+                    return items;
+                }
+                Err(f) => f,
+            };
+            let (rows, begun) = parse_trace(&f.stderr);
+            let progressed = !rows.is_empty();
+            for r in &rows {
+                skip.push(r.path.clone());
+            }
+            items.extend(rows_to_items(rows));
+            match begun {
+                Some(b) if !skip.contains(&b) => {
+                    skip.push(b.clone());
+                    items.push(Item::Error(b, system.clone(), Some(f.msg)));
+                }
+                _ if progressed => {}
+                _ => {
+                    items.extend(self.split(system.clone(), paths, Arc::new(skip)).await);
+                    return items;
+                }
+            }
+        }
     }
 
     /// Evaluates `paths` under the root for `system`, halving on whole-call failures.
-    fn split(&self, system: String, paths: Vec<Vec<String>>) -> Boxed<'_, Vec<Item>> {
+    fn split(
+        &self,
+        system: String,
+        paths: Vec<Vec<String>>,
+        skip: Arc<Vec<Vec<String>>>,
+    ) -> Boxed<'_, Vec<Item>> {
         Box::pin(async move {
             if paths.is_empty() {
                 return vec![];
             }
-            match self.call("eval", Some(&system), Some(&paths), true).await {
+            let res = self
+                .call_full("eval", Some(&system), Some(&paths), true, false, &skip)
+                .await
+                .map_err(|f| f.msg);
+            match res {
                 Ok(rows) => rows_to_items(rows),
                 Err(msg) if paths.len() == 1 => {
                     let path = paths.into_iter().next().unwrap();
@@ -581,7 +706,7 @@ impl Ctx {
                                     p
                                 })
                                 .collect();
-                            self.split(system, children).await
+                            self.split(system, children, skip).await
                         }
                         _ => vec![Item::Error(path, system, Some(msg))],
                     }
@@ -589,8 +714,10 @@ impl Ctx {
                 Err(_) => {
                     let mut a = paths;
                     let b = a.split_off(a.len() / 2);
-                    let (x, y) =
-                        tokio::join!(self.split(system.clone(), a), self.split(system.clone(), b));
+                    let (x, y) = tokio::join!(
+                        self.split(system.clone(), a, skip.clone()),
+                        self.split(system.clone(), b, skip.clone())
+                    );
                     x.into_iter().chain(y).collect()
                 }
             }
