@@ -462,7 +462,7 @@ impl Core {
             return;
         }
         att.waiting_drv = None;
-        let bad = self.known(drv, now).map_or(true, |m| !m.ok());
+        let bad = self.known(drv, now).is_none_or(|m| !m.ok());
         self.bisect_step(id, bad, now);
     }
 

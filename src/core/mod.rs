@@ -585,7 +585,7 @@ impl Core {
     pub(crate) fn known(&self, drv: &str, now: Millis) -> Option<&Memo> {
         self.memo
             .get(drv)
-            .filter(|m| m.expires_at.map_or(true, |t| t > now))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
     }
 
     pub(crate) fn request_eval(&mut self, repo: &str, commit: &str) {
