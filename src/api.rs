@@ -13,12 +13,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::change::{Change, ChangeState, Priority};
+use crate::change::{ChangeState, Priority};
 use crate::config::Config;
-use crate::core::{Core, Refusal, Submission};
+use crate::core::{Refusal, Submission};
 use crate::driver::{Handle, Msg, Query, Reply};
-use crate::outcome::OutcomeClass;
-use crate::store::Store;
+use crate::status::change_json;
 
 pub struct Api {
     pub config: Config,
@@ -120,6 +119,30 @@ impl Api {
         let reply = match (&method, parts.as_slice()) {
             (&Method::GET, ["metrics"]) => self.ask(Query::Metrics).await,
             (&Method::GET, ["api", "v1", "builders"]) => self.ask(Query::Builders).await,
+            (&Method::GET, ["api", "v1", "implementations"]) => {
+                self.ask(Query::Implementations).await
+            }
+            (&Method::POST, ["api", "v1", "builders", action @ ("drain" | "undrain")]) => {
+                let drained = *action == "drain";
+                return self.drain(req, drained).await;
+            }
+            (&Method::GET, ["api", "v1", "attempts"]) => {
+                let drv = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("drv="))
+                    .unwrap_or("")
+                    .replace("%2F", "/");
+                self.ask(Query::Attempts { drv }).await
+            }
+            (&Method::GET, ["api", "v1", "attempts", id, "log"]) => match id.parse() {
+                Ok(attempt) => self.ask(Query::Log { attempt }).await,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("attempt id {id:?} is not a number"),
+                    )
+                }
+            },
             (&Method::GET, ["api", "v1", "events"]) => {
                 let after = query
                     .split('&')
@@ -274,6 +297,46 @@ impl Api {
         }
     }
 
+    /// `POST /api/v1/builders/drain` (or `undrain`) with `{"uri": "..."}`.
+    async fn drain(&self, req: Request<Incoming>, drained: bool) -> Resp {
+        if !self.authorized(&req) {
+            return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            uri: String,
+        }
+        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+        };
+        let b: Body = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+        };
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Drain {
+            builder: b.uri.clone(),
+            drained,
+            reply,
+        };
+        if self.driver.tx.send(msg).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        }
+        match rx.await {
+            Ok(true) => json_resp(StatusCode::OK, json!({ "uri": b.uri, "drained": drained })),
+            Ok(false) => error(
+                StatusCode::NOT_FOUND,
+                format!("unknown builder {:?}", b.uri),
+            ),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        }
+    }
+
     async fn cancel(&self, repo: String, id: u64) -> Resp {
         let (reply, rx) = oneshot::channel();
         if self
@@ -310,176 +373,4 @@ fn refusal(r: Refusal) -> Resp {
             ),
         ),
     }
-}
-
-fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Value {
-    json!({
-        "id": c.id,
-        "repo": c.repo,
-        "target": c.target,
-        "ref": c.git_ref,
-        "head": c.head,
-        "submitted_head": c.submitted_head,
-        "title": c.title,
-        "author": c.author,
-        "priority": c.priority.as_str(),
-        "state": c.state.as_str(),
-        "reason": c.reason,
-        "landed_commit": c.landed_commit,
-        "submitted_at": c.submitted_at,
-        "updated_at": c.updated_at,
-        "candidate": candidate.map(|k| k.id),
-    })
-}
-
-fn candidate_json(k: &crate::core::Candidate) -> Value {
-    json!({
-        "id": k.id,
-        "branch": k.branch,
-        "changes": k.changes,
-        "base": k.base,
-        "commit": k.commit(),
-        "phase": k.phase.as_str(),
-        "follow_up_of": k.follow_up_of,
-        "builds": k.builds,
-        "extra_builds": k.extra_builds,
-        "created_at": k.created_at,
-        "last_build_at": k.last_build_at,
-        "finished_at": k.finished_at,
-        "summary": k.summary,
-    })
-}
-
-/// Answers a query from the driver's state (runs on the driver task).
-pub fn answer(config: &Config, core: &Core, store: &Store, q: Query) -> Option<Reply> {
-    Some(match q {
-        Query::Change { repo, id } => {
-            let c = core.change(id).filter(|c| c.repo == repo)?;
-            let cand = core.candidates().filter(|k| k.changes.contains(&id)).last();
-            Reply::Json(change_json(c, cand))
-        }
-        Query::Queue { repo } => {
-            let r = config.repo(&repo)?;
-            let branches: Vec<Value> = r
-                .branches
-                .iter()
-                .map(|b| {
-                    let name = b.name.get_ref();
-                    let testing: Vec<Value> = core
-                        .candidates()
-                        .filter(|k| {
-                            k.repo == repo
-                                && &k.branch == name
-                                && k.phase != crate::core::Phase::Done
-                        })
-                        .map(candidate_json)
-                        .collect();
-                    let queued: Vec<Value> = core
-                        .queue(&repo, name)
-                        .into_iter()
-                        .map(|c| change_json(c, None))
-                        .collect();
-                    json!({ "branch": name, "testing": testing, "queued": queued })
-                })
-                .collect();
-            Reply::Json(json!({ "repo": repo, "branches": branches }))
-        }
-        Query::Candidates { repo } => Reply::Json(Value::Array(
-            core.candidates()
-                .filter(|k| k.repo == repo)
-                .map(candidate_json)
-                .collect(),
-        )),
-        Query::Events { after } => {
-            let events = store.events_after(after, 500).ok()?;
-            Reply::Json(Value::Array(
-                events
-                    .into_iter()
-                    .map(|(id, at, repo, text)| json!({ "id": id, "at": at, "repo": repo, "text": text }))
-                    .collect(),
-            ))
-        }
-        Query::Builders => {
-            let counts = store.attempt_counts().ok()?;
-            let builders: Vec<Value> = config
-                .builders
-                .iter()
-                .map(|b| {
-                    let uri = b.uri.get_ref();
-                    let attempts: serde_json::Map<String, Value> = OutcomeClass::ALL
-                        .iter()
-                        .map(|c| {
-                            let n: u64 = counts
-                                .iter()
-                                .filter(|(bu, cl, _)| bu == uri && cl == c.as_str())
-                                .map(|x| x.2)
-                                .sum();
-                            (c.as_str().to_string(), json!(n))
-                        })
-                        .collect();
-                    json!({
-                        "uri": uri,
-                        "state": "up",
-                        "systems": b.systems,
-                        "max_jobs": b.max_jobs.get_ref(),
-                        "implementation": "Nix",
-                        "version": null,
-                        "attempts": attempts,
-                    })
-                })
-                .collect();
-            Reply::Json(Value::Array(builders))
-        }
-        Query::Metrics => Reply::Text(metrics(config, core, store)),
-    })
-}
-
-fn metrics(config: &Config, core: &Core, store: &Store) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    out.push_str("# HELP mergequeue_changes_total Changes by state.\n# TYPE mergequeue_changes_total gauge\n");
-    for s in [
-        ChangeState::Queued,
-        ChangeState::Testing,
-        ChangeState::Merged,
-        ChangeState::Rejected,
-        ChangeState::Cancelled,
-    ] {
-        let n = core.changes().filter(|c| c.state == s).count();
-        let _ = writeln!(
-            out,
-            "mergequeue_changes_total{{state=\"{}\"}} {n}",
-            s.as_str()
-        );
-    }
-    out.push_str("# HELP mergequeue_queue_depth Queued changes per branch.\n# TYPE mergequeue_queue_depth gauge\n");
-    for r in &config.repos {
-        for b in &r.branches {
-            let n = core.queue(r.name.get_ref(), b.name.get_ref()).len();
-            let _ = writeln!(
-                out,
-                "mergequeue_queue_depth{{repo=\"{}\",branch=\"{}\"}} {n}",
-                r.name.get_ref(),
-                b.name.get_ref()
-            );
-        }
-    }
-    out.push_str("# HELP mergequeue_builds_total Build attempts by outcome class.\n# TYPE mergequeue_builds_total counter\n");
-    let counts = store.attempt_counts().unwrap_or_default();
-    for c in OutcomeClass::ALL {
-        let n: u64 = counts
-            .iter()
-            .filter(|(_, cl, _)| cl == c.as_str())
-            .map(|x| x.2)
-            .sum();
-        let _ = writeln!(
-            out,
-            "mergequeue_builds_total{{outcome=\"{}\"}} {n}",
-            c.as_str()
-        );
-    }
-    out.push_str("# HELP mergequeue_attribution_extra_builds_total Builds spent on attribution beyond the batches' own.\n# TYPE mergequeue_attribution_extra_builds_total counter\n");
-    let extra: u64 = core.candidates().map(|k| k.extra_builds as u64).sum();
-    let _ = writeln!(out, "mergequeue_attribution_extra_builds_total {extra}");
-    out
 }

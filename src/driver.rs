@@ -35,6 +35,9 @@ pub enum Query {
     Candidates { repo: String },
     Events { after: i64 },
     Builders,
+    Implementations,
+    Attempts { drv: String },
+    Log { attempt: i64 },
     Metrics,
 }
 
@@ -473,7 +476,7 @@ impl Driver {
     }
 
     fn answer(&self, q: Query) -> Option<Reply> {
-        crate::api::answer(&self.config, &self.core, &self.store, q)
+        crate::status::answer(&self.config, &self.core, &self.store, q)
     }
 }
 

@@ -18,6 +18,12 @@ pub struct BranchOpts {
     pub batch_delay_secs: u64,
     pub required: Vec<String>,
     pub max_jobs: usize,
+    /// Replaces the `[[builders]]` section (default: the local store).
+    pub builders_toml: Option<String>,
+    /// Appended to the config file.
+    pub extra_toml: String,
+    /// Extra environment for the server (e.g. `NIX_SSHOPTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for BranchOpts {
@@ -27,6 +33,9 @@ impl Default for BranchOpts {
             batch_delay_secs: 0,
             required: vec!["tested".into()],
             max_jobs: 4,
+            builders_toml: None,
+            extra_toml: String::new(),
+            env: vec![],
         }
     }
 }
@@ -41,6 +50,7 @@ pub struct Harness {
     pub token: String,
     pub listen: String,
     pub bin: PathBuf,
+    pub env: Vec<(String, String)>,
     pub server: Option<Child>,
     pub client: ApiClient,
 }
@@ -143,17 +153,19 @@ batch_max = {batch_max}
 batch_delay_secs = {delay}
 required = [{required}]
 
-[[builders]]
-uri = "local"
-systems = ["x86_64-linux"]
-max_jobs = {max_jobs}
+{builders}
+{extra}
 "#,
             state = state_dir.display().to_string(),
             token_file = token_file.display().to_string(),
             upstream = upstream.display(),
             batch_max = opts.batch_max,
             delay = opts.batch_delay_secs,
-            max_jobs = opts.max_jobs,
+            builders = opts.builders_toml.clone().unwrap_or_else(|| format!(
+                "[[builders]]\nuri = \"local\"\nsystems = [\"x86_64-linux\"]\nmax_jobs = {}\n",
+                opts.max_jobs
+            )),
+            extra = opts.extra_toml,
         );
         std::fs::write(&config_path, config)?;
         let client = ApiClient::new(&listen, Some(token.clone()));
@@ -167,6 +179,7 @@ max_jobs = {max_jobs}
             token,
             listen,
             bin: bin.to_path_buf(),
+            env: opts.env.clone(),
             server: None,
             client,
         })
@@ -236,6 +249,7 @@ max_jobs = {max_jobs}
         let child = Command::new(&self.bin)
             .args(["serve", "--config"])
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()

@@ -20,5 +20,6 @@ pub mod nix;
 pub mod outcome;
 pub mod prereq;
 pub mod serve;
+pub mod status;
 pub mod store;
 pub mod systemd;

@@ -107,10 +107,23 @@ pub fn migrations() -> Migrations<'static> {
 }
 
 pub struct AttemptRow {
+    pub id: i64,
     pub drv: String,
     pub builder: String,
     pub class: String,
     pub log_path: Option<String>,
+    pub duration_ms: u64,
+}
+
+fn attempt_row(r: &rusqlite::Row) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        id: r.get(0)?,
+        drv: r.get(1)?,
+        builder: r.get(2)?,
+        class: r.get(3)?,
+        log_path: r.get(4)?,
+        duration_ms: r.get(5)?,
+    })
 }
 
 pub struct Store {
@@ -414,18 +427,20 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT drv, builder, class, log_path FROM attempts WHERE id = ?1",
+                "SELECT id, drv, builder, class, log_path, duration_ms FROM attempts WHERE id = ?1",
                 [id],
-                |r| {
-                    Ok(AttemptRow {
-                        drv: r.get(0)?,
-                        builder: r.get(1)?,
-                        class: r.get(2)?,
-                        log_path: r.get(3)?,
-                    })
-                },
+                attempt_row,
             )
             .optional()?)
+    }
+
+    /// Every attempt of a derivation, oldest first.
+    pub fn attempts_of(&self, drv: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, drv, builder, class, log_path, duration_ms FROM attempts WHERE drv = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([drv], attempt_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Attempts by outcome class, for `/metrics`.

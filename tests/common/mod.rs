@@ -35,6 +35,8 @@ pub fn harness(dir: &std::path::Path, packages: usize, seed: u64, opts: BranchOp
     .expect("harness")
 }
 
+pub mod sshd;
+
 pub const LONG: Duration = Duration::from_secs(300);
 
 pub fn state(v: &Value) -> &str {

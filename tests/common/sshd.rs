@@ -1,0 +1,185 @@
+//! A real OpenSSH server on loopback per test builder, each builder with its own chroot
+//! Nix store (`ssh-ng://ALIAS?remote-store=local?root=DIR`), as in docs/nix-here.md.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Sshd {
+    pub alias: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub store_root: PathBuf,
+    config: PathBuf,
+    pid: Option<u32>,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Sshd {
+    /// Starts sshd for `alias`; writes the client side into `ssh_config` (appending).
+    pub fn start(root: &Path, alias: &str, ssh_config: &Path) -> Sshd {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "sshd missing: run scripts/install-prereqs.sh as root"
+        );
+        let dir = root.join(format!("sshd-{alias}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let key = root.join("client-key");
+        if !key.exists() {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key));
+        }
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.join("hostkey")));
+        std::fs::copy(key.with_extension("pub"), dir.join("authorized_keys")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store_root = root.join(format!("store-{alias}"));
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nStrictModes no\n\
+                 PermitRootLogin prohibit-password\nSetEnv NIX_CONFIG=\"substituters =\"\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut client = std::fs::read_to_string(ssh_config).unwrap_or_default();
+        client.push_str(&format!(
+            "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {}\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
+            key.display()
+        ));
+        std::fs::write(ssh_config, client).unwrap();
+        let mut s = Sshd {
+            alias: alias.into(),
+            port,
+            dir,
+            store_root,
+            config,
+            pid: None,
+        };
+        s.resume();
+        s
+    }
+
+    pub fn uri(&self) -> String {
+        format!(
+            "ssh-ng://{}?remote-store=local?root={}",
+            self.alias,
+            self.store_root.display()
+        )
+    }
+
+    /// (Re)starts the daemon and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        run(Command::new("/usr/sbin/sshd")
+            .arg("-f")
+            .arg(&self.config)
+            .arg("-E")
+            .arg(self.dir.join("sshd.log")));
+        let t = Instant::now();
+        loop {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join("sshd.pid")) {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    self.pid = pid.trim().parse().ok();
+                    return;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "sshd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the daemon (the builder becomes unreachable); existing sessions die too.
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            for d in descendants(pid) {
+                unsafe { libc::kill(d as i32, libc::SIGKILL) };
+            }
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = std::fs::remove_file(self.dir.join("sshd.pid"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// PIDs of `nix-daemon --stdio` processes under this sshd running a build whose
+    /// process tree has a command line containing `marker` (e.g. `sleep 6`).
+    pub fn daemons_running(&self, marker: &str) -> Vec<u32> {
+        let Some(pid) = self.pid else { return vec![] };
+        let daemons: Vec<u32> = descendants(pid)
+            .into_iter()
+            .filter(|p| cmdline(*p).contains("nix-daemon"))
+            .collect();
+        // The innermost daemon (a `sh -c nix-daemon --stdio` wrapper matches too).
+        daemons
+            .iter()
+            .copied()
+            .filter(|p| !descendants(*p).iter().any(|c| daemons.contains(c)))
+            .filter(|p| descendants(*p).iter().any(|c| cmdline(*c).contains(marker)))
+            .collect()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The parent is the second field after the parenthesised command name.
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        if after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse::<u32>().ok())
+            == Some(pid)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![];
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children(p) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
+}
