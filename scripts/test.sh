@@ -10,7 +10,7 @@ cargo build --release
 cargo test --release -- --test-threads 2
 # The NixOS module and VM tests cannot be built here (no nixpkgs): parse them, and
 # validate the configs the VM tests use with the real binary.
-[ -x scripts/check-nix.sh ] && sh scripts/check-nix.sh
+bash scripts/check-nix.sh
 for f in vm-tests/config/*.toml; do
   [ -e "$f" ] || continue
   ./target/release/mergequeue check-config --config "$f"
