@@ -17,6 +17,16 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Scheduler decisions with a deep queue: N queued steps over B simulated builders.
+    Schedule {
+        #[arg(long, default_value_t = 1_000_000)]
+        steps: usize,
+        #[arg(long, default_value_t = 100)]
+        builders: usize,
+        /// Decisions measured after the initial fill.
+        #[arg(long, default_value_t = 200_000)]
+        decisions: usize,
+    },
     /// Coordinator overhead in a real run: from the last build result of a candidate to
     /// the target pushed (real nix, git and the real server).
     Landing {
@@ -122,6 +132,14 @@ pub async fn run(which: Bench) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Bench::Landing { changes, packages } => landing(changes, packages).await,
+        Bench::Schedule {
+            steps,
+            builders,
+            decisions,
+        } => {
+            schedule(steps, builders, decisions);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -189,4 +207,93 @@ async fn landing(changes: usize, packages: usize) -> anyhow::Result<ExitCode> {
         overhead[overhead.len() - 1]
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Hydra-like fleet (x86_64 and aarch64, some big-parallel/kvm builders) and a queue
+/// of steps with a realistic mix of systems and features. Each measured decision is one
+/// build finishing and the scheduler choosing what runs next.
+fn schedule(steps: usize, builders: usize, decisions: usize) {
+    use crate::core::scheduler::{BuilderSpec, Scheduler, StepInfo};
+    let mut rng = fastrand::Rng::with_seed(7);
+    let specs: Vec<BuilderSpec> = (0..builders)
+        .map(|i| {
+            let (system, supported): (&str, &[&str]) = match i % 10 {
+                0..=5 => ("x86_64-linux", &[]),
+                6 => ("x86_64-linux", &["big-parallel", "kvm"]),
+                7 | 8 => ("aarch64-linux", &[]),
+                _ => ("aarch64-linux", &["big-parallel"]),
+            };
+            BuilderSpec {
+                id: format!("ssh-ng://builder{i}"),
+                systems: [system.to_string()].into(),
+                supported: supported.iter().map(|s| s.to_string()).collect(),
+                mandatory: Default::default(),
+                max_jobs: 8,
+                speed: 1.0 + (i % 3) as f64,
+            }
+        })
+        .collect();
+    let mut s = Scheduler::new(specs);
+    let rss0 = max_rss_mb();
+    let t = Instant::now();
+    for i in 0..steps {
+        let drv = format!(
+            "/nix/store/{:032x}-pkg-{i}.drv",
+            (i as u64).wrapping_mul(0x9e3779b97f4a7c15)
+        );
+        let system = if rng.u8(..10) < 7 {
+            "x86_64-linux"
+        } else {
+            "aarch64-linux"
+        };
+        let features = match rng.u8(..100) {
+            0..=1 => vec!["big-parallel".to_string()],
+            2 => vec!["kvm".to_string()],
+            _ => vec![],
+        };
+        let features = if system == "aarch64-linux" && features == ["kvm"] {
+            vec![]
+        } else {
+            features
+        };
+        s.enqueue(&drv, rng.u8(..4));
+        let info = StepInfo {
+            system: system.into(),
+            features: features.into_iter().collect(),
+            inputs: vec![],
+            weight_ms: Some(rng.u64(..3_600_000)),
+        };
+        s.set_info(&drv, info);
+    }
+    let fill = t.elapsed();
+    let mut running: Vec<(String, String)> = s.dispatch(0);
+    let mut times = Vec::with_capacity(decisions / 1000 + 1);
+    let mut made = 0;
+    while made < decisions && !running.is_empty() {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            if running.is_empty() {
+                break;
+            }
+            let (drv, b) = running.swap_remove(rng.usize(..running.len()));
+            s.finish(&drv, &b, None, 1000);
+            let next = s.dispatch(0);
+            made += next.len().max(1);
+            running.extend(next);
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e6 / 1000.0);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "scheduler: {steps} queued steps, {builders} builders ({} slots): enqueue {:.2} s; \
+         per decision (finish + dispatch) median {:.2} µs, p90 {:.2} µs over {} decisions; \
+         peak RSS {:.0} MB ({:.0} MB before the queue)",
+        builders * 8,
+        fill.as_secs_f64(),
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        made,
+        max_rss_mb(),
+        rss0
+    );
 }

@@ -160,7 +160,7 @@ fn metrics(config: &Config, core: &Core, store: &Store) -> String {
         );
     }
     out.push_str("# HELP mergequeue_builder_attempts_total Build attempts per builder, implementation and outcome class.\n# TYPE mergequeue_builder_attempts_total counter\n");
-    for b in core.scheduler().builders.values() {
+    for b in core.scheduler().builders() {
         for c in OutcomeClass::ALL {
             let n: u64 = counts
                 .iter()
@@ -177,7 +177,7 @@ fn metrics(config: &Config, core: &Core, store: &Store) -> String {
         }
     }
     out.push_str("# HELP mergequeue_builder_up Whether a builder takes new builds (1) or is quarantined or drained (0).\n# TYPE mergequeue_builder_up gauge\n");
-    for b in core.scheduler().builders.values() {
+    for b in core.scheduler().builders() {
         let up = matches!(
             b.health,
             crate::core::scheduler::Health::Up | crate::core::scheduler::Health::Unknown
@@ -218,8 +218,7 @@ fn builders_json(core: &Core, store: &Store) -> Value {
     let counts = store.attempt_counts().unwrap_or_default();
     let sched = core.scheduler();
     let builders: Vec<Value> = sched
-        .builders
-        .values()
+        .builders()
         .map(|b| {
             json!({
                 "uri": b.spec.id,
@@ -245,15 +244,14 @@ fn builders_json(core: &Core, store: &Store) -> Value {
 fn implementations_json(core: &Core, store: &Store) -> Value {
     let counts = store.attempt_counts().unwrap_or_default();
     let sched = core.scheduler();
-    let mut impls: Vec<String> = sched.builders.values().map(implementation).collect();
+    let mut impls: Vec<String> = sched.builders().map(implementation).collect();
     impls.sort();
     impls.dedup();
     let by_impl: serde_json::Map<String, Value> = impls
         .into_iter()
         .map(|i| {
             let ids: Vec<&String> = sched
-                .builders
-                .values()
+                .builders()
                 .filter(|b| implementation(b) == i)
                 .map(|b| &b.spec.id)
                 .collect();

@@ -27,10 +27,12 @@ impl Core {
 
     pub(crate) fn dispatch_builds(&mut self, now: Millis) {
         for (drv, builder) in self.scheduler.dispatch(now) {
-            let system = self.scheduler.steps[&drv]
-                .info
-                .as_ref()
-                .map_or_else(String::new, |i| i.system.clone());
+            let system = self
+                .scheduler
+                .step(&drv)
+                .and_then(|s| s.system.as_deref())
+                .unwrap_or("")
+                .to_string();
             self.out.push(Command::Build {
                 drv,
                 system,
@@ -86,8 +88,7 @@ impl Core {
     fn on_infrastructure(&mut self, r: BuildReport, now: Millis) {
         let attempts = self
             .scheduler
-            .steps
-            .get(&r.drv_path)
+            .step(&r.drv_path)
             .map_or(0, |s| s.infra_attempts);
         let delay = self
             .cfg()
@@ -95,13 +96,7 @@ impl Core {
             .saturating_mul(1 << attempts.min(6))
             .min(300_000);
         let err = r.log_tail.lines().last().unwrap_or("").to_string();
-        if self
-            .scheduler
-            .steps
-            .get(&r.drv_path)
-            .and_then(|s| s.running_on.as_deref())
-            != Some(r.builder.as_str())
-        {
+        if self.scheduler.running_on(&r.drv_path) != Some(r.builder.as_str()) {
             return;
         }
         self.scheduler.finish(
@@ -122,7 +117,7 @@ impl Core {
             ),
         );
         let (after, probe) = (self.cfg().quarantine_after, self.cfg().probe_delay_ms);
-        if let Some(b) = self.scheduler.builders.get_mut(&r.builder) {
+        if let Some(b) = self.scheduler.builder_mut(&r.builder) {
             if b.consecutive_infra >= after && matches!(b.health, Health::Up | Health::Unknown) {
                 b.health = Health::Quarantined { until: now + probe };
                 let id = b.spec.id.clone();
@@ -212,7 +207,7 @@ impl Core {
         now: Millis,
     ) {
         let probe = self.cfg().probe_delay_ms;
-        let Some(b) = self.scheduler.builders.get_mut(builder) else {
+        let Some(b) = self.scheduler.builder_mut(builder) else {
             return;
         };
         match result {
@@ -260,7 +255,7 @@ impl Core {
 
     /// Takes a builder out of service (running builds finish) or puts it back.
     pub fn drain(&mut self, builder: &str, drained: bool, now: Millis) -> bool {
-        let Some(b) = self.scheduler.builders.get_mut(builder) else {
+        let Some(b) = self.scheduler.builder_mut(builder) else {
             return false;
         };
         b.health = if drained {
@@ -295,7 +290,7 @@ impl Core {
 
     /// Restores an operator's drain after a restart (no record: it is already stored).
     pub fn set_drained(&mut self, builder: &str) {
-        if let Some(b) = self.scheduler.builders.get_mut(builder) {
+        if let Some(b) = self.scheduler.builder_mut(builder) {
             b.health = Health::Draining;
         }
     }

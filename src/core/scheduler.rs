@@ -8,7 +8,8 @@
 //! cost does not grow with the queue length (see `bench schedule`).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::Millis;
 
@@ -70,7 +71,7 @@ pub struct BuilderState {
     pub version: Option<String>,
     pub last_error: Option<String>,
     /// Derivations built there recently (bounded): it holds their outputs.
-    pub holds: BTreeSet<String>,
+    pub holds: HashSet<String>,
 }
 
 impl BuilderState {
@@ -96,28 +97,48 @@ pub struct StepInfo {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
-    pub drv: String,
     pub prio: u8,
     pub seq: u64,
-    pub info: Option<StepInfo>,
+    /// Known once the derivation was inspected.
+    pub system: Option<Arc<str>>,
+    bucket: Option<usize>,
+    weight: u64,
+    inputs: Vec<String>,
     /// Builders where an attempt ended in an infrastructure failure.
-    pub tried: BTreeSet<BuilderId>,
+    pub tried: BTreeSet<usize>,
     pub infra_attempts: u32,
     /// Not before this time (backoff after an infrastructure failure).
     pub not_before: Millis,
-    pub running_on: Option<BuilderId>,
+    running_on: Option<usize>,
 }
 
-type Bucket = (String, BTreeSet<String>);
+impl Step {
+    pub fn running(&self) -> bool {
+        self.running_on.is_some()
+    }
+}
+
 type ReadyKey = (u8, Reverse<u64>, u64);
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Steps that share a system and required features, and the builders able to take them.
+#[derive(Debug, Clone, PartialEq)]
+struct Bucket {
+    able: Vec<usize>,
+    /// Ready steps with their not-before time (so a decision reads no step record).
+    ready: BTreeMap<ReadyKey, (Arc<str>, Millis)>,
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct Scheduler {
-    pub builders: BTreeMap<BuilderId, BuilderState>,
-    pub steps: BTreeMap<String, Step>,
-    ready: BTreeMap<Bucket, BTreeMap<ReadyKey, String>>,
+    builders: Vec<BuilderState>,
+    by_id: BTreeMap<BuilderId, usize>,
+    // Hash maps are only looked up, never iterated, so they do not make decisions
+    // depend on hashing; order lives in the buckets' BTreeMaps.
+    steps: HashMap<Arc<str>, Step>,
+    buckets: Vec<Bucket>,
+    bucket_ids: BTreeMap<(Arc<str>, BTreeSet<String>), usize>,
     /// Expected durations learnt per package name (drv name without hash).
-    durations: BTreeMap<String, u64>,
+    durations: HashMap<String, u64>,
     seq: u64,
 }
 
@@ -132,100 +153,135 @@ pub fn drv_name(drv: &str) -> &str {
 
 impl Scheduler {
     pub fn new(specs: Vec<BuilderSpec>) -> Scheduler {
+        let mut specs = specs;
+        specs.sort_by(|a, b| a.id.cmp(&b.id));
+        specs.dedup_by(|a, b| a.id == b.id);
+        let by_id = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
         let builders = specs
             .into_iter()
-            .map(|spec| {
-                (
-                    spec.id.clone(),
-                    BuilderState {
-                        spec,
-                        health: Health::Unknown,
-                        running: BTreeSet::new(),
-                        consecutive_infra: 0,
-                        implementation: None,
-                        version: None,
-                        last_error: None,
-                        holds: BTreeSet::new(),
-                    },
-                )
+            .map(|spec| BuilderState {
+                spec,
+                health: Health::Unknown,
+                running: BTreeSet::new(),
+                consecutive_infra: 0,
+                implementation: None,
+                version: None,
+                last_error: None,
+                holds: HashSet::new(),
             })
             .collect();
         Scheduler {
             builders,
+            by_id,
             ..Default::default()
         }
+    }
+
+    pub fn builders(&self) -> impl Iterator<Item = &BuilderState> {
+        self.builders.iter()
+    }
+
+    pub fn builder(&self, id: &str) -> Option<&BuilderState> {
+        self.by_id.get(id).map(|&i| &self.builders[i])
+    }
+
+    pub fn builder_mut(&mut self, id: &str) -> Option<&mut BuilderState> {
+        self.by_id.get(id).map(|&i| &mut self.builders[i])
+    }
+
+    pub fn step(&self, drv: &str) -> Option<&Step> {
+        self.steps.get(drv)
+    }
+
+    /// The builder a step runs on.
+    pub fn running_on(&self, drv: &str) -> Option<&str> {
+        let i = self.steps.get(drv)?.running_on?;
+        Some(&self.builders[i].spec.id)
     }
 
     /// Adds a step (or raises the priority of a queued one). Returns false when the
     /// derivation is already queued or running: identical requests are built once.
     pub fn enqueue(&mut self, drv: &str, prio: u8) -> bool {
-        if let Some(s) = self.steps.get_mut(drv) {
+        if let Some(s) = self.steps.get(drv) {
             if prio < s.prio && s.running_on.is_none() {
-                let info = s.info.clone();
                 self.unindex(drv);
                 self.steps.get_mut(drv).expect("present").prio = prio;
-                if info.is_some() {
-                    self.index(drv);
-                }
+                self.index(drv);
             }
             return false;
         }
         self.seq += 1;
-        self.steps.insert(
-            drv.to_string(),
-            Step {
-                drv: drv.to_string(),
-                prio,
-                seq: self.seq,
-                info: None,
-                tried: BTreeSet::new(),
-                infra_attempts: 0,
-                not_before: 0,
-                running_on: None,
-            },
-        );
+        let step = Step {
+            prio,
+            seq: self.seq,
+            system: None,
+            bucket: None,
+            weight: 0,
+            inputs: vec![],
+            tried: BTreeSet::new(),
+            infra_attempts: 0,
+            not_before: 0,
+            running_on: None,
+        };
+        self.steps.insert(Arc::from(drv), step);
         true
     }
 
     pub fn set_info(&mut self, drv: &str, info: StepInfo) {
-        let Some(s) = self.steps.get_mut(drv) else {
-            return;
-        };
-        if s.info.is_some() || s.running_on.is_some() {
+        let Some(s) = self.steps.get(drv) else { return };
+        if s.bucket.is_some() || s.running_on.is_some() {
             return;
         }
-        s.info = Some(info);
+        let system: Arc<str> = Arc::from(info.system.as_str());
+        let key = (system.clone(), info.features);
+        let bucket = match self.bucket_ids.get(&key) {
+            Some(&b) => b,
+            None => {
+                let able = (0..self.builders.len())
+                    .filter(|&i| self.builders[i].spec.can_build(&key.0, &key.1))
+                    .collect();
+                self.buckets.push(Bucket {
+                    able,
+                    ready: BTreeMap::new(),
+                });
+                self.bucket_ids.insert(key, self.buckets.len() - 1);
+                self.buckets.len() - 1
+            }
+        };
+        let weight = info
+            .weight_ms
+            .or_else(|| self.durations.get(drv_name(drv)).copied())
+            .unwrap_or(0);
+        let s = self.steps.get_mut(drv).expect("present");
+        s.system = Some(system);
+        s.bucket = Some(bucket);
+        s.weight = weight;
+        s.inputs = info.inputs;
         self.index(drv);
     }
 
-    fn key(&self, s: &Step) -> Option<(Bucket, ReadyKey)> {
-        let info = s.info.as_ref()?;
-        let weight = info
-            .weight_ms
-            .or_else(|| self.durations.get(drv_name(&s.drv)).copied())
-            .unwrap_or(0);
-        Some((
-            (info.system.clone(), info.features.clone()),
-            (s.prio, Reverse(weight), s.seq),
-        ))
-    }
-
     fn index(&mut self, drv: &str) {
-        if let Some((bucket, key)) = self.steps.get(drv).and_then(|s| self.key(s)) {
-            self.ready
-                .entry(bucket)
-                .or_default()
-                .insert(key, drv.to_string());
+        let Some((key, s)) = self.steps.get_key_value(drv) else {
+            return;
+        };
+        if let Some(b) = s.bucket {
+            self.buckets[b].ready.insert(
+                (s.prio, Reverse(s.weight), s.seq),
+                (key.clone(), s.not_before),
+            );
         }
     }
 
     fn unindex(&mut self, drv: &str) {
-        if let Some((bucket, key)) = self.steps.get(drv).and_then(|s| self.key(s)) {
-            if let Some(b) = self.ready.get_mut(&bucket) {
-                b.remove(&key);
-                if b.is_empty() {
-                    self.ready.remove(&bucket);
-                }
+        if let Some(s) = self.steps.get(drv) {
+            if let Some(b) = s.bucket {
+                self.buckets[b]
+                    .ready
+                    .remove(&(s.prio, Reverse(s.weight), s.seq));
             }
         }
     }
@@ -247,73 +303,62 @@ impl Scheduler {
     /// Assigns ready steps to free builders until no assignment is possible.
     pub fn dispatch(&mut self, now: Millis) -> Vec<(String, BuilderId)> {
         let mut out = vec![];
-        while let Some((drv, builder)) = self.decide(now) {
-            self.unindex(&drv);
-            let s = self.steps.get_mut(&drv).expect("ready step");
-            s.running_on = Some(builder.clone());
-            self.builders
-                .get_mut(&builder)
-                .expect("known")
-                .running
-                .insert(drv.clone());
-            out.push((drv, builder));
+        while let Some((drv, key, bucket, b)) = self.decide(now) {
+            self.buckets[bucket].ready.remove(&key);
+            self.steps.get_mut(&drv).expect("ready step").running_on = Some(b);
+            self.builders[b].running.insert(drv.to_string());
+            out.push((drv.to_string(), self.builders[b].spec.id.clone()));
         }
         out
     }
 
     /// One decision: the best ready step some free builder can take, and the best such
     /// builder for it (holding most of its inputs, then fastest, then least loaded).
-    pub fn decide(&self, now: Millis) -> Option<(String, BuilderId)> {
-        let free: Vec<&BuilderState> = self
-            .builders
-            .values()
-            .filter(|b| b.accepts() && b.free() > 0)
-            .collect();
-        if free.is_empty() {
-            return None;
-        }
-        let mut best: Option<(&ReadyKey, &String, Vec<&BuilderState>)> = None;
-        for ((system, features), steps) in &self.ready {
-            let able: Vec<&BuilderState> = free
-                .iter()
-                .copied()
-                .filter(|b| b.spec.can_build(system, features))
-                .collect();
-            if able.is_empty() {
+    fn decide(&self, now: Millis) -> Option<(Arc<str>, ReadyKey, usize, usize)> {
+        let free = |i: &usize| {
+            let b = &self.builders[*i];
+            b.accepts() && b.free() > 0
+        };
+        let mut best: Option<(&ReadyKey, &Arc<str>, usize)> = None;
+        for (bi, bucket) in self.buckets.iter().enumerate() {
+            if bucket.ready.is_empty() || !bucket.able.iter().any(free) {
                 continue;
             }
             // The head, skipping steps still backing off (rare: infrastructure retries).
-            let Some((key, drv)) = steps.iter().find(|(_, d)| self.steps[*d].not_before <= now)
-            else {
+            let Some((key, (drv, _))) = bucket.ready.iter().find(|(_, (_, nb))| *nb <= now) else {
                 continue;
             };
             if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
-                best = Some((key, drv, able));
+                best = Some((key, drv, bi));
             }
         }
-        let (_, drv, able) = best?;
+        let (key, drv, bi) = best?;
+        let bucket = &self.buckets[bi];
         let step = &self.steps[drv];
         // A different builder after an infrastructure failure, when there is one.
-        let fresh: Vec<&BuilderState> = able
+        let fresh = bucket
+            .able
+            .iter()
+            .filter(|i| free(i))
+            .any(|i| !step.tried.contains(i));
+        let score = |i: usize| {
+            let b = &self.builders[i];
+            let held = step.inputs.iter().filter(|d| b.holds.contains(*d)).count();
+            (held, (b.spec.speed * 1000.0) as i64, b.free(), Reverse(i))
+        };
+        let chosen = bucket
+            .able
             .iter()
             .copied()
-            .filter(|b| !step.tried.contains(&b.spec.id))
-            .collect();
-        let pool = if fresh.is_empty() { able } else { fresh };
-        let inputs = step.info.as_ref().map_or(&[][..], |i| &i.inputs[..]);
-        let score = |b: &BuilderState| {
-            let held = inputs.iter().filter(|i| b.holds.contains(*i)).count();
-            (held, (b.spec.speed * 1000.0) as i64, b.free())
-        };
-        let chosen = pool
-            .into_iter()
-            .max_by(|a, b| score(a).cmp(&score(b)).then(b.spec.id.cmp(&a.spec.id)))?;
-        Some((drv.clone(), chosen.spec.id.clone()))
+            .filter(|i| free(i) && (!fresh || !step.tried.contains(i)))
+            .max_by_key(|&i| score(i))?;
+        Some((drv.clone(), *key, bi, chosen))
     }
 
     /// Ends an attempt. Infrastructure failures put the step back (on another builder,
-    /// after `backoff`) and count towards the builder's quarantine. Returns the step if it
-    /// is finished (its result is a verdict), or `None` if it was requeued.
+    /// after the backoff) and count towards the builder's quarantine. Returns the step if
+    /// it is finished (its result is a verdict), or `None` if it was requeued or the report
+    /// is stale.
     pub fn finish(
         &mut self,
         drv: &str,
@@ -321,38 +366,37 @@ impl Scheduler {
         infra: Option<(String, Millis)>,
         duration_ms: u64,
     ) -> Option<Step> {
-        if let Some(b) = self.builders.get_mut(builder) {
-            b.running.remove(drv);
-            match &infra {
-                Some((err, _)) => {
-                    b.consecutive_infra += 1;
-                    b.last_error = Some(err.clone());
-                }
-                None => {
-                    b.consecutive_infra = 0;
-                    if b.holds.len() >= HOLDS_MAX {
-                        b.holds.clear();
-                    }
-                    b.holds.insert(drv.to_string());
-                }
-            }
-        }
+        let &bi = self.by_id.get(builder)?;
         let step = self.steps.get_mut(drv)?;
-        if step.running_on.as_deref() != Some(builder) {
+        if step.running_on != Some(bi) {
             return None; // a stale or duplicate report
         }
         step.running_on = None;
+        let b = &mut self.builders[bi];
+        b.running.remove(drv);
         match infra {
-            Some((_, not_before)) => {
-                step.tried.insert(builder.to_string());
+            Some((err, not_before)) => {
+                b.consecutive_infra += 1;
+                b.last_error = Some(err);
+                step.tried.insert(bi);
                 step.infra_attempts += 1;
                 step.not_before = not_before;
                 self.index(drv);
                 None
             }
             None => {
-                self.durations
-                    .insert(drv_name(drv).to_string(), duration_ms);
+                b.consecutive_infra = 0;
+                if b.holds.len() >= HOLDS_MAX {
+                    b.holds.clear();
+                }
+                b.holds.insert(drv.to_string());
+                let name = drv_name(drv);
+                match self.durations.get_mut(name) {
+                    Some(d) => *d = duration_ms,
+                    None => {
+                        self.durations.insert(name.to_string(), duration_ms);
+                    }
+                }
                 self.steps.remove(drv)
             }
         }
@@ -362,14 +406,6 @@ impl Scheduler {
     pub fn abandon(&mut self, drv: &str) -> Option<Step> {
         self.unindex(drv);
         self.steps.remove(drv)
-    }
-
-    /// Builders that hold running steps, for restarts and quarantine.
-    pub fn running_on(&self, builder: &str) -> Vec<String> {
-        self.builders
-            .get(builder)
-            .map(|b| b.running.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }
 
@@ -488,7 +524,7 @@ mod tests {
             vec![("d".to_string(), "b".to_string())],
             "another builder"
         );
-        assert_eq!(s.builders["a"].consecutive_infra, 1);
+        assert_eq!(s.builder("a").unwrap().consecutive_infra, 1);
     }
 
     #[test]
@@ -497,7 +533,7 @@ mod tests {
             spec("a", &["x"], 1, 1.0, &[], &[]),
             spec("b", &["x"], 1, 1.0, &[], &[]),
         ]);
-        s.builders.get_mut("b").unwrap().holds.insert("dep".into());
+        s.builder_mut("b").unwrap().holds.insert("dep".into());
         s.enqueue("d", 2);
         s.set_info(
             "d",
@@ -509,7 +545,7 @@ mod tests {
         );
         assert_eq!(s.dispatch(0)[0].1, "b");
         s.finish("d", "b", None, 1);
-        s.builders.get_mut("b").unwrap().health = Health::Draining;
+        s.builder_mut("b").unwrap().health = Health::Draining;
         s.enqueue("e", 2);
         s.set_info(
             "e",
