@@ -266,6 +266,7 @@ fn schedule(steps: usize, builders: usize, decisions: usize) {
         s.set_info(&drv, info);
     }
     let fill = t.elapsed();
+    let rss_filled = max_rss_mb();
     let mut running: Vec<(String, String)> = s.dispatch(0);
     let mut times = Vec::with_capacity(decisions / 1000 + 1);
     let mut made = 0;
@@ -287,12 +288,13 @@ fn schedule(steps: usize, builders: usize, decisions: usize) {
     println!(
         "scheduler: {steps} queued steps, {builders} builders ({} slots): enqueue {:.2} s; \
          per decision (finish + dispatch) median {:.2} µs, p90 {:.2} µs over {} decisions; \
-         peak RSS {:.0} MB ({:.0} MB before the queue)",
+         peak RSS {:.0} MB after filling the queue, {:.0} MB after the decisions ({:.0} MB before)",
         builders * 8,
         fill.as_secs_f64(),
         times[times.len() / 2],
         times[times.len() * 9 / 10],
         made,
+        rss_filled,
         max_rss_mb(),
         rss0
     );

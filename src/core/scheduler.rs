@@ -65,13 +65,13 @@ impl Health {
 pub struct BuilderState {
     pub spec: BuilderSpec,
     pub health: Health,
-    pub running: BTreeSet<String>,
+    pub running: BTreeSet<Arc<str>>,
     pub consecutive_infra: u32,
     pub implementation: Option<String>,
     pub version: Option<String>,
     pub last_error: Option<String>,
     /// Derivations built there recently (bounded): it holds their outputs.
-    pub holds: HashSet<String>,
+    pub holds: HashSet<Arc<str>>,
 }
 
 impl BuilderState {
@@ -306,7 +306,7 @@ impl Scheduler {
         while let Some((drv, key, bucket, b)) = self.decide(now) {
             self.buckets[bucket].ready.remove(&key);
             self.steps.get_mut(&drv).expect("ready step").running_on = Some(b);
-            self.builders[b].running.insert(drv.to_string());
+            self.builders[b].running.insert(drv.clone());
             out.push((drv.to_string(), self.builders[b].spec.id.clone()));
         }
         out
@@ -343,7 +343,11 @@ impl Scheduler {
             .any(|i| !step.tried.contains(i));
         let score = |i: usize| {
             let b = &self.builders[i];
-            let held = step.inputs.iter().filter(|d| b.holds.contains(*d)).count();
+            let held = step
+                .inputs
+                .iter()
+                .filter(|d| b.holds.contains(d.as_str()))
+                .count();
             (held, (b.spec.speed * 1000.0) as i64, b.free(), Reverse(i))
         };
         let chosen = bucket
@@ -389,7 +393,9 @@ impl Scheduler {
                 if b.holds.len() >= HOLDS_MAX {
                     b.holds.clear();
                 }
-                b.holds.insert(drv.to_string());
+                if let Some((key, _)) = self.steps.get_key_value(drv) {
+                    b.holds.insert(key.clone());
+                }
                 let name = drv_name(drv);
                 match self.durations.get_mut(name) {
                     Some(d) => *d = duration_ms,
