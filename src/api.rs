@@ -128,9 +128,21 @@ impl Api {
                     .unwrap_or(0);
                 self.ask(Query::Events { after }).await
             }
-            (&Method::GET, ["api", "v1", "channels"]) => Some(Reply::Json(json!([]))),
+            (&Method::GET, ["api", "v1", "channels"]) => {
+                self.ask(Query::Channels { name: None }).await
+            }
             (&Method::GET, ["api", "v1", "channels", name]) => {
-                return error(StatusCode::NOT_FOUND, format!("unknown channel {name:?}"));
+                match self
+                    .ask(Query::Channels {
+                        name: Some(name.to_string()),
+                    })
+                    .await
+                {
+                    Some(r) => Some(r),
+                    None => {
+                        return error(StatusCode::NOT_FOUND, format!("unknown channel {name:?}"))
+                    }
+                }
             }
             (_, ["api", "v1", "repos", repo, rest @ ..]) => {
                 if self.config.repo(repo).is_none() {
@@ -431,6 +443,17 @@ pub fn answer(config: &Config, core: &Core, store: &Store, q: Query) -> Option<R
             Reply::Json(Value::Array(builders))
         }
         Query::Metrics => Reply::Text(metrics(config, core, store)),
+        Query::Channels { name: None } => Reply::Json(crate::channel::channels_json(
+            config,
+            core,
+            crate::driver::now_ms(),
+        )),
+        Query::Channels { name: Some(n) } => Reply::Json(crate::channel::channel_json(
+            config,
+            core,
+            &n,
+            crate::driver::now_ms(),
+        )?),
     })
 }
 
@@ -481,5 +504,6 @@ fn metrics(config: &Config, core: &Core, store: &Store) -> String {
     out.push_str("# HELP mergequeue_attribution_extra_builds_total Builds spent on attribution beyond the batches' own.\n# TYPE mergequeue_attribution_extra_builds_total counter\n");
     let extra: u64 = core.candidates().map(|k| k.extra_builds as u64).sum();
     let _ = writeln!(out, "mergequeue_attribution_extra_builds_total {extra}");
+    crate::channel::metrics(core, crate::driver::now_ms(), &mut out);
     out
 }

@@ -427,12 +427,14 @@ fn core_restores_from_a_migrated_v1_database() {
         infra_retries: 5,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
+        channels: BTreeMap::new(),
     };
     let mut core = Core::restore(
         config,
         store.changes().unwrap(),
         store.candidates().unwrap(),
         store.memo().unwrap(),
+        mergequeue::channel::db::load(store.conn()).unwrap(),
         1_700_000_300_000,
     );
     let cmds = core.take_commands();
