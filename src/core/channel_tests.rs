@@ -461,12 +461,18 @@ fn a_source_force_pushed_while_testing_is_not_advanced_to() {
     g.force_source = Some("x1".into());
     let mut r = Run::new(channel_config(false, 0), g);
     r.settle();
-    assert!(r.events.iter().any(|e| e.contains("no longer in the source")));
+    assert!(r
+        .events
+        .iter()
+        .any(|e| e.contains("no longer in the source")));
     // c1 was refused at push time; x1, the new head, still descends from the channel's
     // c0 and is a forward move once its own gate passed.
     assert_eq!(
         r.pushes,
-        vec![(Some("c0".into()), "c1".into()), (Some("c0".into()), "x1".into())]
+        vec![
+            (Some("c0".into()), "c1".into()),
+            (Some("c0".into()), "x1".into())
+        ]
     );
     assert_eq!(r.git.target.as_deref(), Some("x1"));
     assert_eq!(r.ch().history.len(), 1);
