@@ -10,6 +10,7 @@ mod candidate;
 mod channel;
 #[cfg(test)]
 mod channel_tests;
+mod channel_types;
 mod dispatch;
 pub mod scheduler;
 #[cfg(test)]
