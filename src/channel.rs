@@ -456,7 +456,7 @@ pub fn metrics(core: &Core, now: Millis, out: &mut String) {
     out.push_str(&blk);
 }
 
-/// SQLite rows of channels (schema v3).
+/// SQLite rows of channels (schema v4).
 pub mod db {
     use rusqlite::{params, Connection};
 

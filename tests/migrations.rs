@@ -535,7 +535,7 @@ fn columns_added_after_v1_have_defaults() {
     }
 }
 
-/// Channel rows (schema v3) written through `Store::apply` on an upgraded v1 database
+/// Channel rows (schema v4) written through `Store::apply` on an upgraded v1 database
 /// come back through `channel::db::load` with their history, and restore a `Core`.
 #[test]
 fn channel_rows_round_trip_on_an_upgraded_database() {
@@ -609,6 +609,10 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
         )]),
         failure_ttl_ms: 86_400_000,
         retry_delay_ms: 5_000,
+        builders: vec![],
+        infra_retries: 5,
+        quarantine_after: 3,
+        probe_delay_ms: 30_000,
         channels: BTreeMap::from([(
             "unstable".to_string(),
             ChannelConfig {

@@ -146,6 +146,17 @@ fn channel_config(look_back: bool, min_interval_ms: Millis) -> CoreConfig {
         )]),
         failure_ttl_ms: 86_400_000,
         retry_delay_ms: 5_000,
+        builders: vec![scheduler::BuilderSpec {
+            id: "local".into(),
+            systems: [SYS.to_string()].into(),
+            supported: Default::default(),
+            mandatory: Default::default(),
+            max_jobs: 4,
+            speed: 1.0,
+        }],
+        infra_retries: 5,
+        quarantine_after: 3,
+        probe_delay_ms: 30_000,
         channels: BTreeMap::from([(
             "unstable".to_string(),
             ChannelConfig {
@@ -253,6 +264,7 @@ impl Run {
                     root_drv: None,
                     builder: "local".into(),
                     duration_ms: 5,
+                    log_path: None,
                 })
             }
             Command::AdvanceChannel { old, new, .. } => {
@@ -294,6 +306,26 @@ impl Run {
                     result: Ok(()),
                 }
             }
+            Command::Inspect { drvs } => Input::Inspected {
+                infos: drvs
+                    .into_iter()
+                    .map(|d| {
+                        let info = scheduler::StepInfo {
+                            system: SYS.into(),
+                            ..Default::default()
+                        };
+                        (d, Ok(info))
+                    })
+                    .collect(),
+            },
+            Command::QueryReferrers { root } => Input::Referrers { root, drvs: vec![] },
+            Command::ProbeBuilder { builder } => Input::BuilderProbed {
+                builder,
+                result: Ok(BuilderIdentity {
+                    implementation: "Nix".into(),
+                    version: "2.8.0".into(),
+                }),
+            },
             other => panic!("unexpected command {other:?}"),
         })
     }

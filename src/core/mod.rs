@@ -223,7 +223,9 @@ pub enum Command {
         new: String,
     },
     /// Fetch a channel's source and target and report `Input::SourcePolled`.
-    PollSource { channel: String },
+    PollSource {
+        channel: String,
+    },
     /// Move a channel's target from `old` (`None`: create it) to `new`: a descendant
     /// only, still in the source, compare-and-swap on `old`. Reports `ChannelAdvanced`.
     AdvanceChannel {
