@@ -66,10 +66,7 @@ impl Git {
 
     fn poll(&self) -> SourcePoll {
         let head = self.source.clone();
-        let descends = self
-            .target
-            .as_ref()
-            .map_or(true, |t| self.descends(&head, t));
+        let descends = self.target.as_ref().is_none_or(|t| self.descends(&head, t));
         let between = if descends {
             self.ancestors(&head)
                 .into_iter()
