@@ -151,9 +151,21 @@ impl Api {
                     .unwrap_or(0);
                 self.ask(Query::Events { after }).await
             }
-            (&Method::GET, ["api", "v1", "channels"]) => Some(Reply::Json(json!([]))),
+            (&Method::GET, ["api", "v1", "channels"]) => {
+                self.ask(Query::Channels { name: None }).await
+            }
             (&Method::GET, ["api", "v1", "channels", name]) => {
-                return error(StatusCode::NOT_FOUND, format!("unknown channel {name:?}"));
+                match self
+                    .ask(Query::Channels {
+                        name: Some(name.to_string()),
+                    })
+                    .await
+                {
+                    Some(r) => Some(r),
+                    None => {
+                        return error(StatusCode::NOT_FOUND, format!("unknown channel {name:?}"))
+                    }
+                }
             }
             (_, ["api", "v1", "repos", repo, rest @ ..]) => {
                 if self.config.repo(repo).is_none() {

@@ -201,6 +201,13 @@ pub struct Channel {
     pub min_interval_secs: u64,
     #[serde(default)]
     pub artifacts_dir: Option<PathBuf>,
+    /// Seconds between two polls of the source (and target) branch.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: Spanned<u64>,
+    /// When the source head fails its gate, look for the newest passing commit between
+    /// the channel's revision and the head.
+    #[serde(default)]
+    pub look_back: bool,
 }
 
 fn default_listen() -> String {
@@ -233,6 +240,9 @@ fn default_max_jobs() -> Spanned<usize> {
 }
 fn default_speed() -> f64 {
     1.0
+}
+fn default_poll_interval() -> Spanned<u64> {
+    Spanned::new(0..0, 60)
 }
 
 /// Byte offset to 1-based line and column.
@@ -332,6 +342,27 @@ impl Config {
                 return Err((
                     Some(c.repo.span()),
                     format!("channel refers to unknown repo {:?}", c.repo.get_ref()),
+                ));
+            }
+            if *c.poll_interval_secs.get_ref() == 0 {
+                return Err((
+                    Some(c.poll_interval_secs.span()),
+                    "poll_interval_secs must be at least 1".into(),
+                ));
+            }
+            if c.gate.is_empty() {
+                return Err((
+                    Some(c.name.span()),
+                    format!("channel {:?} has an empty gate", c.name.get_ref()),
+                ));
+            }
+            if c.remote.is_none() && c.source == c.target {
+                return Err((
+                    Some(c.name.span()),
+                    format!(
+                        "channel {:?}: source and target are the same branch of the same repository",
+                        c.name.get_ref()
+                    ),
                 ));
             }
         }
@@ -528,6 +559,11 @@ gate = ["tested"]
         let c = Config::parse(GOOD, "mq.toml").unwrap();
         assert_eq!(c.repos[0].branches[0].required, vec!["tested"]);
         assert_eq!(c.nix_args(), vec!["--option", "substituters", ""]);
+        let ch = &c.channels[0];
+        assert_eq!(
+            (*ch.poll_interval_secs.get_ref(), ch.look_back),
+            (60, false)
+        );
     }
 
     #[test]
@@ -548,6 +584,18 @@ gate = ["tested"]
             err.starts_with("mq.toml:27:8: channel refers to unknown repo"),
             "{err}"
         );
+        let bad = GOOD.replace(
+            "gate = [\"tested\"]",
+            "gate = [\"tested\"]\npoll_interval_secs = 0",
+        );
+        let err = Config::parse(&bad, "mq.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("mq.toml:31:22: poll_interval_secs"),
+            "{err}"
+        );
+        let bad = GOOD.replace("target = \"nixos-unstable\"", "target = \"master\"");
+        let err = Config::parse(&bad, "mq.toml").unwrap_err().to_string();
+        assert!(err.contains("source and target are the same"), "{err}");
         let bad = GOOD.replace("batch_max = 8", "batch_max = 0");
         let err = Config::parse(&bad, "mq.toml").unwrap_err().to_string();
         assert!(err.starts_with("mq.toml:17:13: batch_max"), "{err}");

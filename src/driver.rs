@@ -30,15 +30,28 @@ pub fn now_ms() -> Millis {
 
 /// Read-only questions the HTTP layer asks; answered from the core's state.
 pub enum Query {
-    Change { repo: String, id: ChangeId },
-    Queue { repo: String },
-    Candidates { repo: String },
-    Events { after: i64 },
+    Change {
+        repo: String,
+        id: ChangeId,
+    },
+    Queue {
+        repo: String,
+    },
+    Candidates {
+        repo: String,
+    },
+    Events {
+        after: i64,
+    },
     Builders,
     Implementations,
     Attempts { drv: String },
     Log { attempt: i64 },
     Metrics,
+    /// All channels (`None`) or one.
+    Channels {
+        name: Option<String>,
+    },
 }
 
 pub enum Msg {
@@ -100,6 +113,7 @@ pub struct Driver {
     /// Derivations to inspect, gathered over one step.
     inspect: Vec<String>,
     tmp: PathBuf,
+    channels: BTreeMap<String, Arc<crate::channel::ChannelShell>>,
 }
 
 impl Driver {
@@ -112,6 +126,7 @@ impl Driver {
             store.changes()?,
             store.candidates()?,
             store.memo()?,
+            crate::channel::db::load(store.conn())?,
             now,
         );
         let mut repos = BTreeMap::new();
@@ -126,6 +141,22 @@ impl Driver {
                 },
             );
         }
+        let channels = config
+            .channels
+            .iter()
+            .map(|c| {
+                let repo = config.repo(c.repo.get_ref()).expect("validated");
+                let shell = crate::channel::ChannelShell {
+                    name: c.name.get_ref().clone(),
+                    mirror: repos[c.repo.get_ref()].mirror.clone(),
+                    source: c.source.clone(),
+                    target: c.target.clone(),
+                    target_url: c.remote.clone().unwrap_or_else(|| repo.url.clone()),
+                    artifacts_dir: c.artifacts_dir.clone(),
+                };
+                (c.name.get_ref().clone(), Arc::new(shell))
+            })
+            .collect();
         let nix_args = config.nix_args();
         let eval = Arc::new(NixEval {
             nix_args: nix_args.clone(),
@@ -153,6 +184,7 @@ impl Driver {
             local: VecDeque::new(),
             inspect: vec![],
             tmp,
+            channels,
         })
     }
 
@@ -433,6 +465,11 @@ impl Driver {
                         .unwrap_or_else(|e| crate::core::LandResult::Failed(e.to_string()));
                     let _ = tx.blocking_send(Msg::Input(Input::Landed { cand, result }));
                 });
+            }
+            cmd @ (Command::PollSource { .. }
+            | Command::AdvanceChannel { .. }
+            | Command::PublishArtifacts { .. }) => {
+                crate::channel::perform(&self.channels, cmd, &self.tx)
             }
         }
         Ok(())

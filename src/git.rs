@@ -35,7 +35,7 @@ pub struct Chain {
     pub conflicts: Vec<(usize, String)>,
 }
 
-fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+pub(crate) fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
@@ -85,24 +85,22 @@ impl Mirror {
         })
     }
 
-    fn repo(&self) -> Result<Repository, GitError> {
+    pub(crate) fn repo(&self) -> Result<Repository, GitError> {
         Ok(Repository::open_bare(&self.path)?)
     }
 
     fn fetch(&self, refspecs: &[String]) -> Result<(), GitError> {
-        let mut args = vec![
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--force",
-            "--",
-            self.url.as_str(),
-        ];
+        self.fetch_from(&self.url, refspecs)
+    }
+
+    /// Fetches `refspecs` from any URL into the mirror.
+    pub(crate) fn fetch_from(&self, url: &str, refspecs: &[String]) -> Result<(), GitError> {
+        let mut args = vec!["fetch", "--quiet", "--no-tags", "--force", "--", url];
         args.extend(refspecs.iter().map(String::as_str));
         git(Some(&self.path), &args).map(|_| ())
     }
 
-    fn resolve(&self, local_ref: &str) -> Result<String, GitError> {
+    pub(crate) fn resolve(&self, local_ref: &str) -> Result<String, GitError> {
         Ok(self.repo()?.refname_to_id(local_ref)?.to_string())
     }
 

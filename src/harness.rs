@@ -40,6 +40,37 @@ impl Default for BranchOpts {
     }
 }
 
+/// A `[[channels]]` table for the generated config (see `Harness::add_channel`).
+pub struct ChannelSpec {
+    pub name: String,
+    pub repo: String,
+    pub source: String,
+    pub target: String,
+    pub gate: Vec<String>,
+    pub remote: Option<String>,
+    pub poll_interval_secs: u64,
+    pub min_interval_secs: u64,
+    pub look_back: bool,
+    pub artifacts_dir: Option<PathBuf>,
+}
+
+impl Default for ChannelSpec {
+    fn default() -> Self {
+        ChannelSpec {
+            name: "unstable".into(),
+            repo: "pkgs".into(),
+            source: "master".into(),
+            target: "unstable".into(),
+            gate: vec!["tested".into()],
+            remote: None,
+            poll_interval_secs: 1,
+            min_interval_secs: 0,
+            look_back: false,
+            artifacts_dir: None,
+        }
+    }
+}
+
 pub struct Harness {
     pub root: PathBuf,
     pub upstream: PathBuf,
@@ -237,6 +268,71 @@ required = [{required}]
             &self.upstream,
             &["rev-parse", &format!("refs/heads/{branch}")],
         )
+    }
+
+    /// Appends TOML (more `[[repos]]`, ...) to the generated config; before starting.
+    pub fn append_config(&self, text: &str) -> anyhow::Result<()> {
+        let mut config = std::fs::read_to_string(&self.config_path)?;
+        config.push('\n');
+        config.push_str(text);
+        std::fs::write(&self.config_path, config)?;
+        Ok(())
+    }
+
+    /// Adds a `[[channels]]` table to the generated config; before starting.
+    pub fn add_channel(&self, c: &ChannelSpec) -> anyhow::Result<()> {
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|x| format!("{x:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut t = format!(
+            "[[channels]]\nname = {:?}\nrepo = {:?}\nsource = {:?}\ntarget = {:?}\ngate = [{}]\npoll_interval_secs = {}\nmin_interval_secs = {}\nlook_back = {}\n",
+            c.name,
+            c.repo,
+            c.source,
+            c.target,
+            list(&c.gate),
+            c.poll_interval_secs,
+            c.min_interval_secs,
+            c.look_back
+        );
+        if let Some(r) = &c.remote {
+            t.push_str(&format!("remote = {r:?}\n"));
+        }
+        if let Some(d) = &c.artifacts_dir {
+            t.push_str(&format!("artifacts_dir = {:?}\n", d.display().to_string()));
+        }
+        self.append_config(&t)
+    }
+
+    /// `GET /api/v1/channels/{name}`.
+    pub async fn channel(&self, name: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .client
+            .ok(Method::GET, &format!("/api/v1/channels/{name}"), None)
+            .await?)
+    }
+
+    /// Waits until the channel's status satisfies `done`; returns that status.
+    pub async fn wait_channel(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let t = Instant::now();
+        loop {
+            let v = self.channel(name).await?;
+            if done(&v) {
+                return Ok(v);
+            }
+            if t.elapsed() > timeout {
+                bail!("channel {name} not as expected after {timeout:?}: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Starts `mergequeue serve` and waits until the API answers. Its output goes to

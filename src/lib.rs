@@ -7,6 +7,7 @@ pub mod api;
 pub mod bench;
 pub mod builder;
 pub mod change;
+pub mod channel;
 pub mod client;
 pub mod config;
 pub mod core;

@@ -85,10 +85,27 @@ enum Cmd {
         repo: String,
         id: u64,
     },
+    /// Channels (see docs/channels.md).
+    Channel {
+        #[command(subcommand)]
+        which: ChannelCmd,
+    },
     /// Benchmarks (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
         which: mergequeue::bench::Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelCmd {
+    /// Show every channel, or one: revision, age, history, blocking jobs.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        /// The channel's name (all channels when omitted).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -164,6 +181,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None,
                 )
                 .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Channel {
+            which: ChannelCmd::Status { remote, name },
+        } => {
+            let c = client(&remote)?;
+            let path = match name {
+                Some(n) => format!("/api/v1/channels/{n}"),
+                None => "/api/v1/channels".to_string(),
+            };
+            let v = c.ok(Method::GET, &path, None).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -103,6 +103,29 @@ pub fn migrations() -> Migrations<'static> {
             );
             ALTER TABLE attempts ADD COLUMN log_path TEXT;",
         ),
+        // v4: channels (one row each) and every advance of a channel.
+        M::up(
+            "CREATE TABLE channels (
+                name TEXT PRIMARY KEY,
+                rev TEXT,
+                advanced_at INTEGER,
+                rev_time INTEGER,
+                blocked TEXT,
+                advancing TEXT,
+                published TEXT,
+                advances INTEGER NOT NULL DEFAULT 0,
+                blocks INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE channel_advances (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                channel TEXT NOT NULL,
+                at INTEGER NOT NULL,
+                from_rev TEXT,
+                rev TEXT NOT NULL,
+                gate TEXT NOT NULL DEFAULT '[]'
+            );
+            CREATE INDEX channel_advances_channel ON channel_advances(channel, id);",
+        ),
     ])
 }
 
@@ -217,6 +240,10 @@ impl Store {
                         "INSERT INTO events (at, repo, text) VALUES (?1, ?2, ?3)",
                         params![at, repo, text],
                     )?;
+                }
+                Record::Channel(state) => crate::channel::db::put_state(&tx, state)?,
+                Record::ChannelAdvance { channel, advance } => {
+                    crate::channel::db::put_advance(&tx, channel, advance)?
                 }
             }
         }

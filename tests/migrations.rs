@@ -427,12 +427,14 @@ fn core_restores_from_a_migrated_v1_database() {
         infra_retries: 5,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
+        channels: BTreeMap::new(),
     };
     let mut core = Core::restore(
         config,
         store.changes().unwrap(),
         store.candidates().unwrap(),
         store.memo().unwrap(),
+        mergequeue::channel::db::load(store.conn()).unwrap(),
         1_700_000_300_000,
     );
     let cmds = core.take_commands();
@@ -531,4 +533,115 @@ fn columns_added_after_v1_have_defaults() {
             "NOT NULL column without a DEFAULT: {clause}"
         );
     }
+}
+
+/// Channel rows (schema v4) written through `Store::apply` on an upgraded v1 database
+/// come back through `channel::db::load` with their history, and restore a `Core`.
+#[test]
+fn channel_rows_round_trip_on_an_upgraded_database() {
+    use mergequeue::core::{Advance, Advancing, Blocked, ChannelConfig, ChannelState, GateJob};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    v1_database(&path);
+    let mut store = Store::open(&path).unwrap();
+    let job = |status: &str| GateJob {
+        attr: "tested".into(),
+        system: "x86_64-linux".into(),
+        drv: Some("/nix/store/9xk2-tested.drv".into()),
+        outputs: vec![("out".into(), "/nix/store/9xk2-tested".into())],
+        status: status.into(),
+        log_tail: if status == "failed" {
+            "error: builder failed".into()
+        } else {
+            String::new()
+        },
+    };
+    let state = ChannelState {
+        name: "unstable".into(),
+        rev: Some(M1.into()),
+        advanced_at: Some(1_700_000_100_000),
+        rev_time: Some(1_700_000_100_000),
+        blocked: Some(Blocked {
+            rev: M2.into(),
+            at: 1_700_000_200_000,
+            error: None,
+            jobs: vec![job("failed")],
+        }),
+        advancing: Some(Advancing {
+            old: Some(M1.into()),
+            new: HEAD4.into(),
+            gate: vec![job("success")],
+        }),
+        published: Some(BASE.into()),
+        advances: 2,
+        blocks: 1,
+    };
+    let advances = [
+        Advance {
+            at: 1_700_000_000_000,
+            from: None,
+            rev: BASE.into(),
+            gate: vec![job("success")],
+        },
+        Advance {
+            at: 1_700_000_100_000,
+            from: Some(BASE.into()),
+            rev: M1.into(),
+            gate: vec![job("success")],
+        },
+    ];
+    let mut records = vec![Record::Channel(state.clone())];
+    records.extend(advances.iter().map(|a| Record::ChannelAdvance {
+        channel: "unstable".into(),
+        advance: a.clone(),
+    }));
+    store.apply(&records.iter().collect::<Vec<_>>()).unwrap();
+    let loaded = mergequeue::channel::db::load(store.conn()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].0, state);
+    assert_eq!(loaded[0].1, advances.to_vec(), "oldest first");
+    let config = CoreConfig {
+        repos: BTreeMap::from([(
+            "nixpkgs".to_string(),
+            RepoConfig {
+                lanes: BTreeMap::new(),
+            },
+        )]),
+        failure_ttl_ms: 86_400_000,
+        retry_delay_ms: 5_000,
+        builders: vec![],
+        infra_retries: 5,
+        quarantine_after: 3,
+        probe_delay_ms: 30_000,
+        channels: BTreeMap::from([(
+            "unstable".to_string(),
+            ChannelConfig {
+                repo: "nixpkgs".into(),
+                source: "master".into(),
+                target: "nixos-unstable".into(),
+                gate: vec!["tested".into()],
+                min_interval_ms: 0,
+                poll_interval_ms: 60_000,
+                look_back: false,
+                artifacts: true,
+            },
+        )]),
+    };
+    let mut core = Core::restore(config, vec![], vec![], vec![], loaded, 1_700_000_300_000);
+    let cmds = core.take_commands();
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::AdvanceChannel { old, new, .. }
+            if old.as_deref() == Some(M1) && new == HEAD4)),
+        "the advance in flight is pushed again: {cmds:?}"
+    );
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::PollSource { channel } if channel == "unstable")));
+    let ch = core.channel("unstable").unwrap();
+    assert_eq!(ch.history.len(), 2);
+    assert_eq!(
+        ch.state.blocked.as_ref().unwrap().jobs[0].log_tail,
+        "error: builder failed"
+    );
 }

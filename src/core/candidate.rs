@@ -267,7 +267,7 @@ impl Core {
     pub(crate) fn on_evaluated(&mut self, eval: Arc<Evaluation>, now: Millis) {
         let commit = eval.commit.clone();
         self.evals_requested.remove(&commit);
-        self.evals.insert(commit.clone(), eval);
+        self.evals.insert(commit.clone(), eval.clone());
         let waiting: Vec<CandId> = self
             .candidates
             .values()
@@ -289,6 +289,7 @@ impl Core {
         for id in attributing {
             self.attribution_eval_ready(id, &commit, now);
         }
+        self.channels_evaluated(&eval, now);
     }
 
     /// Once both evaluations are known: diff them and build the rebuild set plus the
@@ -533,6 +534,7 @@ impl Core {
                     ),
                 );
                 self.finish(id, format!("landed {commit}"), now);
+                self.source_moved(&cand.repo, &cand.branch, now);
             }
             LandResult::Moved { tip } => {
                 self.event(

@@ -148,6 +148,7 @@ impl Core {
                     &format!("{} could not be built on any builder: {err}", r.drv_path),
                 );
             }
+            self.channels_build_abandoned(&r.drv_path, &err, now);
         }
     }
 
@@ -180,6 +181,7 @@ impl Core {
         for id in waiting {
             self.on_build_done(id, drv, now);
         }
+        self.channels_built(drv, now);
     }
 
     /// Queued steps that depend on a failed derivation are dependency-failed at once,

@@ -7,6 +7,10 @@
 
 mod attribution;
 mod candidate;
+mod channel;
+#[cfg(test)]
+mod channel_tests;
+mod channel_types;
 mod dispatch;
 pub mod scheduler;
 #[cfg(test)]
@@ -22,6 +26,10 @@ use crate::evaluation::{Evaluation, JobKey, JobResult};
 use crate::outcome::{BuildReport, OutcomeClass};
 
 pub use candidate::{Candidate, Phase};
+pub use channel::{
+    Advance, AdvanceResult, Advancing, Blocked, Channel, ChannelConfig, ChannelState, GateJob,
+    GateTest, SourcePoll, TestPhase, HISTORY_KEEP,
+};
 
 pub type CandId = u64;
 pub type ProbeId = u64;
@@ -55,6 +63,8 @@ pub struct CoreConfig {
     pub quarantine_after: u32,
     /// First delay before probing a quarantined builder again; doubles up to 10 min.
     pub probe_delay_ms: Millis,
+    /// Channels by name.
+    pub channels: BTreeMap<String, ChannelConfig>,
 }
 
 impl CoreConfig {
@@ -80,7 +90,27 @@ impl CoreConfig {
                 (r.name.get_ref().clone(), RepoConfig { lanes })
             })
             .collect();
+        let channels = c
+            .channels
+            .iter()
+            .map(|ch| {
+                (
+                    ch.name.get_ref().clone(),
+                    ChannelConfig {
+                        repo: ch.repo.get_ref().clone(),
+                        source: ch.source.clone(),
+                        target: ch.target.clone(),
+                        gate: ch.gate.clone(),
+                        min_interval_ms: ch.min_interval_secs as Millis * 1000,
+                        poll_interval_ms: *ch.poll_interval_secs.get_ref() as Millis * 1000,
+                        look_back: ch.look_back,
+                        artifacts: ch.artifacts_dir.is_some(),
+                    },
+                )
+            })
+            .collect();
         CoreConfig {
+            channels,
             repos,
             failure_ttl_ms: c.nix.failure_ttl_secs as i64 * 1000,
             retry_delay_ms: c.dispatch.retry_delay_secs as Millis * 1000,
@@ -130,6 +160,13 @@ pub enum Record {
         at: Millis,
         repo: String,
         text: String,
+    },
+    /// A channel's row (revision, blocking jobs, advance in flight, counters).
+    Channel(ChannelState),
+    /// One advance of a channel, appended to its history.
+    ChannelAdvance {
+        channel: String,
+        advance: Advance,
     },
 }
 
@@ -184,6 +221,24 @@ pub enum Command {
         branch: String,
         old: String,
         new: String,
+    },
+    /// Fetch a channel's source and target and report `Input::SourcePolled`.
+    PollSource {
+        channel: String,
+    },
+    /// Move a channel's target from `old` (`None`: create it) to `new`: a descendant
+    /// only, still in the source, compare-and-swap on `old`. Reports `ChannelAdvanced`.
+    AdvanceChannel {
+        channel: String,
+        old: Option<String>,
+        new: String,
+    },
+    /// Write a channel's artifacts for `rev` atomically; reports `ArtifactsPublished`.
+    PublishArtifacts {
+        channel: String,
+        rev: String,
+        at: Millis,
+        gate: Vec<GateJob>,
     },
 }
 
@@ -251,6 +306,20 @@ pub enum Input {
     },
     /// A timer came due (see `Core::next_wakeup`).
     Tick,
+    SourcePolled {
+        channel: String,
+        result: Result<SourcePoll, String>,
+    },
+    ChannelAdvanced {
+        channel: String,
+        new: String,
+        result: AdvanceResult,
+    },
+    ArtifactsPublished {
+        channel: String,
+        rev: String,
+        result: Result<(), String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,6 +372,7 @@ pub struct Core {
     pub(crate) next_probe: ProbeId,
     pub(crate) seq: u64,
     pub(crate) out: Vec<Command>,
+    pub(crate) channels: BTreeMap<String, Channel>,
 }
 
 impl Core {
@@ -313,7 +383,7 @@ impl Core {
                 builder: b.id.clone(),
             });
         }
-        Core {
+        let mut core = Core {
             scheduler: scheduler::Scheduler::new(config.builders.clone()),
             out,
             config: Some(config),
@@ -321,7 +391,9 @@ impl Core {
             next_cand: 1,
             next_probe: 1,
             ..Default::default()
-        }
+        };
+        core.init_channels(vec![]);
+        core
     }
 
     /// Rebuilds the core from persisted state. Interrupted candidates are prepared again
@@ -332,9 +404,12 @@ impl Core {
         changes: Vec<Change>,
         candidates: Vec<Candidate>,
         memo: Vec<(String, Memo)>,
+        channels: Vec<(ChannelState, Vec<Advance>)>,
         now: Millis,
     ) -> Core {
         let mut core = Core::new(config);
+        core.channels.clear();
+        core.init_channels(channels);
         core.next_change = changes.iter().map(|c| c.id + 1).max().unwrap_or(1);
         core.next_cand = candidates.iter().map(|c| c.id + 1).max().unwrap_or(1);
         core.memo = memo.into_iter().collect();
@@ -384,7 +459,7 @@ impl Core {
     pub fn next_wakeup(&self) -> Option<Millis> {
         let t = self.timers.keys().next().map(|(t, _)| *t);
         let w = self.wakes.first().copied();
-        t.into_iter().chain(w).min()
+        t.into_iter().chain(w).chain(self.channel_wakeup()).min()
     }
 
     pub fn change(&self, id: ChangeId) -> Option<&Change> {
@@ -511,6 +586,7 @@ impl Core {
             Input::Probed { probe, result } => self.on_probed(probe, result, now),
             Input::Landed { cand, result } => self.on_landed(cand, result, now),
             Input::Tick => {}
+            other => self.handle_channel(other, now),
         }
         self.fire_timers(now);
         self.tick(now);
@@ -554,6 +630,7 @@ impl Core {
                 self.start_candidate(&repo, &branch, ids, None, now);
             }
         }
+        self.tick_channels(now);
         self.dispatch_builds(now);
     }
 

@@ -328,6 +328,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         infra_retries: 5,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
+        channels: BTreeMap::new(),
     }
 }
 
@@ -402,6 +403,7 @@ impl Sim {
             }
             Record::Event { text, .. } => self.db.events.push(text),
             Record::BuilderDrained { .. } => {}
+            Record::Channel(_) | Record::ChannelAdvance { .. } => {}
         }
     }
 
@@ -453,6 +455,7 @@ impl Sim {
                 .iter()
                 .map(|(d, m)| (d.clone(), m.clone()))
                 .collect(),
+            vec![],
             self.now,
         );
         self.pump();
@@ -567,6 +570,7 @@ impl Sim {
                 };
                 Input::Landed { cand, result }
             }
+            other => panic!("no channels in this world: {other:?}"),
         })
     }
 

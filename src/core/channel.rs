@@ -1,0 +1,672 @@
+//! Channels: a branch (`target`) that follows another (`source`) but only ever moves
+//! forward, to a descendant of its current revision whose gate jobs built.
+//!
+//! Part of `Core`, so a channel shares the build memo (by drvPath), the in-flight builds
+//! and the evaluations with the merge queue: a commit the queue landed is judged from
+//! the queue's own results. The shell polls the source (and the target) and reports the
+//! git facts (`SourcePoll`); the core decides what to evaluate, build and push. The data
+//! types are in `channel_types.rs`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::candidate::short;
+pub use super::channel_types::*;
+use super::{Command, Core, Input, Millis, Record};
+use crate::evaluation::{EvalOutcome, Evaluation, JobResult};
+
+/// Priority class of gate builds (that of a normal change).
+const GATE_PRIO: u8 = crate::change::Priority::Normal as u8;
+
+impl Core {
+    pub(crate) fn init_channels(&mut self, stored: Vec<(ChannelState, Vec<Advance>)>) {
+        let configs = self.cfg().channels.clone();
+        let mut stored: std::collections::BTreeMap<String, (ChannelState, Vec<Advance>)> = stored
+            .into_iter()
+            .map(|(s, h)| (s.name.clone(), (s, h)))
+            .collect();
+        for (name, cfg) in configs {
+            let (state, history) = match stored.remove(&name) {
+                Some((s, h)) => (Some(s), h),
+                None => (None, vec![]),
+            };
+            let mut ch = Channel::new(&name, cfg, state);
+            ch.history = history;
+            // An advance caught in flight is pushed again (idempotent); artifacts that
+            // were not published yet are published again.
+            if let Some(a) = ch.state.advancing.clone() {
+                self.out.push(Command::AdvanceChannel {
+                    channel: name.clone(),
+                    old: a.old,
+                    new: a.new,
+                });
+            } else if ch.config.artifacts
+                && ch.state.rev.is_some()
+                && ch.state.published != ch.state.rev
+            {
+                if let Some(last) = ch
+                    .history
+                    .last()
+                    .filter(|a| Some(&a.rev) == ch.state.rev.as_ref())
+                {
+                    self.out.push(Command::PublishArtifacts {
+                        channel: name.clone(),
+                        rev: last.rev.clone(),
+                        at: last.at,
+                        gate: last.gate.clone(),
+                    });
+                }
+            }
+            self.channels.insert(name, ch);
+        }
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = (&String, &Channel)> {
+        self.channels.iter()
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
+        self.channels.get(name)
+    }
+
+    pub(crate) fn handle_channel(&mut self, input: Input, now: Millis) {
+        match input {
+            Input::SourcePolled { channel, result } => self.on_source_polled(&channel, result, now),
+            Input::ChannelAdvanced {
+                channel,
+                new,
+                result,
+            } => self.on_channel_advanced(&channel, &new, result, now),
+            Input::ArtifactsPublished {
+                channel,
+                rev,
+                result,
+            } => self.on_artifacts_published(&channel, &rev, result, now),
+            _ => {}
+        }
+    }
+
+    /// Polls due channels and performs advances whose `min_interval` elapsed.
+    pub(crate) fn tick_channels(&mut self, now: Millis) {
+        let names: Vec<String> = self.channels.keys().cloned().collect();
+        for name in names {
+            let ch = self.channels.get_mut(&name).expect("known");
+            if !ch.polling && ch.next_poll <= now {
+                ch.polling = true;
+                ch.next_poll = now + ch.config.poll_interval_ms.max(1);
+                self.out.push(Command::PollSource {
+                    channel: name.clone(),
+                });
+            }
+            let ch = &self.channels[&name];
+            if let Some((commit, gate, due)) = ch.hold.clone() {
+                if due <= now && ch.state.advancing.is_none() {
+                    self.channels.get_mut(&name).expect("known").hold = None;
+                    self.begin_advance(&name, commit, gate, now);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn channel_wakeup(&self) -> Option<Millis> {
+        self.channels
+            .values()
+            .flat_map(|c| {
+                let poll = (!c.polling).then_some(c.next_poll);
+                poll.into_iter().chain(c.hold.as_ref().map(|h| h.2))
+            })
+            .min()
+    }
+
+    /// The queue landed on `branch`: poll the channels following it now.
+    pub(crate) fn source_moved(&mut self, repo: &str, branch: &str, now: Millis) {
+        for ch in self.channels.values_mut() {
+            if ch.config.repo == repo && ch.config.source == branch {
+                ch.next_poll = ch.next_poll.min(now);
+            }
+        }
+    }
+
+    fn save_channel(&mut self, name: &str) {
+        let s = self.channels[name].state.clone();
+        self.out.push(Command::Record(Record::Channel(s)));
+    }
+
+    fn channel_event(&mut self, name: &str, now: Millis, text: String) {
+        let repo = self.channels[name].config.repo.clone();
+        self.event(now, &repo, format!("channel {name}: {text}"));
+    }
+
+    fn on_source_polled(&mut self, name: &str, result: Result<SourcePoll, String>, now: Millis) {
+        let Some(ch) = self.channels.get_mut(name) else {
+            return;
+        };
+        ch.polling = false;
+        let p = match result {
+            Ok(p) => p,
+            Err(msg) => {
+                if ch.last_error.as_deref() != Some(&msg) {
+                    ch.last_error = Some(msg.clone());
+                    self.channel_event(name, now, format!("polling failed: {msg}"));
+                }
+                return;
+            }
+        };
+        ch.last_error = None;
+        // The remote is the truth about the target, except while our own push is out.
+        if ch.state.advancing.is_none() && ch.state.rev != p.target {
+            let old = std::mem::replace(&mut ch.state.rev, p.target.clone());
+            ch.state.rev_time = p.target_time;
+            let text = match (&old, &p.target) {
+                (None, Some(t)) => format!("target is at {}", short(t)),
+                (Some(o), Some(t)) => format!(
+                    "target moved outside mergequeue from {} to {}",
+                    short(o),
+                    short(t)
+                ),
+                (_, None) => "target branch does not exist yet".into(),
+            };
+            self.save_channel(name);
+            self.channel_event(name, now, text);
+        }
+        let ch = self.channels.get_mut(name).expect("known");
+        if !p.descends {
+            if ch.diverged.as_deref() != Some(&p.head) {
+                ch.diverged = Some(p.head.clone());
+                let rev = ch.state.rev.clone().unwrap_or_default();
+                self.channel_event(
+                    name,
+                    now,
+                    format!(
+                        "source head {} does not descend from the channel's {} (history rewritten?); ignored",
+                        short(&p.head),
+                        short(&rev)
+                    ),
+                );
+            }
+        } else {
+            ch.diverged = None;
+        }
+        self.channels.get_mut(name).expect("known").poll = Some(p);
+        self.consider(name, now);
+    }
+
+    /// Starts the next gate test when the channel is idle and behind its source.
+    fn consider(&mut self, name: &str, now: Millis) {
+        let ch = &self.channels[name];
+        if ch.state.advancing.is_some() || ch.test.is_some() || ch.hold.is_some() {
+            return;
+        }
+        let Some(p) = ch.poll.clone().filter(|p| p.descends) else {
+            return;
+        };
+        if ch.state.rev.as_deref() == Some(&p.head) {
+            if ch.state.blocked.is_some() {
+                self.channels.get_mut(name).expect("known").state.blocked = None;
+                self.save_channel(name);
+            }
+            return;
+        }
+        if ch.state.blocked.as_ref().is_some_and(|b| b.rev == p.head) {
+            return; // judged already; wait for the next commit
+        }
+        let older = if ch.config.look_back {
+            p.between.clone()
+        } else {
+            vec![]
+        };
+        self.start_gate(name, p.head, true, older, now);
+    }
+
+    fn start_gate(
+        &mut self,
+        name: &str,
+        commit: String,
+        head: bool,
+        older: Vec<String>,
+        now: Millis,
+    ) {
+        let repo = self.channels[name].config.repo.clone();
+        self.channels.get_mut(name).expect("known").test = Some(GateTest {
+            commit: commit.clone(),
+            head,
+            phase: TestPhase::Evaluating,
+            jobs: vec![],
+            pending: BTreeSet::new(),
+            started_at: now,
+            older,
+        });
+        let what = if head { "source head" } else { "older commit" };
+        self.channel_event(
+            name,
+            now,
+            format!("checking the gate at {what} {}", short(&commit)),
+        );
+        match self.evals.get(&commit).cloned() {
+            Some(eval) => self.gate_evaluated(name, eval, now),
+            None => self.request_eval(&repo, &commit),
+        }
+    }
+
+    /// Hook from `on_evaluated`.
+    pub(crate) fn channels_evaluated(&mut self, eval: &Arc<Evaluation>, now: Millis) {
+        let waiting: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| {
+                c.test
+                    .as_ref()
+                    .is_some_and(|t| t.phase == TestPhase::Evaluating && t.commit == eval.commit)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
+            self.gate_evaluated(&name, eval.clone(), now);
+        }
+    }
+
+    fn gate_evaluated(&mut self, name: &str, eval: Arc<Evaluation>, now: Millis) {
+        if let EvalOutcome::Failed(msg) = &eval.outcome {
+            self.gate_failed(name, Some(msg.clone()), vec![], now);
+            return;
+        }
+        let gate = self.channels[name].config.gate.clone();
+        let mut jobs = vec![];
+        let mut blockers = vec![];
+        for attr in &gate {
+            let found: Vec<_> = eval.by_attr(attr).collect();
+            if found.is_empty() {
+                blockers.push(GateJob {
+                    attr: attr.clone(),
+                    system: String::new(),
+                    drv: None,
+                    outputs: vec![],
+                    status: "missing".into(),
+                    log_tail: format!("no job {attr} in the evaluation"),
+                });
+            }
+            for (k, r) in found {
+                let mut j = GateJob {
+                    attr: k.attr.clone(),
+                    system: k.system.clone(),
+                    drv: None,
+                    outputs: vec![],
+                    status: "pending".into(),
+                    log_tail: String::new(),
+                };
+                match r {
+                    JobResult::Ok(job) => {
+                        j.drv = Some(job.drv_path.clone());
+                        j.outputs = job.outputs.clone();
+                        jobs.push(j);
+                    }
+                    JobResult::Error(m) => {
+                        j.status = "eval-error".into();
+                        j.log_tail = m.clone();
+                        blockers.push(j);
+                    }
+                }
+            }
+        }
+        if !blockers.is_empty() {
+            self.gate_failed(name, None, blockers, now);
+            return;
+        }
+        let mut pending = BTreeSet::new();
+        for j in &jobs {
+            let drv = j.drv.as_deref().expect("evaluated");
+            if self.known(drv, now).is_none() {
+                pending.insert(drv.to_string());
+                self.request_build(drv, GATE_PRIO, now);
+            }
+        }
+        let n = jobs.len();
+        let to_build = pending.len();
+        let test = self
+            .channels
+            .get_mut(name)
+            .expect("known")
+            .test
+            .as_mut()
+            .expect("testing");
+        test.jobs = jobs;
+        test.pending = pending;
+        test.phase = TestPhase::Building;
+        self.channel_event(
+            name,
+            now,
+            format!(
+                "{n} gate jobs; {to_build} to build, {} remembered",
+                n - to_build
+            ),
+        );
+        if to_build == 0 {
+            self.judge_gate(name, now);
+        }
+    }
+
+    /// Hook from `on_built`, after the memo was updated.
+    pub(crate) fn channels_built(&mut self, drv: &str, now: Millis) {
+        let waiting: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.test.as_ref().is_some_and(|t| t.pending.contains(drv)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
+            let t = self
+                .channels
+                .get_mut(&name)
+                .expect("known")
+                .test
+                .as_mut()
+                .expect("testing");
+            t.pending.remove(drv);
+            if t.pending.is_empty() {
+                self.judge_gate(&name, now);
+            }
+        }
+    }
+
+    /// Hook from the dispatcher: `drv` could not be built on any builder. The gate
+    /// check is dropped without a verdict; the next poll starts it again.
+    pub(crate) fn channels_build_abandoned(&mut self, drv: &str, err: &str, now: Millis) {
+        let waiting: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.test.as_ref().is_some_and(|t| t.pending.contains(drv)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
+            let test = self.channels.get_mut(&name).expect("known").test.take();
+            let commit = test.map(|t| t.commit).unwrap_or_default();
+            self.channel_event(
+                &name,
+                now,
+                format!(
+                    "gate check at {} dropped: {drv} could not be built on any builder: {err}",
+                    short(&commit)
+                ),
+            );
+        }
+    }
+
+    /// Every gate job must build; unlike a candidate's verdict, failures that already
+    /// exist elsewhere are no excuse.
+    fn judge_gate(&mut self, name: &str, now: Millis) {
+        let mut jobs = self.channels[name]
+            .test
+            .as_ref()
+            .expect("testing")
+            .jobs
+            .clone();
+        let mut pending = BTreeSet::new();
+        for j in &mut jobs {
+            let drv = j.drv.clone().expect("evaluated");
+            match self.known(&drv, now).cloned() {
+                Some(m) => {
+                    j.status = m.class.as_str().to_string();
+                    j.log_tail = m.log_tail.clone();
+                }
+                None => {
+                    // Expired while we waited: build again.
+                    pending.insert(drv.clone());
+                    self.request_build(&drv, GATE_PRIO, now);
+                }
+            }
+        }
+        let test = self
+            .channels
+            .get_mut(name)
+            .expect("known")
+            .test
+            .as_mut()
+            .expect("testing");
+        test.jobs = jobs.clone();
+        if !pending.is_empty() {
+            test.pending = pending;
+            return;
+        }
+        let failing: Vec<GateJob> = jobs.iter().filter(|j| !j.ok()).cloned().collect();
+        if !failing.is_empty() {
+            self.gate_failed(name, None, failing, now);
+            return;
+        }
+        let test = self
+            .channels
+            .get_mut(name)
+            .expect("known")
+            .test
+            .take()
+            .expect("testing");
+        self.channel_event(name, now, format!("gate passed at {}", short(&test.commit)));
+        let ch = self.channels.get_mut(name).expect("known");
+        if test.head && ch.state.blocked.is_some() {
+            ch.state.blocked = None;
+            self.save_channel(name);
+        }
+        let ch = &self.channels[name];
+        let due = ch
+            .state
+            .advanced_at
+            .map_or(now, |t| t + ch.config.min_interval_ms);
+        if due > now {
+            self.channels.get_mut(name).expect("known").hold =
+                Some((test.commit.clone(), jobs, due));
+            self.channel_event(
+                name,
+                now,
+                format!(
+                    "waiting {} s (min_interval_secs) before advancing to {}",
+                    (due - now + 999) / 1000,
+                    short(&test.commit)
+                ),
+            );
+            return;
+        }
+        self.begin_advance(name, test.commit, jobs, now);
+    }
+
+    fn gate_failed(&mut self, name: &str, error: Option<String>, jobs: Vec<GateJob>, now: Millis) {
+        let test = self
+            .channels
+            .get_mut(name)
+            .expect("known")
+            .test
+            .take()
+            .expect("testing");
+        let what = match &error {
+            Some(e) => format!(
+                "the jobset fails to evaluate: {}",
+                e.lines().next().unwrap_or("")
+            ),
+            None => jobs
+                .iter()
+                .map(|j| format!("{} ({}) {}", j.attr, j.system, j.status))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        self.channel_event(
+            name,
+            now,
+            format!("gate failed at {}: {what}", short(&test.commit)),
+        );
+        if test.head {
+            let ch = self.channels.get_mut(name).expect("known");
+            ch.state.blocked = Some(Blocked {
+                rev: test.commit.clone(),
+                at: now,
+                error,
+                jobs,
+            });
+            ch.state.blocks += 1;
+            self.save_channel(name);
+        }
+        // Look back: the newest passing commit between the channel and the head.
+        let mut older = test.older;
+        if !older.is_empty() {
+            let next = older.remove(0);
+            self.start_gate(name, next, false, older, now);
+        } else {
+            self.consider(name, now);
+        }
+    }
+
+    fn begin_advance(&mut self, name: &str, new: String, gate: Vec<GateJob>, now: Millis) {
+        let ch = self.channels.get_mut(name).expect("known");
+        let old = ch.state.rev.clone();
+        ch.state.advancing = Some(Advancing {
+            old: old.clone(),
+            new: new.clone(),
+            gate,
+        });
+        self.save_channel(name);
+        self.channel_event(
+            name,
+            now,
+            format!(
+                "advancing {} from {} to {}",
+                self.channels[name].config.target,
+                old.as_deref().map_or("nothing", short),
+                short(&new)
+            ),
+        );
+        self.out.push(Command::AdvanceChannel {
+            channel: name.to_string(),
+            old,
+            new,
+        });
+    }
+
+    fn on_channel_advanced(&mut self, name: &str, new: &str, result: AdvanceResult, now: Millis) {
+        let Some(ch) = self.channels.get_mut(name) else {
+            return;
+        };
+        let Some(adv) = ch.state.advancing.clone().filter(|a| a.new == new) else {
+            return; // stale or duplicate
+        };
+        match result {
+            AdvanceResult::Advanced => {
+                let advance = Advance {
+                    at: now,
+                    from: adv.old.clone(),
+                    rev: adv.new.clone(),
+                    gate: adv.gate.clone(),
+                };
+                ch.state.advancing = None;
+                ch.state.rev = Some(adv.new.clone());
+                ch.state.advanced_at = Some(now);
+                ch.state.rev_time = Some(now);
+                ch.state.advances += 1;
+                ch.history.push(advance.clone());
+                if ch.history.len() > HISTORY_KEEP {
+                    ch.history.remove(0);
+                }
+                // Poll again: the facts of the last poll were relative to the old revision.
+                ch.poll = None;
+                ch.next_poll = now;
+                let (artifacts, target) = (ch.config.artifacts, ch.config.target.clone());
+                self.out.push(Command::Record(Record::ChannelAdvance {
+                    channel: name.to_string(),
+                    advance: advance.clone(),
+                }));
+                self.save_channel(name);
+                self.channel_event(name, now, format!("advanced {target} to {}", short(new)));
+                if artifacts {
+                    self.out.push(Command::PublishArtifacts {
+                        channel: name.to_string(),
+                        rev: advance.rev,
+                        at: advance.at,
+                        gate: advance.gate,
+                    });
+                }
+            }
+            AdvanceResult::Moved { tip } => {
+                ch.state.advancing = None;
+                ch.state.rev = tip.clone();
+                ch.state.rev_time = None;
+                ch.poll = None;
+                ch.next_poll = now;
+                self.save_channel(name);
+                self.channel_event(
+                    name,
+                    now,
+                    format!(
+                        "target moved outside mergequeue to {}; not advancing to {}",
+                        tip.as_deref().map_or("nothing", short),
+                        short(new)
+                    ),
+                );
+            }
+            AdvanceResult::NotOnSource { head } => {
+                ch.state.advancing = None;
+                ch.poll = None;
+                ch.next_poll = now;
+                self.save_channel(name);
+                self.channel_event(
+                    name,
+                    now,
+                    format!(
+                        "{} is no longer in the source (now at {}); not advancing",
+                        short(new),
+                        short(&head)
+                    ),
+                );
+            }
+            AdvanceResult::Failed(msg) => {
+                self.channel_event(name, now, format!("push failed, retrying: {msg}"));
+                let retry = self.cfg().retry_delay_ms;
+                self.later(
+                    now + retry,
+                    Command::AdvanceChannel {
+                        channel: name.to_string(),
+                        old: adv.old,
+                        new: adv.new,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_artifacts_published(
+        &mut self,
+        name: &str,
+        rev: &str,
+        result: Result<(), String>,
+        now: Millis,
+    ) {
+        let Some(ch) = self.channels.get(name) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.channels.get_mut(name).expect("known").state.published = Some(rev.to_string());
+                self.save_channel(name);
+            }
+            Err(msg) => {
+                // Only the current revision's artifacts are worth publishing.
+                if ch.state.rev.as_deref() != Some(rev) {
+                    return;
+                }
+                let last = ch.history.last().filter(|a| a.rev == rev).cloned();
+                self.channel_event(
+                    name,
+                    now,
+                    format!("publishing artifacts failed, retrying: {msg}"),
+                );
+                if let Some(a) = last {
+                    let retry = self.cfg().retry_delay_ms;
+                    self.later(
+                        now + retry,
+                        Command::PublishArtifacts {
+                            channel: name.to_string(),
+                            rev: a.rev,
+                            at: a.at,
+                            gate: a.gate,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
