@@ -45,8 +45,12 @@ pub enum Query {
     },
     Builders,
     Implementations,
-    Attempts { drv: String },
-    Log { attempt: i64 },
+    Attempts {
+        drv: String,
+    },
+    Log {
+        attempt: i64,
+    },
     Metrics,
     /// All channels (`None`) or one.
     Channels {

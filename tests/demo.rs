@@ -9,7 +9,14 @@ fn the_demo_goes_as_expected() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("Demo went as expected."), "{text}");
-    assert!(text.contains("log tail:"), "a rejection quotes the log tail: {text}");
+    assert!(
+        text.contains("log tail:"),
+        "a rejection quotes the log tail: {text}"
+    );
 }
