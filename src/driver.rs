@@ -79,6 +79,10 @@ pub enum Msg {
         probe: Option<u64>,
     },
     Built(BuildReport),
+    /// Liveness check for the systemd watchdog.
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
     Drain {
         builder: String,
         drained: bool,
@@ -271,6 +275,9 @@ impl Driver {
                 };
                 self.core.handle(input, now);
                 self.flush()?;
+            }
+            Msg::Ping { reply } => {
+                let _ = reply.send(());
             }
             Msg::Drain {
                 builder,

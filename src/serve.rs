@@ -22,10 +22,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     log::info!("listening on {}", listener.local_addr()?);
+    let driver_handle = driver.handle();
     let api = Arc::new(Api {
         config: config.clone(),
         token,
-        driver: driver.handle(),
+        driver: driver_handle.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -35,11 +36,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let core = tokio::spawn(driver.run(stopped(stop_rx.clone())));
     let _ = systemd::notify("READY=1");
     if let Some(every) = systemd::watchdog_interval() {
+        // Pet the watchdog only when the engine answers: a wedged driver loop must make
+        // systemd restart the service, not be hidden by a healthy side task.
         let mut rx = stop_rx.clone();
+        let handle = driver_handle.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => { let _ = systemd::notify("WATCHDOG=1"); }
+                    _ = tokio::time::sleep(every) => {
+                        let (reply, pong) = tokio::sync::oneshot::channel();
+                        let alive = handle.tx.send(crate::driver::Msg::Ping { reply }).await.is_ok()
+                            && tokio::time::timeout(every, pong).await.is_ok_and(|r| r.is_ok());
+                        if alive {
+                            let _ = systemd::notify("WATCHDOG=1");
+                        } else {
+                            log::warn!("the engine did not answer within {every:?}; not petting the watchdog");
+                        }
+                    }
                     _ = rx.changed() => return,
                 }
             }
