@@ -700,6 +700,27 @@ error: interrupted by the user
         );
     }
 
+    /// Captured on this machine with Nix 2.8: the remote `nix-daemon --stdio` killed with
+    /// SIGKILL mid-build (`nix build --store ssh-ng://…` exits 1), and a builder whose sshd
+    /// is down.
+    #[test]
+    fn captured_nix_2_8_builder_faults() {
+        let killed =
+            "building '/nix/store/p59yyjy1p372kck3jbbs2zn68nk3153f-grepouvo-77.1.drv'...\n\
+                      error: unexpected end-of-file\n";
+        let drv = "/nix/store/p59yyjy1p372kck3jbbs2zn68nk3153f-grepouvo-77.1.drv";
+        assert_eq!(
+            classify(drv, Some(1), killed),
+            (OutcomeClass::Infrastructure, None)
+        );
+        let down = "ssh: connect to host 127.0.0.1 port 22222: Connection refused\n\
+                    error: cannot open connection to remote store 'ssh-ng://b1': error: unexpected end-of-file\n";
+        assert_eq!(
+            classify(drv, Some(1), down),
+            (OutcomeClass::Infrastructure, None)
+        );
+    }
+
     #[test]
     fn tail_is_capped() {
         let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
