@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use super::strip_ansi;
 use crate::outcome::{BuildReport, OutcomeClass};
 
 /// Lines and bytes kept in [`BuildReport::log_tail`].
@@ -418,29 +419,6 @@ fn compress(raw: &Path, gz: &Path) -> io::Result<()> {
     let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     io::copy(&mut input, &mut enc)?;
     enc.finish()?.flush()
-}
-
-fn strip_ansi(s: &str) -> String {
-    if !s.contains('\u{1b}') {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn is_disk_full(line: &str) -> bool {
