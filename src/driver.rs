@@ -343,15 +343,9 @@ impl Driver {
                 branch,
                 changes,
             } => {
-                let mirror = self.repos[&repo].mirror.clone();
-                let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let result = mirror
-                        .lock()
-                        .expect("mirror lock")
-                        .prepare(&branch, &changes)
-                        .map_err(|e| e.to_string());
-                    let _ = tx.blocking_send(Msg::Input(Input::Prepared { cand, result }));
+                self.with_mirror(&repo, move |m| {
+                    let result = m.prepare(&branch, &changes).map_err(|e| e.to_string());
+                    Input::Prepared { cand, result }
                 });
             }
             Command::Evaluate { repo, commit } => {
@@ -466,15 +460,11 @@ impl Driver {
                 old,
                 new,
             } => {
-                let mirror = self.repos[&repo].mirror.clone();
-                let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let result = mirror
-                        .lock()
-                        .expect("mirror lock")
+                self.with_mirror(&repo, move |m| {
+                    let result = m
                         .land(&branch, &old, &new)
                         .unwrap_or_else(|e| crate::core::LandResult::Failed(e.to_string()));
-                    let _ = tx.blocking_send(Msg::Input(Input::Landed { cand, result }));
+                    Input::Landed { cand, result }
                 });
             }
             cmd @ (Command::PollSource { .. }
@@ -484,6 +474,17 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Runs blocking git work on a repository's mirror (one at a time per mirror) and
+    /// feeds its result back as an input.
+    fn with_mirror(&self, repo: &str, work: impl FnOnce(&Mirror) -> Input + Send + 'static) {
+        let mirror = self.repos[repo].mirror.clone();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let input = work(&mirror.lock().expect("mirror lock"));
+            let _ = tx.blocking_send(Msg::Input(input));
+        });
     }
 
     fn evaluator(&self, repo: &str) -> EvalJob {
