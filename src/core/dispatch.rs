@@ -43,13 +43,33 @@ impl Core {
 
     pub(crate) fn on_inspected(&mut self, infos: Vec<(String, Result<StepInfo, String>)>) {
         for (drv, info) in infos {
-            match info {
-                Ok(info) => self.scheduler.set_info(&drv, info),
-                // An unreadable .drv cannot be dispatched by features; assume none and let
-                // the build itself report what is wrong.
-                Err(_) => self.scheduler.set_info(&drv, StepInfo::default()),
-            }
+            let info = info.unwrap_or_else(|_| {
+                // An unreadable .drv (garbage-collected?): dispatch it by the system its job
+                // was evaluated for and let the attempt report what is wrong, rather than
+                // leave the step waiting forever.
+                StepInfo {
+                    system: self.system_hint(&drv),
+                    ..StepInfo::default()
+                }
+            });
+            self.scheduler.set_info(&drv, info);
         }
+    }
+
+    /// The system a derivation's job was evaluated for.
+    fn system_hint(&self, drv: &str) -> String {
+        self.candidates
+            .values()
+            .flat_map(|c| c.targets.iter())
+            .find(|t| t.drv == drv || t.base_drv.as_deref() == Some(drv))
+            .map(|t| t.key.system.clone())
+            .or_else(|| {
+                self.cfg()
+                    .builders
+                    .first()
+                    .and_then(|b| b.systems.iter().next().cloned())
+            })
+            .unwrap_or_else(|| "x86_64-linux".into())
     }
 
     pub(crate) fn on_built(&mut self, r: BuildReport, now: Millis) {
