@@ -41,7 +41,11 @@ impl Core {
         }
     }
 
-    pub(crate) fn on_inspected(&mut self, infos: Vec<(String, Result<StepInfo, String>)>) {
+    pub(crate) fn on_inspected(
+        &mut self,
+        infos: Vec<(String, Result<StepInfo, String>)>,
+        now: Millis,
+    ) {
         for (drv, info) in infos {
             let info = info.unwrap_or_else(|_| {
                 // An unreadable .drv (garbage-collected?): dispatch it by the system its job
@@ -52,7 +56,11 @@ impl Core {
                     ..StepInfo::default()
                 }
             });
+            let what = format!("system {}, features {:?}", info.system, info.features);
             self.scheduler.set_info(&drv, info);
+            if self.scheduler.unbuildable(&drv) {
+                self.event(now, "", format!("no configured builder can build {drv} ({what}); it waits until one is configured"));
+            }
         }
     }
 

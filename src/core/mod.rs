@@ -578,7 +578,7 @@ impl Core {
             Input::Prepared { cand, result } => self.on_prepared(cand, result, now),
             Input::Evaluated { eval } => self.on_evaluated(eval, now),
             Input::Built(report) => self.on_built(report, now),
-            Input::Inspected { infos } => self.on_inspected(infos),
+            Input::Inspected { infos } => self.on_inspected(infos, now),
             Input::Referrers { root, drvs } => self.on_referrers(&root, drvs, now),
             Input::BuilderProbed { builder, result } => {
                 self.on_builder_probed(&builder, result, now)

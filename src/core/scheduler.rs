@@ -296,6 +296,14 @@ impl Scheduler {
         false
     }
 
+    /// Whether no configured builder could ever take this step (system or features).
+    pub fn unbuildable(&self, drv: &str) -> bool {
+        self.steps
+            .get(drv)
+            .and_then(|s| s.bucket)
+            .is_some_and(|b| self.buckets[b].able.is_empty())
+    }
+
     pub fn queued(&self) -> usize {
         self.steps.len()
     }
