@@ -27,6 +27,8 @@ pub struct BuildJob {
     /// Who asked: 0 = the core, otherwise a baseline's CI run.
     pub owner: u64,
     pub epoch: u32,
+    /// Dispatch priority: the lane's index (0 first). A stand-in for the scheduler.
+    pub prio: u8,
     pub broken: bool,
     pub root: bool,
 }
@@ -40,10 +42,12 @@ pub struct Running {
     pub spurious: bool,
 }
 
+type Queues = (VecDeque<(u64, BuildJob)>, VecDeque<(u64, BuildJob)>);
+
 pub struct Pool {
     pub machines: Vec<Machine>,
-    /// Per system: (ordinary queue, long-build queue), entries (seq, job).
-    queues: Vec<(VecDeque<(u64, BuildJob)>, VecDeque<(u64, BuildJob)>)>,
+    /// Per system and priority: (ordinary queue, long-build queue), entries (seq, job).
+    queues: Vec<Vec<Queues>>,
     pub running: BTreeMap<u64, Running>,
     seq: u64,
     next_id: u64,
@@ -87,7 +91,11 @@ impl Pool {
         Pool {
             machines,
             queues: (0..sc.graph.systems.len())
-                .map(|_| (VecDeque::new(), VecDeque::new()))
+                .map(|_| {
+                    (0..sc.lanes.len().max(1))
+                        .map(|_| (VecDeque::new(), VecDeque::new()))
+                        .collect()
+                })
                 .collect(),
             running: BTreeMap::new(),
             seq: 0,
@@ -105,7 +113,9 @@ impl Pool {
     /// Queues a build; call `dispatch` afterwards.
     pub fn submit(&mut self, job: BuildJob, dur_ms: &[u64]) {
         self.seq += 1;
-        let q = &mut self.queues[job.sys as usize];
+        let levels = &mut self.queues[job.sys as usize];
+        let top = levels.len() - 1;
+        let q = &mut levels[(job.prio as usize).min(top)];
         if dur_ms[job.pkg as usize] > self.big_above_ms {
             q.1.push_back((self.seq, job));
         } else {
@@ -115,7 +125,7 @@ impl Pool {
 
     /// Drops queued (not started) builds of an owner, or of an old epoch.
     pub fn cancel_queued(&mut self, owner: Option<u64>, live_epoch: u32) {
-        for q in &mut self.queues {
+        for q in self.queues.iter_mut().flatten() {
             for d in [&mut q.0, &mut q.1] {
                 d.retain(|(_, j)| Some(j.owner) != owner && j.epoch == live_epoch);
             }
@@ -123,7 +133,11 @@ impl Pool {
     }
 
     pub fn queued(&self) -> usize {
-        self.queues.iter().map(|q| q.0.len() + q.1.len()).sum()
+        self.queues
+            .iter()
+            .flatten()
+            .map(|q| q.0.len() + q.1.len())
+            .sum()
     }
 
     /// Starts queued builds on free slots. Returns (id, finish time) of each started.
@@ -143,33 +157,32 @@ impl Pool {
                 if mach.down || mach.busy >= mach.slots {
                     break;
                 }
-                // The oldest eligible queue head among the machine's systems.
-                let mut best: Option<(u64, usize, bool)> = None;
+                // The oldest eligible queue head of the most urgent level among the
+                // machine's systems.
+                let mut best: Option<((usize, u64), usize, usize, bool)> = None;
                 for s in 0..self.queues.len() {
                     if mach.systems & (1 << s) == 0 {
                         continue;
                     }
-                    let (small, long) = &self.queues[s];
-                    if !mach.big {
-                        if let Some((seq, _)) = small.front() {
-                            if best.map_or(true, |b| *seq < b.0) {
-                                best = Some((*seq, s, false));
+                    for (lvl, (small, long)) in self.queues[s].iter().enumerate() {
+                        let heads = [(small.front(), false), (long.front(), true)];
+                        for (head, is_long) in heads {
+                            if mach.big && !is_long {
+                                continue;
+                            }
+                            if let Some((seq, _)) = head {
+                                let k = (lvl, *seq);
+                                if best.map_or(true, |b| k < b.0) {
+                                    best = Some((k, s, lvl, is_long));
+                                }
                             }
                         }
                     }
-                    if let Some((seq, _)) = long.front() {
-                        if best.map_or(true, |b| *seq < b.0) {
-                            best = Some((*seq, s, true));
-                        }
-                    }
                 }
-                let Some((_, s, long)) = best else { break };
-                let (_, job) = if long {
-                    self.queues[s].1.pop_front()
-                } else {
-                    self.queues[s].0.pop_front()
-                }
-                .expect("non-empty");
+                let Some((_, s, lvl, long)) = best else { break };
+                let q = &mut self.queues[s][lvl];
+                let (_, job) = if long { q.1.pop_front() } else { q.0.pop_front() }
+                    .expect("non-empty");
                 if stale(&job) {
                     continue;
                 }

@@ -70,19 +70,22 @@ impl Graph {
             zipf[..lim].partition_point(|&c| c < x)
         };
         let mut edges: Vec<(Pkg, Pkg)> = Vec::with_capacity((n as f64 * g.mean_deps) as usize);
-        let mut targets: Vec<Pkg> = Vec::new();
+        // Libraries (a share of the non-core packages) can be depended on; the rest are
+        // leaves, as most of Nixpkgs is. `popular` holds one entry per edge into a
+        // library, so sampling it is preferential attachment.
+        let mut libraries: Vec<Pkg> = Vec::new();
+        let mut popular: Vec<Pkg> = Vec::new();
         for i in 1..n {
             let k = 1 + geometric(&mut rng, (g.mean_deps - 1.0).max(0.0));
             let mut deps: Vec<Pkg> = Vec::with_capacity(k);
             for _ in 0..k {
                 let r = rng.f64();
-                let d = if r < g.core_edge_share || i <= core {
+                let d = if r < g.core_edge_share || i <= core || libraries.is_empty() {
                     pick_core(&mut rng, i)
-                } else if r < g.core_edge_share + g.popular_edge_share && !targets.is_empty() {
-                    targets[rng.usize(..targets.len())] as usize
+                } else if rng.f64() < g.popular_edge_share && !popular.is_empty() {
+                    popular[rng.usize(..popular.len())] as usize
                 } else {
-                    let back = 1 + geometric(&mut rng, g.family_distance);
-                    i.saturating_sub(back)
+                    libraries[rng.usize(..libraries.len())] as usize
                 };
                 deps.push(d as Pkg);
             }
@@ -91,8 +94,11 @@ impl Graph {
             for d in deps {
                 edges.push((d, i as Pkg));
                 if d as usize >= core {
-                    targets.push(d);
+                    popular.push(d);
                 }
+            }
+            if i >= core && rng.f64() < g.library_share {
+                libraries.push(i as Pkg);
             }
         }
         let tested = (g.tested_deps > 0).then_some(n as Pkg);

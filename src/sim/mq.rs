@@ -234,6 +234,7 @@ impl CoreDriver {
                     sys: info.sys,
                     owner: 0,
                     epoch: self.epoch,
+                    prio: info.lane,
                     broken: info.broken,
                     root: info.root,
                 });

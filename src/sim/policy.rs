@@ -152,6 +152,7 @@ impl Baseline {
                         sys: j.sys,
                         owner: tok,
                         epoch: env.live_epoch,
+                        prio: run.lane as u8,
                         broken: j.broken,
                         root: j.root,
                     });

@@ -68,11 +68,12 @@ pub struct Graph {
     pub core_packages: usize,
     /// Share of dependency edges that point into the core.
     pub core_edge_share: f64,
-    /// Share of edges chosen by preferential attachment (popular libraries).
+    /// Of the other edges (into libraries), the share chosen by preferential attachment
+    /// (popular libraries get more dependents); the rest pick a library uniformly.
     pub popular_edge_share: f64,
-    /// Mean distance of the remaining "family" edges (python3Packages.* depending on
-    /// each other).
-    pub family_distance: f64,
+    /// Share of the non-core packages that are libraries (can be depended on); the rest
+    /// are leaves.
+    pub library_share: f64,
     /// Share of packages that fail on the base already (never blamed on a change).
     pub preexisting_broken: f64,
     pub systems: Vec<System>,

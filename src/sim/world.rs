@@ -54,6 +54,8 @@ pub struct DrvInfo {
     pub broken: bool,
     /// The package's own failure (not a dependency's).
     pub root: bool,
+    /// The branch of the first evaluation that produced it.
+    pub lane: u8,
 }
 
 struct Branch {
@@ -443,7 +445,8 @@ impl World {
         out
     }
 
-    fn register(&mut self, jobs: &[JobRef]) {
+    fn register(&mut self, c: u32, jobs: &[JobRef]) {
+        let lane = self.commits[c as usize].branch as u8;
         for j in jobs {
             if !self.drvs.contains_key(&j.drv) {
                 self.drvs.insert(
@@ -453,6 +456,7 @@ impl World {
                         sys: j.sys,
                         broken: j.broken,
                         root: j.root,
+                        lane,
                     },
                 );
             }
@@ -512,7 +516,7 @@ impl World {
         let pkgs = self.scope(&sets);
         self.changes = changes;
         let jobs = self.jobs_at(c, &pkgs);
-        self.register(&jobs);
+        self.register(c, &jobs);
         Evaluation::new(sha, EvalOutcome::Ok, self.to_results(jobs))
     }
 
@@ -521,7 +525,7 @@ impl World {
         let ps: Vec<Pkg> = attrs.iter().filter_map(|a| self.graph.parse_attr(a)).collect();
         let pkgs = self.scope(&[&ps]);
         let jobs = self.jobs_at(c, &pkgs);
-        self.register(&jobs);
+        self.register(c, &jobs);
         let mut r = self.to_results(jobs);
         r.sort_by(|a, b| a.0.cmp(&b.0));
         r
@@ -548,7 +552,7 @@ impl World {
         if let Some(j) = jobs.iter().find(|j| j.everr) {
             return Err(format!("error: p{} fails to evaluate", j.pkg));
         }
-        self.register(&jobs);
+        self.register(c, &jobs);
         Ok(jobs)
     }
 
@@ -619,5 +623,22 @@ impl World {
             self.landed_at[x as usize] = Some(now);
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[ignore]
+    fn print_nixpkgs_stats() {
+        let sc = super::super::Scenario::load(std::path::Path::new("scenarios/nixpkgs.toml")).unwrap();
+        let w = super::World::new(&sc, 1);
+        for (i, b) in w.graph.buckets.iter().enumerate() {
+            eprintln!("bucket {i}: {} packages", b.len());
+        }
+        let mut sizes: Vec<(usize, usize)> = w.changes.iter().map(|c| (c.lane, c.rebuild.len())).collect();
+        sizes.sort();
+        eprintln!("{:?}", sizes.iter().filter(|s| s.1 > 100).collect::<Vec<_>>());
+        eprintln!("total rebuilds {}", sizes.iter().map(|s| s.1).sum::<usize>());
     }
 }
