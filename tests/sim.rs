@@ -65,7 +65,11 @@ fn baselines_keep_the_invariants() {
     for seed in 1..=100 {
         for policy in ["one-at-a-time", "bors", "github"] {
             let r = simulate(&sc, seed, policy, false).unwrap();
-            assert!(r.violation.is_none(), "{policy} seed {seed}: {:?}", r.violation);
+            assert!(
+                r.violation.is_none(),
+                "{policy} seed {seed}: {:?}",
+                r.violation
+            );
             assert_eq!(r.not_final_at_end, 0, "{policy} seed {seed}: not drained");
         }
     }

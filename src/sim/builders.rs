@@ -181,8 +181,12 @@ impl Pool {
                 }
                 let Some((_, s, lvl, long)) = best else { break };
                 let q = &mut self.queues[s][lvl];
-                let (_, job) = if long { q.1.pop_front() } else { q.0.pop_front() }
-                    .expect("non-empty");
+                let (_, job) = if long {
+                    q.1.pop_front()
+                } else {
+                    q.0.pop_front()
+                }
+                .expect("non-empty");
                 if stale(&job) {
                     continue;
                 }

@@ -51,7 +51,7 @@ pub enum Ev {
     Revive(usize),
     /// A shell command of the core finishing (with the core's epoch: results of commands
     /// issued before a crash are dropped).
-    Perform(Command, u32),
+    Perform(Box<Command>, u32),
     Wake,
     /// A baseline CI run's stage finished.
     Ci(u64),
@@ -126,7 +126,8 @@ impl<'a> Env<'a> {
 
     pub fn at(&mut self, t: Millis, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Reverse(Entry(t.max(self.now), self.seq, ev)));
+        self.heap
+            .push(Reverse(Entry(t.max(self.now), self.seq, ev)));
     }
 
     pub fn secs(&self, s: f64) -> Millis {

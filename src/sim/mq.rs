@@ -122,7 +122,10 @@ impl CoreDriver {
                 }
                 match c.state {
                     ChangeState::Merged => match env.world.landed_at[idx] {
-                        None => env.violate(format!("#{} recorded merged but is not on the target", c.id)),
+                        None => env.violate(format!(
+                            "#{} recorded merged but is not on the target",
+                            c.id
+                        )),
                         Some(t) => {
                             let now = env.now;
                             env.now = t;
@@ -134,13 +137,23 @@ impl CoreDriver {
                         if env.world.landed_at[idx].is_some() {
                             env.violate(format!("#{} rejected but it is on the target", c.id));
                         }
-                        let kind = if c.reason.as_deref().unwrap_or("").starts_with("merge conflict") {
+                        let kind = if c
+                            .reason
+                            .as_deref()
+                            .unwrap_or("")
+                            .starts_with("merge conflict")
+                        {
                             RejectKind::Conflict
                         } else {
                             RejectKind::Failure
                         };
-                        if std::env::var_os("MQ_SIM_DEBUG").is_some() && !env.world.changes[idx].bad() {
-                            eprintln!("false rejection of change {idx}: {:?}\n  {:?}", c.reason, env.world.changes[idx]);
+                        if std::env::var_os("MQ_SIM_DEBUG").is_some()
+                            && !env.world.changes[idx].bad()
+                        {
+                            eprintln!(
+                                "false rejection of change {idx}: {:?}\n  {:?}",
+                                c.reason, env.world.changes[idx]
+                            );
                         }
                         env.rejected(idx, kind);
                     }
@@ -154,7 +167,10 @@ impl CoreDriver {
             }
             Record::Memo { drv, memo } => {
                 if !memo.class.is_verdict() {
-                    env.violate(format!("remembered a non-verdict {:?} for {drv}", memo.class));
+                    env.violate(format!(
+                        "remembered a non-verdict {:?} for {drv}",
+                        memo.class
+                    ));
                 }
                 self.db.memo.insert(drv, memo);
             }
@@ -190,7 +206,7 @@ impl CoreDriver {
             };
             let d = self.eval_duration(env, commit);
             self.evals_busy += 1;
-            env.at(env.now + d, Ev::Perform(cmd, self.epoch));
+            env.at(env.now + d, Ev::Perform(Box::new(cmd), self.epoch));
         }
     }
 
@@ -200,7 +216,7 @@ impl CoreDriver {
         match &cmd {
             Command::Prepare { changes, .. } => {
                 let d = env.secs(t.prepare_secs * changes.len().max(1) as f64);
-                env.at(now + d, Ev::Perform(cmd, self.epoch));
+                env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
             }
             Command::Evaluate { commit, .. } => {
                 if let Some(c) = env.world.commit(commit) {
@@ -218,15 +234,17 @@ impl CoreDriver {
                         self.eval_duration(env, &b)
                     }
                 };
-                env.at(now + d, Ev::Perform(cmd, self.epoch));
+                env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
             }
             Command::Land { .. } => {
                 let d = env.secs(t.land_secs);
-                env.at(now + d, Ev::Perform(cmd, self.epoch));
+                env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
             }
             Command::Build { drv, .. } => {
                 let Some(info) = env.world.drvs.get(drv).cloned() else {
-                    return env.violate(format!("asked to build {drv}, which no evaluation produced"));
+                    return env.violate(format!(
+                        "asked to build {drv}, which no evaluation produced"
+                    ));
                 };
                 env.submit_build(BuildJob {
                     drv: drv.clone(),
@@ -305,10 +323,7 @@ impl CoreDriver {
                 ..
             } => {
                 let c = w.commit(&base)?;
-                let idxs: Vec<usize> = heads
-                    .iter()
-                    .filter_map(|h| w.change_of_head(h))
-                    .collect();
+                let idxs: Vec<usize> = heads.iter().filter_map(|h| w.change_of_head(h)).collect();
                 let result = match w.merge_all(c, &idxs) {
                     Err(why) => ProbeResult::Conflict(why),
                     Ok(pc) => match attrs {
@@ -443,8 +458,8 @@ impl Driver for CoreDriver {
                 if epoch != self.epoch {
                     return; // issued by a process that has since crashed
                 }
-                let is_eval = matches!(cmd, Command::Evaluate { .. });
-                if let Some(input) = self.perform(env, cmd) {
+                let is_eval = matches!(*cmd, Command::Evaluate { .. });
+                if let Some(input) = self.perform(env, *cmd) {
                     self.deliver(env, input);
                 }
                 if is_eval {
@@ -509,11 +524,7 @@ impl Driver for CoreDriver {
     }
 
     fn finish(&mut self, env: &mut Env) {
-        env.m.extra_builds = self
-            .core
-            .candidates()
-            .map(|c| c.extra_builds as u64)
-            .sum();
+        env.m.extra_builds = self.core.candidates().map(|c| c.extra_builds as u64).sum();
         for c in self.core.changes() {
             if self.db.changes.get(&c.id) != Some(c) {
                 env.violate(format!("#{}: the database disagrees with the core", c.id));

@@ -243,10 +243,7 @@ impl Baseline {
     }
 
     fn github_advance(&mut self, env: &mut Env, lane: usize) {
-        loop {
-            let Some(&(c, tok, verdict)) = self.lanes[lane].entries.first() else {
-                break;
-            };
+        while let Some(&(c, tok, verdict)) = self.lanes[lane].entries.first() {
             match verdict {
                 Some(true) => {
                     let run = self.runs.remove(&tok.expect("has a run")).expect("present");
@@ -290,10 +287,8 @@ impl Baseline {
         let restarted = self.lanes[lane].entries.iter().any(|e| e.1.is_none());
         for i in 0..n {
             if self.lanes[lane].entries[i].1.is_none() {
-                let changes: Vec<usize> = self.lanes[lane].entries[..=i]
-                    .iter()
-                    .map(|e| e.0)
-                    .collect();
+                let changes: Vec<usize> =
+                    self.lanes[lane].entries[..=i].iter().map(|e| e.0).collect();
                 let tok = self.start(env, lane, changes, restarted && i > 0);
                 self.lanes[lane].entries[i].1 = Some(tok);
             }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::engine::{latencies, percentile, Metrics, RejectKind};
 use super::scenario::Scenario;
-use super::world::{World, DAY};
+use super::world::World;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pct {
@@ -183,7 +183,12 @@ pub fn build(
         extra_builds: m.extra_builds,
         extra_builds_per_culprit: r3(m.extra_builds as f64 / culprits.max(1) as f64),
         mean_utilisation: mean_util,
-        max_queue_depth: m.samples.iter().map(|s| s.queued + s.testing).max().unwrap_or(0),
+        max_queue_depth: m
+            .samples
+            .iter()
+            .map(|s| s.queued + s.testing)
+            .max()
+            .unwrap_or(0),
         crashes: m.crashes,
         lost_build_results: m.lost_results,
         duplicated_build_results: m.duplicated_results,
@@ -288,7 +293,8 @@ pub fn compare(rs: &[Report]) -> String {
     for r in rs {
         let sm = &r.latency_landed_hours["small"];
         let al = &r.latency_landed_hours["all"];
-        let util = r.mean_utilisation.values().sum::<f64>() / r.mean_utilisation.len().max(1) as f64;
+        let util =
+            r.mean_utilisation.values().sum::<f64>() / r.mean_utilisation.len().max(1) as f64;
         s += &format!(
             "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {} ({}) | {:.0}% |\n",
             r.policy,
@@ -312,4 +318,3 @@ pub fn compare(rs: &[Report]) -> String {
     s
 }
 
-pub const _DAY: i64 = DAY;

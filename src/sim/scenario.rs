@@ -241,13 +241,25 @@ impl Scenario {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.hourly_profile.len() == 24, "hourly_profile needs 24 numbers");
-        anyhow::ensure!(self.weekday_factor.len() == 7, "weekday_factor needs 7 numbers");
+        anyhow::ensure!(
+            self.hourly_profile.len() == 24,
+            "hourly_profile needs 24 numbers"
+        );
+        anyhow::ensure!(
+            self.weekday_factor.len() == 7,
+            "weekday_factor needs 7 numbers"
+        );
         anyhow::ensure!(!self.sizes.is_empty(), "sizes: at least one class");
-        anyhow::ensure!(!self.graph.systems.is_empty(), "graph.systems: at least one");
+        anyhow::ensure!(
+            !self.graph.systems.is_empty(),
+            "graph.systems: at least one"
+        );
         anyhow::ensure!(self.graph.packages >= 10, "graph.packages: at least 10");
         anyhow::ensure!(
-            self.build_times.quantiles.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            self.build_times
+                .quantiles
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
             "build_times.quantiles must increase"
         );
         for c in &self.sizes {

@@ -5,14 +5,18 @@ use std::fmt::Write;
 
 use super::report::Report;
 
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
 const W: f64 = 900.0;
 const PH: f64 = 300.0;
 const L: f64 = 70.0;
 const R: f64 = 160.0;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 pub fn render(reports: &[Report]) -> String {
@@ -134,7 +138,13 @@ pub fn render(reports: &[Report]) -> String {
         s,
         r##"<rect x="{L}" y="{top2}" width="{pw}" height="{PH}" fill="none" stroke="#888"/>"##
     );
-    let step = if tmax > 72.0 { 24.0 } else if tmax > 24.0 { 6.0 } else { 3.0 };
+    let step = if tmax > 72.0 {
+        24.0
+    } else if tmax > 24.0 {
+        6.0
+    } else {
+        3.0
+    };
     let mut t = 0.0;
     while t <= tmax + 1e-9 {
         let x = xt(t);

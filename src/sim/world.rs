@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::graph::{geometric, Graph, Pkg};
+use super::graph::{Graph, Pkg};
 use super::scenario::Scenario;
 use crate::core::Millis;
 use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
@@ -115,7 +115,11 @@ fn mix(mut x: u64) -> u64 {
 }
 
 pub fn head_of(idx: usize) -> String {
-    format!("{:08x}{:032x}", 0xffff_0000u32 | idx as u32, mix(idx as u64 + 7))
+    format!(
+        "{:08x}{:032x}",
+        0xffff_0000u32 | idx as u32,
+        mix(idx as u64 + 7)
+    )
 }
 
 pub fn ref_of(idx: usize) -> String {
@@ -123,7 +127,10 @@ pub fn ref_of(idx: usize) -> String {
 }
 
 pub fn idx_of_ref(r: &str) -> Option<usize> {
-    r.strip_prefix("refs/pull/")?.strip_suffix("/head")?.parse().ok()
+    r.strip_prefix("refs/pull/")?
+        .strip_suffix("/head")?
+        .parse()
+        .ok()
 }
 
 /// The workload: arrival times (Poisson, thinned by hour of day and weekday) and what each
@@ -195,13 +202,13 @@ fn workload(sc: &Scenario, graph: &mut Graph, seed: u64) -> Vec<ChangeSpec> {
         let eval_error = Some(root) != graph.tested && rng.f64() < f.eval_error;
         let breaks_eval = rng.f64() < f.whole_eval_failure;
         let conflict = rng.f64() < f.conflict;
-        let per_system = rebuild.len() - usize::from(graph.tested.is_some_and(|t| rebuild.contains(&t)));
+        let per_system =
+            rebuild.len() - usize::from(graph.tested.is_some_and(|t| rebuild.contains(&t)));
         let lane = sc
             .lanes
             .iter()
             .position(|l| l.branch == sc.sizes[b].lane)
             .unwrap_or(0);
-        let _ = geometric; // sizes come from the graph's closures
         out.push(ChangeSpec {
             idx,
             at: t as Millis,
@@ -334,7 +341,9 @@ impl World {
             .iter()
             .any(|&o| o as usize != change && self.changes[o as usize].root == root);
         if ch.conflict || clash {
-            return Err(format!("CONFLICT (content): merge conflict in pkgs/p{root}/default.nix"));
+            return Err(format!(
+                "CONFLICT (content): merge conflict in pkgs/p{root}/default.nix"
+            ));
         }
         let l = l as u32;
         let mut extras = extras.to_vec();
@@ -522,7 +531,10 @@ impl World {
 
     /// Only the given attributes at a commit.
     pub fn evaluate_attrs(&mut self, c: u32, attrs: &[String]) -> Vec<(JobKey, JobResult)> {
-        let ps: Vec<Pkg> = attrs.iter().filter_map(|a| self.graph.parse_attr(a)).collect();
+        let ps: Vec<Pkg> = attrs
+            .iter()
+            .filter_map(|a| self.graph.parse_attr(a))
+            .collect();
         let pkgs = self.scope(&[&ps]);
         let jobs = self.jobs_at(c, &pkgs);
         self.register(c, &jobs);
@@ -541,7 +553,11 @@ impl World {
         let (l, extras) = self.norm(c);
         let b = self.commits[c as usize].branch as usize;
         let mut involved: Vec<usize> = extras.iter().map(|&x| x as usize).collect();
-        involved.extend(self.branches[b].history[lb.min(l)..l].iter().map(|&x| x as usize));
+        involved.extend(
+            self.branches[b].history[lb.min(l)..l]
+                .iter()
+                .map(|&x| x as usize),
+        );
         let tested: Vec<Pkg> = self.graph.tested.into_iter().collect();
         let changes = std::mem::take(&mut self.changes);
         let mut sets: Vec<&[Pkg]> = involved.iter().map(|&x| &changes[x].rebuild[..]).collect();
@@ -572,8 +588,7 @@ impl World {
         if tip != old {
             return Ok(Some(tip));
         }
-        if ln != self.branches[b].history.len() || self.commits[old as usize].branch as usize != b
-        {
+        if ln != self.branches[b].history.len() || self.commits[old as usize].branch as usize != b {
             return Err(format!(
                 "landing {} over {} is not a fast-forward",
                 self.commit_id(new),
@@ -581,7 +596,10 @@ impl World {
             ));
         }
         if !self.evaluated.contains(&new) {
-            return Err(format!("landing {} which was never evaluated", self.commit_id(new)));
+            return Err(format!(
+                "landing {} which was never evaluated",
+                self.commit_id(new)
+            ));
         }
         for &x in &en {
             let x = x as usize;
@@ -590,7 +608,9 @@ impl World {
             }
             let ch = &self.changes[x];
             if ch.breaks_eval || ch.eval_error || ch.conflict {
-                return Err(format!("change {x} landed although it does not evaluate or merge"));
+                return Err(format!(
+                    "change {x} landed although it does not evaluate or merge"
+                ));
             }
             if ch.break_root.is_some() {
                 if self.spurious == 0 {
@@ -631,14 +651,25 @@ mod tests {
     #[test]
     #[ignore]
     fn print_nixpkgs_stats() {
-        let sc = super::super::Scenario::load(std::path::Path::new("scenarios/nixpkgs.toml")).unwrap();
+        let sc =
+            super::super::Scenario::load(std::path::Path::new("scenarios/nixpkgs.toml")).unwrap();
         let w = super::World::new(&sc, 1);
         for (i, b) in w.graph.buckets.iter().enumerate() {
             eprintln!("bucket {i}: {} packages", b.len());
         }
-        let mut sizes: Vec<(usize, usize)> = w.changes.iter().map(|c| (c.lane, c.rebuild.len())).collect();
+        let mut sizes: Vec<(usize, usize)> = w
+            .changes
+            .iter()
+            .map(|c| (c.lane, c.rebuild.len()))
+            .collect();
         sizes.sort();
-        eprintln!("{:?}", sizes.iter().filter(|s| s.1 > 100).collect::<Vec<_>>());
-        eprintln!("total rebuilds {}", sizes.iter().map(|s| s.1).sum::<usize>());
+        eprintln!(
+            "{:?}",
+            sizes.iter().filter(|s| s.1 > 100).collect::<Vec<_>>()
+        );
+        eprintln!(
+            "total rebuilds {}",
+            sizes.iter().map(|s| s.1).sum::<usize>()
+        );
     }
 }
