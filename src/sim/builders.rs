@@ -74,11 +74,7 @@ impl Pool {
         for b in &sc.builders {
             for i in 0..b.count {
                 machines.push(Machine {
-                    name: if b.count > 1 {
-                        format!("{}-{i}", b.name)
-                    } else {
-                        b.name.clone()
-                    },
+                    name: super::mq::machine_name(&b.name, b.count, i),
                     systems: b.systems.iter().fold(0, |m, s| m | 1 << sys(s)),
                     slots: b.slots,
                     busy: 0,
@@ -128,6 +124,22 @@ impl Pool {
         for q in self.queues.iter_mut().flatten() {
             for d in [&mut q.0, &mut q.1] {
                 d.retain(|(_, j)| Some(j.owner) != owner && j.epoch == live_epoch);
+            }
+        }
+    }
+
+    /// Ends the running builds of the core from before a crash: the process that
+    /// supervised them is gone, and so are they.
+    pub fn abort_stale(&mut self, live_epoch: u32) {
+        let ids: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.job.owner == 0 && r.job.epoch != live_epoch)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(r) = self.running.remove(&id) {
+                self.machines[r.machine].busy -= 1;
             }
         }
     }
@@ -190,49 +202,70 @@ impl Pool {
                 if stale(&job) {
                     continue;
                 }
-                let speed = self.machines[m].speed;
-                let base = dur_ms[job.pkg as usize];
-                let mut dur = (base as f64 / speed) as u64 + self.overhead_ms;
-                let flaky = if Some(job.pkg) == tested {
-                    self.tested_flaky
-                } else {
-                    self.flaky
-                };
-                let (class, spurious) = if rng.f64() < self.infra {
-                    dur = (dur as f64 * rng.f64()) as u64;
-                    (OutcomeClass::Infrastructure, false)
-                } else if job.broken {
-                    if job.root {
-                        dur = (dur as f64 * (0.2 + 0.8 * rng.f64())) as u64;
-                        (OutcomeClass::Failed, false)
-                    } else {
-                        // A dependency failed: fails at once.
-                        dur = self.overhead_ms;
-                        (OutcomeClass::DependencyFailed, false)
-                    }
-                } else if rng.f64() < flaky {
-                    dur = (dur as f64 * (0.2 + 0.8 * rng.f64())) as u64;
-                    (OutcomeClass::Failed, true)
-                } else {
-                    (OutcomeClass::Success, false)
-                };
-                self.machines[m].busy += 1;
-                let id = self.next_id;
-                self.next_id += 1;
-                self.running.insert(
-                    id,
-                    Running {
-                        job,
-                        machine: m,
-                        started: now,
-                        class,
-                        spurious,
-                    },
-                );
-                started.push((id, now + dur.max(1) as Millis));
+                started.push(self.start(m, job, now, dur_ms, tested, rng));
             }
         }
         started
+    }
+
+    pub fn machine(&self, name: &str) -> Option<usize> {
+        self.machines.iter().position(|m| m.name == name)
+    }
+
+    /// Starts a build on a machine (its slots are the caller's business: the core's
+    /// scheduler decides). A machine that is down fails it at once.
+    pub fn start(
+        &mut self,
+        m: usize,
+        job: BuildJob,
+        now: Millis,
+        dur_ms: &[u64],
+        tested: Option<Pkg>,
+        rng: &mut fastrand::Rng,
+    ) -> (u64, Millis) {
+        let speed = self.machines[m].speed;
+        let base = dur_ms[job.pkg as usize];
+        let mut dur = (base as f64 / speed) as u64 + self.overhead_ms;
+        let flaky = if Some(job.pkg) == tested {
+            self.tested_flaky
+        } else {
+            self.flaky
+        };
+        let (class, spurious) = if self.machines[m].down {
+            dur = 1000;
+            (OutcomeClass::Infrastructure, false)
+        } else if rng.f64() < self.infra {
+            dur = (dur as f64 * rng.f64()) as u64;
+            (OutcomeClass::Infrastructure, false)
+        } else if job.broken {
+            if job.root {
+                dur = (dur as f64 * (0.2 + 0.8 * rng.f64())) as u64;
+                (OutcomeClass::Failed, false)
+            } else {
+                // A dependency failed: fails at once.
+                dur = self.overhead_ms;
+                (OutcomeClass::DependencyFailed, false)
+            }
+        } else if rng.f64() < flaky {
+            dur = (dur as f64 * (0.2 + 0.8 * rng.f64())) as u64;
+            (OutcomeClass::Failed, true)
+        } else {
+            (OutcomeClass::Success, false)
+        };
+        self.machines[m].busy += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.running.insert(
+            id,
+            Running {
+                job,
+                machine: m,
+                started: now,
+                class,
+                spurious,
+            },
+        );
+        (id, now + dur.max(1) as Millis)
     }
 
     /// A build ended (None when it was already ended by a machine kill).

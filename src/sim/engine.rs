@@ -164,7 +164,19 @@ impl<'a> Env<'a> {
         self.pool.submit(job, &self.world.graph.dur_ms);
     }
 
-    /// Starts whatever builds fit on free slots.
+    /// Starts a build on the machine the core's scheduler chose.
+    pub fn start_on(&mut self, m: usize, job: BuildJob) -> (u64, Millis) {
+        self.pool.start(
+            m,
+            job,
+            self.now,
+            &self.world.graph.dur_ms,
+            self.world.graph.tested,
+            &mut self.rng,
+        )
+    }
+
+    /// Starts whatever builds fit on free slots (the baselines' dispatcher).
     pub fn dispatch(&mut self) {
         let epoch = self.live_epoch;
         let started = self.pool.dispatch(

@@ -6,20 +6,30 @@
 //! records are committed, after committing but before performing its effects), build
 //! results are lost or delivered twice, and builders die.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::builders::{BuildJob, Running};
 use super::engine::{Driver, Env, Ev, RejectKind};
 use super::world::{head_of, idx_of_ref, ref_of};
 use crate::change::{Change, ChangeId, ChangeState, Priority};
+use crate::core::scheduler::{BuilderSpec, StepInfo};
 use crate::core::{
-    CandId, Candidate, Command, Core, CoreConfig, Input, LandResult, LaneConfig, Memo, Phase,
-    Prepared, ProbeResult, Record, RepoConfig, Submission,
+    BuilderIdentity, CandId, Candidate, Command, Core, CoreConfig, Input, LandResult, LaneConfig,
+    Memo, Phase, Prepared, ProbeResult, Record, RepoConfig, Submission,
 };
 use crate::outcome::{BuildReport, OutcomeClass};
 
 pub const REPO: &str = "nixpkgs";
+const BIG: &str = "big-parallel";
+
+pub fn machine_name(name: &str, count: usize, i: usize) -> String {
+    if count > 1 {
+        format!("{name}-{i}")
+    } else {
+        name.to_string()
+    }
+}
 
 #[derive(Default)]
 struct Db {
@@ -53,10 +63,30 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
             )
         })
         .collect();
+    // The fleet as the core's scheduler sees it. Long builds require `big-parallel`,
+    // which big-parallel machines make mandatory and every machine supports.
+    let mut builders = vec![];
+    for b in &sc.builders {
+        for i in 0..b.count {
+            let big: BTreeSet<String> = [BIG.to_string()].into();
+            builders.push(BuilderSpec {
+                id: machine_name(&b.name, b.count, i),
+                systems: b.systems.iter().cloned().collect(),
+                supported: big.clone(),
+                mandatory: if b.big_parallel { big } else { BTreeSet::new() },
+                max_jobs: b.slots,
+                speed: b.speed,
+            });
+        }
+    }
     CoreConfig {
         repos: BTreeMap::from([(REPO.to_string(), RepoConfig { lanes })]),
         failure_ttl_ms: 24 * 3_600_000,
         retry_delay_ms: 5_000,
+        builders,
+        infra_retries: 5,
+        quarantine_after: 3,
+        probe_delay_ms: 30_000,
     }
 }
 
@@ -174,6 +204,7 @@ impl CoreDriver {
                 }
                 self.db.memo.insert(drv, memo);
             }
+            Record::BuilderDrained { .. } => {}
             Record::Event { text, .. } => {
                 if std::env::var_os("MQ_SIM_DEBUG").is_some() {
                     eprintln!("[{:8.3} h] {text}", env.now as f64 / 3.6e6);
@@ -240,13 +271,16 @@ impl CoreDriver {
                 let d = env.secs(t.land_secs);
                 env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
             }
-            Command::Build { drv, .. } => {
+            Command::Build { drv, builder, .. } => {
                 let Some(info) = env.world.drvs.get(drv).cloned() else {
                     return env.violate(format!(
                         "asked to build {drv}, which no evaluation produced"
                     ));
                 };
-                env.submit_build(BuildJob {
+                let Some(m) = env.pool.machine(builder) else {
+                    return env.violate(format!("asked to build on unknown builder {builder}"));
+                };
+                let job = BuildJob {
                     drv: drv.clone(),
                     pkg: info.pkg,
                     sys: info.sys,
@@ -255,8 +289,14 @@ impl CoreDriver {
                     prio: info.lane,
                     broken: info.broken,
                     root: info.root,
-                });
-                env.dispatch();
+                };
+                let (id, at) = env.start_on(m, job);
+                env.at(at, Ev::BuildDone(id));
+            }
+            Command::Inspect { .. }
+            | Command::QueryReferrers { .. }
+            | Command::ProbeBuilder { .. } => {
+                env.at(now + 100, Ev::Perform(Box::new(cmd), self.epoch));
             }
             Command::Record(_) => unreachable!("records are applied in pump"),
         }
@@ -371,6 +411,47 @@ impl CoreDriver {
                 };
                 Input::Landed { cand, result }
             }
+            Command::Inspect { drvs } => {
+                let big_ms = (env.sc.build_times.big_parallel_above_secs * 1000.0) as u64;
+                let infos = drvs
+                    .into_iter()
+                    .map(|d| {
+                        let info = env.world.drvs.get(&d).map(|i| {
+                            let mut features = BTreeSet::new();
+                            if env.world.graph.dur_ms[i.pkg as usize] > big_ms {
+                                features.insert(BIG.to_string());
+                            }
+                            StepInfo {
+                                system: env.world.systems[i.sys as usize].clone(),
+                                features,
+                                inputs: vec![],
+                                weight_ms: None,
+                            }
+                        });
+                        (d, info.ok_or_else(|| "no such derivation".to_string()))
+                    })
+                    .collect();
+                Input::Inspected { infos }
+            }
+            // Dependency-failure marking is not modelled: no referrers.
+            Command::QueryReferrers { root } => Input::Referrers { root, drvs: vec![] },
+            Command::ProbeBuilder { builder } => {
+                let up = env
+                    .pool
+                    .machine(&builder)
+                    .is_some_and(|m| !env.pool.machines[m].down);
+                Input::BuilderProbed {
+                    builder,
+                    result: if up {
+                        Ok(BuilderIdentity {
+                            implementation: "Nix".into(),
+                            version: "2.24.0".into(),
+                        })
+                    } else {
+                        Err("ssh: connect to host: Connection refused".into())
+                    },
+                }
+            }
             Command::Build { .. } | Command::Record(_) => return None,
         })
     }
@@ -411,6 +492,7 @@ impl CoreDriver {
         self.eval_queue.clear();
         self.wake_at = None;
         env.pool.cancel_queued(None, self.epoch);
+        env.pool.abort_stale(self.epoch);
         self.core = Core::restore(
             self.cfg.clone(),
             self.db.changes.values().cloned().collect(),
@@ -489,6 +571,7 @@ impl Driver for CoreDriver {
                 String::new()
             },
             root_drv: None,
+            log_path: None,
             builder: env.pool.machines[r.machine].name.clone(),
             duration_ms: (env.now - r.started).max(0) as u64,
         };

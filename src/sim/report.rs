@@ -317,4 +317,3 @@ pub fn compare(rs: &[Report]) -> String {
     s += "\nlatencies in hours from accept to landed on the target (channel: n/a until channel gating lands); \"> end\" = not landed before the run ended\n";
     s
 }
-
