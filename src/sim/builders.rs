@@ -184,7 +184,7 @@ impl Pool {
                             }
                             if let Some((seq, _)) = head {
                                 let k = (lvl, *seq);
-                                if best.map_or(true, |b| k < b.0) {
+                                if best.is_none_or(|b| k < b.0) {
                                     best = Some((k, s, lvl, is_long));
                                 }
                             }

@@ -127,7 +127,7 @@ impl CoreDriver {
             }
         }
         if let Some(t) = self.core.next_wakeup() {
-            if self.wake_at.map_or(true, |w| t < w) {
+            if self.wake_at.is_none_or(|w| t < w) {
                 self.wake_at = Some(t);
                 env.at(t, Ev::Wake);
             }
