@@ -173,7 +173,7 @@ pub fn build(
         not_final_at_end: m.arrived - m.finals,
         goals_hours: goals,
         latency_landed_hours: lat,
-        latency_channel_hours: "n/a (channel gating is not in the core yet)".into(),
+        latency_channel_hours: "n/a (channels are not simulated yet)".into(),
         channel_advances_per_day: "n/a".into(),
         build_attempts,
         build_hours: r3(build_hours),
@@ -314,6 +314,6 @@ pub fn compare(rs: &[Report]) -> String {
             util * 100.0
         );
     }
-    s += "\nlatencies in hours from accept to landed on the target (channel: n/a until channel gating lands); \"> end\" = not landed before the run ended\n";
+    s += "\nlatencies in hours from accept to landed on the target (channel: n/a, channels are not simulated yet); \"> end\" = not landed before the run ended\n";
     s
 }
