@@ -21,6 +21,7 @@ pub mod nix;
 pub mod outcome;
 pub mod prereq;
 pub mod serve;
+pub mod sim;
 pub mod status;
 pub mod store;
 pub mod systemd;

@@ -90,6 +90,8 @@ enum Cmd {
         #[command(subcommand)]
         which: ChannelCmd,
     },
+    /// Run the core in a discrete-event simulation (see docs/simulation.md).
+    Simulate(mergequeue::sim::SimArgs),
     /// Benchmarks (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -196,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Simulate(args) => mergequeue::sim::main(args),
         Cmd::Bench { which } => mergequeue::bench::run(which).await,
     }
 }

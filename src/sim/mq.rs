@@ -1,0 +1,645 @@
+//! The product's own policy: the real `crate::core::Core`, driven as the live driver
+//! drives it. Commands become timed events against the simulated world; `Record`s are
+//! applied to an in-memory database (what SQLite would hold), from which the core is
+//! rebuilt with `Core::restore` after a simulated crash. With faults on, the coordinator
+//! crashes at random points (before handling a result, after handling it but before its
+//! records are committed, after committing but before performing its effects), build
+//! results are lost or delivered twice, and builders die.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use super::builders::{BuildJob, Running};
+use super::engine::{Driver, Env, Ev, RejectKind};
+use super::world::{head_of, idx_of_ref, ref_of};
+use crate::change::{Change, ChangeId, ChangeState, Priority};
+use crate::core::scheduler::{BuilderSpec, StepInfo};
+use crate::core::{
+    BuilderIdentity, CandId, Candidate, Command, Core, CoreConfig, Input, LandResult, LaneConfig,
+    Memo, Phase, Prepared, ProbeResult, Record, RepoConfig, Submission,
+};
+use crate::outcome::{BuildReport, OutcomeClass};
+
+pub const REPO: &str = "nixpkgs";
+const BIG: &str = "big-parallel";
+
+pub fn machine_name(name: &str, count: usize, i: usize) -> String {
+    if count > 1 {
+        format!("{name}-{i}")
+    } else {
+        name.to_string()
+    }
+}
+
+#[derive(Default)]
+struct Db {
+    changes: BTreeMap<ChangeId, Change>,
+    candidates: BTreeMap<CandId, Candidate>,
+    memo: BTreeMap<String, Memo>,
+}
+
+/// What the SQLite store keeps of a candidate (the working state is not persisted).
+fn stored(c: &Candidate) -> Candidate {
+    let mut c = c.clone();
+    c.targets.clear();
+    c.pending.clear();
+    c.eval_blockers.clear();
+    c.attribution = None;
+    c
+}
+
+pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> CoreConfig {
+    let lanes = sc
+        .lanes
+        .iter()
+        .map(|l| {
+            (
+                l.branch.clone(),
+                LaneConfig {
+                    batch_max: batch_max.unwrap_or(l.batch_max),
+                    required: l.required.clone(),
+                    batch_delay_ms: (l.batch_delay_minutes * 60_000.0) as i64,
+                },
+            )
+        })
+        .collect();
+    // The fleet as the core's scheduler sees it. Long builds require `big-parallel`,
+    // which big-parallel machines make mandatory and every machine supports.
+    let mut builders = vec![];
+    for b in &sc.builders {
+        for i in 0..b.count {
+            let big: BTreeSet<String> = [BIG.to_string()].into();
+            builders.push(BuilderSpec {
+                id: machine_name(&b.name, b.count, i),
+                systems: b.systems.iter().cloned().collect(),
+                supported: big.clone(),
+                mandatory: if b.big_parallel { big } else { BTreeSet::new() },
+                max_jobs: b.slots,
+                speed: b.speed,
+            });
+        }
+    }
+    CoreConfig {
+        repos: BTreeMap::from([(REPO.to_string(), RepoConfig { lanes })]),
+        failure_ttl_ms: 24 * 3_600_000,
+        retry_delay_ms: 5_000,
+        builders,
+        infra_retries: 5,
+        quarantine_after: 3,
+        probe_delay_ms: 30_000,
+        // Channel gating is in the core now, but not in the simulated world yet: no
+        // channels, so accept -> channel is reported as n/a.
+        channels: BTreeMap::new(),
+    }
+}
+
+pub struct CoreDriver {
+    cfg: CoreConfig,
+    core: Core,
+    db: Db,
+    epoch: u32,
+    evals_busy: usize,
+    eval_queue: VecDeque<Command>,
+    wake_at: Option<i64>,
+    submitted: usize,
+    /// The evaluation scope of each requested commit, fixed when the core asks (the base
+    /// and the candidate of one step must be evaluated over the same packages).
+    scopes: BTreeMap<String, Vec<usize>>,
+}
+
+impl CoreDriver {
+    pub fn new(cfg: CoreConfig) -> CoreDriver {
+        CoreDriver {
+            core: Core::new(cfg.clone()),
+            cfg,
+            db: Db::default(),
+            epoch: 0,
+            evals_busy: 0,
+            eval_queue: VecDeque::new(),
+            wake_at: None,
+            submitted: 0,
+            scopes: BTreeMap::new(),
+        }
+    }
+
+    fn pump(&mut self, env: &mut Env) {
+        for cmd in self.core.take_commands() {
+            match cmd {
+                Command::Record(r) => self.apply(env, r),
+                other => self.launch(env, other),
+            }
+        }
+        if let Some(t) = self.core.next_wakeup() {
+            if self.wake_at.is_none_or(|w| t < w) {
+                self.wake_at = Some(t);
+                env.at(t, Ev::Wake);
+            }
+        }
+    }
+
+    fn apply(&mut self, env: &mut Env, r: Record) {
+        match r {
+            Record::Change(c) => {
+                let Some(idx) = idx_of_ref(&c.git_ref) else {
+                    return env.violate(format!("unknown ref {}", c.git_ref));
+                };
+                if let Some(prev) = self.db.changes.get(&c.id) {
+                    if prev.state.is_final() && prev.state != c.state {
+                        env.violate(format!(
+                            "#{} went from {} to {}",
+                            c.id,
+                            prev.state.as_str(),
+                            c.state.as_str()
+                        ));
+                    }
+                }
+                match c.state {
+                    ChangeState::Merged => match env.world.landed_at[idx] {
+                        None => env.violate(format!(
+                            "#{} recorded merged but is not on the target",
+                            c.id
+                        )),
+                        Some(t) => {
+                            let now = env.now;
+                            env.now = t;
+                            env.landed(idx);
+                            env.now = now;
+                        }
+                    },
+                    ChangeState::Rejected => {
+                        if env.world.landed_at[idx].is_some() {
+                            env.violate(format!("#{} rejected but it is on the target", c.id));
+                        }
+                        let kind = if c
+                            .reason
+                            .as_deref()
+                            .unwrap_or("")
+                            .starts_with("merge conflict")
+                        {
+                            RejectKind::Conflict
+                        } else {
+                            RejectKind::Failure
+                        };
+                        if std::env::var_os("MQ_SIM_DEBUG").is_some()
+                            && !env.world.changes[idx].bad()
+                        {
+                            eprintln!(
+                                "false rejection of change {idx}: {:?}\n  {:?}",
+                                c.reason, env.world.changes[idx]
+                            );
+                        }
+                        env.rejected(idx, kind);
+                    }
+                    ChangeState::Cancelled => env.violate(format!("#{} cancelled unasked", c.id)),
+                    _ => {}
+                }
+                self.db.changes.insert(c.id, c);
+            }
+            Record::Candidate(c) => {
+                self.db.candidates.insert(c.id, stored(&c));
+            }
+            Record::Memo { drv, memo } => {
+                if !memo.class.is_verdict() {
+                    env.violate(format!(
+                        "remembered a non-verdict {:?} for {drv}",
+                        memo.class
+                    ));
+                }
+                self.db.memo.insert(drv, memo);
+            }
+            Record::BuilderDrained { .. } => {}
+            Record::Channel(_) | Record::ChannelAdvance { .. } => {
+                env.violate("a channel record although no channel is configured".into())
+            }
+            Record::Event { text, .. } => {
+                if std::env::var_os("MQ_SIM_DEBUG").is_some() {
+                    eprintln!("[{:8.3} h] {text}", env.now as f64 / 3.6e6);
+                }
+            }
+        }
+    }
+
+    fn eval_duration(&self, env: &mut Env, commit: &str) -> i64 {
+        let known = env
+            .world
+            .commit(commit)
+            .is_some_and(|c| env.world.is_evaluated(c));
+        if known {
+            env.secs(env.sc.timing.eval_cached_secs)
+        } else {
+            let (lo, hi) = env.sc.timing.eval_minutes;
+            let m = lo + env.rng.f64() * (hi - lo).max(0.0);
+            (m * 60_000.0) as i64
+        }
+    }
+
+    fn start_evals(&mut self, env: &mut Env) {
+        while self.evals_busy < env.sc.timing.eval_workers {
+            let Some(cmd) = self.eval_queue.pop_front() else {
+                break;
+            };
+            let Command::Evaluate { commit, .. } = &cmd else {
+                continue;
+            };
+            let d = self.eval_duration(env, commit);
+            self.evals_busy += 1;
+            env.at(env.now + d, Ev::Perform(Box::new(cmd), self.epoch));
+        }
+    }
+
+    fn launch(&mut self, env: &mut Env, cmd: Command) {
+        let t = &env.sc.timing;
+        let now = env.now;
+        match &cmd {
+            Command::Prepare { changes, .. } => {
+                let d = env.secs(t.prepare_secs * changes.len().max(1) as f64);
+                env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
+            }
+            Command::Evaluate { commit, .. } => {
+                if let Some(c) = env.world.commit(commit) {
+                    let b = env.world.branch_name(c).to_string();
+                    self.scopes.insert(commit.clone(), self.live(&b));
+                }
+                self.eval_queue.push_back(cmd);
+                self.start_evals(env);
+            }
+            Command::Probe { attrs, base, .. } => {
+                let d = match attrs {
+                    Some(_) => env.secs(t.probe_secs),
+                    None => {
+                        let b = base.clone();
+                        self.eval_duration(env, &b)
+                    }
+                };
+                env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
+            }
+            Command::Land { .. } => {
+                let d = env.secs(t.land_secs);
+                env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
+            }
+            Command::Build { drv, builder, .. } => {
+                let Some(info) = env.world.drvs.get(drv).cloned() else {
+                    return env.violate(format!(
+                        "asked to build {drv}, which no evaluation produced"
+                    ));
+                };
+                let Some(m) = env.pool.machine(builder) else {
+                    return env.violate(format!("asked to build on unknown builder {builder}"));
+                };
+                let job = BuildJob {
+                    drv: drv.clone(),
+                    pkg: info.pkg,
+                    sys: info.sys,
+                    owner: 0,
+                    epoch: self.epoch,
+                    prio: info.lane,
+                    broken: info.broken,
+                    root: info.root,
+                };
+                let (id, at) = env.start_on(m, job);
+                env.at(at, Ev::BuildDone(id));
+            }
+            Command::Inspect { .. }
+            | Command::QueryReferrers { .. }
+            | Command::ProbeBuilder { .. } => {
+                env.at(now + 100, Ev::Perform(Box::new(cmd), self.epoch));
+            }
+            Command::PollSource { .. }
+            | Command::AdvanceChannel { .. }
+            | Command::PublishArtifacts { .. } => {
+                env.violate(format!("channel command without channels: {cmd:?}"))
+            }
+            Command::Record(_) => unreachable!("records are applied in pump"),
+        }
+    }
+
+    /// Changes still queued or testing on a branch: the evaluation scope.
+    fn live(&self, branch: &str) -> Vec<usize> {
+        self.core
+            .changes()
+            .filter(|c| {
+                c.target == branch && matches!(c.state, ChangeState::Queued | ChangeState::Testing)
+            })
+            .filter_map(|c| idx_of_ref(&c.git_ref))
+            .collect()
+    }
+
+    fn perform(&mut self, env: &mut Env, cmd: Command) -> Option<Input> {
+        let w = &mut env.world;
+        Some(match cmd {
+            Command::Prepare {
+                cand,
+                branch,
+                changes,
+                ..
+            } => {
+                let b = w.branch_index(&branch)?;
+                let base = w.tip(b);
+                let mut cur = base;
+                let (mut heads, mut merged, mut conflicts) = (vec![], vec![], vec![]);
+                for (id, git_ref) in changes {
+                    let idx = idx_of_ref(&git_ref)?;
+                    heads.push((id, head_of(idx)));
+                    match w.merge(cur, idx) {
+                        Ok(c) => {
+                            cur = c;
+                            merged.push((id, w.commit_id(c).to_string()));
+                        }
+                        Err(why) => conflicts.push((id, why)),
+                    }
+                }
+                Input::Prepared {
+                    cand,
+                    result: Ok(Prepared {
+                        base: w.commit_id(base).to_string(),
+                        heads,
+                        merged,
+                        conflicts,
+                    }),
+                }
+            }
+            Command::Evaluate { commit, .. } => {
+                self.evals_busy = self.evals_busy.saturating_sub(1);
+                let c = w.commit(&commit)?;
+                let scope = self.scopes.remove(&commit).unwrap_or_default();
+                Input::Evaluated {
+                    eval: Arc::new(env.world.evaluate(c, &scope)),
+                }
+            }
+            Command::Probe {
+                probe,
+                base,
+                heads,
+                attrs,
+                ..
+            } => {
+                let c = w.commit(&base)?;
+                let idxs: Vec<usize> = heads.iter().filter_map(|h| w.change_of_head(h)).collect();
+                let result = match w.merge_all(c, &idxs) {
+                    Err(why) => ProbeResult::Conflict(why),
+                    Ok(pc) => match attrs {
+                        Some(attrs) => ProbeResult::Attrs {
+                            commit: w.commit_id(pc).to_string(),
+                            jobs: w.evaluate_attrs(pc, &attrs),
+                        },
+                        None => {
+                            let branch = w.branch_name(pc).to_string();
+                            let scope = self.live(&branch);
+                            ProbeResult::Full {
+                                eval: Arc::new(env.world.evaluate(pc, &scope)),
+                            }
+                        }
+                    },
+                };
+                Input::Probed {
+                    probe,
+                    result: Ok(result),
+                }
+            }
+            Command::Land { cand, old, new, .. } => {
+                // Only a recorded, passed candidate may be landed: the database must say
+                // so before the push.
+                let row = self.db.candidates.get(&cand);
+                let ok = row.is_some_and(|r| {
+                    r.phase == Phase::Landing
+                        && r.commit() == Some(new.as_str())
+                        && r.base.as_deref() == Some(old.as_str())
+                });
+                if !ok {
+                    env.violate(format!("Land of candidate {cand} not recorded as passed"));
+                    return None;
+                }
+                let (o, n) = (w.commit(&old)?, w.commit(&new)?);
+                let result = match w.land(o, n, env.now) {
+                    Err(v) => {
+                        env.violate(v);
+                        return None;
+                    }
+                    Ok(None) => LandResult::Landed,
+                    Ok(Some(tip)) => LandResult::Moved {
+                        tip: w.commit_id(tip).to_string(),
+                    },
+                };
+                Input::Landed { cand, result }
+            }
+            Command::Inspect { drvs } => {
+                let big_ms = (env.sc.build_times.big_parallel_above_secs * 1000.0) as u64;
+                let infos = drvs
+                    .into_iter()
+                    .map(|d| {
+                        let info = env.world.drvs.get(&d).map(|i| {
+                            let mut features = BTreeSet::new();
+                            if env.world.graph.dur_ms[i.pkg as usize] > big_ms {
+                                features.insert(BIG.to_string());
+                            }
+                            StepInfo {
+                                system: env.world.systems[i.sys as usize].clone(),
+                                features,
+                                inputs: vec![],
+                                weight_ms: None,
+                            }
+                        });
+                        (d, info.ok_or_else(|| "no such derivation".to_string()))
+                    })
+                    .collect();
+                Input::Inspected { infos }
+            }
+            // Dependency-failure marking is not modelled: no referrers.
+            Command::QueryReferrers { root } => Input::Referrers { root, drvs: vec![] },
+            Command::ProbeBuilder { builder } => {
+                let up = env
+                    .pool
+                    .machine(&builder)
+                    .is_some_and(|m| !env.pool.machines[m].down);
+                Input::BuilderProbed {
+                    builder,
+                    result: if up {
+                        Ok(BuilderIdentity {
+                            implementation: "Nix".into(),
+                            version: "2.24.0".into(),
+                        })
+                    } else {
+                        Err("ssh: connect to host: Connection refused".into())
+                    },
+                }
+            }
+            Command::Build { .. }
+            | Command::Record(_)
+            | Command::PollSource { .. }
+            | Command::AdvanceChannel { .. }
+            | Command::PublishArtifacts { .. } => return None,
+        })
+    }
+
+    fn deliver(&mut self, env: &mut Env, input: Input) {
+        if env.faults && env.rng.f64() < env.sc.faults.crash {
+            match env.rng.u32(0..3) {
+                0 => {} // crashed before handling the result
+                1 => {
+                    // Handled, but the step's records were never committed.
+                    self.core.handle(input, env.now);
+                    self.core.take_commands();
+                }
+                _ => {
+                    // Committed, but the step's effects were never performed.
+                    self.core.handle(input, env.now);
+                    for cmd in self.core.take_commands() {
+                        if let Command::Record(r) = cmd {
+                            self.apply(env, r);
+                        }
+                    }
+                }
+            }
+            env.m.crashes += 1;
+            self.restart(env);
+            return;
+        }
+        self.core.handle(input, env.now);
+        self.pump(env);
+    }
+
+    /// Rebuilds the core from the database, as after `kill -9` and a restart. Everything
+    /// in flight is lost with the process.
+    fn restart(&mut self, env: &mut Env) {
+        self.epoch += 1;
+        env.live_epoch = self.epoch;
+        self.evals_busy = 0;
+        self.eval_queue.clear();
+        self.wake_at = None;
+        env.pool.cancel_queued(None, self.epoch);
+        env.pool.abort_stale(self.epoch);
+        self.core = Core::restore(
+            self.cfg.clone(),
+            self.db.changes.values().cloned().collect(),
+            self.db.candidates.values().cloned().collect(),
+            self.db
+                .memo
+                .iter()
+                .map(|(d, m)| (d.clone(), m.clone()))
+                .collect(),
+            vec![],
+            env.now,
+        );
+        let n = self.core.changes().count();
+        if n != self.submitted {
+            env.violate(format!(
+                "{} accepted changes, {n} after restart: an accepted change was lost",
+                self.submitted
+            ));
+        }
+        self.pump(env);
+    }
+}
+
+impl Driver for CoreDriver {
+    fn arrive(&mut self, env: &mut Env, idx: usize) {
+        let ch = &env.world.changes[idx];
+        let s = Submission {
+            repo: REPO.into(),
+            target: env.sc.lanes[ch.lane].branch.clone(),
+            git_ref: ref_of(idx),
+            head: head_of(idx),
+            title: format!("p{}: update", ch.root),
+            author: "sim".into(),
+            priority: Priority::Normal,
+        };
+        match self.core.submit(s, env.now) {
+            Ok(_) => self.submitted += 1,
+            Err(e) => env.violate(format!("submission refused: {e:?}")),
+        }
+        self.pump(env);
+    }
+
+    fn event(&mut self, env: &mut Env, ev: Ev) {
+        match ev {
+            Ev::Perform(cmd, epoch) => {
+                if epoch != self.epoch {
+                    return; // issued by a process that has since crashed
+                }
+                let is_eval = matches!(*cmd, Command::Evaluate { .. });
+                if let Some(input) = self.perform(env, *cmd) {
+                    self.deliver(env, input);
+                }
+                if is_eval {
+                    self.start_evals(env);
+                }
+            }
+            Ev::Wake => {
+                self.wake_at = None;
+                self.core.handle(Input::Tick, env.now);
+                self.pump(env);
+            }
+            _ => {}
+        }
+    }
+
+    fn built(&mut self, env: &mut Env, r: Running) {
+        if r.job.owner != 0 || r.job.epoch != self.epoch {
+            return;
+        }
+        let failed = !matches!(r.class, OutcomeClass::Success);
+        let report = BuildReport {
+            drv_path: r.job.drv.clone(),
+            class: r.class,
+            log_tail: if failed {
+                format!("error: builder for '{}' failed with exit code 2", r.job.drv)
+            } else {
+                String::new()
+            },
+            root_drv: None,
+            log_path: None,
+            builder: env.pool.machines[r.machine].name.clone(),
+            duration_ms: (env.now - r.started).max(0) as u64,
+        };
+        if env.faults {
+            if env.rng.f64() < env.sc.faults.lose_build_result {
+                env.m.lost_results += 1;
+                return;
+            }
+            if env.rng.f64() < env.sc.faults.duplicate_build_result {
+                env.m.duplicated_results += 1;
+                self.deliver(env, Input::Built(report.clone()));
+            }
+        }
+        self.deliver(env, Input::Built(report));
+    }
+
+    fn depth(&self, _env: &Env) -> (usize, usize) {
+        let mut q = (0, 0);
+        for c in self.core.changes() {
+            match c.state {
+                ChangeState::Queued => q.0 += 1,
+                ChangeState::Testing => q.1 += 1,
+                _ => {}
+            }
+        }
+        q
+    }
+
+    fn heal(&mut self, env: &mut Env) {
+        // Lost results leave builds the core waits for forever (it has no timeout): only a
+        // restart re-requests them. An operator restart ends the fault phase.
+        self.restart(env);
+    }
+
+    fn finish(&mut self, env: &mut Env) {
+        env.m.extra_builds = self.core.candidates().map(|c| c.extra_builds as u64).sum();
+        for c in self.core.changes() {
+            if self.db.changes.get(&c.id) != Some(c) {
+                env.violate(format!("#{}: the database disagrees with the core", c.id));
+            }
+            let Some(idx) = idx_of_ref(&c.git_ref) else {
+                continue;
+            };
+            let on_target = env.world.landed_at[idx].is_some();
+            if on_target != (c.state == ChangeState::Merged) {
+                env.violate(format!(
+                    "#{} is {} but {} the target",
+                    c.id,
+                    c.state.as_str(),
+                    if on_target { "on" } else { "not on" }
+                ));
+            }
+        }
+    }
+}
