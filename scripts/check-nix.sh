@@ -57,9 +57,28 @@ EOF
     fi
 done
 
-# ---- 3. evaluate the module with nixpkgs' lib -----------------------------------
+# ---- 3. check-config on the rendered files --------------------------------------
+if [ -n "${MERGEQUEUE_BIN:-}" ]; then
+    for toml in vm-tests/config/*.toml; do
+        case $toml in
+        *-bad.toml)
+            if out=$("$MERGEQUEUE_BIN" check-config --config "$toml" 2>&1); then
+                die "check-config accepted $toml"
+            elif ! grep -Eq "^$toml:[0-9]+:[0-9]+: " <<<"$out"; then
+                die "check-config's error for $toml has no FILE:LINE:COL: $out"
+            fi
+            ;;
+        *)
+            "$MERGEQUEUE_BIN" check-config --config "$toml" || die "check-config rejected $toml"
+            ;;
+        esac
+    done
+fi
+
+# ---- 4. evaluate the module with nixpkgs' lib -----------------------------------
 if [ -z "${NIXPKGS_LIB:-}" ]; then
     echo "check-nix: NIXPKGS_LIB not set; skipping module evaluation"
+    [ "$fail" = 0 ] && echo "check-nix: ok"
     exit "$fail"
 fi
 lib_dir=$NIXPKGS_LIB
@@ -212,7 +231,7 @@ for name in ["basic", "basic-bad", "queue", "builder-crash", "channel"]:
 sys.exit(0 if ok else 1)
 EOF
 
-# ---- 4. the flake's outputs and the VM tests' Python ----------------------------
+# ---- 5. the flake's outputs and the VM tests' Python ----------------------------
 flake_json=$(mktemp)
 trap 'rm -f "$scenarios" "$flake_json"' EXIT
 if ! nix-instantiate --eval --strict --json nixos/check/eval.nix \
@@ -277,24 +296,6 @@ for name, test in sorted(flake["tests"].items()):
             problem(f"vm-tests/{name}.nix: pyflakes:\n{r.stdout}{r.stderr}")
 sys.exit(0 if ok else 1)
 EOF
-
-# ---- 5. check-config on the rendered files --------------------------------------
-if [ -n "${MERGEQUEUE_BIN:-}" ]; then
-    for toml in vm-tests/config/*.toml; do
-        case $toml in
-        *-bad.toml)
-            if out=$("$MERGEQUEUE_BIN" check-config --config "$toml" 2>&1); then
-                die "check-config accepted $toml"
-            elif ! grep -Eq "^$toml:[0-9]+:[0-9]+: " <<<"$out"; then
-                die "check-config's error for $toml has no FILE:LINE:COL: $out"
-            fi
-            ;;
-        *)
-            "$MERGEQUEUE_BIN" check-config --config "$toml" || die "check-config rejected $toml"
-            ;;
-        esac
-    done
-fi
 
 if [ "$fail" = 0 ]; then
     echo "check-nix: ok"
