@@ -61,12 +61,14 @@
     change = submit("pkgs", "refs/heads/change-slow", "master", "add a slow package")
 
     with subtest("kill the builder's daemon mid-build"):
-        builder.wait_until_succeeds("pgrep -f mq-slow-marker", timeout=600)
+        # The driver runs each command as `timeout N bash -c '...'`, whose command
+        # lines contain the pattern too: `[m]` keeps pgrep/pkill from matching them.
+        builder.wait_until_succeeds("pgrep -f '[m]q-slow-marker'", timeout=600)
         builder.succeed(
-            "pkill -KILL -f 'nix-daemon --stdio' || true",
+            "pkill -KILL -f '[n]ix-daemon --stdio' || true",
             "systemctl kill --signal=KILL nix-daemon.service",
         )
-        builder.wait_until_fails("pgrep -f mq-slow-marker", timeout=60)
+        builder.wait_until_fails("pgrep -f '[m]q-slow-marker'", timeout=60)
 
     with subtest("the change is retried and lands"):
         wait_for_state("pkgs", change, "merged")
