@@ -64,9 +64,8 @@
     coordinator.wait_for_open_port(${toString common.port})
 
     with subtest("the builder is reachable as the service user"):
-        coordinator.succeed(
-            "curl -sSf http://127.0.0.1:8080/api/v1/builders | grep -q 'ssh-ng://mergequeue-builder@builder'"
-        )
+        builders = coordinator.succeed("curl -sSf http://127.0.0.1:8080/api/v1/builders")
+        assert "ssh-ng://mergequeue-builder@builder" in builders, builders
 
     with subtest("submit three changes, one bad"):
         ids = [
