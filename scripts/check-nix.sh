@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Checks the Nix side of the repository on machines without nixpkgs.
 #
-#   scripts/check-nix.sh            parse every .nix file (nix-instantiate --parse)
+#   scripts/check-nix.sh            parse every .nix file (nix-instantiate --parse);
+#                                   with busybox installed, also build the VM tests'
+#                                   package set (vm-tests/fixture) with it
 #   NIXPKGS_LIB=/path/to/nixpkgs.lib scripts/check-nix.sh
 #                                   also evaluate nixos/module.nix with that `lib`
 #                                   (nixos/check/eval.nix), check the scenarios, and
 #                                   compare vm-tests/config/*.toml with what the VM
-#                                   tests' settings render to
+#                                   tests' settings render to, and that every option
+#                                   has a description
 #   ... scripts/check-nix.sh --update   rewrite vm-tests/config/*.toml instead
 #   MERGEQUEUE_BIN=target/debug/mergequeue scripts/check-nix.sh
 #                                   also run `mergequeue check-config` on them
@@ -75,7 +78,36 @@ if [ -n "${MERGEQUEUE_BIN:-}" ]; then
     done
 fi
 
-# ---- 4. evaluate the module with nixpkgs' lib -----------------------------------
+# ---- 4. the VM tests' package set builds, and a broken package breaks its gate --
+# With a local busybox standing in for nixpkgs' (as vm-tests/common.nix substitutes
+# @busybox@), and the package contents the VM tests push.
+if bb=$(command -v busybox); then
+    fx=$(mktemp -d)
+    mkdir -p "$fx/bb/bin"
+    cp "$bb" "$fx/bb/bin/busybox"
+    for applet in $("$bb" --list); do
+        [ "$applet" = busybox ] || ln -s busybox "$fx/bb/bin/$applet"
+    done
+    bb_path=$(nix-store --add "$fx/bb")
+    cp -r vm-tests/fixture "$fx/fixture"
+    chmod -R u+w "$fx/fixture"
+    sed -i "s|@busybox@|$bb_path|" "$fx/fixture/release.nix"
+    printf '%s\n' '{ mk }: mk "slow-1" ": mq-slow-marker; sleep 1; echo slow > $out"' >"$fx/fixture/pkgs/slow.nix"
+    if ! nix-build "$fx/fixture/release.nix" -A tested --no-out-link >/dev/null 2>"$fx/log"; then
+        die "vm-tests/fixture does not build:"
+        tail -5 "$fx/log" >&2
+    fi
+    printf '%s\n' '{ mk }: mk "hello-broken" "exit 1"' >"$fx/fixture/pkgs/hello.nix"
+    if nix-build "$fx/fixture/release.nix" -A tested --no-out-link >/dev/null 2>&1; then
+        die "vm-tests/fixture: the gate builds with a broken package"
+    fi
+    rm -rf "$fx"
+    echo "check-nix: built vm-tests/fixture with $bb"
+else
+    echo "check-nix: busybox not found; skipping the VM tests' fixture"
+fi
+
+# ---- 5. evaluate the module with nixpkgs' lib -----------------------------------
 if [ -z "${NIXPKGS_LIB:-}" ]; then
     echo "check-nix: NIXPKGS_LIB not set; skipping module evaluation"
     [ "$fail" = 0 ] && echo "check-nix: ok"
@@ -231,9 +263,32 @@ for name in ["basic", "basic-bad", "queue", "builder-crash", "channel"]:
 sys.exit(0 if ok else 1)
 EOF
 
-# ---- 5. the flake's outputs and the VM tests' Python ----------------------------
+# ---- 6. every option has a description --------------------------------------------
+docs_json=$(mktemp)
+trap 'rm -f "$scenarios" "$docs_json"' EXIT
+if ! nix-instantiate --eval --strict --json nixos/check/eval.nix \
+    --arg lib "import $lib_dir" -A optionDocs >"$docs_json"; then
+    echo "check-nix: rendering the option documentation failed" >&2
+    exit 1
+fi
+python3 - "$docs_json" <<'EOF' || fail=1
+import json
+import sys
+
+options = json.load(open(sys.argv[1]))
+bad = [o["name"] for o in options if not o["description"].strip()]
+for name in bad:
+    print(f"check-nix: option {name} has no description", file=sys.stderr)
+if not options:
+    print("check-nix: no options found", file=sys.stderr)
+if bad or not options:
+    sys.exit(1)
+print(f"check-nix: all {len(options)} options are documented")
+EOF
+
+# ---- 7. the flake's outputs and the VM tests' Python ----------------------------
 flake_json=$(mktemp)
-trap 'rm -f "$scenarios" "$flake_json"' EXIT
+trap 'rm -f "$scenarios" "$docs_json" "$flake_json"' EXIT
 if ! nix-instantiate --eval --strict --json nixos/check/eval.nix \
     --arg lib "import $lib_dir" -A flake >"$flake_json"; then
     echo "check-nix: evaluating flake.nix's outputs failed" >&2

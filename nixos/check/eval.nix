@@ -280,6 +280,26 @@ in
 {
   inherit pkgs;
 
+  # The options of services.mergequeue and services.mergequeue-builder as the NixOS
+  # manual lists them (defaults and examples rendered, as the manual build does),
+  # for the check that each has a description: the VM tests set
+  # documentation.nixos.options.warningsAreErrors, and users read these.
+  optionDocs =
+    let
+      services = (evalSystem [ ]).options.services;
+      docs = lib.optionAttrSetToDocList {
+        services = {
+          inherit (services) mergequeue mergequeue-builder;
+        };
+      };
+    in
+    map (o: {
+      inherit (o) name type;
+      description = if o.description == null then "" else o.description;
+      default = o.default or null;
+      example = o.example or null;
+    }) (lib.filter (o: o.visible && !o.internal) docs);
+
   # Shape of the flake outputs and the VM tests' Python, for scripts/check-nix.sh.
   flake =
     let
