@@ -242,6 +242,11 @@ for name in positive:
     if "api_token" in settings or "vm-test-token" in settings:
         problem(f"{name}: a secret is in the rendered settings")
 
+# openFirewall opens the port of settings.listen, and nothing without it.
+for name, want in [("infra", [8080]), ("community", []), ("basic", [])]:
+    if scenarios[name]["firewall"] != want:
+        problem(f"{name}: firewall ports {scenarios[name]['firewall']}, want {want}")
+
 if scenarios["builder-node"]["trusted"] != ["mergequeue-builder"]:
     problem("builder-node: the builder user is not a trusted nix user")
 

@@ -11,7 +11,10 @@ pkgs.testers.runNixOSTest {
   imports = [ (import test { inherit pkgs self common; }) ];
   defaults = {
     imports = [ self.nixosModules.default ];
-    # Undocumented options fail the test build (buildbot-nix does the same).
+    # Option documentation warnings fail the test build (buildbot-nix does the
+    # same). The manual only covers nixpkgs' own modules (includeAllModules is
+    # off); scripts/check-nix.sh checks that every mergequeue option has a
+    # description.
     documentation.nixos.options.warningsAreErrors = true;
   };
   node.specialArgs = { inherit self; };
