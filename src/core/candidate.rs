@@ -363,6 +363,13 @@ impl Core {
                 Some(Target { key, drv, base_drv })
             })
             .collect();
+        if !blockers.is_empty() {
+            // Fail fast: an evaluation error already decides the verdict. Find its cause
+            // now; the follow-up candidate builds what the innocent changes need.
+            self.candidates.get_mut(&id).expect("active").targets = targets;
+            self.begin_attribution(id, blockers, now);
+            return;
+        }
         let mut pending = BTreeSet::new();
         let mut dispatched = 0;
         let prio = self.cand_prio(id);
@@ -414,11 +421,45 @@ impl Core {
     pub(crate) fn on_build_done(&mut self, id: CandId, drv: &str, now: Millis) {
         let cand = self.candidates.get_mut(&id).expect("known");
         cand.last_build_at = Some(now);
-        if cand.pending.remove(drv) && cand.pending.is_empty() && cand.phase == Phase::Building {
+        let removed = cand.pending.remove(drv);
+        if removed && cand.pending.is_empty() && cand.phase == Phase::Building {
             self.judge(id, now);
+        } else if removed && cand.phase == Phase::Building {
+            // Fail fast: a job that builds on the base (or is new) failed on the candidate;
+            // the verdict is decided, so attribute now instead of waiting for the rest
+            // (they keep building and are remembered for the follow-up candidate).
+            let blockers = self.known_blockers(id, now);
+            if !blockers.is_empty() {
+                self.begin_attribution(id, blockers, now);
+            }
         } else if cand.phase == Phase::Attributing {
             self.attribution_build_done(id, drv, now);
         }
+    }
+
+    /// Blockers already certain from remembered results: targets that failed while
+    /// their base version builds or does not exist.
+    fn known_blockers(&self, id: CandId, now: Millis) -> Vec<Blocker> {
+        let cand = &self.candidates[&id];
+        cand.targets
+            .iter()
+            .filter_map(|t| {
+                let m = self.known(&t.drv, now).filter(|m| !m.ok())?;
+                let base_ok = match &t.base_drv {
+                    None => true,
+                    Some(b) if b == &t.drv => false,
+                    Some(b) => self.known(b, now).is_some_and(|bm| bm.ok()),
+                };
+                base_ok.then(|| Blocker::Build {
+                    key: t.key.clone(),
+                    drv: t.drv.clone(),
+                    base_drv: t.base_drv.clone(),
+                    class: m.class,
+                    log_tail: m.log_tail.clone(),
+                    root_drv: m.root_drv.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The verdict: every required job builds and no job that builds on the base fails
