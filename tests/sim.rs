@@ -34,12 +34,13 @@ fn thousand_seeds_with_faults_keep_the_invariants() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
     let mut failed = vec![];
-    let (mut landed, mut crashes, mut lost) = (0, 0, 0);
+    let (mut landed, mut crashes, mut lost, mut advances) = (0, 0, 0, 0.0);
     for seed in 1..=seeds {
         let r = simulate(&sc, seed, "mergequeue", true).unwrap();
         landed += r.landed;
         crashes += r.crashes;
         lost += r.lost_build_results;
+        advances += r.channel_advances_per_day.unwrap_or(0.0) * r.simulated_hours / 24.0;
         if let Some(v) = &r.violation {
             failed.push(format!("seed {seed}: {v}"));
         } else if r.not_final_at_end > 0 {
@@ -49,7 +50,7 @@ fn thousand_seeds_with_faults_keep_the_invariants() {
             ));
         }
     }
-    eprintln!("{seeds} seeds: {landed} changes landed, {crashes} crashes, {lost} lost results");
+    eprintln!("{seeds} seeds: {landed} changes landed, {crashes} crashes, {lost} lost results, {advances:.0} channel advances");
     assert!(
         failed.is_empty(),
         "{} of {seeds} seeds failed; replay with `mergequeue simulate --scenario scenarios/small.toml --faults --seed N`:\n{}",
@@ -57,6 +58,26 @@ fn thousand_seeds_with_faults_keep_the_invariants() {
         failed.join("\n")
     );
     assert!(crashes > 100, "faults were not exercised");
+    assert!(advances > seeds as f64, "the channel was not exercised");
+}
+
+#[test]
+fn the_channel_follows_the_queue_and_catches_up() {
+    let sc = small();
+    for seed in 1..=50 {
+        let r = simulate(&sc, seed, "mergequeue", false).unwrap();
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        let chan = r.latency_channel_hours.as_ref().expect("channel latency");
+        let landed = &r.latency_landed_hours["lane:master"];
+        assert_eq!(chan["all"].n, landed.n, "seed {seed}");
+        // Every landed master change reached the channel, never before it landed.
+        let (c, l) = (chan["all"].p99.expect("all reached"), landed.p99.unwrap());
+        assert!(c >= l, "seed {seed}: channel p99 {c} < landed p99 {l}");
+        assert!(r.channel_advances_per_day.unwrap() > 0.0, "seed {seed}");
+    }
+    // Baselines gate no channel: reported as absent, not as zero.
+    let r = simulate(&sc, 1, "bors", false).unwrap();
+    assert!(r.latency_channel_hours.is_none() && r.channel_advances_per_day.is_none());
 }
 
 #[test]

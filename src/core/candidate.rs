@@ -371,12 +371,14 @@ impl Core {
             return;
         }
         let mut pending = BTreeSet::new();
-        let mut dispatched = 0;
+        let mut dispatched = vec![];
         let prio = self.cand_prio(id);
         for t in &targets {
             if self.known(&t.drv, now).is_none() {
                 pending.insert(t.drv.clone());
-                dispatched += self.request_build(&t.drv, prio, now) as u32;
+                if self.request_build(&t.drv, prio, now) {
+                    dispatched.push(t.drv.as_str());
+                }
             }
         }
         let repo = self.candidates[&id].repo.clone();
@@ -393,28 +395,40 @@ impl Core {
                 targets.len() - pending.len()
             ),
         );
+        self.count_builds(id, &dispatched);
         let cand = self.candidates.get_mut(&id).expect("active");
         cand.targets = targets;
         cand.pending = pending;
         cand.eval_blockers = blockers;
         cand.phase = Phase::Building;
-        self.count_builds(id, dispatched);
         self.save_id(id);
         if self.candidates[&id].pending.is_empty() {
             self.judge(id, now);
         }
     }
 
-    /// Builds dispatched by a follow-up candidate are the attribution's cost.
-    pub(crate) fn count_builds(&mut self, id: CandId, n: u32) {
+    /// Builds dispatched by a follow-up candidate are the attribution's cost, except
+    /// those the failed batch would have built itself (a candidate that failed fast left
+    /// its own rebuild set to the follow-up).
+    pub(crate) fn count_builds(&mut self, id: CandId, drvs: &[&str]) {
         let cand = self.candidates.get_mut(&id).expect("known");
-        cand.builds += n;
-        if let Some(root) = cand.follow_up_of.filter(|_| n > 0) {
-            if let Some(r) = self.candidates.get_mut(&root) {
-                r.extra_builds += n;
-                // The root is usually done already: persist its new cost.
-                self.save_id(root);
-            }
+        cand.builds += drvs.len() as u32;
+        let Some(root) = cand.follow_up_of.filter(|_| !drvs.is_empty()) else {
+            return;
+        };
+        let Some(r) = self.candidates.get_mut(&root) else {
+            return;
+        };
+        let own: BTreeSet<&str> = r
+            .targets
+            .iter()
+            .flat_map(|t| std::iter::once(t.drv.as_str()).chain(t.base_drv.as_deref()))
+            .collect();
+        let beyond = drvs.iter().filter(|d| !own.contains(*d)).count() as u32;
+        if beyond > 0 {
+            r.extra_builds += beyond;
+            // The root is usually done already: persist its new cost.
+            self.save_id(root);
         }
     }
 
@@ -469,14 +483,16 @@ impl Core {
         let targets = self.candidates[&id].targets.clone();
         let mut blockers = self.candidates[&id].eval_blockers.clone();
         let mut pending = BTreeSet::new();
-        let mut dispatched = 0;
+        let mut dispatched: Vec<String> = vec![];
         let mut preexisting = 0;
         let prio = self.cand_prio(id);
         for t in &targets {
             let Some(m) = self.known(&t.drv, now).cloned() else {
                 // Expired while we waited: build again.
                 pending.insert(t.drv.clone());
-                dispatched += self.request_build(&t.drv, prio, now) as u32;
+                if self.request_build(&t.drv, prio, now) {
+                    dispatched.push(t.drv.clone());
+                }
                 continue;
             };
             if m.ok() {
@@ -489,7 +505,9 @@ impl Core {
                     Some(bm) => !bm.ok(),
                     None => {
                         pending.insert(b.clone());
-                        dispatched += self.request_build(b, prio, now) as u32;
+                        if self.request_build(b, prio, now) {
+                            dispatched.push(b.clone());
+                        }
                         continue;
                     }
                 },
@@ -507,7 +525,8 @@ impl Core {
                 });
             }
         }
-        self.count_builds(id, dispatched);
+        let dispatched: Vec<&str> = dispatched.iter().map(String::as_str).collect();
+        self.count_builds(id, &dispatched);
         if !pending.is_empty() {
             self.candidates.get_mut(&id).expect("known").pending = pending;
             return;
@@ -626,6 +645,23 @@ impl Core {
         cand.summary = Some(summary);
         cand.pending.clear();
         cand.attribution = None;
+        // A done candidate's targets are kept only while a follow-up of it counts its
+        // builds against them.
+        // (This one and its root may be about to get a follow-up.)
+        let mut roots: BTreeSet<CandId> = self
+            .candidates
+            .values()
+            .filter(|c| c.phase != Phase::Done)
+            .filter_map(|c| c.follow_up_of)
+            .collect();
+        roots.insert(id);
+        roots.extend(self.candidates[&id].follow_up_of);
+        for c in self.candidates.values_mut() {
+            if c.phase == Phase::Done && !c.targets.is_empty() && !roots.contains(&c.id) {
+                c.targets = vec![];
+            }
+        }
+        let cand = &self.candidates[&id];
         let lane = (cand.repo.clone(), cand.branch.clone());
         if self.lanes.get(&lane) == Some(&id) {
             self.lanes.remove(&lane);

@@ -30,6 +30,10 @@ pub struct Sample {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub landed: Vec<Option<Millis>>,
+    /// When a channel (the earliest of those following the change's lane) contained it.
+    pub channelled: Vec<Option<Millis>>,
+    /// Channel moves, over all channels; `None` when the policy gates no channel.
+    pub channel_advances: Option<u64>,
     pub rejected: Vec<Option<(Millis, RejectKind)>>,
     pub arrived: usize,
     pub finals: usize,
@@ -98,6 +102,10 @@ pub trait Driver {
     fn depth(&self, env: &Env) -> (usize, usize);
     /// Faults end: recover from whatever they left behind (an operator restart).
     fn heal(&mut self, env: &mut Env);
+    /// Nothing left to wait for besides final changes (channels caught up).
+    fn settled(&self, _env: &Env) -> bool {
+        true
+    }
     /// Final checks once the run ends.
     fn finish(&mut self, env: &mut Env);
 }
@@ -115,6 +123,7 @@ impl<'a> Env<'a> {
             faults,
             m: Metrics {
                 landed: vec![None; n],
+                channelled: vec![None; n],
                 rejected: vec![None; n],
                 ..Default::default()
             },
@@ -147,6 +156,14 @@ impl<'a> Env<'a> {
             return;
         }
         self.m.landed[idx] = Some(self.now);
+    }
+
+    /// A channel moved to a commit containing the change.
+    pub fn channelled(&mut self, idx: usize) {
+        if self.world.landed_at[idx].is_none() {
+            self.violate(format!("change {idx} reached a channel before it landed"));
+        }
+        self.m.channelled[idx].get_or_insert(self.now);
     }
 
     pub fn rejected(&mut self, idx: usize, kind: RejectKind) {
@@ -238,7 +255,9 @@ pub fn run(
                     builds_queued,
                     util,
                 });
-                let done = t >= end_arrivals && env.m.finals == env.world.changes.len();
+                let done = t >= end_arrivals
+                    && env.m.finals == env.world.changes.len()
+                    && driver.settled(&env);
                 if !done {
                     env.at(t + step, Ev::Sample);
                 }
@@ -270,7 +289,7 @@ pub fn run(
             }
             other => driver.event(&mut env, other),
         }
-        if t >= end_arrivals && env.m.finals == env.world.changes.len() {
+        if t >= end_arrivals && env.m.finals == env.world.changes.len() && driver.settled(&env) {
             break;
         }
     }
@@ -279,12 +298,18 @@ pub fn run(
     (env.m, env.world, env.pool.attempts, env.pool.slot_ms)
 }
 
-/// Sorted latencies in hours of landed changes selected by `pick`; changes not landed by
+/// Sorted latencies in hours from accept to `reached` (landed, or in a channel) of the
+/// changes selected by `pick` that were not rejected; changes that had not got there by
 /// the end count as infinite (they are reported as "> end").
-pub fn latencies(m: &Metrics, w: &World, pick: &dyn Fn(usize) -> bool) -> Vec<f64> {
+pub fn latencies(
+    m: &Metrics,
+    w: &World,
+    reached: &[Option<Millis>],
+    pick: &dyn Fn(usize) -> bool,
+) -> Vec<f64> {
     let mut v: Vec<f64> = (0..w.changes.len())
         .filter(|&i| pick(i) && m.rejected[i].is_none())
-        .map(|i| match m.landed[i] {
+        .map(|i| match reached[i] {
             Some(t) => (t - w.changes[i].at) as f64 / 3.6e6,
             None => f64::INFINITY,
         })

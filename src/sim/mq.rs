@@ -15,8 +15,9 @@ use super::world::{head_of, idx_of_ref, ref_of};
 use crate::change::{Change, ChangeId, ChangeState, Priority};
 use crate::core::scheduler::{BuilderSpec, StepInfo};
 use crate::core::{
-    BuilderIdentity, CandId, Candidate, Command, Core, CoreConfig, Input, LandResult, LaneConfig,
-    Memo, Phase, Prepared, ProbeResult, Record, RepoConfig, Submission,
+    Advance, AdvanceResult, BuilderIdentity, CandId, Candidate, ChannelConfig, ChannelState,
+    Command, Core, CoreConfig, Input, LandResult, LaneConfig, Memo, Phase, Prepared, ProbeResult,
+    Record, RepoConfig, Submission,
 };
 use crate::outcome::{BuildReport, OutcomeClass};
 
@@ -36,7 +37,11 @@ struct Db {
     changes: BTreeMap<ChangeId, Change>,
     candidates: BTreeMap<CandId, Candidate>,
     memo: BTreeMap<String, Memo>,
+    channels: BTreeMap<String, (ChannelState, Vec<Advance>)>,
 }
+
+/// Commits strictly between a channel and its source head reported by a poll (look-back).
+const BETWEEN_CAP: usize = 50;
 
 /// What the SQLite store keeps of a candidate (the working state is not persisted).
 fn stored(c: &Candidate) -> Candidate {
@@ -87,9 +92,25 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
         infra_retries: 5,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
-        // Channel gating is in the core now, but not in the simulated world yet: no
-        // channels, so accept -> channel is reported as n/a.
-        channels: BTreeMap::new(),
+        channels: sc
+            .channels
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    ChannelConfig {
+                        repo: REPO.into(),
+                        source: c.source.clone(),
+                        target: c.name.clone(),
+                        gate: c.gate.clone(),
+                        min_interval_ms: (c.min_interval_minutes * 60_000.0) as i64,
+                        poll_interval_ms: (c.poll_minutes * 60_000.0) as i64,
+                        look_back: c.look_back,
+                        artifacts: false,
+                    },
+                )
+            })
+            .collect(),
     }
 }
 
@@ -105,11 +126,18 @@ pub struct CoreDriver {
     /// The evaluation scope of each requested commit, fixed when the core asks (the base
     /// and the candidate of one step must be evaluated over the same packages).
     scopes: BTreeMap<String, Vec<usize>>,
+    /// Each channel's target branch in the simulated remote.
+    remote: BTreeMap<String, Option<u32>>,
+}
+
+fn cfg_channels(cfg: &CoreConfig) -> BTreeMap<String, Option<u32>> {
+    cfg.channels.keys().map(|n| (n.clone(), None)).collect()
 }
 
 impl CoreDriver {
     pub fn new(cfg: CoreConfig) -> CoreDriver {
         CoreDriver {
+            remote: cfg_channels(&cfg),
             core: Core::new(cfg.clone()),
             cfg,
             db: Db::default(),
@@ -208,8 +236,21 @@ impl CoreDriver {
                 self.db.memo.insert(drv, memo);
             }
             Record::BuilderDrained { .. } => {}
-            Record::Channel(_) | Record::ChannelAdvance { .. } => {
-                env.violate("a channel record although no channel is configured".into())
+            Record::Channel(st) => {
+                if !self.cfg.channels.contains_key(&st.name) {
+                    return env.violate(format!("a record of unknown channel {}", st.name));
+                }
+                let name = st.name.clone();
+                self.db.channels.entry(name).or_default().0 = st;
+            }
+            Record::ChannelAdvance { channel, advance } => {
+                let row = self.db.channels.entry(channel).or_default();
+                if let Some(last) = row.1.last() {
+                    if last.rev == advance.rev {
+                        return; // the same advance recorded again after a restart
+                    }
+                }
+                row.1.push(advance);
             }
             Record::Event { text, .. } => {
                 if std::env::var_os("MQ_SIM_DEBUG").is_some() {
@@ -304,13 +345,68 @@ impl CoreDriver {
             | Command::ProbeBuilder { .. } => {
                 env.at(now + 100, Ev::Perform(Box::new(cmd), self.epoch));
             }
-            Command::PollSource { .. }
-            | Command::AdvanceChannel { .. }
-            | Command::PublishArtifacts { .. } => {
-                env.violate(format!("channel command without channels: {cmd:?}"))
+            Command::PollSource { .. } | Command::AdvanceChannel { .. } => {
+                let d = env.secs(t.land_secs);
+                env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
+            }
+            Command::PublishArtifacts { .. } => {
+                env.violate(format!("artifacts are not configured: {cmd:?}"))
             }
             Command::Record(_) => unreachable!("records are applied in pump"),
         }
+    }
+
+    /// Pushes a channel's target: compare-and-swap on `old`, `new` must be on the source's
+    /// first-parent chain. Checks the channel invariants: never backwards or sideways, and
+    /// never to a commit whose gate cannot build.
+    fn advance(
+        &mut self,
+        env: &mut Env,
+        channel: &str,
+        old: Option<&str>,
+        new: &str,
+    ) -> Option<AdvanceResult> {
+        let cfg = self.cfg.channels.get(channel)?.clone();
+        let w = &mut env.world;
+        let b = w.branch_index(&cfg.source)?;
+        let cur = *self.remote.get(channel)?;
+        let Some(n) = w.commit(new) else {
+            env.violate(format!(
+                "channel {channel}: advance to unknown commit {new}"
+            ));
+            return None;
+        };
+        if cur == Some(n) {
+            return Some(AdvanceResult::Advanced); // pushed before a restart
+        }
+        if cur.map(|c| w.commit_id(c)) != old {
+            return Some(AdvanceResult::Moved {
+                tip: cur.map(|c| w.commit_id(c).to_string()),
+            });
+        }
+        let Some(ni) = w.tip_index(b, n) else {
+            let head = w.commit_id(w.tip(b)).to_string();
+            return Some(AdvanceResult::NotOnSource { head });
+        };
+        if let Some(oi) = cur.and_then(|c| w.tip_index(b, c)) {
+            if ni < oi {
+                env.violate(format!("channel {channel} moved backwards to {new}"));
+                return None;
+            }
+        }
+        if let Some(why) = w.gate_broken(n, &cfg.gate) {
+            env.violate(format!(
+                "channel {channel} advanced to {new} although {why}"
+            ));
+            return None;
+        }
+        let contained: Vec<usize> = w.history_at(b, ni).iter().map(|&x| x as usize).collect();
+        self.remote.insert(channel.to_string(), Some(n));
+        for x in contained {
+            env.channelled(x);
+        }
+        *env.m.channel_advances.get_or_insert(0) += 1;
+        Some(AdvanceResult::Advanced)
     }
 
     /// Changes still queued or testing on a branch: the evaluation scope.
@@ -463,11 +559,26 @@ impl CoreDriver {
                     },
                 }
             }
-            Command::Build { .. }
-            | Command::Record(_)
-            | Command::PollSource { .. }
-            | Command::AdvanceChannel { .. }
-            | Command::PublishArtifacts { .. } => return None,
+            Command::PollSource { channel } => {
+                let cfg = self.cfg.channels.get(&channel)?;
+                let b = w.branch_index(&cfg.source)?;
+                let target = *self.remote.get(&channel)?;
+                Input::SourcePolled {
+                    channel,
+                    result: Ok(w.poll_source(b, target, BETWEEN_CAP)),
+                }
+            }
+            Command::AdvanceChannel { channel, old, new } => {
+                let result = self.advance(env, &channel, old.as_deref(), &new)?;
+                Input::ChannelAdvanced {
+                    channel,
+                    new,
+                    result,
+                }
+            }
+            Command::Build { .. } | Command::Record(_) | Command::PublishArtifacts { .. } => {
+                return None
+            }
         })
     }
 
@@ -517,7 +628,7 @@ impl CoreDriver {
                 .iter()
                 .map(|(d, m)| (d.clone(), m.clone()))
                 .collect(),
-            vec![],
+            self.db.channels.values().cloned().collect(),
             env.now,
         );
         let n = self.core.changes().count();
@@ -622,7 +733,32 @@ impl Driver for CoreDriver {
         self.restart(env);
     }
 
+    fn settled(&self, env: &Env) -> bool {
+        self.cfg.channels.iter().all(|(name, c)| {
+            let head = env.world.branch_index(&c.source).map(|b| env.world.tip(b));
+            self.remote.get(name).copied().flatten() == head
+        })
+    }
+
     fn finish(&mut self, env: &mut Env) {
+        if !self.cfg.channels.is_empty() {
+            env.m.channel_advances.get_or_insert(0);
+        }
+        for (name, ch) in self.core.channels() {
+            let remote = self.remote[name].map(|c| env.world.commit_id(c).to_string());
+            if ch.state.advancing.is_none() && ch.state.rev != remote {
+                env.violate(format!(
+                    "channel {name}: the core says {:?}, the remote {remote:?}",
+                    ch.state.rev
+                ));
+            }
+            let stored = self.db.channels.get(name).map(|r| &r.0);
+            if stored != Some(&ch.state) {
+                env.violate(format!(
+                    "channel {name}: the database disagrees with the core"
+                ));
+            }
+        }
         env.m.extra_builds = self.core.candidates().map(|c| c.extra_builds as u64).sum();
         for c in self.core.changes() {
             if self.db.changes.get(&c.id) != Some(c) {

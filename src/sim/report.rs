@@ -50,9 +50,10 @@ pub struct Report {
     pub goals_hours: BTreeMap<String, f64>,
     /// Accept to landed on the target.
     pub latency_landed_hours: BTreeMap<String, Pct>,
-    /// Accept to channel: channel gating is not in the core yet.
-    pub latency_channel_hours: String,
-    pub channel_advances_per_day: String,
+    /// Accept to the first channel that follows the change's branch (changes of branches
+    /// no channel follows are not counted); absent for policies that gate no channel.
+    pub latency_channel_hours: Option<BTreeMap<String, Pct>>,
+    pub channel_advances_per_day: Option<f64>,
     pub build_attempts: u64,
     pub build_hours: f64,
     pub builds_per_landed: f64,
@@ -73,6 +74,9 @@ pub struct Report {
     pub cdf_all: Vec<f64>,
     #[serde(skip)]
     pub cdf_small: Vec<f64>,
+    /// Small changes, accept to channel (empty without channels).
+    #[serde(skip)]
+    pub cdf_channel_small: Vec<f64>,
 }
 
 fn r3(x: f64) -> f64 {
@@ -117,17 +121,32 @@ pub fn build(
             m.rejected[i].is_some_and(|(_, k)| k == RejectKind::Failure) && !w.changes[i].bad()
         })
         .count();
-    let all = latencies(m, w, &|_| true);
-    let small = latencies(m, w, &|i| w.changes[i].small);
+    let all = latencies(m, w, &m.landed, &|_| true);
+    let small = latencies(m, w, &m.landed, &|i| w.changes[i].small);
     let mut lat = BTreeMap::new();
     lat.insert("all".to_string(), pct(&all));
     lat.insert("small".to_string(), pct(&small));
     for (li, l) in sc.lanes.iter().enumerate() {
         if sc.lanes.len() > 1 {
-            let v = latencies(m, w, &|i| w.changes[i].lane == li);
+            let v = latencies(m, w, &m.landed, &|i| w.changes[i].lane == li);
             lat.insert(format!("lane:{}", l.branch), pct(&v));
         }
     }
+    let followed: Vec<bool> = sc
+        .lanes
+        .iter()
+        .map(|l| sc.channels.iter().any(|c| c.source == l.branch))
+        .collect();
+    let chan_all = latencies(m, w, &m.channelled, &|i| followed[w.changes[i].lane]);
+    let chan_small = latencies(m, w, &m.channelled, &|i| {
+        followed[w.changes[i].lane] && w.changes[i].small
+    });
+    let latency_channel = m.channel_advances.map(|_| {
+        BTreeMap::from([
+            ("all".to_string(), pct(&chan_all)),
+            ("small".to_string(), pct(&chan_small)),
+        ])
+    });
     let mut goals = BTreeMap::new();
     goals.insert("p50".to_string(), sc.goals.p50_hours);
     goals.insert("p95".to_string(), sc.goals.p95_hours);
@@ -173,8 +192,10 @@ pub fn build(
         not_final_at_end: m.arrived - m.finals,
         goals_hours: goals,
         latency_landed_hours: lat,
-        latency_channel_hours: "n/a (channels are not simulated yet)".into(),
-        channel_advances_per_day: "n/a".into(),
+        latency_channel_hours: latency_channel,
+        channel_advances_per_day: m
+            .channel_advances
+            .map(|a| r3(a as f64 / (m.end as f64 / 8.64e7).max(1e-9))),
         build_attempts,
         build_hours: r3(build_hours),
         builds_per_landed: r3(build_attempts as f64 / landed.max(1) as f64),
@@ -197,6 +218,11 @@ pub fn build(
         samples,
         cdf_all: all,
         cdf_small: small,
+        cdf_channel_small: if m.channel_advances.is_some() {
+            chan_small
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -235,15 +261,30 @@ pub fn table(r: &Report) -> String {
             h(p.p99)
         );
     }
+    match &r.latency_channel_hours {
+        Some(lat) => {
+            s += "latency accept -> channel (hours)\n";
+            for (k, p) in lat {
+                s += &format!(
+                    "  {:<32}{:>5} {:>8} {:>8} {:>8}\n",
+                    k,
+                    p.n,
+                    h(p.p50),
+                    h(p.p95),
+                    h(p.p99)
+                );
+            }
+        }
+        None => s += "latency accept -> channel: n/a (this policy gates no channel)\n",
+    }
     s += &format!(
-        "  {:<32}{:>5} {:>8} {:>8} {:>8}\n",
+        "  {:<32}{:>5} {:>8} {:>8} {:>8}\n\n",
         "goal (accept -> channel)",
         "",
         h(r.goals_hours.get("p50").copied()),
         h(r.goals_hours.get("p95").copied()),
         h(r.goals_hours.get("p99").copied())
     );
-    s += &format!("latency accept -> channel: {}\n\n", r.latency_channel_hours);
     s += &format!(
         "builds: {} attempts, {:.1} build-hours; {:.2} builds and {:.2} build-hours per landed change\n",
         r.build_attempts, r.build_hours, r.builds_per_landed, r.build_hours_per_landed
@@ -262,7 +303,10 @@ pub fn table(r: &Report) -> String {
         "builders: mean utilisation {util}; max queue depth {} changes\n",
         r.max_queue_depth
     );
-    s += &format!("channel advances per day: {}\n", r.channel_advances_per_day);
+    match r.channel_advances_per_day {
+        Some(a) => s += &format!("channel advances per day: {a:.1}\n"),
+        None => s += "channel advances per day: n/a\n",
+    }
     if r.faults {
         s += &format!(
             "faults: {} crashes, {} build results lost, {} duplicated, {} builders killed\n",
@@ -288,15 +332,25 @@ pub fn compare(rs: &[Report]) -> String {
             r.goals_hours["p99"]
         );
     }
-    s += "| policy | landed | small p50 | small p95 | small p99 | all p50 | all p95 | all p99 | builds/landed | build-h/landed | extra builds/culprit | rejected (false) | util |\n";
-    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "| policy | landed | small p50 | small p95 | small p99 | all p50 | all p95 | all p99 | channel small p50 / p95 / p99 | advances/day | builds/landed | build-h/landed | extra builds/culprit | rejected (false) | util |\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for r in rs {
         let sm = &r.latency_landed_hours["small"];
         let al = &r.latency_landed_hours["all"];
         let util =
             r.mean_utilisation.values().sum::<f64>() / r.mean_utilisation.len().max(1) as f64;
+        let chan = match &r.latency_channel_hours {
+            Some(l) => {
+                let c = &l["small"];
+                format!("{} / {} / {}", h(c.p50), h(c.p95), h(c.p99))
+            }
+            None => "n/a".into(),
+        };
+        let adv = r
+            .channel_advances_per_day
+            .map_or("n/a".into(), |a| format!("{a:.1}"));
         s += &format!(
-            "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {} ({}) | {:.0}% |\n",
+            "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {} ({}) | {:.0}% |\n",
             r.policy,
             r.landed,
             r.accepted,
@@ -306,6 +360,8 @@ pub fn compare(rs: &[Report]) -> String {
             h(al.p50),
             h(al.p95),
             h(al.p99),
+            chan,
+            adv,
             r.builds_per_landed,
             r.build_hours_per_landed,
             r.extra_builds_per_culprit,
@@ -314,6 +370,6 @@ pub fn compare(rs: &[Report]) -> String {
             util * 100.0
         );
     }
-    s += "\nlatencies in hours from accept to landed on the target (channel: n/a, channels are not simulated yet); \"> end\" = not landed before the run ended\n";
+    s += "\nlatencies in hours from accept to landed on the target, and to the channel (small changes of branches a channel follows; n/a: the baselines gate no channel); \"> end\" = not there before the run ended\n";
     s
 }

@@ -35,6 +35,9 @@ pub struct Scenario {
     pub build_times: BuildTimes,
     pub timing: Timing,
     pub lanes: Vec<Lane>,
+    /// Channels gated by the core (policies that run the core only).
+    #[serde(default)]
+    pub channels: Vec<Channel>,
     pub builders: Vec<Builder>,
     #[serde(default)]
     pub baselines: Baselines,
@@ -162,6 +165,31 @@ pub struct Lane {
     pub required: Vec<String>,
 }
 
+/// A channel following a lane's branch, as `[[channels]]` in the product's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub name: String,
+    /// The branch followed (one of `lanes`).
+    pub source: String,
+    /// Attribute paths that must build before the channel moves.
+    pub gate: Vec<String>,
+    #[serde(default)]
+    pub min_interval_minutes: f64,
+    #[serde(default = "five")]
+    pub poll_minutes: f64,
+    #[serde(default = "yes")]
+    pub look_back: bool,
+}
+
+fn five() -> f64 {
+    5.0
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Builder {
@@ -262,6 +290,23 @@ impl Scenario {
                 .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
             "build_times.quantiles must increase"
         );
+        for c in &self.channels {
+            anyhow::ensure!(
+                self.lanes.iter().any(|l| l.branch == c.source),
+                "channels: source {:?} of channel {:?} is not in lanes",
+                c.source,
+                c.name
+            );
+            anyhow::ensure!(
+                !c.gate.is_empty(),
+                "channels: channel {:?} needs a gate",
+                c.name
+            );
+            anyhow::ensure!(
+                c.poll_minutes > 0.0,
+                "channels: poll_minutes must be positive"
+            );
+        }
         for c in &self.sizes {
             anyhow::ensure!(
                 self.lanes.iter().any(|l| l.branch == c.lane),

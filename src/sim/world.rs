@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::graph::{Graph, Pkg};
 use super::scenario::Scenario;
-use crate::core::Millis;
+use crate::core::{Millis, SourcePoll};
 use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
 
 pub const HOUR: Millis = 3_600_000;
@@ -62,6 +62,9 @@ struct Branch {
     name: String,
     history: Vec<u32>,
     tip: u32,
+    /// Every commit the branch pointed at, oldest first, with the history length there
+    /// (its first-parent chain, for channels).
+    tips: Vec<(u32, usize)>,
     val: Vec<u64>,
     brk: Vec<u16>,
     everr: Vec<u16>,
@@ -257,6 +260,7 @@ impl World {
                 name: lane.branch.clone(),
                 history: vec![],
                 tip,
+                tips: vec![(tip, 0)],
                 val: vec![0; n],
                 brk: vec![0; n],
                 everr: vec![0; n],
@@ -572,6 +576,61 @@ impl World {
         Ok(jobs)
     }
 
+    /// Position of a commit on a branch's first-parent chain of tips.
+    pub fn tip_index(&self, branch: usize, c: u32) -> Option<usize> {
+        self.branches[branch].tips.iter().rposition(|t| t.0 == c)
+    }
+
+    /// The changes a branch contained when it pointed at its `i`-th tip.
+    pub fn history_at(&self, branch: usize, i: usize) -> &[u32] {
+        &self.branches[branch].history[..self.branches[branch].tips[i].1]
+    }
+
+    /// What a channel's shell sees when it polls: the source head, whether it descends
+    /// from the channel's revision, and the commits strictly between, newest first.
+    pub fn poll_source(&self, branch: usize, target: Option<u32>, cap: usize) -> SourcePoll {
+        let tips = &self.branches[branch].tips;
+        let head = self.branches[branch].tip;
+        let (descends, between) = match target {
+            None => (true, vec![]),
+            Some(t) => match self.tip_index(branch, t) {
+                None => (false, vec![]),
+                Some(i) => (
+                    true,
+                    tips[(i + 1).min(tips.len())..]
+                        .iter()
+                        .take(tips.len().saturating_sub(i + 2))
+                        .rev()
+                        .take(cap)
+                        .map(|&(c, _)| self.commit_id(c).to_string())
+                        .collect(),
+                ),
+            },
+        };
+        SourcePoll {
+            head: self.commit_id(head).to_string(),
+            target: target.map(|t| self.commit_id(t).to_string()),
+            target_time: None,
+            descends,
+            between,
+        }
+    }
+
+    /// The first gate job that cannot build at `c` (broken or failing to evaluate).
+    pub fn gate_broken(&mut self, c: u32, attrs: &[String]) -> Option<String> {
+        if let Some(msg) = self.whole_eval_error(c) {
+            return Some(msg);
+        }
+        let ps: Vec<Pkg> = attrs
+            .iter()
+            .filter_map(|a| self.graph.parse_attr(a))
+            .collect();
+        let jobs = self.jobs_at(c, &ps);
+        jobs.iter()
+            .find(|j| j.broken || j.everr)
+            .map(|j| format!("gate job p{} ({}) cannot build", j.pkg, j.drv))
+    }
+
     /// Fast-forwards the branch from `old` to `new` (compare-and-swap on `old`). Checks the
     /// non-negotiables: only fast-forwards, only to evaluated (tested) commits, each change
     /// at most once. Returns Err(violation) for a broken invariant; Ok(None) when landed
@@ -638,6 +697,7 @@ impl World {
             br.history.push(x);
         }
         br.tip = new;
+        br.tips.push((new, br.history.len()));
         self.changes = changes;
         for &x in &en {
             self.landed_at[x as usize] = Some(now);
