@@ -96,6 +96,10 @@ pub struct Dispatch {
     /// (their changes go back to the queue, never blamed).
     #[serde(default = "default_infra_retries")]
     pub infra_retries: u32,
+    /// Times a failed build (the package's own failure) is built again, preferably on
+    /// another builder, before the failure is remembered and may blame a change.
+    #[serde(default = "default_failure_retries")]
+    pub failure_retries: u32,
     /// Consecutive infrastructure failures that quarantine a builder.
     #[serde(default = "default_quarantine_after")]
     pub quarantine_after: u32,
@@ -109,6 +113,7 @@ impl Default for Dispatch {
         Dispatch {
             retry_delay_secs: default_retry_delay(),
             infra_retries: default_infra_retries(),
+            failure_retries: default_failure_retries(),
             quarantine_after: default_quarantine_after(),
             probe_delay_secs: default_probe_delay(),
         }
@@ -120,6 +125,9 @@ fn default_retry_delay() -> u64 {
 }
 fn default_infra_retries() -> u32 {
     5
+}
+fn default_failure_retries() -> u32 {
+    1
 }
 fn default_quarantine_after() -> u32 {
     3
@@ -164,6 +172,11 @@ pub struct Branch {
     /// Seconds to wait after a change is queued before testing, to gather a fuller batch.
     #[serde(default)]
     pub batch_delay_secs: u64,
+    /// Priority class of this branch's builds in the shared build queue (e.g. `low` for
+    /// a mass-rebuild branch such as staging, so master's small changes go first).
+    /// Default: that of the candidate's most urgent change.
+    #[serde(default)]
+    pub build_priority: Option<crate::change::Priority>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

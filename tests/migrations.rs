@@ -417,6 +417,7 @@ fn core_restores_from_a_migrated_v1_database() {
                         batch_max: 8,
                         required: vec![],
                         batch_delay_ms: 0,
+                        build_priority: None,
                     },
                 )]),
             },
@@ -425,6 +426,7 @@ fn core_restores_from_a_migrated_v1_database() {
         retry_delay_ms: 5_000,
         builders: vec![],
         infra_retries: 5,
+        failure_retries: 1,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
         channels: BTreeMap::new(),
@@ -611,6 +613,7 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
         retry_delay_ms: 5_000,
         builders: vec![],
         infra_retries: 5,
+        failure_retries: 1,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
         channels: BTreeMap::from([(

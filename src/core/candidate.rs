@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::attribution::{Attribution, Blocker};
-use super::{CandId, Command, Core, LandResult, Millis, Prepared, Record};
+use super::{CandId, Command, Core, LandResult, Memo, Millis, Prepared, Record};
 use crate::change::{ChangeId, ChangeState};
 use crate::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
 
@@ -442,13 +442,37 @@ impl Core {
             // Fail fast: a job that builds on the base (or is new) failed on the candidate;
             // the verdict is decided, so attribute now instead of waiting for the rest
             // (they keep building and are remembered for the follow-up candidate).
-            let blockers = self.known_blockers(id, now);
-            if !blockers.is_empty() {
+            // Only a failure can decide it early: look at its own target first (a scan
+            // of every target per finished build would be quadratic in a mass rebuild).
+            if self.blocks(id, drv, now) {
+                let blockers = self.known_blockers(id, now);
                 self.begin_attribution(id, blockers, now);
             }
         } else if cand.phase == Phase::Attributing {
             self.attribution_build_done(id, drv, now);
         }
+    }
+
+    /// Whether `drv` just failed as a target that builds on the base (or is new).
+    fn blocks(&self, id: CandId, drv: &str, now: Millis) -> bool {
+        if self.known(drv, now).is_none_or(|m| m.ok()) {
+            return false;
+        }
+        self.candidates[&id]
+            .targets
+            .iter()
+            .any(|t| t.drv == drv && self.certain_blocker(t, now).is_some())
+    }
+
+    /// The remembered failure of a target whose base version builds or does not exist.
+    fn certain_blocker(&self, t: &Target, now: Millis) -> Option<&Memo> {
+        let m = self.known(&t.drv, now).filter(|m| !m.ok())?;
+        let base_ok = match &t.base_drv {
+            None => true,
+            Some(b) if b == &t.drv => false,
+            Some(b) => self.known(b, now).is_some_and(|bm| bm.ok()),
+        };
+        base_ok.then_some(m)
     }
 
     /// Blockers already certain from remembered results: targets that failed while
@@ -458,13 +482,8 @@ impl Core {
         cand.targets
             .iter()
             .filter_map(|t| {
-                let m = self.known(&t.drv, now).filter(|m| !m.ok())?;
-                let base_ok = match &t.base_drv {
-                    None => true,
-                    Some(b) if b == &t.drv => false,
-                    Some(b) => self.known(b, now).is_some_and(|bm| bm.ok()),
-                };
-                base_ok.then(|| Blocker::Build {
+                let m = self.certain_blocker(t, now)?;
+                Some(Blocker::Build {
                     key: t.key.clone(),
                     drv: t.drv.clone(),
                     base_drv: t.base_drv.clone(),

@@ -85,6 +85,28 @@ impl Core {
             self.on_infrastructure(r, now);
             return;
         }
+        let failed_before = self
+            .scheduler
+            .step(&r.drv_path)
+            .map_or(0, |s| s.failed_attempts);
+        if r.class == OutcomeClass::Failed
+            && failed_before < self.cfg().failure_retries
+            && self.scheduler.running_on(&r.drv_path) == Some(r.builder.as_str())
+        {
+            // A failure blames a change: make sure it is not a flaky one first.
+            if let Some(n) = self.scheduler.retry_failed(&r.drv_path, &r.builder) {
+                let tail = r.log_tail.lines().last().unwrap_or("").to_string();
+                self.event(
+                    now,
+                    "",
+                    format!(
+                        "{} failed on {} (attempt {n}); building it again before blaming anyone: {tail}",
+                        r.drv_path, r.builder
+                    ),
+                );
+                return;
+            }
+        }
         if self
             .scheduler
             .finish(&r.drv_path, &r.builder, None, r.duration_ms)
@@ -92,7 +114,18 @@ impl Core {
         {
             return; // a duplicate or stale report
         }
-        if r.class == OutcomeClass::Success && self.memo.get(&r.drv_path).is_some_and(|m| !m.ok()) {
+        if r.class == OutcomeClass::Success && failed_before > 0 {
+            self.event(
+                now,
+                "",
+                format!(
+                    "{} failed {failed_before} time(s) and then built unchanged: flaky",
+                    r.drv_path
+                ),
+            );
+        } else if r.class == OutcomeClass::Success
+            && self.memo.get(&r.drv_path).is_some_and(|m| !m.ok())
+        {
             self.event(
                 now,
                 "",
@@ -334,6 +367,10 @@ impl Core {
         self.candidates
             .get(&id)
             .and_then(|c| {
+                let lane = self.cfg().repos.get(&c.repo)?.lanes.get(&c.branch)?;
+                if let Some(p) = lane.build_priority {
+                    return Some(p as u8);
+                }
                 c.changes
                     .iter()
                     .filter_map(|x| self.changes.get(x))

@@ -42,6 +42,8 @@ pub struct LaneConfig {
     pub required: Vec<String>,
     /// Wait this long after a change is queued to gather a fuller batch.
     pub batch_delay_ms: Millis,
+    /// Priority class of the lane's builds; `None`: the most urgent change's.
+    pub build_priority: Option<crate::change::Priority>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +61,8 @@ pub struct CoreConfig {
     pub builders: Vec<scheduler::BuilderSpec>,
     /// Infrastructure failures of one step before its requesters give up on it for now.
     pub infra_retries: u32,
+    /// Failed builds are built again this many times before the failure is believed.
+    pub failure_retries: u32,
     /// Consecutive infrastructure failures that quarantine a builder.
     pub quarantine_after: u32,
     /// First delay before probing a quarantined builder again; doubles up to 10 min.
@@ -83,6 +87,7 @@ impl CoreConfig {
                                 batch_max: *b.batch_max.get_ref(),
                                 required: b.required.clone(),
                                 batch_delay_ms: b.batch_delay_secs as Millis * 1000,
+                                build_priority: b.build_priority,
                             },
                         )
                     })
@@ -116,6 +121,7 @@ impl CoreConfig {
             retry_delay_ms: c.dispatch.retry_delay_secs as Millis * 1000,
             builders: c.builder_specs(),
             infra_retries: c.dispatch.infra_retries,
+            failure_retries: c.dispatch.failure_retries,
             quarantine_after: c.dispatch.quarantine_after,
             probe_delay_ms: c.dispatch.probe_delay_secs as Millis * 1000,
         }

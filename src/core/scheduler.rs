@@ -107,6 +107,8 @@ pub struct Step {
     /// Builders where an attempt ended in an infrastructure failure.
     pub tried: BTreeSet<usize>,
     pub infra_attempts: u32,
+    /// Attempts that failed (the package's own failure) and were retried.
+    pub failed_attempts: u32,
     /// Not before this time (backoff after an infrastructure failure).
     pub not_before: Millis,
     running_on: Option<usize>,
@@ -224,6 +226,7 @@ impl Scheduler {
             inputs: vec![],
             tried: BTreeSet::new(),
             infra_attempts: 0,
+            failed_attempts: 0,
             not_before: 0,
             running_on: None,
         };
@@ -414,6 +417,24 @@ impl Scheduler {
                 self.steps.remove(drv)
             }
         }
+    }
+
+    /// Queues a step whose attempt failed once more (to tell a flaky failure from a real
+    /// one), preferably on another builder; not an infrastructure failure of the builder.
+    /// Returns the failed attempts so far; `None` for a stale or duplicate report.
+    pub fn retry_failed(&mut self, drv: &str, builder: &str) -> Option<u32> {
+        let &bi = self.by_id.get(builder)?;
+        let step = self.steps.get_mut(drv)?;
+        if step.running_on != Some(bi) {
+            return None;
+        }
+        step.running_on = None;
+        step.tried.insert(bi);
+        step.failed_attempts += 1;
+        let n = step.failed_attempts;
+        self.builders[bi].running.remove(drv);
+        self.index(drv);
+        Some(n)
     }
 
     /// Gives up on a step (retry budget spent): it leaves the queue.

@@ -79,6 +79,8 @@ struct World {
     broken_attrs: BTreeSet<String>,
     /// Infrastructure failures still to report per derivation.
     infra: BTreeMap<String, u32>,
+    /// Spurious (flaky) build failures still to report per derivation.
+    flaky: BTreeMap<String, u32>,
     /// On the next `Land`, push this head onto the target first (someone else pushed).
     move_on_land: Option<String>,
     builds: BTreeMap<String, u32>,
@@ -226,6 +228,13 @@ impl World {
                 "error: unexpected end-of-file from the daemon".into(),
             );
         }
+        if let Some(n) = self.flaky.get_mut(drv).filter(|n| **n > 0) {
+            *n -= 1;
+            return report(
+                OutcomeClass::Failed,
+                "error: builder failed with exit code 1\n> test_timeout ... FAILED".into(),
+            );
+        }
         if self.fails(drv) {
             report(
                 OutcomeClass::Failed,
@@ -307,6 +316,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         batch_max,
         required: required.iter().map(|r| r.to_string()).collect(),
         batch_delay_ms: delay,
+        build_priority: None,
     };
     CoreConfig {
         repos: BTreeMap::from([(
@@ -326,6 +336,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
             speed: 1.0,
         }],
         infra_retries: 5,
+        failure_retries: 0,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
         channels: BTreeMap::new(),
@@ -998,6 +1009,47 @@ fn infrastructure_outcomes_are_retried_later_and_never_blamed() {
         Some(OutcomeClass::Success)
     );
     assert!(sim.db.memo.values().all(|m| m.class.is_verdict()));
+}
+
+#[test]
+fn a_flaky_failure_is_built_again_and_never_blamed() {
+    let mut w = world();
+    w.flaky.insert("/nix/store/c2-pkg2.drv".into(), 1);
+    let mut cfg = config(8, 60_000);
+    cfg.failure_retries = 1;
+    let mut sim = Sim::new(cfg, w);
+    let ids = submit_batch(&mut sim, 3, &[]);
+    sim.run();
+    sim.assert_merged(&ids);
+    assert_eq!(sim.builds_of("/nix/store/c2-pkg2.drv"), 2);
+    assert_eq!(
+        sim.core.memo("/nix/store/c2-pkg2.drv").map(|m| m.class),
+        Some(OutcomeClass::Success)
+    );
+    assert_eq!(sim.core.candidates().count(), 1);
+}
+
+#[test]
+fn a_real_failure_is_believed_after_the_retries() {
+    let mut w = world();
+    w.bad_tags.insert("c2".into());
+    let mut cfg = config(8, 0);
+    cfg.failure_retries = 1;
+    let mut sim = Sim::new(cfg, w);
+    let ids = submit_batch(&mut sim, 3, &[]);
+    sim.run();
+    assert_eq!(sim.change(ids[1]).state, ChangeState::Rejected);
+    assert!(sim.reason(ids[1]).contains("pkg2"));
+    sim.assert_merged(&[ids[0], ids[2]]);
+    // Once more than it failed, then remembered: attribution reuses the result.
+    assert_eq!(sim.builds_of("/nix/store/c2-pkg2.drv"), 2);
+    // Without retries the first failure is believed.
+    let mut w = world();
+    w.flaky.insert("/nix/store/c2-pkg2.drv".into(), 1);
+    let mut sim = Sim::new(config(8, 0), w);
+    let ids = submit_batch(&mut sim, 3, &[]);
+    sim.run();
+    assert_eq!(sim.change(ids[1]).state, ChangeState::Rejected);
 }
 
 #[test]

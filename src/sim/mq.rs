@@ -64,6 +64,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
                     batch_max: batch_max.unwrap_or(l.batch_max),
                     required: l.required.clone(),
                     batch_delay_ms: (l.batch_delay_minutes * 60_000.0) as i64,
+                    build_priority: l.build_priority,
                 },
             )
         })
@@ -90,6 +91,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
         retry_delay_ms: 5_000,
         builders,
         infra_retries: 5,
+        failure_retries: 1,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
         channels: sc

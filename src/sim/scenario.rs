@@ -163,6 +163,9 @@ pub struct Lane {
     pub batch_delay_minutes: f64,
     #[serde(default)]
     pub required: Vec<String>,
+    /// `build_priority` of the branch (urgent, high, normal, low).
+    #[serde(default)]
+    pub build_priority: Option<crate::change::Priority>,
 }
 
 /// A channel following a lane's branch, as `[[channels]]` in the product's config.
