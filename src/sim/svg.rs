@@ -39,7 +39,7 @@ pub fn render(reports: &[Report]) -> String {
     let y_of = |f: f64| top + PH - f * PH;
     let _ = writeln!(
         s,
-        r#"<text x="{L}" y="22" font-size="14" font-weight="bold">Latency from accept to landed (CDF), {} seed {}</text>"#,
+        r#"<text x="{L}" y="22" font-size="14" font-weight="bold">Latency from accept to landed and to the channel (CDF), {} seed {}</text>"#,
         esc(&first.scenario),
         first.seed
     );
@@ -80,7 +80,11 @@ pub fn render(reports: &[Report]) -> String {
     let mut legend = 0.0;
     for (i, r) in reports.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        for (curve, dash, label) in [(&r.cdf_all, "", "all"), (&r.cdf_small, "6 3", "small")] {
+        for (curve, dash, label) in [
+            (&r.cdf_all, "", "all"),
+            (&r.cdf_small, "6 3", "small"),
+            (&r.cdf_channel_small, "2 2", "small, to channel"),
+        ] {
             if curve.is_empty() {
                 continue;
             }
