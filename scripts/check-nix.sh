@@ -120,13 +120,18 @@ lib_dir=$NIXPKGS_LIB
 lib_dir=$(cd "$lib_dir" && pwd)
 echo "check-nix: evaluating with lib $(nix-instantiate --eval --expr "(import $lib_dir).version" 2>/dev/null) from $lib_dir"
 
-scenarios=$(mktemp)
-trap 'rm -f "$scenarios"' EXIT
-if ! nix-instantiate --eval --strict --json nixos/check/eval.nix \
-    --arg lib "import $lib_dir" -A scenarios >"$scenarios"; then
-    echo "check-nix: evaluating nixos/check/eval.nix failed" >&2
-    exit 1
-fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# eval_json ATTR WHAT: nixos/check/eval.nix's ATTR as JSON in $work/ATTR.json; exits on error.
+eval_json() {
+    if ! nix-instantiate --eval --strict --json nixos/check/eval.nix \
+        --arg lib "import $lib_dir" -A "$1" >"$work/$1.json"; then
+        echo "check-nix: $2 failed" >&2
+        exit 1
+    fi
+}
+eval_json scenarios "evaluating nixos/check/eval.nix"
+scenarios=$work/scenarios.json
 
 python3 - "$scenarios" "$update" <<'EOF' || fail=1
 import json
@@ -269,14 +274,8 @@ sys.exit(0 if ok else 1)
 EOF
 
 # ---- 6. every option has a description --------------------------------------------
-docs_json=$(mktemp)
-trap 'rm -f "$scenarios" "$docs_json"' EXIT
-if ! nix-instantiate --eval --strict --json nixos/check/eval.nix \
-    --arg lib "import $lib_dir" -A optionDocs >"$docs_json"; then
-    echo "check-nix: rendering the option documentation failed" >&2
-    exit 1
-fi
-python3 - "$docs_json" <<'EOF' || fail=1
+eval_json optionDocs "rendering the option documentation"
+python3 - "$work/optionDocs.json" <<'EOF' || fail=1
 import json
 import sys
 
@@ -292,14 +291,8 @@ print(f"check-nix: all {len(options)} options are documented")
 EOF
 
 # ---- 7. the flake's outputs and the VM tests' Python ----------------------------
-flake_json=$(mktemp)
-trap 'rm -f "$scenarios" "$docs_json" "$flake_json"' EXIT
-if ! nix-instantiate --eval --strict --json nixos/check/eval.nix \
-    --arg lib "import $lib_dir" -A flake >"$flake_json"; then
-    echo "check-nix: evaluating flake.nix's outputs failed" >&2
-    exit 1
-fi
-python3 - "$flake_json" <<'EOF' || fail=1
+eval_json flake "evaluating flake.nix's outputs"
+python3 - "$work/flake.json" <<'EOF' || fail=1
 import json
 import os
 import subprocess

@@ -410,7 +410,7 @@ impl Core {
     /// Builds dispatched by a follow-up candidate are the attribution's cost, except
     /// those the failed batch would have built itself (a candidate that failed fast left
     /// its own rebuild set to the follow-up).
-    pub(crate) fn count_builds(&mut self, id: CandId, drvs: &[&str]) {
+    pub(crate) fn count_builds(&mut self, id: CandId, drvs: &[impl AsRef<str>]) {
         let cand = self.candidates.get_mut(&id).expect("known");
         cand.builds += drvs.len() as u32;
         let Some(root) = cand.follow_up_of.filter(|_| !drvs.is_empty()) else {
@@ -424,7 +424,7 @@ impl Core {
             .iter()
             .flat_map(|t| std::iter::once(t.drv.as_str()).chain(t.base_drv.as_deref()))
             .collect();
-        let beyond = drvs.iter().filter(|d| !own.contains(*d)).count() as u32;
+        let beyond = drvs.iter().filter(|d| !own.contains(d.as_ref())).count() as u32;
         if beyond > 0 {
             r.extra_builds += beyond;
             // The root is usually done already: persist its new cost.
@@ -483,14 +483,7 @@ impl Core {
             .iter()
             .filter_map(|t| {
                 let m = self.certain_blocker(t, now)?;
-                Some(Blocker::Build {
-                    key: t.key.clone(),
-                    drv: t.drv.clone(),
-                    base_drv: t.base_drv.clone(),
-                    class: m.class,
-                    log_tail: m.log_tail.clone(),
-                    root_drv: m.root_drv.clone(),
-                })
+                Some(build_blocker(t, m))
             })
             .collect()
     }
@@ -534,17 +527,9 @@ impl Core {
             if base_fails {
                 preexisting += 1;
             } else {
-                blockers.push(Blocker::Build {
-                    key: t.key.clone(),
-                    drv: t.drv.clone(),
-                    base_drv: t.base_drv.clone(),
-                    class: m.class,
-                    log_tail: m.log_tail.clone(),
-                    root_drv: m.root_drv.clone(),
-                });
+                blockers.push(build_blocker(t, &m));
             }
         }
-        let dispatched: Vec<&str> = dispatched.iter().map(String::as_str).collect();
         self.count_builds(id, &dispatched);
         if !pending.is_empty() {
             self.candidates.get_mut(&id).expect("known").pending = pending;
@@ -717,5 +702,17 @@ fn error_of(eval: &Evaluation, key: &JobKey) -> String {
     match eval.get(key) {
         Some(JobResult::Error(m)) => m.clone(),
         _ => String::new(),
+    }
+}
+
+/// The blocker a target's remembered failure makes.
+fn build_blocker(t: &Target, m: &Memo) -> Blocker {
+    Blocker::Build {
+        key: t.key.clone(),
+        drv: t.drv.clone(),
+        base_drv: t.base_drv.clone(),
+        class: m.class,
+        log_tail: m.log_tail.clone(),
+        root_drv: m.root_drv.clone(),
     }
 }

@@ -234,6 +234,18 @@ fn h(x: Option<f64>) -> String {
     }
 }
 
+/// One line of a latency table: group, count, p50, p95, p99.
+fn pct_row(k: &str, p: &Pct) -> String {
+    format!(
+        "  {:<32}{:>5} {:>8} {:>8} {:>8}\n",
+        k,
+        p.n,
+        h(p.p50),
+        h(p.p95),
+        h(p.p99)
+    )
+}
+
 pub fn table(r: &Report) -> String {
     let mut s = String::new();
     let days = r.simulated_hours / 24.0;
@@ -252,27 +264,13 @@ pub fn table(r: &Report) -> String {
     );
     s += "latency accept -> landed (hours)   n      p50      p95      p99\n";
     for (k, p) in &r.latency_landed_hours {
-        s += &format!(
-            "  {:<32}{:>5} {:>8} {:>8} {:>8}\n",
-            k,
-            p.n,
-            h(p.p50),
-            h(p.p95),
-            h(p.p99)
-        );
+        s += &pct_row(k, p);
     }
     match &r.latency_channel_hours {
         Some(lat) => {
             s += "latency accept -> channel (hours)\n";
             for (k, p) in lat {
-                s += &format!(
-                    "  {:<32}{:>5} {:>8} {:>8} {:>8}\n",
-                    k,
-                    p.n,
-                    h(p.p50),
-                    h(p.p95),
-                    h(p.p99)
-                );
+                s += &pct_row(k, p);
             }
         }
         None => s += "latency accept -> channel: n/a (this policy gates no channel)\n",
