@@ -89,11 +89,9 @@ impl Core {
             .scheduler
             .step(&r.drv_path)
             .map_or(0, |s| s.failed_attempts);
-        if r.class == OutcomeClass::Failed
-            && failed_before < self.cfg().failure_retries
-            && self.scheduler.running_on(&r.drv_path) == Some(r.builder.as_str())
-        {
-            // A failure blames a change: make sure it is not a flaky one first.
+        if r.class == OutcomeClass::Failed && failed_before < self.cfg().failure_retries {
+            // A failure blames a change: make sure it is not a flaky one first. (A stale
+            // or duplicate report is not retried and is dropped by `finish` below.)
             if let Some(n) = self.scheduler.retry_failed(&r.drv_path, &r.builder) {
                 let tail = r.log_tail.lines().last().unwrap_or("").to_string();
                 self.event(

@@ -255,10 +255,7 @@ pub fn run(
                     builds_queued,
                     util,
                 });
-                let done = t >= end_arrivals
-                    && env.m.finals == env.world.changes.len()
-                    && driver.settled(&env);
-                if !done {
+                if !over(&env, &*driver, end_arrivals) {
                     env.at(t + step, Ev::Sample);
                 }
             }
@@ -289,13 +286,18 @@ pub fn run(
             }
             other => driver.event(&mut env, other),
         }
-        if t >= end_arrivals && env.m.finals == env.world.changes.len() && driver.settled(&env) {
+        if over(&env, &*driver, end_arrivals) {
             break;
         }
     }
     env.m.end = env.now;
     driver.finish(&mut env);
     (env.m, env.world, env.pool.attempts, env.pool.slot_ms)
+}
+
+/// Arrivals ended, every change is final and the driver has nothing left to wait for.
+fn over(env: &Env, driver: &dyn Driver, end_arrivals: Millis) -> bool {
+    env.now >= end_arrivals && env.m.finals == env.world.changes.len() && driver.settled(env)
 }
 
 /// Sorted latencies in hours from accept to `reached` (landed, or in a channel) of the

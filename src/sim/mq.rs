@@ -132,14 +132,10 @@ pub struct CoreDriver {
     remote: BTreeMap<String, Option<u32>>,
 }
 
-fn cfg_channels(cfg: &CoreConfig) -> BTreeMap<String, Option<u32>> {
-    cfg.channels.keys().map(|n| (n.clone(), None)).collect()
-}
-
 impl CoreDriver {
     pub fn new(cfg: CoreConfig) -> CoreDriver {
         CoreDriver {
-            remote: cfg_channels(&cfg),
+            remote: cfg.channels.keys().map(|n| (n.clone(), None)).collect(),
             core: Core::new(cfg.clone()),
             cfg,
             db: Db::default(),

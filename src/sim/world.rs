@@ -597,9 +597,10 @@ impl World {
                 None => (false, vec![]),
                 Some(i) => (
                     true,
-                    tips[(i + 1).min(tips.len())..]
+                    // Strictly between: after the target, before the head.
+                    tips.get(i + 1..tips.len() - 1)
+                        .unwrap_or(&[])
                         .iter()
-                        .take(tips.len().saturating_sub(i + 2))
                         .rev()
                         .take(cap)
                         .map(|&(c, _)| self.commit_id(c).to_string())
