@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::sshd::Sshd;
-use common::{harness, state, LONG};
+use common::{harness, never_built_version, state, LONG};
 use hyper::Method;
 use mergequeue::harness::BranchOpts;
 use serde_json::Value;
@@ -49,7 +49,7 @@ async fn a_killed_builder_daemon_is_retried_on_the_other_builder_and_the_change_
     let leaf = h.set.healthy_leaves()[0].clone();
     // A version never built before on this machine: outputs valid in the local store
     // from an earlier run would make the remote build a no-op.
-    let version = format!("9.{}.{}", std::process::id(), fastrand::u32(..));
+    let version = never_built_version();
     h.change("slow", "slow leaf", |s| {
         s.set_version(&leaf, &version)?;
         s.set_sleep(&leaf, 6.0)

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{harness, leaf_with_private_dep, state, LONG};
+use common::{harness, leaf_with_private_dep, never_built_version, state, LONG};
 use hyper::{Method, StatusCode};
 use mergequeue::harness::{git, BranchOpts};
 use serde_json::json;
@@ -289,9 +289,11 @@ async fn force_push_is_tested_at_the_new_head_and_target_moves_are_rebased() {
     let old = h
         .change("fp", "first version", |s| s.bump(&a).map(|_| ()))
         .unwrap();
-    // Make the candidate's build slow so the target can move while it is tested.
+    // Make the candidate's build slow so the target can move while it is tested. A version
+    // never built on this machine: an output already valid in the store from an earlier run
+    // would make the build instant and the "building" phase too short to observe.
     h.change("slow", "slow build", |s| {
-        s.bump(&b)?;
+        s.set_version(&b, &never_built_version())?;
         s.set_sleep(&b, 4.0)
     })
     .unwrap();
@@ -363,7 +365,7 @@ async fn a_cancelled_change_never_lands() {
     let leaves = h.set.healthy_leaves();
     let (a, b) = (leaves[0].clone(), leaves[1].clone());
     h.change("a", "slow", |s| {
-        s.bump(&a)?;
+        s.set_version(&a, &never_built_version())?;
         s.set_sleep(&a, 3.0)
     })
     .unwrap();
