@@ -166,6 +166,7 @@ impl Mirror {
                 .map(|(i, c)| (order[i].0, c))
                 .collect(),
             conflicts,
+            vanished: vec![],
         })
     }
 

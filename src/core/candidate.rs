@@ -214,18 +214,30 @@ impl Core {
         let p = match result {
             Ok(p) => p,
             Err(msg) => {
+                // Git could not fetch or merge (network, disk, a broken mirror): an
+                // infrastructure outcome, never a verdict on the changes.
+                let n = {
+                    let n = self.prepare_failures.entry(id).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let delay = self.backoff(n);
                 self.event(
                     now,
                     &repo,
-                    format!("candidate {id}: preparing failed, retrying: {msg}"),
+                    format!(
+                        "candidate {id}: preparing failed (attempt {n}), retrying in {} s: {msg}",
+                        delay / 1000
+                    ),
                 );
                 let cand = self.candidates[&id].clone();
                 self.emit_prepare(&cand);
                 let cmd = self.out.pop().expect("just pushed");
-                self.later(now + self.cfg().retry_delay_ms, cmd);
+                self.later(now + delay, cmd);
                 return;
             }
         };
+        self.prepare_failures.remove(&id);
         for (cid, head) in &p.heads {
             let c = self.changes.get_mut(cid).expect("known");
             if &c.head != head {
@@ -248,6 +260,10 @@ impl Core {
             let reason = format!("merge conflict with {branch} at {}: {why}", short(&p.base));
             self.reject(*cid, reason, now);
         }
+        for (cid, why) in &p.vanished {
+            let reason = format!("the change's ref no longer exists: {why}");
+            self.reject(*cid, reason, now);
+        }
         let cand = self.candidates.get_mut(&id).expect("active");
         cand.changes = p.merged.iter().map(|(c, _)| *c).collect();
         cand.base = Some(p.base.clone());
@@ -267,6 +283,7 @@ impl Core {
     pub(crate) fn on_evaluated(&mut self, eval: Arc<Evaluation>, now: Millis) {
         let commit = eval.commit.clone();
         self.evals_requested.remove(&commit);
+        self.eval_failures.remove(&commit);
         self.evals.insert(commit.clone(), eval.clone());
         let waiting: Vec<CandId> = self
             .candidates

@@ -256,10 +256,16 @@ pub struct Prepared {
     /// Merged changes in order, each with the commit after merging it.
     pub merged: Vec<(ChangeId, String)>,
     pub conflicts: Vec<(ChangeId, String)>,
+    /// Changes whose ref no longer exists on the remote (deleted branch, closed pull
+    /// request), with the message. A ref that could not be fetched for another reason
+    /// is an infrastructure failure of the whole preparation, not listed here.
+    pub vanished: Vec<(ChangeId, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeResult {
+    /// The jobs of the requested attributes. An attribute that does not exist at that
+    /// commit (or holds no job) yields no entry: absent is not failing.
     Attrs {
         commit: String,
         jobs: Vec<(JobKey, JobResult)>,
@@ -289,6 +295,14 @@ pub enum Input {
     },
     Evaluated {
         eval: Arc<Evaluation>,
+    },
+    /// The evaluation of `commit` could not run (checkout or fetch failed, the evaluator
+    /// could not start or was killed, the disk is full): an infrastructure outcome,
+    /// retried with backoff, never stored as the commit's evaluation.
+    EvalFailed {
+        repo: String,
+        commit: String,
+        error: String,
     },
     Built(BuildReport),
     Inspected {
@@ -379,6 +393,10 @@ pub struct Core {
     pub(crate) seq: u64,
     pub(crate) out: Vec<Command>,
     pub(crate) channels: BTreeMap<String, Channel>,
+    /// Consecutive infrastructure failures per commit being evaluated (for the backoff).
+    pub(crate) eval_failures: BTreeMap<String, u32>,
+    /// Consecutive infrastructure failures per candidate being prepared.
+    pub(crate) prepare_failures: BTreeMap<CandId, u32>,
 }
 
 impl Core {
@@ -591,6 +609,11 @@ impl Core {
             }
             Input::Probed { probe, result } => self.on_probed(probe, result, now),
             Input::Landed { cand, result } => self.on_landed(cand, result, now),
+            Input::EvalFailed {
+                repo,
+                commit,
+                error,
+            } => self.on_eval_failed(&repo, &commit, &error, now),
             Input::Tick => {}
             other => self.handle_channel(other, now),
         }
@@ -669,6 +692,43 @@ impl Core {
         self.memo
             .get(drv)
             .filter(|m| m.expires_at.is_none_or(|t| t > now))
+    }
+
+    /// The delay before the `n`th retry (1-based): the retry delay, doubling, at most
+    /// ten minutes.
+    pub(crate) fn backoff(&self, n: u32) -> Millis {
+        let base = self.cfg().retry_delay_ms.max(1);
+        base.saturating_mul(1 << n.saturating_sub(1).min(16))
+            .min(600_000.max(base))
+    }
+
+    fn on_eval_failed(&mut self, repo: &str, commit: &str, error: &str, now: Millis) {
+        if self.evals.contains_key(commit) {
+            return;
+        }
+        let n = {
+            let n = self.eval_failures.entry(commit.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let delay = self.backoff(n);
+        self.event(
+            now,
+            repo,
+            format!(
+                "evaluation of {} could not run (attempt {n}), retrying in {} s: {error}",
+                candidate::short(commit),
+                delay / 1000
+            ),
+        );
+        self.evals_requested.insert(commit.to_string());
+        self.later(
+            now + delay,
+            Command::Evaluate {
+                repo: repo.to_string(),
+                commit: commit.to_string(),
+            },
+        );
     }
 
     pub(crate) fn request_eval(&mut self, repo: &str, commit: &str) {

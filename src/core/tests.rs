@@ -498,6 +498,7 @@ impl Sim {
                         heads,
                         merged,
                         conflicts,
+                        vanished: vec![],
                     }),
                 }
             }

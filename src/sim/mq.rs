@@ -449,6 +449,7 @@ impl CoreDriver {
                         heads,
                         merged,
                         conflicts,
+                        vanished: vec![],
                     }),
                 }
             }
