@@ -349,6 +349,7 @@ impl Store {
                 pending: Default::default(),
                 eval_blockers: vec![],
                 attribution: None,
+                preexisting: vec![],
             });
         }
         Ok(out)

@@ -1,16 +1,26 @@
 //! Attribution: which change of a failed batch broke which job, found through the
-//! derivation graph instead of by rebuilding the batch.
+//! derivation graph instead of by rebuilding the batch. A change is blamed only on
+//! evidence: an evaluation or a build showing the job broken with it and not without it.
 //!
-//! 1. Each change is applied alone to the base and only the blocking attributes are
-//!    evaluated (cheap). A change that leaves a failing job's derivation as it is on the
-//!    base is innocent for that job.
-//! 2. One suspect: the culprit, with no build at all.
-//! 3. Several suspects (or none, when changes only break in combination): binary search
-//!    over the batch's merge chain, evaluating the job at each prefix; a prefix whose
-//!    derivation equals the base's or the candidate's needs no build, others are built
-//!    (remembered results reused).
+//! 1. Probes (evaluations of the blocking attributes only, cheap): the base alone, and
+//!    each change applied alone to the base. Each probe tells, per blocker, what the job
+//!    is there: absent, failing to evaluate, or a derivation.
+//! 2. A blocker that is just as broken on the base is not the batch's doing: it is
+//!    dropped (or, for a required job, the batch waits; see `hold`).
+//! 3. A change whose probe equals the base's leaves the job alone: innocent for it. An
+//!    absent job is never failing. A change whose probe shows the job broken (the
+//!    candidate's failing derivation itself, an evaluation error, a derivation known to
+//!    fail, or one built now and failing) is a culprit for it, each on its own evidence.
+//! 4. Blockers are attributed one by one, root failures first. A blocker that a culprit
+//!    already found alters needs no more evidence: the other changes are retested
+//!    without the culprit in the follow-up candidate.
+//! 5. When no change breaks the job alone, it breaks only in combination: binary search
+//!    over the batch's merge chain finds the first prefix where it is broken (a prefix
+//!    whose derivation is the base's or the candidate's needs no build).
+//! 6. A blocker nothing explains (which the steps above rule out, but never guess): the
+//!    changes are tested separately.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::candidate::{short, Phase};
@@ -45,6 +55,13 @@ impl Blocker {
     pub(crate) fn key(&self) -> Option<&JobKey> {
         match self {
             Blocker::Build { key, .. } | Blocker::EvalError { key, .. } => Some(key),
+            Blocker::Missing { .. } | Blocker::WholeEval { .. } => None,
+        }
+    }
+
+    fn drv(&self) -> Option<&String> {
+        match self {
+            Blocker::Build { drv, .. } => Some(drv),
             _ => None,
         }
     }
@@ -57,7 +74,7 @@ impl Blocker {
         }
     }
 
-    /// The rejection reason: job, derivation, log tail.
+    /// The rejection reason: job, derivation, log tail, and the evidence (`how`).
     pub(crate) fn reason(&self, how: &str) -> String {
         match self {
             Blocker::Build {
@@ -72,7 +89,7 @@ impl Blocker {
                     .as_ref()
                     .map_or(String::new(), |r| format!(" (dependency {r} failed)"));
                 format!(
-                    "job {key} {} on the candidate: {drv}{root}; it builds on the base and this change alters its derivation ({how})\nlog tail:\n{log_tail}",
+                    "job {key} {} on the candidate: {drv}{root}; it builds on the base or is new there; {how}\nlog tail:\n{log_tail}",
                     class_verb(*class)
                 )
             }
@@ -94,6 +111,53 @@ impl Blocker {
             Blocker::WholeEval { .. } => "jobset fails to evaluate".into(),
         }
     }
+
+    /// Root failures before the jobs that only failed because a dependency did.
+    fn rank(&self) -> u8 {
+        match self {
+            Blocker::WholeEval { .. } => 0,
+            Blocker::EvalError { .. } | Blocker::Missing { .. } => 1,
+            Blocker::Build { class, .. } if *class == OutcomeClass::DependencyFailed => 3,
+            Blocker::Build { .. } => 2,
+        }
+    }
+
+    /// What a probe says about this blocker's job.
+    fn state(&self, probe: &Probe) -> JobState {
+        let (jobs, eval): (&[(JobKey, JobResult)], Option<&Evaluation>) = match probe {
+            Probe::Conflict => return JobState::Unknown,
+            Probe::Attrs(jobs) => (jobs, None),
+            Probe::Full(e) if e.failed() => return JobState::WholeFailed,
+            Probe::Full(e) => (&e.jobs, Some(e)),
+        };
+        match self {
+            Blocker::Build { key, .. } | Blocker::EvalError { key, .. } => {
+                let r = match eval {
+                    Some(e) => e.get(key),
+                    None => jobs.iter().find(|(k, _)| k == key).map(|(_, r)| r),
+                };
+                match r {
+                    None => JobState::Absent,
+                    Some(JobResult::Error(_)) => JobState::EvalError,
+                    Some(JobResult::Ok(j)) => JobState::Drv(j.drv_path.clone()),
+                }
+            }
+            Blocker::Missing { attr } => {
+                let present = jobs.iter().any(|(k, r)| {
+                    (k.attr == *attr
+                        || (k.attr.starts_with(attr.as_str())
+                            && k.attr.as_bytes().get(attr.len()) == Some(&b'.')))
+                        && r.job().is_some()
+                });
+                if present {
+                    JobState::Present
+                } else {
+                    JobState::Absent
+                }
+            }
+            Blocker::WholeEval { .. } => JobState::Present,
+        }
+    }
 }
 
 fn class_verb(c: OutcomeClass) -> &'static str {
@@ -104,38 +168,124 @@ fn class_verb(c: OutcomeClass) -> &'static str {
     }
 }
 
+/// A probe's answer, kept for the attribution's decisions.
 #[derive(Debug, Clone, PartialEq)]
-enum Alone {
+enum Probe {
     Attrs(Vec<(JobKey, JobResult)>),
     Full(Arc<Evaluation>),
+    /// Did not merge there (a change that needs an earlier one of the batch).
     Conflict,
 }
 
+/// A blocker's job at one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JobState {
+    Absent,
+    EvalError,
+    Drv(String),
+    /// Some job under a `Missing` blocker's attribute exists; or the jobset evaluates.
+    Present,
+    WholeFailed,
+    Unknown,
+}
+
+/// Whether a job state shows the blocker's failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Broken {
+    Yes,
+    No,
+    /// Only a build of this derivation can tell.
+    Build(String),
+    Unknown,
+}
+
+/// Where a probe's answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Base,
+    Alone(usize),
+    /// A prefix of the merge chain (index into `merged`), during a search.
+    Prefix(usize),
+}
+
 #[derive(Debug, Clone, PartialEq)]
-struct Bisect {
+struct Search {
     blocker: usize,
-    /// Chain positions to search; the last is the whole batch, known bad.
+    /// Merge-chain indices to test; the last is the whole batch, known broken.
     positions: Vec<usize>,
+    /// The first broken prefix is at `positions[lo..=hi]`; `positions[hi]` is broken.
     lo: usize,
     hi: usize,
-    /// The prefix commit being tested, when waiting for its full evaluation.
-    waiting_commit: Option<String>,
+    /// Searching every position between the last two, after the changes altering it.
+    refined: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Attribution {
     blockers: Vec<Blocker>,
-    alone: Vec<Option<Alone>>,
-    alone_probes: BTreeMap<ProbeId, usize>,
-    /// Blockers still to be bisected, with their suspects' chain positions.
-    todo: Vec<(usize, Vec<usize>)>,
-    bisect: Option<Bisect>,
+    base: Option<Probe>,
+    alone: Vec<Option<Probe>>,
+    prefix: BTreeMap<usize, Probe>,
+    probes: BTreeMap<ProbeId, Slot>,
+    /// Blockers still to be attributed, in order.
+    todo: Vec<usize>,
+    search: Option<Search>,
     culprits: BTreeMap<ChangeId, String>,
-    pub(crate) waiting_drv: Option<String>,
+    /// Blockers nothing could be pinned on.
+    unexplained: Vec<usize>,
+    /// Blockers with a culprit.
+    pinned: BTreeSet<usize>,
+    /// Blockers left for a prefix search: (blocker, changes altering it alone,
+    /// positions to search).
+    deferred: Vec<(usize, Vec<usize>, Vec<usize>)>,
+    /// Blockers that also fail on the base and are about required jobs.
+    held: Vec<usize>,
+    /// Jobs of blockers that fail on the base just the same.
+    preexisting: Vec<JobKey>,
+    /// Builds attribution waits for (evidence).
+    pub(crate) waiting: BTreeSet<String>,
 }
 
 impl Core {
-    pub(crate) fn begin_attribution(&mut self, id: CandId, blockers: Vec<Blocker>, now: Millis) {
+    pub(crate) fn begin_attribution(
+        &mut self,
+        id: CandId,
+        mut blockers: Vec<Blocker>,
+        now: Millis,
+    ) {
+        // A job that failed because a dependency did: when that dependency is itself a
+        // job of the candidate, its failure is a blocker of its own, attributed first
+        // (failing fast, its own build may not have been reported yet).
+        let roots: Vec<Blocker> = blockers
+            .iter()
+            .filter_map(|b| match b {
+                Blocker::Build {
+                    root_drv: Some(r),
+                    key,
+                    ..
+                } => Some((r.clone(), key.clone())),
+                _ => None,
+            })
+            .filter_map(|(r, dependent)| {
+                let t = self.candidates[&id].targets.iter().find(|t| t.drv == r)?;
+                Some(Blocker::Build {
+                    key: t.key.clone(),
+                    drv: r.clone(),
+                    base_drv: t.base_drv.clone(),
+                    class: OutcomeClass::Failed,
+                    log_tail: format!("(failed as a dependency of {dependent})"),
+                    root_drv: None,
+                })
+            })
+            .collect();
+        for r in roots {
+            let known = blockers
+                .iter()
+                .any(|b| matches!(b, Blocker::Build { drv, .. } if Some(drv) == r.drv()));
+            if !known {
+                blockers.push(r);
+            }
+        }
         let cand = self.candidates.get_mut(&id).expect("known");
         cand.phase = Phase::Attributing;
         cand.pending.clear();
@@ -152,51 +302,54 @@ impl Core {
             .collect::<Vec<_>>()
             .join("; ");
         self.event(now, &repo, format!("candidate {id} failed: {list}"));
-        let mut att = Attribution {
-            blockers,
-            alone: vec![None; n],
-            alone_probes: BTreeMap::new(),
-            todo: vec![],
-            bisect: None,
-            culprits: BTreeMap::new(),
-            waiting_drv: None,
-        };
-        if n == 1 {
-            let only = self.candidates[&id].changes[0];
-            let reason = att
-                .blockers
-                .iter()
-                .map(|b| b.reason("the only change in the batch"))
-                .collect::<Vec<_>>()
-                .join("\n\n");
-            att.culprits.insert(only, reason);
-            self.candidates.get_mut(&id).expect("known").attribution = Some(att);
-            self.conclude(id, now);
-            return;
-        }
-        let whole = att
-            .blockers
+        let mut order: Vec<usize> = (0..blockers.len()).collect();
+        order.sort_by_key(|&i| blockers[i].rank());
+        let whole = blockers
             .iter()
             .any(|b| matches!(b, Blocker::WholeEval { .. }));
-        let mut attrs: Vec<String> = att
-            .blockers
-            .iter()
-            .filter_map(|b| b.attr().map(str::to_string))
-            .collect();
-        attrs.sort();
-        attrs.dedup();
-        for (i, head) in heads.into_iter().enumerate() {
+        let attrs = blocker_attrs(&blockers);
+        let mut att = Attribution {
+            blockers,
+            base: None,
+            alone: vec![None; n],
+            prefix: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            todo: order.into_iter().rev().collect(),
+            search: None,
+            culprits: BTreeMap::new(),
+            unexplained: vec![],
+            pinned: BTreeSet::new(),
+            deferred: vec![],
+            held: vec![],
+            preexisting: vec![],
+            waiting: BTreeSet::new(),
+        };
+        // The base's full evaluation is at hand when the jobset as a whole is in question.
+        if whole {
+            att.base = self.evals.get(&base).cloned().map(Probe::Full);
+        }
+        let mut probes = vec![];
+        if att.base.is_none() {
+            probes.push((Slot::Base, vec![]));
+        }
+        if n > 1 {
+            for (i, head) in heads.into_iter().enumerate() {
+                probes.push((Slot::Alone(i), vec![head]));
+            }
+        }
+        for (slot, heads) in probes {
             let probe = self.new_probe(id);
-            att.alone_probes.insert(probe, i);
+            att.probes.insert(probe, slot);
             self.out.push(Command::Probe {
                 probe,
                 repo: repo.clone(),
                 base: base.clone(),
-                heads: vec![head],
+                heads,
                 attrs: (!whole).then(|| attrs.clone()),
             });
         }
         self.candidates.get_mut(&id).expect("known").attribution = Some(att);
+        self.attribute_next(id, now);
     }
 
     fn new_probe(&mut self, cand: CandId) -> ProbeId {
@@ -204,6 +357,13 @@ impl Core {
         self.next_probe += 1;
         self.probes.insert(p, cand);
         p
+    }
+
+    fn att(&mut self, id: CandId) -> &mut Attribution {
+        self.candidates
+            .get_mut(&id)
+            .and_then(|c| c.attribution.as_mut())
+            .expect("attributing")
     }
 
     pub(crate) fn on_probed(
@@ -215,309 +375,407 @@ impl Core {
         let Some(id) = self.probes.remove(&probe) else {
             return;
         };
-        let Some(att) = self
+        let Some(slot) = self
             .candidates
             .get_mut(&id)
             .and_then(|c| c.attribution.as_mut())
+            .and_then(|a| a.probes.remove(&probe))
         else {
             return;
         };
         let result = match result {
             Ok(r) => r,
             Err(msg) => {
-                // Infrastructure trouble while probing: ask again later.
+                // Infrastructure trouble while probing: the same probe again, later.
                 let repo = self.candidates[&id].repo.clone();
                 self.event(
                     now,
                     &repo,
                     format!("candidate {id}: probe failed, retrying: {msg}"),
                 );
-                self.reissue_probe(id, probe, now);
+                self.reissue_probe(id, slot, now);
                 return;
             }
         };
-        if let Some(i) = att.alone_probes.remove(&probe) {
-            att.alone[i] = Some(match result {
-                ProbeResult::Attrs { jobs, .. } => Alone::Attrs(jobs),
-                ProbeResult::Full { eval } => Alone::Full(eval),
-                ProbeResult::Conflict(_) => Alone::Conflict,
-            });
-            if att.alone_probes.is_empty() {
-                self.decide_suspects(id, now);
-            }
-            return;
-        }
-        // A bisection probe of a prefix.
-        match result {
-            ProbeResult::Attrs { jobs, .. } => self.bisect_observe_attrs(id, &jobs, now),
+        let p = match result {
+            ProbeResult::Attrs { jobs, .. } => Probe::Attrs(jobs),
             ProbeResult::Full { eval } => {
-                let commit = eval.commit.clone();
-                self.evals.insert(commit.clone(), eval);
-                self.attribution_eval_ready(id, &commit, now);
+                self.evals.insert(eval.commit.clone(), eval.clone());
+                Probe::Full(eval)
             }
-            ProbeResult::Conflict(_) => self.bisect_step(id, true, now),
-        }
-    }
-
-    fn reissue_probe(&mut self, id: CandId, old: ProbeId, now: Millis) {
-        // Re-derive the probe from the attribution state: simplest is to restart it.
-        let att = self.candidates[&id]
-            .attribution
-            .clone()
-            .expect("attributing");
-        if att.alone_probes.contains_key(&old) || att.alone.iter().any(Option::is_none) {
-            let blockers = att.blockers.clone();
-            let delay = self.cfg().retry_delay_ms;
-            self.probes.retain(|_, c| *c != id);
-            let before = self.out.len();
-            self.begin_attribution(id, blockers, now);
-            let cmds: Vec<Command> = self.out.drain(before..).collect();
-            for c in cmds {
-                match c {
-                    Command::Probe { .. } => self.later(now + delay, c),
-                    other => self.out.push(other),
-                }
-            }
-        } else {
-            self.bisect_test(id, now);
-        }
-    }
-
-    fn decide_suspects(&mut self, id: CandId, now: Millis) {
-        let cand = &self.candidates[&id];
-        let att = cand.attribution.clone().expect("attributing");
-        let mut culprits = att.culprits.clone();
-        let mut todo = vec![];
-        for (bi, b) in att.blockers.iter().enumerate() {
-            let suspects: Vec<usize> = (0..att.alone.len())
-                .filter(|&i| suspect(b, att.alone[i].as_ref().expect("all in")))
-                .collect();
-            if suspects.len() == 1 {
-                let c = cand.changes[suspects[0]];
-                let reason = b.reason("the only change in the batch that alters this job");
-                culprits
-                    .entry(c)
-                    .and_modify(|r| r.push_str(&format!("\n\n{reason}")))
-                    .or_insert(reason);
-            } else {
-                todo.push((bi, suspects));
+            ProbeResult::Conflict(_) => Probe::Conflict,
+        };
+        let att = self.att(id);
+        match slot {
+            Slot::Base => att.base = Some(p),
+            Slot::Alone(i) => att.alone[i] = Some(p),
+            Slot::Prefix(j) => {
+                att.prefix.insert(j, p);
             }
         }
-        let att = self
-            .candidates
-            .get_mut(&id)
-            .and_then(|c| c.attribution.as_mut())
-            .expect("attributing");
-        att.culprits = culprits;
-        att.todo = todo.into_iter().rev().collect();
-        self.next_bisect(id, now);
+        self.attribute_next(id, now);
     }
 
-    fn next_bisect(&mut self, id: CandId, now: Millis) {
-        let n = self.candidates[&id].merged.len();
-        let changes = self.candidates[&id].changes.clone();
-        loop {
-            let att = self
-                .candidates
-                .get_mut(&id)
-                .and_then(|c| c.attribution.as_mut())
-                .expect("attributing");
-            let Some((b, s)) = att.todo.pop() else {
-                self.conclude(id, now);
-                return;
-            };
-            // A blocker already explained by a known culprit is retested without it.
-            if s.iter().any(|&i| att.culprits.contains_key(&changes[i])) {
-                continue;
-            }
-            let mut positions = if s.is_empty() { (0..n).collect() } else { s };
-            if positions.last() != Some(&(n - 1)) {
-                positions.push(n - 1);
-            }
-            let hi = positions.len() - 1;
-            att.bisect = Some(Bisect {
-                blocker: b,
-                positions,
-                lo: 0,
-                hi,
-                waiting_commit: None,
-            });
-            self.bisect_test(id, now);
-            return;
-        }
-    }
-
-    /// Tests the middle prefix of the current search, or concludes the search.
-    fn bisect_test(&mut self, id: CandId, now: Millis) {
+    fn reissue_probe(&mut self, id: CandId, slot: Slot, now: Millis) {
         let cand = &self.candidates[&id];
         let att = cand.attribution.as_ref().expect("attributing");
-        let bs = att.bisect.clone().expect("bisecting");
-        if bs.lo >= bs.hi {
-            let pos = bs.positions[bs.hi];
-            let culprit = cand.changes[pos];
-            let reason = att.blockers[bs.blocker].reason("found by testing prefixes of the batch");
-            let att = self
-                .candidates
-                .get_mut(&id)
-                .and_then(|c| c.attribution.as_mut())
-                .expect("attributing");
-            att.culprits
-                .entry(culprit)
-                .and_modify(|r| r.push_str(&format!("\n\n{reason}")))
-                .or_insert(reason);
-            att.bisect = None;
-            self.next_bisect(id, now);
-            return;
-        }
-        let mid = (bs.lo + bs.hi) / 2;
-        let prefix = cand.merged[bs.positions[mid]].1.clone();
-        let blocker = att.blockers[bs.blocker].clone();
+        let base = cand.base.clone().expect("prepared");
+        let (base, heads) = match slot {
+            Slot::Base => (base, vec![]),
+            Slot::Alone(i) => (base, vec![self.changes[&cand.changes[i]].head.clone()]),
+            Slot::Prefix(j) => (cand.merged[j].1.clone(), vec![]),
+        };
+        let whole = att
+            .blockers
+            .iter()
+            .any(|b| matches!(b, Blocker::WholeEval { .. }));
+        let attrs = blocker_attrs(&att.blockers);
         let repo = cand.repo.clone();
-        if let Blocker::WholeEval { .. } = blocker {
-            if let Some(e) = self.evals.get(&prefix).cloned() {
-                return self.bisect_step(id, e.failed(), now);
+        let probe = self.new_probe(id);
+        self.att(id).probes.insert(probe, slot);
+        let delay = self.cfg().retry_delay_ms;
+        self.later(
+            now + delay,
+            Command::Probe {
+                probe,
+                repo,
+                base,
+                heads,
+                attrs: (!whole).then_some(attrs),
+            },
+        );
+    }
+
+    /// Whether a job state shows the blocker's failure, from what is known now.
+    fn broken(&self, b: &Blocker, s: &JobState, now: Millis) -> Broken {
+        match (b, s) {
+            (_, JobState::Unknown) => Broken::Unknown,
+            (_, JobState::WholeFailed) => Broken::Yes,
+            (Blocker::Build { drv, .. }, JobState::Drv(d)) => {
+                if d == drv {
+                    return Broken::Yes;
+                }
+                match self.known(d, now) {
+                    Some(m) if m.ok() => Broken::No,
+                    Some(_) => Broken::Yes,
+                    None => Broken::Build(d.clone()),
+                }
             }
-            let att = self
-                .candidates
-                .get_mut(&id)
-                .and_then(|c| c.attribution.as_mut())
-                .expect("attributing");
-            att.bisect.as_mut().expect("bisecting").waiting_commit = Some(prefix.clone());
+            (Blocker::Build { .. } | Blocker::EvalError { .. }, JobState::EvalError) => Broken::Yes,
+            (Blocker::Missing { .. }, JobState::Absent) => Broken::Yes,
+            (Blocker::WholeEval { .. }, _) => Broken::No,
+            _ => Broken::No,
+        }
+    }
+
+    /// Drives the attribution as far as the known results allow.
+    fn attribute_next(&mut self, id: CandId, now: Millis) {
+        loop {
+            let cand = &self.candidates[&id];
+            let att = cand.attribution.as_ref().expect("attributing");
+            if !att.probes.is_empty()
+                && (att.base.is_none() || att.alone.iter().any(Option::is_none))
+            {
+                return; // the first probes are still out
+            }
+            if !att.waiting.is_empty() {
+                return;
+            }
+            if att.search.is_some() {
+                if !self.search_step(id, now) {
+                    return;
+                }
+                continue;
+            }
+            let Some(&bi) = att.todo.last() else {
+                // In the order pinned, root failures first.
+                let att = self.att(id);
+                if att.deferred.is_empty() {
+                    return self.conclude(id, now);
+                }
+                let (bi, alters, positions) = att.deferred.remove(0);
+                if !self.explained(id, bi, &alters) {
+                    let hi = positions.len() - 1;
+                    self.att(id).search = Some(Search {
+                        blocker: bi,
+                        positions,
+                        lo: 0,
+                        hi,
+                        refined: false,
+                    });
+                }
+                continue;
+            };
+            match self.attribute_blocker(id, bi, now) {
+                Step::Done => {
+                    self.att(id).todo.pop();
+                }
+                Step::Wait => return,
+            }
+        }
+    }
+
+    /// One blocker, from the probes of the base and of each change alone.
+    fn attribute_blocker(&mut self, id: CandId, bi: usize, now: Millis) -> Step {
+        let cand = &self.candidates[&id];
+        let att = cand.attribution.as_ref().expect("attributing");
+        let b = att.blockers[bi].clone();
+        let n = cand.merged.len();
+        let base_state = b.state(att.base.as_ref().expect("base probed"));
+        match self.broken(&b, &base_state, now) {
+            Broken::Yes => {
+                // Just as broken without the batch: not the batch's doing.
+                let required = self.is_required(id, &b);
+                let repo = cand.repo.clone();
+                self.event(
+                    now,
+                    &repo,
+                    format!(
+                        "candidate {id}: {} fails on the base too; nobody is blamed for it",
+                        b.summary()
+                    ),
+                );
+                if required && !matches!(b, Blocker::Build { .. }) {
+                    self.att(id).held.push(bi);
+                } else if let Some(k) = b.key() {
+                    let k = k.clone();
+                    self.att(id).preexisting.push(k);
+                }
+                return Step::Done;
+            }
+            Broken::Build(d) => return self.gather(id, vec![d], now),
+            Broken::No | Broken::Unknown => {}
+        }
+        if n == 1 {
+            let only = cand.changes[0];
+            let how = "the only change in the batch: the job is broken with it and not without it";
+            self.blame(id, bi, only, b.reason(how));
+            return Step::Done;
+        }
+        let states: Vec<JobState> = att
+            .alone
+            .iter()
+            .map(|p| b.state(p.as_ref().expect("alone probed")))
+            .collect();
+        let alters: Vec<usize> = (0..n).filter(|&i| states[i] != base_state).collect();
+        let culprits: Vec<usize> = alters
+            .iter()
+            .copied()
+            .filter(|&i| self.broken(&b, &states[i], now) == Broken::Yes)
+            .collect();
+        if culprits.is_empty() && self.explained(id, bi, &alters) {
+            return Step::Done;
+        }
+        if !culprits.is_empty() {
+            let changes = cand.changes.clone();
+            for i in culprits {
+                let how = match &states[i] {
+                    JobState::Drv(d) if matches!(&b, Blocker::Build { drv, .. } if drv == d) => {
+                        "this change alone on the base gives the same failing derivation"
+                            .to_string()
+                    }
+                    JobState::Drv(d) => {
+                        format!("with this change alone on the base it fails too: {d}")
+                    }
+                    JobState::EvalError => {
+                        "with this change alone on the base the job fails to evaluate".to_string()
+                    }
+                    JobState::Absent => {
+                        "with this change alone on the base the job is missing".to_string()
+                    }
+                    _ => "with this change alone on the base the jobset fails to evaluate"
+                        .to_string(),
+                };
+                self.blame(id, bi, changes[i], b.reason(&how));
+            }
+            return Step::Done;
+        }
+        // No change is known to break it alone (their derivations of the job are
+        // unbuilt, or it breaks only in combination): search the merge chain for the
+        // first prefix where it is broken, among the changes that alter it (all of
+        // them when none does alone). The whole chain is known broken.
+        let mut positions = if alters.is_empty() {
+            (0..n).collect()
+        } else {
+            alters.clone()
+        };
+        if positions.last() != Some(&(n - 1)) {
+            positions.push(n - 1);
+        }
+        // Searched once every blocker that can be pinned without one is: a culprit
+        // found meanwhile may explain this one.
+        self.att(id).deferred.push((bi, alters, positions));
+        Step::Done
+    }
+
+    /// Whether a culprit already found explains a blocker: it alters the job (the
+    /// others are retested without it), or broke the dependency the job failed on.
+    fn explained(&self, id: CandId, bi: usize, alters: &[usize]) -> bool {
+        let cand = &self.candidates[&id];
+        let att = cand.attribution.as_ref().expect("attributing");
+        if alters
+            .iter()
+            .any(|&i| att.culprits.contains_key(&cand.changes[i]))
+        {
+            return true;
+        }
+        let Blocker::Build {
+            root_drv: Some(root),
+            ..
+        } = &att.blockers[bi]
+        else {
+            return false;
+        };
+        att.pinned
+            .iter()
+            .any(|&o| matches!(&att.blockers[o], Blocker::Build { drv, .. } if drv == root))
+    }
+
+    /// Asks for builds whose results decide a blocker; the blocker is looked at again
+    /// once they are in.
+    fn gather(&mut self, id: CandId, drvs: Vec<String>, now: Millis) -> Step {
+        let prio = self.cand_prio(id);
+        for d in drvs {
+            if self.request_build(&d, prio, now) {
+                self.candidates.get_mut(&id).expect("known").extra_builds += 1;
+            }
+            self.att(id).waiting.insert(d);
+        }
+        self.save_id(id);
+        Step::Wait
+    }
+
+    /// One step of the prefix search. False while waiting for a probe or a build.
+    fn search_step(&mut self, id: CandId, now: Millis) -> bool {
+        let cand = &self.candidates[&id];
+        let att = cand.attribution.as_ref().expect("attributing");
+        let s = att.search.clone().expect("searching");
+        let b = att.blockers[s.blocker].clone();
+        if s.lo >= s.hi && !s.refined {
+            // The first broken prefix is after the last good position searched and at
+            // or before this one. Changes in between that alter the job only in
+            // combination are tested too (their prefixes usually need no build: the
+            // job's derivation is the last good one's).
+            let start = if s.hi == 0 {
+                0
+            } else {
+                s.positions[s.hi - 1] + 1
+            };
+            let end = s.positions[s.hi];
+            let search = self.att(id).search.as_mut().expect("searching");
+            search.refined = true;
+            if end > start {
+                search.positions = (start..=end).collect();
+                search.lo = 0;
+                search.hi = search.positions.len() - 1;
+            }
+            return true;
+        }
+        if s.lo >= s.hi {
+            let pos = s.positions[s.hi];
+            let culprit = cand.changes[pos];
+            let alone_ok = att
+                .alone
+                .get(pos)
+                .and_then(Option::as_ref)
+                .is_some_and(|p| matches!(self.broken(&b, &b.state(p), now), Broken::No));
+            // Broken only in combination with earlier changes while a culprit was found
+            // for something else: the follow-up retests it without the culprit first.
+            if !(alone_ok && !att.culprits.is_empty()) {
+                let how = "broken with this change on top of the batch's earlier changes and not without it (found by testing prefixes of the batch)";
+                self.blame(id, s.blocker, culprit, b.reason(how));
+            }
+            self.att(id).search = None;
+            return true;
+        }
+        // The prefix before the chain's first change is the base, known good.
+        let mid = s.positions[(s.lo + s.hi) / 2];
+        let Some(p) = att.prefix.get(&mid) else {
+            if att.probes.values().any(|slot| *slot == Slot::Prefix(mid)) {
+                return false;
+            }
+            let (repo, commit) = (cand.repo.clone(), cand.merged[mid].1.clone());
+            let full = matches!(b, Blocker::WholeEval { .. });
+            if full {
+                if let Some(e) = self.evals.get(&commit).cloned() {
+                    self.att(id).prefix.insert(mid, Probe::Full(e));
+                    return true;
+                }
+            }
+            // Every blocker's attribute, so that the answer serves later searches too.
+            let attrs = (!full).then(|| blocker_attrs(&att.blockers));
             let probe = self.new_probe(id);
+            self.att(id).probes.insert(probe, Slot::Prefix(mid));
             self.out.push(Command::Probe {
                 probe,
                 repo,
-                base: prefix,
+                base: commit,
                 heads: vec![],
-                attrs: None,
+                attrs,
             });
-            return;
-        }
-        let probe = self.new_probe(id);
-        self.out.push(Command::Probe {
-            probe,
-            repo,
-            base: prefix,
-            heads: vec![],
-            attrs: Some(vec![blocker.attr().expect("job blocker").to_string()]),
-        });
-    }
-
-    fn bisect_observe_attrs(&mut self, id: CandId, jobs: &[(JobKey, JobResult)], now: Millis) {
-        let att = self.candidates[&id]
-            .attribution
-            .as_ref()
-            .expect("attributing");
-        let Some(bs) = att.bisect.as_ref() else {
-            return;
+            return false;
         };
-        let bad = match &att.blockers[bs.blocker] {
-            Blocker::Build {
-                key, drv, base_drv, ..
-            } => {
-                match jobs.iter().find(|(k, _)| k == key).map(|(_, r)| r) {
-                    None => false,
-                    Some(JobResult::Error(_)) => true,
-                    Some(JobResult::Ok(j)) if Some(&j.drv_path) == base_drv.as_ref() => false,
-                    Some(JobResult::Ok(j)) if &j.drv_path == drv => true,
-                    Some(JobResult::Ok(j)) => match self.known(&j.drv_path, now) {
-                        Some(m) => !m.ok(),
-                        None => {
-                            // The one place attribution spends a build.
-                            let d = j.drv_path.clone();
-                            if self.request_build(&d, self.cand_prio(id), now) {
-                                self.candidates.get_mut(&id).expect("known").extra_builds += 1;
-                                self.save_id(id);
-                            }
-                            let att = self
-                                .candidates
-                                .get_mut(&id)
-                                .and_then(|c| c.attribution.as_mut())
-                                .expect("attributing");
-                            att.waiting_drv = Some(d);
-                            return;
-                        }
-                    },
-                }
+        let state = b.state(p);
+        let bad = match self.broken(&b, &state, now) {
+            Broken::Yes => true,
+            Broken::No => false,
+            Broken::Build(d) => {
+                self.gather(id, vec![d], now);
+                return false;
             }
-            Blocker::EvalError { key, .. } => matches!(
-                jobs.iter().find(|(k, _)| k == key),
-                Some((_, JobResult::Error(_)))
-            ),
-            Blocker::Missing { attr } => !jobs
-                .iter()
-                .any(|(k, r)| k.attr.starts_with(attr.as_str()) && r.job().is_some()),
-            Blocker::WholeEval { .. } => false,
+            Broken::Unknown => {
+                // Cannot happen on the chain itself; never guess.
+                let att = self.att(id);
+                att.unexplained.push(s.blocker);
+                att.search = None;
+                return true;
+            }
         };
-        self.bisect_step(id, bad, now);
+        let s = self.att(id).search.as_mut().expect("searching");
+        let m = (s.lo + s.hi) / 2;
+        if bad {
+            s.hi = m;
+        } else {
+            s.lo = m + 1;
+        }
+        true
     }
 
     pub(crate) fn attribution_build_done(&mut self, id: CandId, drv: &str, now: Millis) {
-        let att = self
-            .candidates
-            .get_mut(&id)
-            .and_then(|c| c.attribution.as_mut())
-            .expect("attributing");
-        if att.waiting_drv.as_deref() != Some(drv) {
+        if !self.att(id).waiting.remove(drv) {
             return;
         }
-        att.waiting_drv = None;
-        let bad = self.known(drv, now).is_none_or(|m| !m.ok());
-        self.bisect_step(id, bad, now);
+        self.attribute_next(id, now);
     }
 
-    pub(crate) fn attribution_eval_ready(&mut self, id: CandId, commit: &str, now: Millis) {
-        let Some(att) = self
-            .candidates
-            .get_mut(&id)
-            .and_then(|c| c.attribution.as_mut())
-        else {
-            return;
-        };
-        let Some(bs) = att.bisect.as_mut() else {
-            return;
-        };
-        if bs.waiting_commit.as_deref() != Some(commit) {
-            return;
-        }
-        bs.waiting_commit = None;
-        let failed = self.evals.get(commit).is_some_and(|e| e.failed());
-        self.bisect_step(id, failed, now);
+    fn blame(&mut self, id: CandId, bi: usize, change: ChangeId, reason: String) {
+        let att = self.att(id);
+        att.pinned.insert(bi);
+        att.culprits
+            .entry(change)
+            .and_modify(|r| r.push_str(&format!("\n\n{reason}")))
+            .or_insert(reason);
     }
 
-    fn bisect_step(&mut self, id: CandId, bad: bool, now: Millis) {
-        let att = self
-            .candidates
-            .get_mut(&id)
-            .and_then(|c| c.attribution.as_mut())
-            .expect("attributing");
-        let bs = att.bisect.as_mut().expect("bisecting");
-        let mid = (bs.lo + bs.hi) / 2;
-        if bad {
-            bs.hi = mid;
-        } else {
-            bs.lo = mid + 1;
-        }
-        self.bisect_test(id, now);
+    fn is_required(&self, id: CandId, b: &Blocker) -> bool {
+        let cand = &self.candidates[&id];
+        let Some(attr) = b.attr() else {
+            return true; // the jobset as a whole
+        };
+        self.cfg().repos[&cand.repo].lanes[&cand.branch]
+            .required
+            .iter()
+            .any(|r| {
+                attr == r
+                    || (attr.starts_with(r.as_str()) && attr.as_bytes().get(r.len()) == Some(&b'.'))
+            })
     }
 
     /// Rejects the culprits and retests the innocents at once, in a follow-up candidate.
     fn conclude(&mut self, id: CandId, now: Millis) {
         let cand = self.candidates[&id].clone();
         let att = cand.attribution.clone().expect("attributing");
-        let mut culprits = att.culprits;
-        if culprits.is_empty() {
-            // Cannot happen (the full batch is known bad), but never land a red batch.
-            let last = *cand.changes.last().expect("non-empty");
-            culprits.insert(
-                last,
-                att.blockers
-                    .iter()
-                    .map(|b| b.reason("last change of a failing batch"))
-                    .collect::<Vec<_>>()
-                    .join("\n\n"),
-            );
-        }
+        let culprits = att.culprits;
         for (c, reason) in &culprits {
             self.reject(*c, reason.clone(), now);
         }
@@ -532,16 +790,73 @@ impl Core {
             .map(|c| format!("#{c}"))
             .collect::<Vec<_>>()
             .join(" ");
-        self.event(
-            now,
-            &cand.repo,
-            format!(
-                "candidate {id}: culprit {names} on base {}; {} extra builds so far; {} innocent changes retested",
-                short(cand.base.as_deref().unwrap_or("")),
-                cand.extra_builds,
-                innocents.len()
-            ),
-        );
+        let base = short(cand.base.as_deref().unwrap_or("")).to_string();
+        if culprits.is_empty() && !att.held.is_empty() {
+            // Required jobs fail on the base itself: nobody in the batch is to blame and
+            // nothing can land until the target is fixed. Wait, and test again later.
+            let why = att
+                .held
+                .iter()
+                .map(|&b| att.blockers[b].summary())
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.hold(
+                id,
+                &format!("required jobs fail on {base} itself: {why}"),
+                now,
+            );
+            return;
+        }
+        if !att.unexplained.is_empty() {
+            let why = att
+                .unexplained
+                .iter()
+                .map(|&b| att.blockers[b].summary())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let reason = format!(
+                "tested separately: attribution could not pin the failure of {why} on one change of candidate {id}"
+            );
+            self.event(now, &cand.repo, format!("candidate {id}: {reason}"));
+            self.finish(
+                id,
+                format!("rejected {names}; the rest tested separately"),
+                now,
+            );
+            for c in innocents {
+                self.solo.insert(c);
+                self.set_state(
+                    c,
+                    crate::change::ChangeState::Queued,
+                    Some(reason.clone()),
+                    now,
+                );
+            }
+            return;
+        }
+        if culprits.is_empty() {
+            // Every blocker turned out to fail on the base too: the batch broke nothing
+            // so far; the verdict goes on without those jobs.
+            self.event(
+                now,
+                &cand.repo,
+                format!("candidate {id}: every failure so far is on the base too; building on"),
+            );
+            let c = self.candidates.get_mut(&id).expect("known");
+            c.preexisting.extend(att.preexisting);
+            self.resume_building(id, now);
+            return;
+        } else {
+            self.event(
+                now,
+                &cand.repo,
+                format!(
+                    "candidate {id}: culprit {names} on base {base}; {} extra builds; {} innocent changes retested",
+                    cand.extra_builds,
+                    innocents.len()
+                ),
+            );
+        }
         self.finish(id, format!("rejected {names}"), now);
         if !innocents.is_empty() {
             let root = cand.follow_up_of.unwrap_or(id);
@@ -550,28 +865,19 @@ impl Core {
     }
 }
 
-/// Whether a change applied alone alters what the blocker is about.
-fn suspect(b: &Blocker, alone: &Alone) -> bool {
-    match (b, alone) {
-        (_, Alone::Conflict) => true,
-        (Blocker::WholeEval { .. }, Alone::Full(e)) => e.failed(),
-        (Blocker::WholeEval { .. }, Alone::Attrs(_)) => true,
-        (Blocker::Build { key, base_drv, .. }, Alone::Attrs(jobs)) => {
-            match jobs.iter().find(|(k, _)| k == key) {
-                Some((_, JobResult::Ok(j))) => Some(&j.drv_path) != base_drv.as_ref(),
-                Some((_, JobResult::Error(_))) => true,
-                None => false,
-            }
-        }
-        (Blocker::EvalError { key, .. }, Alone::Attrs(jobs)) => {
-            matches!(
-                jobs.iter().find(|(k, _)| k == key),
-                Some((_, JobResult::Error(_)))
-            )
-        }
-        (Blocker::Missing { attr }, Alone::Attrs(jobs)) => !jobs.iter().any(|(k, r)| {
-            (k.attr == *attr || k.attr.starts_with(&format!("{attr}."))) && r.job().is_some()
-        }),
-        (_, Alone::Full(_)) => true,
-    }
+/// The attributes the probes evaluate: every job blocker's, once.
+fn blocker_attrs(blockers: &[Blocker]) -> Vec<String> {
+    let mut attrs: Vec<String> = blockers
+        .iter()
+        .filter_map(|b| b.attr().map(str::to_string))
+        .collect();
+    attrs.sort();
+    attrs.dedup();
+    attrs
+}
+
+/// Whether a blocker's attribution is finished or waits for results.
+enum Step {
+    Done,
+    Wait,
 }

@@ -71,7 +71,8 @@ pub struct Candidate {
     pub follow_up_of: Option<CandId>,
     /// Builds dispatched for this candidate's own verdict.
     pub builds: u32,
-    /// Builds spent on attribution: bisection builds plus the follow-up's builds.
+    /// Builds attribution itself asked for, as evidence (a change applied alone, a
+    /// prefix of the batch, the base): builds beyond the batch's own.
     pub extra_builds: u32,
     pub created_at: Millis,
     pub last_build_at: Option<Millis>,
@@ -82,6 +83,8 @@ pub struct Candidate {
     pub(crate) pending: BTreeSet<String>,
     pub(crate) eval_blockers: Vec<Blocker>,
     pub(crate) attribution: Option<Attribution>,
+    /// Jobs attribution found failing on the base just the same: they do not block.
+    pub(crate) preexisting: Vec<JobKey>,
 }
 
 impl Candidate {
@@ -94,7 +97,7 @@ impl Candidate {
             || self
                 .attribution
                 .as_ref()
-                .is_some_and(|a| a.waiting_drv.as_deref() == Some(drv))
+                .is_some_and(|a| a.waiting.contains(drv))
     }
 
     pub(crate) fn reset_for_prepare(&mut self) {
@@ -105,6 +108,7 @@ impl Candidate {
         self.pending.clear();
         self.eval_blockers.clear();
         self.attribution = None;
+        self.preexisting.clear();
     }
 }
 
@@ -141,6 +145,7 @@ impl Core {
             pending: BTreeSet::new(),
             eval_blockers: vec![],
             attribution: None,
+            preexisting: vec![],
         };
         let list = cand
             .changes
@@ -297,15 +302,6 @@ impl Core {
         for id in waiting {
             self.advance_eval(id, now);
         }
-        let attributing: Vec<CandId> = self
-            .candidates
-            .values()
-            .filter(|c| c.phase == Phase::Attributing)
-            .map(|c| c.id)
-            .collect();
-        for id in attributing {
-            self.attribution_eval_ready(id, &commit, now);
-        }
         self.channels_evaluated(&eval, now);
     }
 
@@ -383,7 +379,9 @@ impl Core {
         if !blockers.is_empty() {
             // Fail fast: an evaluation error already decides the verdict. Find its cause
             // now; the follow-up candidate builds what the innocent changes need.
-            self.candidates.get_mut(&id).expect("active").targets = targets;
+            let cand = self.candidates.get_mut(&id).expect("active");
+            cand.targets = targets;
+            cand.eval_blockers = blockers.clone();
             self.begin_attribution(id, blockers, now);
             return;
         }
@@ -424,29 +422,10 @@ impl Core {
         }
     }
 
-    /// Builds dispatched by a follow-up candidate are the attribution's cost, except
-    /// those the failed batch would have built itself (a candidate that failed fast left
-    /// its own rebuild set to the follow-up).
+    /// Counts the builds a candidate dispatched for its own verdict.
     pub(crate) fn count_builds(&mut self, id: CandId, drvs: &[impl AsRef<str>]) {
         let cand = self.candidates.get_mut(&id).expect("known");
         cand.builds += drvs.len() as u32;
-        let Some(root) = cand.follow_up_of.filter(|_| !drvs.is_empty()) else {
-            return;
-        };
-        let Some(r) = self.candidates.get_mut(&root) else {
-            return;
-        };
-        let own: BTreeSet<&str> = r
-            .targets
-            .iter()
-            .flat_map(|t| std::iter::once(t.drv.as_str()).chain(t.base_drv.as_deref()))
-            .collect();
-        let beyond = drvs.iter().filter(|d| !own.contains(d.as_ref())).count() as u32;
-        if beyond > 0 {
-            r.extra_builds += beyond;
-            // The root is usually done already: persist its new cost.
-            self.save_id(root);
-        }
     }
 
     pub(crate) fn on_build_done(&mut self, id: CandId, drv: &str, now: Millis) {
@@ -478,11 +457,14 @@ impl Core {
         self.candidates[&id]
             .targets
             .iter()
-            .any(|t| t.drv == drv && self.certain_blocker(t, now).is_some())
+            .any(|t| t.drv == drv && self.certain_blocker(id, t, now).is_some())
     }
 
     /// The remembered failure of a target whose base version builds or does not exist.
-    fn certain_blocker(&self, t: &Target, now: Millis) -> Option<&Memo> {
+    fn certain_blocker(&self, id: CandId, t: &Target, now: Millis) -> Option<&Memo> {
+        if self.candidates[&id].preexisting.contains(&t.key) {
+            return None;
+        }
         let m = self.known(&t.drv, now).filter(|m| !m.ok())?;
         let base_ok = match &t.base_drv {
             None => true,
@@ -499,7 +481,7 @@ impl Core {
         cand.targets
             .iter()
             .filter_map(|t| {
-                let m = self.certain_blocker(t, now)?;
+                let m = self.certain_blocker(id, t, now)?;
                 Some(build_blocker(t, m))
             })
             .collect()
@@ -510,7 +492,13 @@ impl Core {
     /// base version built first, so pre-existing failures never block.
     fn judge(&mut self, id: CandId, now: Millis) {
         let targets = self.candidates[&id].targets.clone();
-        let mut blockers = self.candidates[&id].eval_blockers.clone();
+        let pre = self.candidates[&id].preexisting.clone();
+        let mut blockers: Vec<Blocker> = self.candidates[&id]
+            .eval_blockers
+            .iter()
+            .filter(|b| b.key().is_none_or(|k| !pre.contains(k)))
+            .cloned()
+            .collect();
         let mut pending = BTreeSet::new();
         let mut dispatched: Vec<String> = vec![];
         let mut preexisting = 0;
@@ -528,6 +516,7 @@ impl Core {
                 continue;
             }
             let base_fails = match &t.base_drv {
+                _ if pre.contains(&t.key) => true,
                 None => false,
                 Some(b) if b == &t.drv => true,
                 Some(b) => match self.known(b, now) {
@@ -596,15 +585,18 @@ impl Core {
                     .map(|c| format!("#{c}"))
                     .collect::<Vec<_>>()
                     .join(" ");
-                let cost = cand
-                    .follow_up_of
-                    .and_then(|r| self.candidates.get(&r))
-                    .map_or(String::new(), |r| {
-                        format!(
-                            "; attribution of candidate {} cost {} builds beyond the batch's own",
-                            r.id, r.extra_builds
-                        )
-                    });
+                let cost = cand.follow_up_of.map_or(String::new(), |root| {
+                    let extra: u32 = self
+                        .candidates
+                        .values()
+                        .filter(|c| c.id == root || c.follow_up_of == Some(root))
+                        .map(|c| c.extra_builds)
+                        .sum();
+                    format!(
+                        "; attribution of candidate {root} and its follow-ups cost {extra} builds beyond the batches' own"
+                    )
+                });
+                self.holds.remove(&(cand.repo.clone(), cand.branch.clone()));
                 self.event(
                     now,
                     &cand.repo,
@@ -666,22 +658,7 @@ impl Core {
         cand.summary = Some(summary);
         cand.pending.clear();
         cand.attribution = None;
-        // A done candidate's targets are kept only while a follow-up of it counts its
-        // builds against them.
-        // (This one and its root may be about to get a follow-up.)
-        let mut roots: BTreeSet<CandId> = self
-            .candidates
-            .values()
-            .filter(|c| c.phase != Phase::Done)
-            .filter_map(|c| c.follow_up_of)
-            .collect();
-        roots.insert(id);
-        roots.extend(self.candidates[&id].follow_up_of);
-        for c in self.candidates.values_mut() {
-            if c.phase == Phase::Done && !c.targets.is_empty() && !roots.contains(&c.id) {
-                c.targets = vec![];
-            }
-        }
+        cand.targets = vec![];
         let cand = &self.candidates[&id];
         let lane = (cand.repo.clone(), cand.branch.clone());
         if self.lanes.get(&lane) == Some(&id) {
@@ -708,6 +685,52 @@ impl Core {
         }
         self.event(now, &cand.repo, format!("candidate {id} abandoned: {why}"));
         self.finish(id, format!("abandoned: {why}"), now);
+    }
+
+    /// Ends a candidate that cannot land through no fault of its changes (required jobs
+    /// fail on the target itself): the changes wait in the queue with the reason, and
+    /// the lane tries again after a growing delay (or as soon as something lands).
+    pub(crate) fn hold(&mut self, id: CandId, why: &str, now: Millis) {
+        let cand = self.candidates[&id].clone();
+        let lane = (cand.repo.clone(), cand.branch.clone());
+        let n = self.holds.get(&lane).map_or(0, |h| h.1) + 1;
+        let until = now + self.backoff(n);
+        self.holds.insert(lane, (until, n));
+        self.wakes.insert(until);
+        let reason = format!("waiting: {why}; tested again in {} s", (until - now) / 1000);
+        for c in &cand.changes {
+            if self.changes[c].state == ChangeState::Testing {
+                self.set_state(*c, ChangeState::Queued, Some(reason.clone()), now);
+            }
+        }
+        self.event(now, &cand.repo, format!("candidate {id} held: {reason}"));
+        self.finish(id, format!("held: {why}"), now);
+    }
+
+    /// Back to building after attribution found every failure on the base too: those
+    /// jobs no longer block, the rest of the verdict is still to come.
+    pub(crate) fn resume_building(&mut self, id: CandId, now: Millis) {
+        let prio = self.cand_prio(id);
+        let targets = self.candidates[&id].targets.clone();
+        let mut pending = BTreeSet::new();
+        let mut dispatched = vec![];
+        for t in &targets {
+            if self.known(&t.drv, now).is_none() {
+                pending.insert(t.drv.clone());
+                if self.request_build(&t.drv, prio, now) {
+                    dispatched.push(t.drv.clone());
+                }
+            }
+        }
+        self.count_builds(id, &dispatched);
+        let cand = self.candidates.get_mut(&id).expect("known");
+        cand.attribution = None;
+        cand.phase = Phase::Building;
+        cand.pending = pending;
+        self.save_id(id);
+        if self.candidates[&id].pending.is_empty() {
+            self.judge(id, now);
+        }
     }
 }
 

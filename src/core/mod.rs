@@ -6,6 +6,8 @@
 //! effects of the same step, and `Core::restore` rebuilds the state after a crash.
 
 mod attribution;
+#[cfg(test)]
+mod attribution_props;
 mod candidate;
 mod channel;
 #[cfg(test)]
@@ -397,6 +399,10 @@ pub struct Core {
     pub(crate) eval_failures: BTreeMap<String, u32>,
     /// Consecutive infrastructure failures per candidate being prepared.
     pub(crate) prepare_failures: BTreeMap<CandId, u32>,
+    /// Changes to be tested one at a time (attribution could not pin a failure).
+    pub(crate) solo: BTreeSet<ChangeId>,
+    /// Lanes waiting because required jobs fail on the target itself: (until, times).
+    pub(crate) holds: BTreeMap<(String, String), (Millis, u32)>,
 }
 
 impl Core {
@@ -645,9 +651,25 @@ impl Core {
             }
             let lane = &self.cfg().repos[&repo].lanes[&branch];
             let (batch_max, delay) = (lane.batch_max, lane.batch_delay_ms);
+            if self
+                .holds
+                .get(&(repo.clone(), branch.clone()))
+                .is_some_and(|h| h.0 > now)
+            {
+                continue;
+            }
             let queue = self.queue(&repo, &branch);
             let oldest = queue.iter().map(|c| c.submitted_at * 1000).min();
-            let ids: Vec<ChangeId> = queue.iter().take(batch_max).map(|c| c.id).collect();
+            // A change to be tested separately goes alone; a batch stops before one.
+            let ids: Vec<ChangeId> = match queue.first() {
+                Some(c) if self.solo.contains(&c.id) => vec![c.id],
+                _ => queue
+                    .iter()
+                    .take(batch_max)
+                    .take_while(|c| !self.solo.contains(&c.id))
+                    .map(|c| c.id)
+                    .collect(),
+            };
             if let Some(oldest) = oldest {
                 // Gather a fuller batch first, unless it is full already.
                 if delay > 0 && ids.len() < batch_max && oldest + delay > now {
