@@ -150,6 +150,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )?;
     push(
         &mut h,
+        "add-failing",
+        format!("newtool: init (a new package whose build fails), depends on {f}"),
+        "rejected",
+        &|s| {
+            s.add_package("newtool", &[f])?;
+            s.break_build("newtool")
+        },
+    )?;
+    push(
+        &mut h,
+        "readme",
+        "README: document the channels (no package changes)".into(),
+        "merged",
+        &|s| std::fs::write(s.dir.join("README.md"), "Channels: see docs.\n"),
+    )?;
+    push(
+        &mut h,
         "cancel-me",
         "an update withdrawn by its author".into(),
         "cancelled",
@@ -229,7 +246,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|k| k["follow_up_of"].is_null())
         .map(|k| k["extra_builds"].as_u64().unwrap_or(0))
         .sum();
     println!("\nSummary");

@@ -406,3 +406,91 @@ async fn a_cancelled_change_never_lands() {
         "cancelled change is not on master"
     );
 }
+
+/// The case that used to reject innocents: a batch of eight with two culprits, one of
+/// them a new package whose build fails, and a README-only change.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_culprits_one_a_new_failing_package_reject_only_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = BranchOpts {
+        batch_delay_secs: 60,
+        ..BranchOpts::default()
+    };
+    let mut h = harness(dir.path(), 120, 9, opts);
+    let leaves = h.set.healthy_leaves();
+    let (newdep, broken_leaf) = (leaves[6].clone(), leaves[5].clone());
+    // 0..4: leaf bumps; 5: breaks its leaf's build; 6: README only; 7: new failing package.
+    for (i, leaf) in leaves.iter().take(5).enumerate() {
+        let leaf = leaf.clone();
+        h.change(&format!("c{i}"), "bump", |s| s.bump(&leaf).map(|_| ()))
+            .unwrap();
+    }
+    h.change("c5", "breaks", |s| {
+        s.bump(&broken_leaf)?;
+        s.break_build(&broken_leaf)
+    })
+    .unwrap();
+    h.change("c6", "readme", |s| {
+        std::fs::write(s.dir.join("README.md"), "Only words.\n")
+    })
+    .unwrap();
+    h.change("c7", "newtool: init", |s| {
+        s.add_package("newtool", &[&newdep])?;
+        s.break_build("newtool")
+    })
+    .unwrap();
+    h.start_server().await.unwrap();
+    let mut ids = vec![];
+    for i in 0..8 {
+        let v = h
+            .submit(&format!("c{i}"), &format!("change {i}"), "normal")
+            .await
+            .unwrap();
+        ids.push(v["id"].as_u64().unwrap());
+    }
+    let done = h.wait_final(&ids, LONG).await.unwrap();
+    for (i, c) in done.iter().enumerate() {
+        let want = if i == 5 || i == 7 {
+            "rejected"
+        } else {
+            "merged"
+        };
+        assert_eq!(state(c), want, "change {i}: {c}");
+    }
+    let r5 = done[5]["reason"].as_str().unwrap();
+    assert!(
+        r5.contains(&format!("job {broken_leaf} (x86_64-linux)")) && !r5.contains("newtool"),
+        "the build break is blamed for its own job only: {r5}"
+    );
+    let r7 = done[7]["reason"].as_str().unwrap();
+    assert!(
+        r7.contains("job newtool (x86_64-linux)") && !r7.contains(&broken_leaf),
+        "the new package is blamed for its own job only: {r7}"
+    );
+    let cands = h
+        .client
+        .ok(Method::GET, "/api/v1/repos/pkgs/candidates", None)
+        .await
+        .unwrap();
+    let cands = cands.as_array().unwrap();
+    assert_eq!(
+        cands[0]["changes"].as_array().unwrap().len(),
+        8,
+        "{cands:?}"
+    );
+    // Both culprits found on the first candidate's evidence; the six innocents land in
+    // its follow-up.
+    let landed = done[0]["landed_commit"].as_str().unwrap();
+    for i in [1, 2, 3, 4, 6] {
+        assert_eq!(
+            done[i]["landed_commit"].as_str().unwrap(),
+            landed,
+            "change {i}"
+        );
+    }
+    let extra: u64 = cands
+        .iter()
+        .map(|c| c["extra_builds"].as_u64().unwrap())
+        .sum();
+    assert!(extra <= 2, "attribution cost {extra} builds: {cands:?}");
+}

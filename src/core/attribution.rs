@@ -543,7 +543,24 @@ impl Core {
                 }
                 return Step::Done;
             }
-            Broken::Build(d) => return self.gather(id, vec![d], now),
+            Broken::Build(_) => {
+                // Whether the job fails on the base is part of the verdict, not of
+                // attribution: build every blocker's base version at once.
+                let mut drvs: Vec<String> = att
+                    .todo
+                    .iter()
+                    .filter_map(|&o| {
+                        let ob = &att.blockers[o];
+                        match self.broken(ob, &ob.state(att.base.as_ref()?), now) {
+                            Broken::Build(d) => Some(d),
+                            _ => None,
+                        }
+                    })
+                    .collect();
+                drvs.sort();
+                drvs.dedup();
+                return self.gather(id, drvs, false, now);
+            }
             Broken::No | Broken::Unknown => {}
         }
         if n == 1 {
@@ -633,11 +650,17 @@ impl Core {
 
     /// Asks for builds whose results decide a blocker; the blocker is looked at again
     /// once they are in.
-    fn gather(&mut self, id: CandId, drvs: Vec<String>, now: Millis) -> Step {
+    /// `extra`: attribution's own cost; otherwise the build belongs to the verdict.
+    fn gather(&mut self, id: CandId, drvs: Vec<String>, extra: bool, now: Millis) -> Step {
         let prio = self.cand_prio(id);
         for d in drvs {
             if self.request_build(&d, prio, now) {
-                self.candidates.get_mut(&id).expect("known").extra_builds += 1;
+                let c = self.candidates.get_mut(&id).expect("known");
+                if extra {
+                    c.extra_builds += 1;
+                } else {
+                    c.builds += 1;
+                }
             }
             self.att(id).waiting.insert(d);
         }
@@ -720,7 +743,7 @@ impl Core {
             Broken::Yes => true,
             Broken::No => false,
             Broken::Build(d) => {
-                self.gather(id, vec![d], now);
+                self.gather(id, vec![d], true, now);
                 return false;
             }
             Broken::Unknown => {
