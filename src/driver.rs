@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::core::{
     Command, Core, CoreConfig, Input, Millis, ProbeResult, Record, Refusal, Submission,
 };
-use crate::evaluation::{EvalOutcome, Evaluation};
+use crate::evaluation::Evaluation;
 use crate::git::Mirror;
 use crate::nix::build::LocalBuilder;
 use crate::nix::eval::NixEval;
@@ -73,6 +73,8 @@ pub enum Msg {
         reply: oneshot::Sender<Option<Reply>>,
     },
     Input(Input),
+    /// An evaluation that ran (stored as the commit's evaluation). One that could not run
+    /// comes as `Input::EvalFailed`, or as a failed `Input::Probed` for a probe.
     Evaluated {
         repo: String,
         eval: Evaluation,
@@ -355,7 +357,7 @@ impl Driver {
                     });
                     return Ok(());
                 }
-                self.spawn_eval(repo, commit, None, None);
+                self.spawn_eval(repo, commit);
             }
             Command::Probe {
                 probe,
@@ -499,26 +501,28 @@ impl Driver {
         }
     }
 
-    fn spawn_eval(
-        &self,
-        repo: String,
-        commit: String,
-        probe: Option<u64>,
-        attrs: Option<Vec<String>>,
-    ) {
+    /// Evaluates the jobset at `commit`. An evaluation that could not run (checkout failed,
+    /// evaluator missing or killed, disk full: see `NixEval::evaluate`) is reported as
+    /// `Input::EvalFailed`, for the core to retry; only real evaluations reach the store.
+    fn spawn_eval(&self, repo: String, commit: String) {
         let job = self.evaluator(&repo);
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let msg = match job.run(&commit, attrs.as_deref()).await {
-                Ok(Evaled::Full(eval)) => Msg::Evaluated { repo, eval, probe },
-                Ok(Evaled::Attrs(_)) => unreachable!("full evaluation asked"),
-                // The tree could not even be checked out: record a failed evaluation
-                // rather than wedge the candidate.
-                Err(e) => Msg::Evaluated {
+            let msg = match job.run(&commit, None).await {
+                Ok(Evaled::Full(eval)) => Msg::Evaluated {
                     repo,
-                    eval: Evaluation::new(commit, EvalOutcome::Failed(e), vec![]),
-                    probe,
+                    eval,
+                    probe: None,
                 },
+                Ok(Evaled::Attrs(_)) => unreachable!("full evaluation asked"),
+                Err(error) => {
+                    log::warn!("[{repo}] evaluation of {commit} could not run: {error}");
+                    Msg::Input(Input::EvalFailed {
+                        repo,
+                        commit,
+                        error,
+                    })
+                }
             };
             let _ = tx.send(msg).await;
         });
@@ -545,27 +549,29 @@ struct EvalJob {
 
 impl EvalJob {
     /// Checks out `commit` into a scratch tree and evaluates it (all jobs, or `attrs`).
+    /// `Err`: the evaluation could not run (scratch tree, checkout, or an infrastructure
+    /// failure of the evaluator); the commit's own evaluation errors are in `Ok`.
     async fn run(&self, commit: &str, attrs: Option<&[String]>) -> Result<Evaled, String> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("tree-{}-", &commit[..commit.len().min(12)]))
             .tempdir_in(&self.tmp)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("scratch tree for {commit}: {e}"))?;
         let tree = dir.path().join("src");
         let (mirror, c, t) = (self.mirror.clone(), commit.to_string(), tree.clone());
         tokio::task::spawn_blocking(move || mirror.lock().expect("mirror lock").checkout(&c, &t))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("checkout of {commit}: {e}"))?;
         Ok(match attrs {
             None => Evaled::Full(
                 self.eval
                     .evaluate(&tree, &self.jobset, &self.systems, commit)
-                    .await,
+                    .await?,
             ),
             Some(a) => Evaled::Attrs(
                 self.eval
                     .evaluate_attrs(&tree, &self.jobset, &self.systems, a)
-                    .await,
+                    .await?,
             ),
         })
     }

@@ -105,6 +105,11 @@ impl Mirror {
     }
 
     /// Fetches the target tip and each change's ref, then merges the changes in order.
+    ///
+    /// A change whose ref no longer exists on the remote (deleted branch, closed pull request)
+    /// is listed in `vanished`, not merged. `Err` is an infrastructure failure of the whole
+    /// preparation, retried by the core: the target branch cannot be fetched, the remote
+    /// cannot be asked whether a ref exists, or a ref that exists cannot be fetched.
     pub fn prepare(
         &self,
         branch: &str,
@@ -114,7 +119,7 @@ impl Mirror {
         self.fetch(&[format!("+refs/heads/{branch}:{target}")])?;
         let base = self.resolve(&target)?;
         let mut heads = vec![];
-        let mut missing = vec![];
+        let mut vanished = vec![];
         let specs: Vec<String> = changes
             .iter()
             .map(|(id, r)| format!("+{r}:refs/mq/change/{id}"))
@@ -123,13 +128,13 @@ impl Mirror {
             // One vanished ref fails the whole fetch: find which, one by one.
             for ((id, r), spec) in changes.iter().zip(&specs) {
                 if let Err(e) = self.fetch(std::slice::from_ref(spec)) {
-                    missing.push((*id, format!("cannot fetch {r}: {e}")));
+                    vanished.push((*id, self.vanished(r, e)?));
                 }
             }
         }
         let mut order = vec![];
         for (id, _) in changes {
-            if missing.iter().any(|(m, _)| m == id) {
+            if vanished.iter().any(|(m, _)| m == id) {
                 continue;
             }
             let head = self.resolve(&format!("refs/mq/change/{id}"))?;
@@ -150,13 +155,6 @@ impl Mirror {
                 "candidate",
             )?;
         }
-        let mut conflicts = missing;
-        conflicts.extend(
-            chain
-                .conflicts
-                .into_iter()
-                .map(|(i, why)| (order[i].0, why)),
-        );
         Ok(Prepared {
             base,
             heads,
@@ -165,9 +163,26 @@ impl Mirror {
                 .into_iter()
                 .map(|(i, c)| (order[i].0, c))
                 .collect(),
-            conflicts,
-            vanished: vec![],
+            conflicts: chain
+                .conflicts
+                .into_iter()
+                .map(|(i, why)| (order[i].0, why))
+                .collect(),
+            vanished,
         })
+    }
+
+    /// After fetching `git_ref` failed with `fetch_error`: asks the remote whether the ref
+    /// still exists. `Ok(message)`: it does not (the change vanished). `Err`: the remote
+    /// cannot be asked, or the ref is there and the fetch failed anyway; both are
+    /// infrastructure, nothing to say about the change.
+    fn vanished(&self, git_ref: &str, fetch_error: GitError) -> Result<String, GitError> {
+        match ls_remote(&self.url, &full_ref(git_ref))? {
+            None => Ok(format!("{git_ref} no longer exists on the remote")),
+            Some(sha) => Err(GitError::Other(format!(
+                "{git_ref} exists on the remote (at {sha}) but cannot be fetched: {fetch_error}"
+            ))),
+        }
     }
 
     /// Merges `heads` one by one onto `base` (merge commits, base first parent), skipping
@@ -274,5 +289,23 @@ impl Mirror {
         Ok(LandResult::Failed(
             pushed.err().map(|e| e.to_string()).unwrap_or_default(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfetchable_ref_on_an_unreachable_remote_is_an_error_not_vanished() {
+        let state = tempfile::tempdir().unwrap();
+        let nowhere = state.path().join("no-such-remote.git");
+        let url = format!("file://{}", nowhere.display());
+        let m = Mirror::open(state.path(), "r", &url).unwrap();
+        let fetch_error = m
+            .fetch(&["+refs/heads/a:refs/mq/change/1".into()])
+            .unwrap_err();
+        let e = m.vanished("refs/heads/a", fetch_error).unwrap_err();
+        assert!(e.to_string().contains("ls-remote"), "{e}");
     }
 }

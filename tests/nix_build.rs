@@ -78,7 +78,8 @@ async fn drv(set: &PackageSet, attr: &str) -> String {
             &["x86_64-linux".into()],
             &[attr.into()],
         )
-        .await;
+        .await
+        .expect("the evaluation ran");
     assert_eq!(r.len(), 1, "{r:?}");
     r[0].1
         .job()

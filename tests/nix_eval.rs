@@ -70,7 +70,8 @@ async fn finds_all_jobs_with_drv_outputs_and_maintainers() {
     let set = small(dir.path(), 60, 7);
     let e = eval()
         .evaluate(dir.path(), "release.nix", &systems(), "c1")
-        .await;
+        .await
+        .unwrap();
     assert_eq!(e.outcome, EvalOutcome::Ok);
     assert_eq!(e.commit, "c1");
     assert_eq!(e.jobs.len(), set.names.len());
@@ -124,7 +125,8 @@ async fn throw_abort_and_type_errors_are_isolated() {
     let started = Instant::now();
     let e = eval()
         .evaluate(dir.path(), "release.nix", &systems(), "c2")
-        .await;
+        .await
+        .unwrap();
     eprintln!("evaluation with 3 uncaught errors: {:?}", started.elapsed());
     assert_eq!(e.outcome, EvalOutcome::Ok);
     assert_eq!(e.jobs.len(), set.names.len());
@@ -162,7 +164,8 @@ async fn reverse_dependencies_of_an_eval_error_fail_too() {
     set.abort_eval("openssl").unwrap();
     let e = eval()
         .evaluate(dir.path(), "release.nix", &systems(), "c")
-        .await;
+        .await
+        .unwrap();
     assert_eq!(e.outcome, EvalOutcome::Ok);
     let rdeps = set.reverse_deps("openssl");
     for name in &set.names {
@@ -185,26 +188,46 @@ async fn whole_jobset_failures() {
     std::fs::write(dir.path().join("number.nix"), "{ system }: 42\n").unwrap();
     std::fs::write(dir.path().join("throws.nix"), "throw \"no jobs today\"\n").unwrap();
     let ev = eval();
-    let e = ev.evaluate(dir.path(), "syntax.nix", &systems(), "c").await;
+    let e = ev
+        .evaluate(dir.path(), "syntax.nix", &systems(), "c")
+        .await
+        .unwrap();
     match &e.outcome {
         EvalOutcome::Failed(m) => assert!(m.contains("syntax error"), "{m}"),
         o => panic!("{o:?}"),
     }
     assert!(e.jobs.is_empty());
-    let e = ev.evaluate(dir.path(), "number.nix", &systems(), "c").await;
+    let e = ev
+        .evaluate(dir.path(), "number.nix", &systems(), "c")
+        .await
+        .unwrap();
     match &e.outcome {
         EvalOutcome::Failed(m) => assert!(m.contains("attribute set"), "{m}"),
         o => panic!("{o:?}"),
     }
-    let e = ev.evaluate(dir.path(), "throws.nix", &systems(), "c").await;
+    let e = ev
+        .evaluate(dir.path(), "throws.nix", &systems(), "c")
+        .await
+        .unwrap();
     match &e.outcome {
         EvalOutcome::Failed(m) => assert!(m.contains("no jobs today"), "{m}"),
         o => panic!("{o:?}"),
     }
     let e = ev
         .evaluate(dir.path(), "missing.nix", &systems(), "c")
-        .await;
+        .await
+        .unwrap();
     assert!(e.failed());
+    // A missing jobset fails every requested attribute: it does not make them absent.
+    let r = ev
+        .evaluate_attrs(dir.path(), "missing.nix", &systems(), &["libc".into()])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1, "{r:?}");
+    match &r[0].1 {
+        JobResult::Error(m) => assert!(m.contains("does not exist"), "{m}"),
+        o => panic!("{o:?}"),
+    }
 }
 
 #[tokio::test]
@@ -225,11 +248,16 @@ async fn plain_attrset_and_function_forms_agree() {
     let ev = eval();
     let f = ev
         .evaluate(dir.path(), "release.nix", &systems(), "c")
-        .await;
-    let p = ev.evaluate(dir.path(), "plain.nix", &systems(), "c").await;
+        .await
+        .unwrap();
+    let p = ev
+        .evaluate(dir.path(), "plain.nix", &systems(), "c")
+        .await
+        .unwrap();
     let n = ev
         .evaluate(dir.path(), "nosystem.nix", &systems(), "c")
-        .await;
+        .await
+        .unwrap();
     assert_eq!(f.jobs, p.jobs);
     assert_eq!(f.jobs, n.jobs);
 
@@ -240,7 +268,10 @@ async fn plain_attrset_and_function_forms_agree() {
          shown = { recurseForDerivations = true; y = p.zlib; deeper = { z = p.libc; }; }; }\n",
     )
     .unwrap();
-    let h = ev.evaluate(dir.path(), "hidden.nix", &systems(), "c").await;
+    let h = ev
+        .evaluate(dir.path(), "hidden.nix", &systems(), "c")
+        .await
+        .unwrap();
     assert_eq!(h.outcome, EvalOutcome::Ok);
     assert_eq!(h.jobs.len(), f.jobs.len() + 1);
     assert_eq!(get(&h, "shown.y").job(), get(&f, "zlib").job());
@@ -256,7 +287,8 @@ async fn function_jobsets_are_called_per_system() {
     let systems = vec!["x86_64-linux".to_string(), "aarch64-linux".to_string()];
     let e = eval()
         .evaluate(dir.path(), "release.nix", &systems, "c")
-        .await;
+        .await
+        .unwrap();
     assert_eq!(e.jobs.len(), 2 * set.names.len());
     let x = e
         .get(&JobKey {
@@ -293,7 +325,8 @@ async fn evaluate_attrs_matches_evaluate() {
     let ev = eval();
     let full = ev
         .evaluate(dir.path(), "release.nix", &systems(), "c")
-        .await;
+        .await
+        .unwrap();
     let attrs: Vec<String> = vec![
         "libc".into(),
         "tested".into(),
@@ -306,33 +339,193 @@ async fn evaluate_attrs_matches_evaluate() {
     let started = Instant::now();
     let got = ev
         .evaluate_attrs(dir.path(), "release.nix", &systems(), &attrs)
-        .await;
+        .await
+        .unwrap();
     eprintln!(
         "evaluate_attrs of {} attrs: {:?}",
         attrs.len(),
         started.elapsed()
     );
-    assert_eq!(got.len(), attrs.len());
+    // Attributes that do not exist are absent, not failing.
+    assert_eq!(got.len(), attrs.len() - 2, "{got:?}");
     for (k, r) in &got {
-        if k.attr.contains("no-such-package") {
-            assert_eq!(
-                r,
-                &JobResult::Error(format!("attribute '{}' not found", k.attr))
-            );
-        } else {
-            assert_eq!(Some(r), full.get(k), "{k}");
-        }
+        assert!(!k.attr.contains("no-such-package"), "{k}: {r:?}");
+        assert_eq!(Some(r), full.get(k), "{k}");
     }
     // A nested set expands to its jobs.
     let python = ev
         .evaluate_attrs(dir.path(), "release.nix", &systems(), &["python".into()])
-        .await;
+        .await
+        .unwrap();
     let expected: Vec<_> = full
         .by_attr("python")
         .map(|(k, r)| (k.clone(), r.clone()))
         .collect();
     assert_eq!(python, expected);
     assert!(!python.is_empty());
+}
+
+#[tokio::test]
+async fn absent_attributes_have_no_entry_and_failing_ones_are_errors() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = small(dir.path(), 40, 6);
+    let leaves: Vec<String> = set
+        .healthy_leaves()
+        .into_iter()
+        .filter(|n| !n.contains('.'))
+        .collect();
+    assert!(leaves.len() >= 2);
+    let (thrower, removed) = (leaves[0].clone(), leaves[1].clone());
+    set.break_eval(&thrower).unwrap();
+    std::fs::write(
+        dir.path().join("extra.nix"),
+        "{ system ? builtins.currentSystem }: let p = import ./release.nix { inherit system; }; \
+         in p // { notAJob = 42; plainSet = { x = p.libc; }; \
+         emptySet = { recurseForDerivations = true; }; \
+         bad = throw \"bad attribute\"; badType = 1 + \"x\"; }\n",
+    )
+    .unwrap();
+    let ev = eval();
+    let attrs = |extra: &[&str]| -> Vec<String> { extra.iter().map(|a| a.to_string()).collect() };
+    let asked = attrs(&[
+        "libc",
+        &removed,
+        &thrower,
+        "no-such-package",
+        "python.no-such-package",
+        "libc.no-such-output",
+        "notAJob",
+        "plainSet",
+        "emptySet",
+        "bad",
+        "badType",
+    ]);
+    let got = ev
+        .evaluate_attrs(dir.path(), "extra.nix", &systems(), &asked)
+        .await
+        .unwrap();
+    let names: Vec<&str> = got.iter().map(|(k, _)| k.attr.as_str()).collect();
+    let mut expected = vec!["bad", "badType", "libc", removed.as_str(), thrower.as_str()];
+    expected.sort();
+    assert_eq!(names, expected, "{got:?}");
+    let result = |attr: &str| &got.iter().find(|(k, _)| k.attr == attr).unwrap().1;
+    assert!(result("libc").job().is_some());
+    assert!(result(&removed).job().is_some());
+    match result(&thrower) {
+        JobResult::Error(m) => assert!(m.contains("does not evaluate (throw)"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    match result("bad") {
+        JobResult::Error(m) => assert!(m.contains("bad attribute"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+    match result("badType") {
+        JobResult::Error(m) => assert!(m.contains("cannot add a string to an integer"), "{m}"),
+        o => panic!("{o:?}"),
+    }
+
+    // At a commit where the package is gone, asking for it yields nothing.
+    set.remove_package(&removed).unwrap();
+    let got = ev
+        .evaluate_attrs(
+            dir.path(),
+            "release.nix",
+            &systems(),
+            &attrs(&[&removed, &thrower]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0.attr, thrower);
+    assert!(got[0].1.job().is_none());
+}
+
+/// Set in the child process [`run_alone`] starts: the scenario it runs.
+const SCENARIO: &str = "MERGEQUEUE_TEST_EVAL_SCENARIO";
+
+/// Runs test `name` of this binary alone in a child process whose `PATH` is `path`, with
+/// [`SCENARIO`] set: changing `PATH` here would affect the tests running concurrently.
+fn run_alone(name: &str, scenario: &str, path: &Path) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("PATH", path)
+        .env(SCENARIO, scenario)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "scenario {scenario}:\n{stdout}\n{stderr}"
+    );
+}
+
+/// An evaluator that cannot run, is killed, finds the disk full or prints something cut
+/// short: `Err` (infrastructure), never an evaluation saying the commit failed.
+#[tokio::test]
+async fn an_evaluator_that_cannot_do_its_work_is_an_infrastructure_failure() {
+    const NAME: &str = "an_evaluator_that_cannot_do_its_work_is_an_infrastructure_failure";
+    let Ok(scenario) = std::env::var(SCENARIO) else {
+        require_nix();
+        let bins = tempfile::tempdir().unwrap();
+        let fakes = [
+            ("missing", None),
+            ("killed", Some("kill -KILL $$")),
+            (
+                "disk-full",
+                Some("echo 'error: writing to file: No space left on device' >&2; exit 1"),
+            ),
+            ("truncated", Some("printf '[{\"path\": ['")),
+            ("silent", Some("exit 1")),
+        ];
+        for (scenario, script) in fakes {
+            let bin = bins.path().join(scenario);
+            std::fs::create_dir(&bin).unwrap();
+            if let Some(script) = script {
+                let fake = bin.join("nix-instantiate");
+                std::fs::write(&fake, format!("#!/bin/sh\n{script}\n")).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            run_alone(NAME, scenario, &bin);
+        }
+        return;
+    };
+    // In the child: PATH holds at most a fake nix-instantiate, and no nix-eval-jobs.
+    let dir = tempfile::tempdir().unwrap();
+    small(dir.path(), 10, 1);
+    let ev = eval();
+    let e = ev
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await;
+    let msg = e.expect_err("an evaluation that could not run");
+    eprintln!("{scenario}: {msg}");
+    let expected = match scenario.as_str() {
+        "missing" => "cannot run nix-instantiate",
+        "killed" => "nix-instantiate was killed",
+        "disk-full" => "No space left on device",
+        "truncated" => "unexpected output",
+        "silent" => "nix-instantiate failed (exit status: 1)",
+        s => panic!("unknown scenario {s}"),
+    };
+    assert!(msg.contains(expected), "{msg}");
+    let r = ev
+        .evaluate_attrs(dir.path(), "release.nix", &systems(), &["libc".into()])
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    // Without systems configured, asking Nix for the current one fails the same way.
+    let e = ev.evaluate(dir.path(), "release.nix", &[], "c").await;
+    assert!(e.is_err(), "{e:?}");
+    // A configured evaluator that is not installed.
+    let nej = NixEval {
+        evaluator: Evaluator::NixEvalJobs,
+        ..eval()
+    };
+    let e = nej
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await;
+    assert!(e.unwrap_err().contains("nix-eval-jobs is not on PATH"));
 }
 
 #[tokio::test]
@@ -343,11 +536,13 @@ async fn bump_rebuilds_exactly_the_package_and_its_reverse_deps() {
     let ev = eval();
     let before = ev
         .evaluate(dir.path(), "release.nix", &systems(), "a")
-        .await;
+        .await
+        .unwrap();
     set.bump("zlib").unwrap();
     let after = ev
         .evaluate(dir.path(), "release.nix", &systems(), "b")
-        .await;
+        .await
+        .unwrap();
     let d = diff(&before, &after);
     let changed: Vec<String> = d.changed.iter().map(|k| k.attr.clone()).collect();
     let mut expected = set.reverse_deps("zlib");
@@ -367,12 +562,14 @@ async fn default_fixture_evaluation_time() {
     let started = Instant::now();
     let e = ev
         .evaluate(dir.path(), "release.nix", &systems(), "c")
-        .await;
+        .await
+        .unwrap();
     let cold = started.elapsed();
     let started = Instant::now();
     let e2 = ev
         .evaluate(dir.path(), "release.nix", &systems(), "c")
-        .await;
+        .await
+        .unwrap();
     let warm = started.elapsed();
     eprintln!(
         "evaluated {} jobs: {cold:?} (drvs written), {warm:?} (again)",

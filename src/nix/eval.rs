@@ -23,7 +23,15 @@
 //!
 //! Jobs are keyed by the attribute path joined with `.` and the derivation's `system` attribute.
 //! An attribute that fails to evaluate is keyed by the system the jobset was called with (for a
-//! jobset that does not take `system`: the first configured system).
+//! jobset that does not take `system`: the first configured system). An attribute that does
+//! not exist, or holds no job, yields no entry at all (absent is not failing).
+//!
+//! Two kinds of failure are kept apart (see [`classify_failure`]): errors of the evaluated code
+//! (a syntax error, `throw`, `abort`, a type error, a missing jobset file) belong to the commit
+//! and are reported in the [`Evaluation`]; failures of the machinery (the evaluator cannot be
+//! started or is killed, the disk or memory is full, the Nix daemon is unreachable, the output
+//! is cut short) say nothing about the commit and are returned as `Err`, to be retried later
+//! and never stored.
 //!
 //! The `.drv` files are written to the store but not registered as GC roots.
 
@@ -32,6 +40,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -44,6 +53,11 @@ use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
 
 /// Longest error message kept per attribute or evaluation (bytes).
 pub const MAX_MESSAGE: usize = 4000;
+
+/// The result of a step that can fail for infrastructure reasons: `Err` is such a failure
+/// (the whole evaluation is abandoned, see [`classify_failure`]); `Ok` holds the step's
+/// result, which may itself be an error of the evaluated code.
+type Infra<T> = Result<T, String>;
 
 /// The wrapper expression; called as `nix-instantiate --eval ... WRAPPER --argstr input FILE`
 /// where FILE holds the JSON [`Input`].
@@ -214,7 +228,8 @@ enum Item {
     Job(Vec<String>, String, Job),
     /// Message `None`: caught by `tryEval`, message still to be fetched.
     Error(Vec<String>, String, Option<String>),
-    Missing(Vec<String>, String),
+    /// A requested attribute that does not exist: absent, no entry.
+    Missing,
 }
 
 #[derive(Debug, Clone)]
@@ -234,24 +249,29 @@ impl NixEval {
     }
 
     /// Evaluates all jobs of `jobset` (a file relative to `dir`).
+    ///
+    /// `Err` when the evaluation could not run (see [`classify_failure`]): the evaluator is
+    /// missing or was killed, the disk or memory is full, the Nix daemon is unreachable, its
+    /// output was cut short. Such an outcome says nothing about the commit: it is retried and
+    /// must never be stored as the commit's evaluation. A jobset that fails for its own reasons
+    /// (syntax error, not an attribute set, the file is missing) is an `Ok` evaluation with
+    /// [`EvalOutcome::Failed`]; attributes that fail are [`JobResult::Error`]s in it.
     pub async fn evaluate(
         &self,
         dir: &Path,
         jobset: &str,
         systems: &[String],
         commit: &str,
-    ) -> Evaluation {
+    ) -> Result<Evaluation, String> {
+        let failed = |msg: String| Evaluation::new(commit.into(), EvalOutcome::Failed(msg), vec![]);
         let use_nej = match self.evaluator {
             Evaluator::NixInstantiate => false,
             Evaluator::Auto => find_on_path("nix-eval-jobs").is_some(),
             Evaluator::NixEvalJobs => {
                 if find_on_path("nix-eval-jobs").is_none() {
-                    return Evaluation::new(
-                        commit.into(),
-                        EvalOutcome::Failed(
-                            "evaluator is nix-eval-jobs but nix-eval-jobs is not on PATH".into(),
-                        ),
-                        vec![],
+                    // The machine, not the commit, lacks something.
+                    return Err(
+                        "evaluator is nix-eval-jobs but nix-eval-jobs is not on PATH".into(),
                     );
                 }
                 true
@@ -262,144 +282,105 @@ impl NixEval {
                 .evaluate_nix_eval_jobs(dir, jobset, systems, commit)
                 .await;
         }
-        let ctx = match Ctx::new(self, dir, jobset, systems).await {
-            Ok(c) => c,
-            Err(e) => return Evaluation::new(commit.into(), EvalOutcome::Failed(e), vec![]),
-        };
-        let items = match ctx.call("eval", None, None, true).await {
+        let ctx = Ctx::new(self, dir, jobset, systems).await?;
+        if let Err(e) = ctx.check_jobset() {
+            return Ok(failed(e));
+        }
+        let items = match ctx.call("eval", None, None, true).await? {
             Ok(rows) => rows_to_items(rows),
             Err(_) => {
                 // Something tryEval does not catch: find the culprits by splitting.
-                let roots = match ctx.call("list", None, Some(&[vec![]]), true).await {
+                let roots = match ctx.call("list", None, Some(&[vec![]]), true).await? {
                     Ok(r) => r,
-                    Err(msg) => {
-                        return Evaluation::new(commit.into(), EvalOutcome::Failed(msg), vec![])
-                    }
+                    Err(msg) => return Ok(failed(msg)),
                 };
                 let mut items = Vec::new();
                 for root in roots {
                     if root.error || root.kind.as_deref() == Some("other") {
-                        let msg = match ctx.call("eval", Some(&root.system), None, false).await {
+                        let msg = match ctx.call("eval", Some(&root.system), None, false).await? {
                             Err(m) => m,
                             Ok(_) => "the jobset does not evaluate to an attribute set".into(),
                         };
-                        return Evaluation::new(commit.into(), EvalOutcome::Failed(msg), vec![]);
+                        return Ok(failed(msg));
                     }
                     let paths: Vec<Vec<String>> =
                         root.names.iter().map(|n| vec![n.clone()]).collect();
-                    items.extend(ctx.resume_chunked(&root.system, paths).await);
+                    items.extend(ctx.resume_chunked(&root.system, paths).await?);
                 }
                 items
             }
         };
-        let items = ctx.fill_messages(items).await;
-        let jobs = items
+        let jobs = ctx
+            .fill_messages(items)
+            .await?
             .into_iter()
-            .filter_map(|i| match i {
-                Item::Job(p, s, j) => Some((key(&p, s), JobResult::Ok(j))),
-                Item::Error(p, s, m) => Some((key(&p, s), JobResult::Error(m.unwrap_or_default()))),
-                Item::Missing(..) => None,
-            })
+            .filter_map(entry)
             .collect();
-        Evaluation::new(commit.into(), EvalOutcome::Ok, jobs)
+        Ok(Evaluation::new(commit.into(), EvalOutcome::Ok, jobs))
     }
 
     /// Evaluates only the given attribute paths (`a.b` for nested ones); a path naming a
-    /// nested set yields its jobs. Attributes that do not exist, or are no job, are errors.
+    /// nested set yields its jobs. An attribute that does not exist at this commit, or holds
+    /// no job (not a derivation, a set without `recurseForDerivations`, an empty set), yields
+    /// no entry at all: absent is not failing. An attribute that fails to evaluate (`throw`,
+    /// `abort`, `assert`, a type error) is a [`JobResult::Error`], and so is every requested
+    /// attribute when the jobset itself fails (syntax error, missing file).
+    ///
+    /// `Err`: the evaluation could not run, as for [`NixEval::evaluate`].
     pub async fn evaluate_attrs(
         &self,
         dir: &Path,
         jobset: &str,
         systems: &[String],
         attrs: &[String],
-    ) -> Vec<(JobKey, JobResult)> {
+    ) -> Result<Vec<(JobKey, JobResult)>, String> {
         let paths: Vec<Vec<String>> = attrs
             .iter()
             .map(|a| a.split('.').map(String::from).collect())
             .collect();
-        let ctx = match Ctx::new(self, dir, jobset, systems).await {
-            Ok(c) => c,
-            Err(e) => return all_errors(attrs, systems, &e),
-        };
-        let items = match ctx.call("eval", None, Some(&paths), true).await {
+        let ctx = Ctx::new(self, dir, jobset, systems).await?;
+        if let Err(e) = ctx.check_jobset() {
+            return Ok(all_errors(attrs, &ctx.systems, &e));
+        }
+        let items = match ctx.call("eval", None, Some(&paths), true).await? {
             Ok(rows) => rows_to_items(rows),
             Err(_) => {
-                let roots = match ctx.call("list", None, Some(&[vec![]]), true).await {
+                let roots = match ctx.call("list", None, Some(&[vec![]]), true).await? {
                     Ok(r) => r,
-                    Err(msg) => return all_errors(attrs, &ctx.systems, &msg),
+                    Err(msg) => return Ok(all_errors(attrs, &ctx.systems, &msg)),
                 };
                 let mut items = Vec::new();
                 for root in roots {
-                    items.extend(ctx.resume_chunked(&root.system, paths.clone()).await);
+                    items.extend(ctx.resume_chunked(&root.system, paths.clone()).await?);
                 }
                 items
             }
         };
-        let items = ctx.fill_messages(items).await;
-        let mut out: Vec<(JobKey, JobResult)> = Vec::new();
-        let mut seen: Vec<(String, String)> = Vec::new();
-        for i in items {
-            let (p, s, r) = match i {
-                Item::Job(p, s, j) => (p, s, JobResult::Ok(j)),
-                Item::Error(p, s, m) => (p, s, JobResult::Error(m.unwrap_or_default())),
-                Item::Missing(p, s) => {
-                    let a = p.join(".");
-                    let m = format!("attribute '{a}' not found");
-                    (p, s, JobResult::Error(m))
-                }
-            };
-            seen.push((p.join("."), s.clone()));
-            out.push((key(&p, s), r));
-        }
-        // Requested attributes that yielded nothing (not a derivation, or an empty set).
-        let root_systems: Vec<String> = {
-            let mut v: Vec<String> = seen.iter().map(|(_, s)| s.clone()).collect();
-            v.sort();
-            v.dedup();
-            if v.is_empty() {
-                ctx.systems.iter().take(1).cloned().collect()
-            } else {
-                v
-            }
-        };
-        for a in attrs {
-            let covered = seen.iter().any(|(p, _)| {
-                p == a || (p.starts_with(a.as_str()) && p.as_bytes().get(a.len()) == Some(&b'.'))
-            });
-            if !covered {
-                for s in &root_systems {
-                    out.push((
-                        JobKey {
-                            attr: a.clone(),
-                            system: s.clone(),
-                        },
-                        JobResult::Error(format!("attribute '{a}' is not a derivation")),
-                    ));
-                }
-            }
-        }
+        let mut out: Vec<(JobKey, JobResult)> = ctx
+            .fill_messages(items)
+            .await?
+            .into_iter()
+            .filter_map(entry)
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.dedup_by(|a, b| a.0 == b.0);
-        out
+        Ok(out)
     }
 
+    /// A full evaluation with `nix-eval-jobs`: it reports jobs and failing attributes only
+    /// (attributes that hold no job are skipped), so nothing absent shows up as an error.
     async fn evaluate_nix_eval_jobs(
         &self,
         dir: &Path,
         jobset: &str,
         systems: &[String],
         commit: &str,
-    ) -> Evaluation {
-        let tmp = match tempfile::tempdir() {
-            Ok(t) => t,
-            Err(e) => {
-                return Evaluation::new(
-                    commit.into(),
-                    EvalOutcome::Failed(format!("temporary directory: {e}")),
-                    vec![],
-                )
-            }
-        };
+    ) -> Result<Evaluation, String> {
+        let failed = |msg: String| Evaluation::new(commit.into(), EvalOutcome::Failed(msg), vec![]);
+        if !dir.join(jobset).exists() {
+            return Ok(failed(format!("jobset file '{jobset}' does not exist")));
+        }
+        let tmp = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let workers = std::thread::available_parallelism()
             .map(|n| n.get().min(8))
             .unwrap_or(2);
@@ -425,28 +406,29 @@ impl NixEval {
                 ));
             }
             cmd.arg(dir.join(jobset)).kill_on_drop(true);
-            let out = match cmd.output().await {
-                Ok(o) => o,
-                Err(e) => {
-                    return Evaluation::new(
-                        commit.into(),
-                        EvalOutcome::Failed(format!("cannot run nix-eval-jobs: {e}")),
-                        vec![],
-                    )
-                }
-            };
+            let out = cmd
+                .output()
+                .await
+                .map_err(|e| format!("cannot run nix-eval-jobs: {e}"))?;
             if !out.status.success() {
-                let msg = clean_message(&String::from_utf8_lossy(&out.stderr));
-                return Evaluation::new(commit.into(), EvalOutcome::Failed(msg), vec![]);
+                let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+                return failure("nix-eval-jobs", out.status, &stderr).map(failed);
             }
             let default_system = sys.cloned().unwrap_or_else(|| "unknown".into());
             for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(j) = parse_nix_eval_jobs_line(line, &default_system) {
-                    jobs.push(j);
+                if let Some((k, r)) = parse_nix_eval_jobs_line(line, &default_system) {
+                    // A worker that ran out of memory or disk reports it as the attribute's
+                    // error: that is no error of the attribute.
+                    if let JobResult::Error(m) = &r {
+                        if is_infrastructure_message(m) {
+                            return Err(format!("nix-eval-jobs, evaluating {}: {m}", k.attr));
+                        }
+                    }
+                    jobs.push((k, r));
                 }
             }
         }
-        Evaluation::new(commit.into(), EvalOutcome::Ok, jobs)
+        Ok(Evaluation::new(commit.into(), EvalOutcome::Ok, jobs))
     }
 }
 
@@ -454,6 +436,15 @@ fn key(path: &[String], system: String) -> JobKey {
     JobKey {
         attr: path.join("."),
         system,
+    }
+}
+
+/// The entry an item contributes to an evaluation: none for an absent attribute.
+fn entry(item: Item) -> Option<(JobKey, JobResult)> {
+    match item {
+        Item::Job(p, s, j) => Some((key(&p, s), JobResult::Ok(j))),
+        Item::Error(p, s, m) => Some((key(&p, s), JobResult::Error(m.unwrap_or_default()))),
+        Item::Missing => None,
     }
 }
 
@@ -481,7 +472,7 @@ fn rows_to_items(rows: Vec<Row>) -> Vec<Item> {
     rows.into_iter()
         .map(|r| {
             if r.missing {
-                Item::Missing(r.path, r.system)
+                Item::Missing
             } else if r.error || r.drv_path.is_none() {
                 Item::Error(r.path, r.system, None)
             } else {
@@ -503,6 +494,7 @@ fn rows_to_items(rows: Vec<Row>) -> Vec<Item> {
 struct Ctx {
     tmp: tempfile::TempDir,
     wrapper: PathBuf,
+    jobset: String,
     file: String,
     dir: PathBuf,
     systems: Vec<String>,
@@ -514,12 +506,9 @@ struct Ctx {
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Ctx {
-    async fn new(
-        ev: &NixEval,
-        dir: &Path,
-        jobset: &str,
-        systems: &[String],
-    ) -> Result<Ctx, String> {
+    /// `Err`: infrastructure (temporary files, `builtins.currentSystem`). Whether the jobset
+    /// file exists is [`Ctx::check_jobset`]'s question.
+    async fn new(ev: &NixEval, dir: &Path, jobset: &str, systems: &[String]) -> Infra<Ctx> {
         let tmp = tempfile::Builder::new()
             .prefix("mq-eval-")
             .tempdir()
@@ -528,9 +517,6 @@ impl Ctx {
         std::fs::write(&wrapper, WRAPPER_NIX).map_err(|e| format!("writing wrapper: {e}"))?;
         let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let file = dir.join(jobset);
-        if !file.exists() {
-            return Err(format!("jobset file '{jobset}' does not exist"));
-        }
         let systems = if systems.is_empty() {
             vec![current_system(&ev.nix_args).await?]
         } else {
@@ -542,6 +528,7 @@ impl Ctx {
         Ok(Ctx {
             tmp,
             wrapper,
+            jobset: jobset.to_string(),
             file: file.to_string_lossy().into_owned(),
             dir,
             systems,
@@ -551,17 +538,27 @@ impl Ctx {
         })
     }
 
-    /// One `nix-instantiate --eval` of the wrapper. Err: Nix's message.
+    /// A missing jobset file is the commit's failure, not the machine's.
+    fn check_jobset(&self) -> Result<(), String> {
+        if Path::new(&self.file).exists() {
+            Ok(())
+        } else {
+            Err(format!("jobset file '{}' does not exist", self.jobset))
+        }
+    }
+
+    /// One `nix-instantiate --eval` of the wrapper. `Ok(Err)`: Nix's message.
     async fn call(
         &self,
         mode: &str,
         root_system: Option<&str>,
         select: Option<&[Vec<String>]>,
         catch: bool,
-    ) -> Result<Vec<Row>, String> {
-        self.call_full(mode, root_system, select, catch, false, &[])
-            .await
-            .map_err(|f| f.msg)
+    ) -> Infra<Result<Vec<Row>, String>> {
+        let res = self
+            .call_full(mode, root_system, select, catch, false, &[])
+            .await?;
+        Ok(res.map_err(|f| f.msg))
     }
 
     async fn call_full(
@@ -572,11 +569,7 @@ impl Ctx {
         catch: bool,
         trace: bool,
         skip: &[Vec<String>],
-    ) -> Result<Vec<Row>, Failure> {
-        let fail = |msg: String| Failure {
-            msg,
-            stderr: String::new(),
-        };
+    ) -> Infra<Result<Vec<Row>, Failure>> {
         let input = Input {
             file: &self.file,
             systems: &self.systems,
@@ -590,8 +583,8 @@ impl Ctx {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let input_path = self.tmp.path().join(format!("input-{n}.json"));
         std::fs::write(&input_path, serde_json::to_vec(&input).unwrap())
-            .map_err(|e| fail(format!("writing {}: {e}", input_path.display())))?;
-        let _permit = self.sem.acquire().await.map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| format!("writing {}: {e}", input_path.display()))?;
+        let _permit = self.sem.acquire().await.map_err(|e| e.to_string())?;
         let out = Command::new("nix-instantiate")
             .current_dir(&self.dir)
             .args(&self.nix_args)
@@ -603,45 +596,48 @@ impl Ctx {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| fail(format!("cannot run nix-instantiate: {e}")))?;
+            .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
         let _ = std::fs::remove_file(&input_path);
         if !out.status.success() {
             let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
-            let mut msg = clean_message(&stderr);
-            if msg.is_empty() {
-                msg = format!("nix-instantiate failed ({})", out.status);
-            }
-            return Err(Failure { msg, stderr });
+            let msg = failure("nix-instantiate", out.status, &stderr)?;
+            return Ok(Err(Failure { msg, stderr }));
         }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| fail(format!("unexpected output of the evaluation wrapper: {e}")))
+        // Exit status 0 and no JSON: the output was cut short (or is not the wrapper's).
+        let rows = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("unexpected output of the evaluation wrapper: {e}"))?;
+        Ok(Ok(rows))
     }
 
     /// Evaluates `paths` in chunks, concurrently, each with [`Ctx::resume`].
-    async fn resume_chunked(&self, system: &str, paths: Vec<Vec<String>>) -> Vec<Item> {
+    async fn resume_chunked(&self, system: &str, paths: Vec<Vec<String>>) -> Infra<Vec<Item>> {
         let chunks = self.sem.available_permits().max(1);
         let size = paths.len().div_ceil(chunks).max(1);
         let futs = paths
             .chunks(size)
             .map(|c| self.resume(system.to_string(), c.to_vec()));
-        join_all(futs).await.into_iter().flatten().collect()
+        let mut items = Vec::new();
+        for chunk in join_all(futs).await {
+            items.extend(chunk?);
+        }
+        Ok(items)
     }
 
     /// Evaluates `paths` with progress traces; when a call dies on an error that tryEval
     /// cannot catch, the attribute being evaluated is recorded as failing with Nix's message,
     /// the completed ones are kept, and the call is repeated for the rest. One call per
     /// failing attribute. Falls back to halving when a failure cannot be attributed.
-    async fn resume(&self, system: String, paths: Vec<Vec<String>>) -> Vec<Item> {
+    async fn resume(&self, system: String, paths: Vec<Vec<String>>) -> Infra<Vec<Item>> {
         let mut skip: Vec<Vec<String>> = Vec::new();
         let mut items = Vec::new();
         loop {
             let res = self
                 .call_full("eval", Some(&system), Some(&paths), true, true, &skip)
-                .await;
+                .await?;
             let f = match res {
                 Ok(rows) => {
                     items.extend(rows_to_items(rows));
-                    return items;
+                    return Ok(items);
                 }
                 Err(f) => f,
             };
@@ -658,8 +654,8 @@ impl Ctx {
                 }
                 _ if progressed => {}
                 _ => {
-                    items.extend(self.split(system.clone(), paths, Arc::new(skip)).await);
-                    return items;
+                    items.extend(self.split(system.clone(), paths, Arc::new(skip)).await?);
+                    return Ok(items);
                 }
             }
         }
@@ -671,17 +667,17 @@ impl Ctx {
         system: String,
         paths: Vec<Vec<String>>,
         skip: Arc<Vec<Vec<String>>>,
-    ) -> Boxed<'_, Vec<Item>> {
+    ) -> Boxed<'_, Infra<Vec<Item>>> {
         Box::pin(async move {
             if paths.is_empty() {
-                return vec![];
+                return Ok(vec![]);
             }
             let res = self
                 .call_full("eval", Some(&system), Some(&paths), true, false, &skip)
-                .await
+                .await?
                 .map_err(|f| f.msg);
             match res {
-                Ok(rows) => rows_to_items(rows),
+                Ok(rows) => Ok(rows_to_items(rows)),
                 Err(msg) if paths.len() == 1 => {
                     let path = paths.into_iter().next().unwrap();
                     let listed = self
@@ -691,7 +687,7 @@ impl Ctx {
                             Some(std::slice::from_ref(&path)),
                             true,
                         )
-                        .await;
+                        .await?;
                     match listed {
                         Ok(rows)
                             if rows.len() == 1
@@ -709,7 +705,7 @@ impl Ctx {
                                 .collect();
                             self.split(system, children, skip).await
                         }
-                        _ => vec![Item::Error(path, system, Some(msg))],
+                        _ => Ok(vec![Item::Error(path, system, Some(msg))]),
                     }
                 }
                 Err(_) => {
@@ -719,7 +715,7 @@ impl Ctx {
                         self.split(system.clone(), a, skip.clone()),
                         self.split(system.clone(), b, skip.clone())
                     );
-                    x.into_iter().chain(y).collect()
+                    Ok(x?.into_iter().chain(y?).collect())
                 }
             }
         })
@@ -727,13 +723,13 @@ impl Ctx {
 
     /// Fetches Nix's message for errors that `tryEval` caught, by evaluating each such
     /// attribute alone without `tryEval`.
-    async fn fill_messages(&self, items: Vec<Item>) -> Vec<Item> {
+    async fn fill_messages(&self, items: Vec<Item>) -> Infra<Vec<Item>> {
         let futs = items.into_iter().map(|i| async move {
-            match i {
+            Ok(match i {
                 Item::Error(p, s, None) => {
                     let msg = match self
                         .call("eval", Some(&s), Some(std::slice::from_ref(&p)), false)
-                        .await
+                        .await?
                     {
                         Err(m) => m,
                         Ok(_) => "evaluation failed (caught by builtins.tryEval, \
@@ -743,9 +739,9 @@ impl Ctx {
                     Item::Error(p, s, Some(msg))
                 }
                 other => other,
-            }
+            })
         });
-        join_all(futs).await
+        join_all(futs).await.into_iter().collect()
     }
 }
 
@@ -777,7 +773,8 @@ async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output
     outs.into_iter().map(|o| o.unwrap()).collect()
 }
 
-async fn current_system(nix_args: &[String]) -> Result<String, String> {
+/// The system Nix evaluates for. Any failure here is infrastructure: the expression is ours.
+async fn current_system(nix_args: &[String]) -> Infra<String> {
     let out = Command::new("nix-instantiate")
         .args(nix_args)
         .args(["--eval", "--json", "-E", "builtins.currentSystem"])
@@ -786,7 +783,9 @@ async fn current_system(nix_args: &[String]) -> Result<String, String> {
         .await
         .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
     if !out.status.success() {
-        return Err(clean_message(&String::from_utf8_lossy(&out.stderr)));
+        let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        let msg = failure("nix-instantiate", out.status, &stderr).unwrap_or_else(|e| e);
+        return Err(format!("builtins.currentSystem: {msg}"));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("builtins.currentSystem: {e}"))
 }
@@ -796,6 +795,109 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// Which side of the line a failed evaluator run falls on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// The evaluator could not do its work; the same commit may well evaluate later or
+    /// elsewhere. The evaluation is abandoned (retried by the core), never stored.
+    Infrastructure,
+    /// Nix reported an error of the evaluated code: the commit's own outcome, stored.
+    Evaluation,
+}
+
+/// Phrases in Nix's error message (matched case-insensitively) that name a resource of the
+/// machine, not a property of the code.
+const INFRASTRUCTURE_MESSAGES: &[&str] = &[
+    // ENOSPC / EDQUOT writing `.drv` files, the store database or temporary files.
+    "no space left on device",
+    "disk quota exceeded",
+    // A store that cannot be written to (`--read-write-mode` writes the `.drv` files).
+    "read-only file system",
+    // Nix's own "error: out of memory" (Boehm GC, `std::bad_alloc`), and ENOMEM.
+    "out of memory",
+    "std::bad_alloc",
+    "cannot allocate memory",
+    // EMFILE / ENFILE; EAGAIN ("unable to fork: Resource temporarily unavailable").
+    "too many open files",
+    "resource temporarily unavailable",
+    // SIGTERM or SIGINT (a shutdown): Nix 2.8 exits 1 with "error: interrupted by the user".
+    "interrupted by the user",
+    // The Nix daemon: "cannot connect to socket at '/nix/var/nix/daemon-socket/socket': ...",
+    // "cannot open connection to remote store 'daemon': ...", or the connection dropped
+    // ("unexpected end-of-file"; a syntax error says "unexpected end of file").
+    "cannot connect to socket",
+    "cannot connect to daemon",
+    "cannot open connection to remote store",
+    "unexpected end-of-file",
+    "connection reset by peer",
+    "broken pipe",
+];
+
+/// Classifies a failed run of `nix-instantiate` or `nix-eval-jobs` (non-zero exit or
+/// killed) from its exit status and its stderr (colours stripped).
+///
+/// Infrastructure:
+/// - killed by a signal: the kernel's OOM killer (SIGKILL), a crash of the evaluator itself,
+///   a shutdown. Nix reports errors of the evaluated code itself and exits with a status;
+/// - no `error:` line at all: nothing to blame the code for;
+/// - an error whose message names the machine (see [`INFRASTRUCTURE_MESSAGES`]).
+///
+/// Everything else (syntax errors, `throw`, `abort`, `assert`, type errors, infinite recursion,
+/// a missing file the jobset imports) is an error of the evaluated code. Only the text from
+/// the first `error:` line on is searched, so the jobset's own `builtins.trace` output before
+/// it does not count; a jobset that `throw`s "No space left on device" would still be taken
+/// for infrastructure (and retried), a price paid for not parsing Nix's traces.
+fn classify_failure(status: ExitStatus, stderr: &str) -> FailureKind {
+    if status.code().is_none() {
+        return FailureKind::Infrastructure;
+    }
+    let Some(start) = error_start(stderr) else {
+        return FailureKind::Infrastructure;
+    };
+    if is_infrastructure_message(&stderr[start..]) {
+        FailureKind::Infrastructure
+    } else {
+        FailureKind::Evaluation
+    }
+}
+
+/// Whether an error message names the machine rather than the code.
+fn is_infrastructure_message(msg: &str) -> bool {
+    let msg = msg.to_lowercase();
+    INFRASTRUCTURE_MESSAGES.iter().any(|m| msg.contains(m))
+}
+
+/// Byte offset of the first line that starts with `error:`.
+fn error_start(text: &str) -> Option<usize> {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with("error:") {
+            return Some(at);
+        }
+        at += line.len();
+    }
+    None
+}
+
+/// A failed run of `program`: `Ok(Nix's message)` for an error of the evaluated code,
+/// `Err(message)` for an infrastructure failure (see [`classify_failure`]).
+fn failure(program: &str, status: ExitStatus, stderr: &str) -> Infra<String> {
+    let msg = clean_message(stderr);
+    if classify_failure(status, stderr) == FailureKind::Evaluation {
+        return Ok(msg);
+    }
+    let what = if status.code().is_none() {
+        format!("{program} was killed ({status})")
+    } else {
+        format!("{program} failed ({status})")
+    };
+    Err(if msg.is_empty() {
+        what
+    } else {
+        format!("{what}: {msg}")
+    })
 }
 
 /// Nix's error text without colours, the `--show-trace` hint and leading warnings; capped.
@@ -922,6 +1024,95 @@ mod tests {
         }
         assert!(parse_nix_eval_jobs_line("not json", "x").is_none());
         assert!(parse_nix_eval_jobs_line("{}", "x").is_none());
+    }
+
+    #[test]
+    fn nix_eval_jobs_lines_without_a_job_are_absent() {
+        // A set that is not entered, or a value that is no derivation: no entry, no error.
+        let set = r#"{"attr":"lib","attrPath":["lib"],"attrs":[]}"#;
+        assert!(parse_nix_eval_jobs_line(set, "x86_64-linux").is_none());
+        let null_error = r#"{"attr":"lib","attrPath":["lib"],"error":null}"#;
+        assert!(parse_nix_eval_jobs_line(null_error, "x86_64-linux").is_none());
+    }
+
+    fn exited(code: i32) -> ExitStatus {
+        std::os::unix::process::ExitStatusExt::from_raw(code << 8)
+    }
+
+    fn killed(signal: i32) -> ExitStatus {
+        std::os::unix::process::ExitStatusExt::from_raw(signal)
+    }
+
+    #[test]
+    fn classifies_failures_of_the_evaluator() {
+        use FailureKind::{Evaluation as Code, Infrastructure as Infra};
+        let e1 = exited(1);
+        #[rustfmt::skip]
+        let cases: &[(&str, ExitStatus, &str, FailureKind)] = &[
+            ("throw", e1, "error: fixture: zlib does not evaluate (throw)\n", Code),
+            ("abort", e1, "error: evaluation aborted with the following error message: 'x'\n", Code),
+            ("assert", e1, "error: assertion '(false)' failed\n\n       at /t/release.nix:2:3:\n", Code),
+            ("type error", e1, "error: cannot add a string to an integer\n", Code),
+            ("infinite recursion", e1, "error: infinite recursion encountered\n", Code),
+            ("syntax error", e1, "error: syntax error, unexpected end of file, expecting ';'\n", Code),
+            ("not an attribute set", e1, "error: the jobset does not evaluate to an attribute set\n", Code),
+            ("missing import", e1, "error: getting status of '/t/missing.nix': No such file or directory\n", Code),
+            ("warnings first", e1, "warning: unknown setting 'foo'\nerror: undefined variable 'x'\n", Code),
+            ("the jobset's trace", e1, "trace: out of memory\nerror: undefined variable 'x'\n", Code),
+            ("indented, new style", e1, "error:\n       … while evaluating the attribute 'drvPath'\n\n       error: undefined variable 'x'\n", Code),
+            ("disk full", e1, "error: writing to file: No space left on device\n", Infra),
+            ("disk full, nested", e1, "error:\n       … while evaluating the attribute 'drvPath'\n\n       error: writing to file: No space left on device\n", Infra),
+            ("quota", e1, "error: writing to file: Disk quota exceeded\n", Infra),
+            ("read-only store", e1, "error: opening file '/nix/store/x.drv': Read-only file system\n", Infra),
+            ("out of memory", e1, "GC Warning: Out of Memory! Heap size: 7994 MiB. Returning NULL!\nerror: out of memory\n", Infra),
+            ("bad_alloc", e1, "error: std::bad_alloc\n", Infra),
+            ("ENOMEM", e1, "error: unable to fork: Cannot allocate memory\n", Infra),
+            ("EMFILE", e1, "error: opening file '/t/a.nix': Too many open files\n", Infra),
+            ("daemon socket", e1, "error: cannot connect to socket at '/nix/var/nix/daemon-socket/socket': Connection refused\n", Infra),
+            ("remote store", e1, "error: cannot open connection to remote store 'daemon': error: cannot connect to daemon at '/s'\n", Infra),
+            ("daemon dropped", e1, "error: unexpected end-of-file\n", Infra),
+            ("daemon reset", e1, "error: reading from file: Connection reset by peer\n", Infra),
+            ("EAGAIN", e1, "error: unable to fork: Resource temporarily unavailable\n", Infra),
+            // Recorded with Nix 2.8: nix-instantiate sent SIGTERM.
+            ("SIGTERM", e1, "error: interrupted by the user\n", Infra),
+            ("stack overflow", e1, "error: stack overflow (possible infinite recursion)\n", Code),
+            ("killed", killed(9), "", Infra),
+            ("killed after an error", killed(9), "error: undefined variable 'x'\n", Infra),
+            ("crashed", killed(11), "", Infra),
+            ("no message", e1, "", Infra),
+            ("only warnings", e1, "warning: unknown setting 'foo'\n", Infra),
+            ("other exit status", exited(101), "error: undefined variable 'x'\n", Code),
+        ];
+        for (name, status, stderr, want) in cases {
+            assert_eq!(
+                classify_failure(*status, stderr),
+                *want,
+                "{name}: {stderr:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failure_messages() {
+        let m = failure("nix-instantiate", exited(1), "warning: w\nerror: boom\n");
+        assert_eq!(m, Ok("error: boom".to_string()));
+        let m = failure("nix-instantiate", killed(9), "").unwrap_err();
+        assert!(
+            m.starts_with("nix-instantiate was killed (signal: 9"),
+            "{m}"
+        );
+        let m = failure(
+            "nix-eval-jobs",
+            exited(1),
+            "error: x: No space left on device\n",
+        );
+        let m = m.unwrap_err();
+        assert!(
+            m.starts_with("nix-eval-jobs failed (exit status: 1): error: x: No space"),
+            "{m}"
+        );
+        assert!(is_infrastructure_message("error: std::bad_alloc"));
+        assert!(!is_infrastructure_message("error: attribute 'x' missing"));
     }
 
     #[test]
