@@ -347,6 +347,10 @@ struct Run {
     now: Millis,
     queue: VecDeque<Command>,
     ids: Vec<ChangeId>,
+    /// Infrastructure failures still to report: preparations, evaluations, probes.
+    infra: (u32, u32, u32),
+    /// Times each was answered with an infrastructure failure, and when.
+    infra_at: Vec<Millis>,
 }
 
 impl Run {
@@ -354,6 +358,31 @@ impl Run {
         let w = &mut self.world;
         Some(match cmd {
             Command::Record(_) => return None,
+            Command::Prepare { cand, .. } if self.infra.0 > 0 => {
+                self.infra.0 -= 1;
+                self.infra_at.push(self.now);
+                Input::Prepared {
+                    cand,
+                    result: Err("git fetch: Could not resolve host: example.org".into()),
+                }
+            }
+            Command::Evaluate { repo, commit } if self.infra.1 > 0 => {
+                self.infra.1 -= 1;
+                self.infra_at.push(self.now);
+                Input::EvalFailed {
+                    repo,
+                    commit,
+                    error: "nix-instantiate was killed by signal 9".into(),
+                }
+            }
+            Command::Probe { probe, .. } if self.infra.2 > 0 => {
+                self.infra.2 -= 1;
+                self.infra_at.push(self.now);
+                Input::Probed {
+                    probe,
+                    result: Err("error: writing to file: No space left on device".into()),
+                }
+            }
             Command::Prepare { cand, changes, .. } => {
                 let base = w.tip.clone();
                 let mut cur = base.clone();
@@ -508,12 +537,20 @@ impl Run {
 /// Runs a case to the end; returns (innocents rejected, messages of failed checks,
 /// culprits, extra builds).
 fn run_case(case: &Case) -> Result<(usize, u64), String> {
+    run_case_with(case, (0, 0, 0)).map(|(c, e, _)| (c, e))
+}
+
+/// As `run_case`, with infrastructure failures of preparation, evaluation and probes
+/// injected first; also returns when they were answered.
+fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec<Millis>), String> {
     let mut run = Run {
         core: Core::new(config(case.batch_max)),
         world: World::new(case.clone()),
         now: 1_700_000_000_000,
         queue: VecDeque::new(),
         ids: vec![],
+        infra,
+        infra_at: vec![],
     };
     run.pump();
     for i in 0..case.changes.len() {
@@ -560,7 +597,38 @@ fn run_case(case: &Case) -> Result<(usize, u64), String> {
         }
     }
     let extra: u64 = run.core.candidates().map(|c| c.extra_builds as u64).sum();
-    Ok((culprits, extra))
+    Ok((culprits, extra, run.infra_at))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Infrastructure trouble while preparing, evaluating or probing changes no verdict.
+    #[test]
+    fn infrastructure_failures_change_no_verdict(
+        case in case(),
+        infra in (0u32..4, 0u32..4, 0u32..4),
+    ) {
+        if let Err(msg) = run_case_with(&case, infra) {
+            prop_assert!(false, "{msg}\n{case:?} {infra:?}");
+        }
+    }
+}
+
+#[test]
+fn failed_evaluations_and_preparations_are_retried_with_a_growing_delay() {
+    let case = Case {
+        deps: vec![vec![], vec![0]],
+        broken: BTreeSet::new(),
+        changes: vec![Kind::Good(1)],
+        batch_max: 8,
+    };
+    let (_, _, at) = run_case_with(&case, (3, 3, 0)).unwrap_or_else(|m| panic!("{m}"));
+    assert_eq!(at.len(), 6);
+    let gaps: Vec<Millis> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    // 5 s, 10 s for the preparations; then the evaluations from 5 s again.
+    assert!(gaps[0] >= 5_000 && gaps[1] >= 10_000, "{gaps:?}");
+    assert!(gaps[1] > gaps[0], "the delay grows: {gaps:?}");
 }
 
 proptest! {
