@@ -704,7 +704,7 @@ impl Core {
                 .is_some_and(|p| matches!(self.broken(&b, &b.state(p), now), Broken::No));
             // Broken only in combination with earlier changes while a culprit was found
             // for something else: the follow-up retests it without the culprit first.
-            if !(alone_ok && !att.culprits.is_empty()) {
+            if !alone_ok || att.culprits.is_empty() {
                 let how = "broken with this change on top of the batch's earlier changes and not without it (found by testing prefixes of the batch)";
                 self.blame(id, s.blocker, culprit, b.reason(how));
             }
