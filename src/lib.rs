@@ -1,27 +1,19 @@
 //! mergequeue: a merge queue, builder dispatcher and channel gate for Nix package sets.
 //!
-//! The `core` module decides and performs no I/O; everything else is the shell that
-//! runs its commands (git, nix, SQLite, HTTP) and feeds results back.
+//! The crate is a pure decision core inside a shell of adapters. Dependencies point
+//! inwards only: `core` ← `shell` ← `tools`, `sim`.
 
-pub mod api;
-pub mod bench;
-pub mod builder;
-pub mod change;
-pub mod channel;
-pub mod client;
-pub mod config;
+/// The pure decision core and its vocabulary (changes, evaluations, build outcomes).
+/// It takes inputs with the current time and returns commands as data: no clock, no
+/// files, no processes, no sockets. It may call nothing outside `core`.
 pub mod core;
-pub mod demo;
-pub mod driver;
-pub mod evaluation;
-pub mod fixture;
-pub mod git;
-pub mod harness;
-pub mod nix;
-pub mod outcome;
-pub mod prereq;
-pub mod serve;
+/// The adapters (git, nix, SQLite, HTTP, systemd, configuration) and the single-writer
+/// driver loop that owns the core, performs its commands and feeds the results back.
+/// It may call `core`.
+pub mod shell;
+/// Discrete-event simulation of the queue at scale, with baselines for comparison. It
+/// may call `core` and `shell`.
 pub mod sim;
-pub mod status;
-pub mod store;
-pub mod systemd;
+/// Developer tools around the product: the demo, benchmarks, package-set fixtures, the
+/// integration-test harness and prerequisite checks. They may call `core` and `shell`.
+pub mod tools;

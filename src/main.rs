@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use serde_json::json;
 
-use mergequeue::client::ApiClient;
-use mergequeue::config::Config;
+use mergequeue::shell::client::ApiClient;
+use mergequeue::shell::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -48,7 +48,7 @@ enum Cmd {
         config: PathBuf,
     },
     /// Run the self-contained demonstration with real nix and git.
-    Demo(mergequeue::demo::DemoArgs),
+    Demo(mergequeue::tools::demo::DemoArgs),
     /// Submit a git ref as a change.
     Submit {
         #[command(flatten)]
@@ -95,7 +95,7 @@ enum Cmd {
     /// Benchmarks (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
-        which: mergequeue::bench::Bench,
+        which: mergequeue::tools::bench::Bench,
     },
 }
 
@@ -130,9 +130,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Serve { config, verbose } => {
-            mergequeue::systemd::init_logging(verbose);
+            mergequeue::shell::systemd::init_logging(verbose);
             let config = Config::load(&config)?;
-            mergequeue::serve::serve(config).await?;
+            mergequeue::shell::serve::serve(config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::CheckConfig { config } => match Config::load(&config) {
@@ -142,7 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Cmd::Demo(args) => mergequeue::demo::run(args).await,
+        Cmd::Demo(args) => mergequeue::tools::demo::run(args).await,
         Cmd::Submit {
             remote,
             repo,
@@ -199,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Simulate(args) => mergequeue::sim::main(args),
-        Cmd::Bench { which } => mergequeue::bench::run(which).await,
+        Cmd::Bench { which } => mergequeue::tools::bench::run(which).await,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::sshd::Sshd;
 use common::{harness, never_built_version, state, LONG};
 use hyper::Method;
-use mergequeue::harness::BranchOpts;
+use mergequeue::tools::harness::BranchOpts;
 use serde_json::Value;
 
 fn builders_toml(builders: &[(&Sshd, f64)]) -> String {
@@ -19,7 +19,7 @@ fn builders_toml(builders: &[(&Sshd, f64)]) -> String {
         .collect()
 }
 
-async fn builders(h: &mergequeue::harness::Harness) -> Vec<Value> {
+async fn builders(h: &mergequeue::tools::harness::Harness) -> Vec<Value> {
     h.client
         .ok(Method::GET, "/api/v1/builders", None)
         .await

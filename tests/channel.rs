@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{harness, state, LONG};
 use hyper::Method;
-use mergequeue::harness::{git, BranchOpts, ChannelSpec, Harness};
+use mergequeue::tools::harness::{git, BranchOpts, ChannelSpec, Harness};
 use serde_json::Value;
 
 fn rev(v: &Value) -> Option<&str> {
@@ -314,7 +314,7 @@ async fn a_community_channel_follows_an_upstream_and_pushes_to_its_own_remote() 
     );
     // Upstream breaks a package outside the gate: the channel still advances.
     let push_theirs =
-        |h: &mut Harness, msg: &str, edit: &dyn Fn(&mut mergequeue::fixture::PackageSet)| {
+        |h: &mut Harness, msg: &str, edit: &dyn Fn(&mut mergequeue::tools::fixture::PackageSet)| {
             git(
                 &h.work,
                 &["fetch", "--quiet", theirs.to_str().unwrap(), "master"],

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::{harness, state};
-use mergequeue::harness::BranchOpts;
+use mergequeue::tools::harness::BranchOpts;
 
 fn mq(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mergequeue"))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{harness, state, LONG};
 use hyper::Method;
-use mergequeue::harness::{git, BranchOpts, Harness};
+use mergequeue::tools::harness::{git, BranchOpts, Harness};
 
 /// The target is the initial commit or the commit of a candidate that passed its gate
 /// (phase `landing` or landed), as recorded in the database.

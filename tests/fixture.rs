@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use mergequeue::fixture::{generate, Spec, AGGREGATE, BUILD_FAILURE_MARKER};
+use mergequeue::tools::fixture::{generate, Spec, AGGREGATE, BUILD_FAILURE_MARKER};
 
 fn require_nix() {
     let ok = Command::new("nix-build")

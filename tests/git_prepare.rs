@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use mergequeue::git::Mirror;
-use mergequeue::harness::git;
+use mergequeue::shell::git::Mirror;
+use mergequeue::tools::harness::git;
 
 struct Remote {
     _dir: tempfile::TempDir,
@@ -17,7 +17,7 @@ struct Remote {
 impl Remote {
     /// A bare upstream with `master` holding `file` = "base".
     fn new() -> Remote {
-        mergequeue::prereq::require(&["git"]).unwrap_or_else(|e| panic!("{e}"));
+        mergequeue::tools::prereq::require(&["git"]).unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().unwrap();
         let upstream = dir.path().join("upstream.git");
         let work = dir.path().join("work");

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use mergequeue::change::{ChangeState, Priority};
+use mergequeue::core::change::{ChangeState, Priority};
+use mergequeue::core::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
+use mergequeue::core::outcome::{BuildReport, OutcomeClass};
 use mergequeue::core::{Command, Core, CoreConfig, LaneConfig, Phase, Record, RepoConfig};
-use mergequeue::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
-use mergequeue::outcome::{BuildReport, OutcomeClass};
-use mergequeue::store::{migrations, Store};
+use mergequeue::shell::store::{migrations, Store};
 use rusqlite::{params, Connection};
 
 const BASE: &str = "5f3c1e0a9d2b7c4e8f6a1b3d5c7e9f0a2b4c6d8e";
@@ -436,7 +436,7 @@ fn core_restores_from_a_migrated_v1_database() {
         store.changes().unwrap(),
         store.candidates().unwrap(),
         store.memo().unwrap(),
-        mergequeue::channel::db::load(store.conn()).unwrap(),
+        mergequeue::shell::channel::db::load(store.conn()).unwrap(),
         1_700_000_300_000,
     );
     let cmds = core.take_commands();
@@ -598,7 +598,7 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
         advance: a.clone(),
     }));
     store.apply(&records.iter().collect::<Vec<_>>()).unwrap();
-    let loaded = mergequeue::channel::db::load(store.conn()).unwrap();
+    let loaded = mergequeue::shell::channel::db::load(store.conn()).unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].0, state);
     assert_eq!(loaded[0].1, advances.to_vec(), "oldest first");

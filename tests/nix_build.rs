@@ -5,11 +5,11 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mergequeue::config::Evaluator;
-use mergequeue::fixture::{generate, PackageSet, Spec, BUILD_FAILURE_MARKER};
-use mergequeue::nix::build::LocalBuilder;
-use mergequeue::nix::eval::NixEval;
-use mergequeue::outcome::OutcomeClass;
+use mergequeue::core::outcome::OutcomeClass;
+use mergequeue::shell::config::Evaluator;
+use mergequeue::shell::nix::build::LocalBuilder;
+use mergequeue::shell::nix::eval::NixEval;
+use mergequeue::tools::fixture::{generate, PackageSet, Spec, BUILD_FAILURE_MARKER};
 
 fn require_nix() {
     let ok = std::process::Command::new("nix-store")

@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use mergequeue::config::Evaluator;
-use mergequeue::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
-use mergequeue::fixture::{generate, EvalBreak, PackageSet, Spec};
-use mergequeue::nix::eval::NixEval;
+use mergequeue::core::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
+use mergequeue::shell::config::Evaluator;
+use mergequeue::shell::nix::eval::NixEval;
+use mergequeue::tools::fixture::{generate, EvalBreak, PackageSet, Spec};
 
 const SYSTEM: &str = "x86_64-linux";
 

@@ -4,7 +4,7 @@ mod common;
 
 use common::{harness, leaf_with_private_dep, never_built_version, state, LONG};
 use hyper::{Method, StatusCode};
-use mergequeue::harness::{git, BranchOpts};
+use mergequeue::tools::harness::{git, BranchOpts};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -71,7 +71,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "JSON error for {body}: {v}"
         );
     }
-    let anon = mergequeue::client::ApiClient::new(&h.listen, None);
+    let anon = mergequeue::shell::client::ApiClient::new(&h.listen, None);
     let (status, v) = anon
         .call(
             Method::POST,
@@ -81,7 +81,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
-    let wrong = mergequeue::client::ApiClient::new(&h.listen, Some("wrong".into()));
+    let wrong = mergequeue::shell::client::ApiClient::new(&h.listen, Some("wrong".into()));
     let (status, _) = wrong
         .call(Method::DELETE, "/api/v1/repos/pkgs/changes/1", None)
         .await

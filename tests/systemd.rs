@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mergequeue::systemd;
+use mergequeue::shell::systemd;
 
 static ENV: Mutex<()> = Mutex::new(());
 

@@ -25,9 +25,9 @@ use std::sync::Arc;
 
 use super::candidate::{short, Phase};
 use super::{CandId, Command, Core, Millis, ProbeId, ProbeResult};
-use crate::change::ChangeId;
-use crate::evaluation::{Evaluation, JobKey, JobResult};
-use crate::outcome::OutcomeClass;
+use crate::core::change::ChangeId;
+use crate::core::evaluation::{Evaluation, JobKey, JobResult};
+use crate::core::outcome::OutcomeClass;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Blocker {
@@ -850,7 +850,7 @@ impl Core {
                 self.solo.insert(c);
                 self.set_state(
                     c,
-                    crate::change::ChangeState::Queued,
+                    crate::core::change::ChangeState::Queued,
                     Some(reason.clone()),
                     now,
                 );

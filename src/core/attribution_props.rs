@@ -18,9 +18,9 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
 use super::*;
-use crate::change::{ChangeId, ChangeState, Priority};
-use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
-use crate::outcome::{BuildReport, OutcomeClass};
+use crate::core::change::{ChangeId, ChangeState, Priority};
+use crate::core::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
+use crate::core::outcome::{BuildReport, OutcomeClass};
 
 const SYS: &str = "x86_64-linux";
 const REPO: &str = "pkgs";

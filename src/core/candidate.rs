@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::attribution::{Attribution, Blocker};
 use super::{CandId, Command, Core, LandResult, Memo, Millis, Prepared, Record};
-use crate::change::{ChangeId, ChangeState};
-use crate::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
+use crate::core::change::{ChangeId, ChangeState};
+use crate::core::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

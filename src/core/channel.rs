@@ -13,10 +13,10 @@ use std::sync::Arc;
 use super::candidate::short;
 pub use super::channel_types::*;
 use super::{Command, Core, Input, Millis, Record};
-use crate::evaluation::{EvalOutcome, Evaluation, JobResult};
+use crate::core::evaluation::{EvalOutcome, Evaluation, JobResult};
 
 /// Priority class of gate builds (that of a normal change).
-const GATE_PRIO: u8 = crate::change::Priority::Normal as u8;
+const GATE_PRIO: u8 = crate::core::change::Priority::Normal as u8;
 
 impl Core {
     pub(crate) fn init_channels(&mut self, stored: Vec<(ChannelState, Vec<Advance>)>) {

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::*;
-use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
-use crate::outcome::{BuildReport, OutcomeClass};
+use crate::core::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
+use crate::core::outcome::{BuildReport, OutcomeClass};
 
 const T0: Millis = 1_700_000_000_000;
 const SYS: &str = "x86_64-linux";

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::{LandResult, Millis};
-use crate::outcome::OutcomeClass;
+use crate::core::outcome::OutcomeClass;
 
 /// Advances kept in memory (and shown by the API) per channel; SQLite keeps them all.
 pub const HISTORY_KEEP: usize = 50;

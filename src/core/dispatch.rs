@@ -4,7 +4,7 @@
 
 use super::scheduler::{Health, StepInfo};
 use super::{BuilderIdentity, CandId, Command, Core, Memo, Millis, Record};
-use crate::outcome::{BuildReport, OutcomeClass};
+use crate::core::outcome::{BuildReport, OutcomeClass};
 
 /// The longest a quarantined builder waits between probes.
 const PROBE_DELAY_MAX_MS: Millis = 600_000;

@@ -1,7 +1,7 @@
 //! The pure decision core. It takes inputs (a change was submitted, a candidate was
 //! prepared, an evaluation or build finished, a timer fired) with the current time and
 //! returns commands as data. It reads no clock, spawns nothing and touches no file: the
-//! shell (`driver`) performs the commands and feeds their results back. SQLite is the
+//! shell (`crate::shell::driver`) performs the commands and feeds their results back. SQLite is the
 //! source of truth: every state change leaves as a `Record` command, applied before the
 //! effects of the same step, and `Core::restore` rebuilds the state after a crash.
 
@@ -9,11 +9,14 @@ mod attribution;
 #[cfg(test)]
 mod attribution_props;
 mod candidate;
+pub mod change;
 mod channel;
 #[cfg(test)]
 mod channel_tests;
 mod channel_types;
 mod dispatch;
+pub mod evaluation;
+pub mod outcome;
 pub mod scheduler;
 #[cfg(test)]
 mod tests;
@@ -23,9 +26,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::{Change, ChangeId, ChangeState, Priority};
-use crate::evaluation::{Evaluation, JobKey, JobResult};
-use crate::outcome::{BuildReport, OutcomeClass};
+use crate::core::change::{Change, ChangeId, ChangeState, Priority};
+use crate::core::evaluation::{Evaluation, JobKey, JobResult};
+use crate::core::outcome::{BuildReport, OutcomeClass};
 
 pub use candidate::{Candidate, Phase};
 pub use channel::{
@@ -45,7 +48,7 @@ pub struct LaneConfig {
     /// Wait this long after a change is queued to gather a fuller batch.
     pub batch_delay_ms: Millis,
     /// Priority class of the lane's builds; `None`: the most urgent change's.
-    pub build_priority: Option<crate::change::Priority>,
+    pub build_priority: Option<crate::core::change::Priority>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +77,7 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
-    pub fn from_config(c: &crate::config::Config) -> CoreConfig {
+    pub fn from_config(c: &crate::shell::config::Config) -> CoreConfig {
         let repos = c
             .repos
             .iter()

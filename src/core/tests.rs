@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::*;
-use crate::change::{Change, ChangeId, ChangeState, Priority};
-use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
-use crate::outcome::{BuildReport, OutcomeClass};
+use crate::core::change::{Change, ChangeId, ChangeState, Priority};
+use crate::core::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
+use crate::core::outcome::{BuildReport, OutcomeClass};
 
 const SYS: &str = "x86_64-linux";
 const T0: Millis = 1_700_000_000_000;

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::graph::Pkg;
 use super::scenario::Scenario;
+use crate::core::outcome::OutcomeClass;
 use crate::core::Millis;
-use crate::outcome::OutcomeClass;
 
 pub struct Machine {
     pub name: String,

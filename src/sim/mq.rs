@@ -12,14 +12,14 @@ use std::sync::Arc;
 use super::builders::{BuildJob, Running};
 use super::engine::{Driver, Env, Ev, RejectKind};
 use super::world::{head_of, idx_of_ref, ref_of};
-use crate::change::{Change, ChangeId, ChangeState, Priority};
+use crate::core::change::{Change, ChangeId, ChangeState, Priority};
+use crate::core::outcome::{BuildReport, OutcomeClass};
 use crate::core::scheduler::{BuilderSpec, StepInfo};
 use crate::core::{
     Advance, AdvanceResult, BuilderIdentity, CandId, Candidate, ChannelConfig, ChannelState,
     Command, Core, CoreConfig, Input, LandResult, LaneConfig, Memo, Phase, Prepared, ProbeResult,
     Record, RepoConfig, Submission,
 };
-use crate::outcome::{BuildReport, OutcomeClass};
 
 pub const REPO: &str = "nixpkgs";
 const BIG: &str = "big-parallel";

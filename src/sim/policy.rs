@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use super::builders::{BuildJob, Running};
 use super::engine::{Driver, Env, Ev, RejectKind};
-use crate::outcome::OutcomeClass;
+use crate::core::outcome::OutcomeClass;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -165,7 +165,7 @@ pub struct Lane {
     pub required: Vec<String>,
     /// `build_priority` of the branch (urgent, high, normal, low).
     #[serde(default)]
-    pub build_priority: Option<crate::change::Priority>,
+    pub build_priority: Option<crate::core::change::Priority>,
 }
 
 /// A channel following a lane's branch, as `[[channels]]` in the product's config.

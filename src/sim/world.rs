@@ -16,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::graph::{Graph, Pkg};
 use super::scenario::Scenario;
+use crate::core::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
 use crate::core::{Millis, SourcePoll};
-use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
 
 pub const HOUR: Millis = 3_600_000;
 pub const DAY: Millis = 24 * HOUR;

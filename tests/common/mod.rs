@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use mergequeue::fixture::Spec;
-use mergequeue::harness::{BranchOpts, Harness};
+use mergequeue::tools::fixture::Spec;
+use mergequeue::tools::harness::{BranchOpts, Harness};
 use serde_json::Value;
 
 /// Fails loudly (never skips) when a prerequisite is missing.
 pub fn require_tools() {
-    if let Err(e) = mergequeue::prereq::require(&["nix-instantiate", "nix-store", "git"]) {
+    if let Err(e) = mergequeue::tools::prereq::require(&["nix-instantiate", "nix-store", "git"]) {
         panic!("{e}");
     }
     assert!(

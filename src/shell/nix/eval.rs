@@ -48,8 +48,8 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 
-use crate::config::Evaluator;
-use crate::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
+use crate::core::evaluation::{EvalOutcome, Evaluation, Job, JobKey, JobResult};
+use crate::shell::config::Evaluator;
 
 /// Longest error message kept per attribute or evaluation (bytes).
 pub const MAX_MESSAGE: usize = 4000;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use crate::evaluation::{diff, EvalOutcome, Evaluation, Job, JobKey, JobResult};
+use crate::core::evaluation::{diff, EvalOutcome, Evaluation, Job, JobKey, JobResult};
 
 #[derive(clap::Subcommand)]
 pub enum Bench {
@@ -144,13 +144,13 @@ pub async fn run(which: Bench) -> anyhow::Result<ExitCode> {
 }
 
 async fn landing(changes: usize, packages: usize) -> anyhow::Result<ExitCode> {
-    use crate::harness::{BranchOpts, Harness};
+    use crate::tools::harness::{BranchOpts, Harness};
     use hyper::Method;
-    crate::prereq::ensure(&["nix-instantiate", "nix-store", "git"])?;
+    crate::tools::prereq::ensure(&["nix-instantiate", "nix-store", "git"])?;
     let dir = tempfile::Builder::new()
         .prefix("mergequeue-bench-")
         .tempdir()?;
-    let spec = crate::fixture::Spec {
+    let spec = crate::tools::fixture::Spec {
         packages,
         seed: 5,
         ..Default::default()

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use git2::{Oid, Repository, Signature, Time};
 
-use crate::change::ChangeId;
+use crate::core::change::ChangeId;
 use crate::core::{LandResult, Prepared};
 
 #[derive(Debug, thiserror::Error)]

@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::change::{ChangeState, Priority};
-use crate::config::Config;
+use crate::core::change::{ChangeState, Priority};
 use crate::core::{Refusal, Submission};
-use crate::driver::{Handle, Msg, Query, Reply};
-use crate::status::change_json;
+use crate::shell::config::Config;
+use crate::shell::driver::{Handle, Msg, Query, Reply};
+use crate::shell::status::change_json;
 
 pub struct Api {
     pub config: Config,
@@ -263,11 +263,13 @@ impl Api {
                 )
             }
         };
-        let git_ref = crate::git::full_ref(&b.git_ref);
+        let git_ref = crate::shell::git::full_ref(&b.git_ref);
         let url = r.url.clone();
         let lookup = git_ref.clone();
         let head =
-            match tokio::task::spawn_blocking(move || crate::git::ls_remote(&url, &lookup)).await {
+            match tokio::task::spawn_blocking(move || crate::shell::git::ls_remote(&url, &lookup))
+                .await
+            {
                 Ok(Ok(Some(h))) => h,
                 Ok(Ok(None)) => {
                     return error(

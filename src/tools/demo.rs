@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hyper::Method;
 
-use crate::fixture::Spec;
-use crate::harness::{BranchOpts, Harness};
+use crate::tools::fixture::Spec;
+use crate::tools::harness::{BranchOpts, Harness};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -32,7 +32,7 @@ struct Scripted {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::prereq::ensure(&["nix-instantiate", "nix-store", "git"])?;
+    crate::tools::prereq::ensure(&["nix-instantiate", "nix-store", "git"])?;
     let started = Instant::now();
     let tmp;
     let root = match &args.dir {
@@ -84,20 +84,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         &leaves[0], &leaves[1], &leaves[2], &leaves[3], &leaves[4], &leaves[5],
     );
     let mut script = vec![];
-    let mut push = |h: &mut Harness,
-                    branch: &'static str,
-                    title: String,
-                    expect: &'static str,
-                    edit: &dyn Fn(&mut crate::fixture::PackageSet) -> std::io::Result<()>|
-     -> anyhow::Result<()> {
-        h.change(branch, &title, edit)?;
-        script.push(Scripted {
-            branch,
-            title,
-            expect,
-        });
-        Ok(())
-    };
+    let mut push =
+        |h: &mut Harness,
+         branch: &'static str,
+         title: String,
+         expect: &'static str,
+         edit: &dyn Fn(&mut crate::tools::fixture::PackageSet) -> std::io::Result<()>|
+         -> anyhow::Result<()> {
+            h.change(branch, &title, edit)?;
+            script.push(Scripted {
+                branch,
+                title,
+                expect,
+            });
+            Ok(())
+        };
     push(&mut h, "bump-a", format!("{a}: update"), "merged", &|s| {
         s.bump(a).map(|_| ())
     })?;

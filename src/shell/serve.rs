@@ -5,10 +5,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::Api;
-use crate::config::Config;
-use crate::driver::{load_token, Driver};
-use crate::systemd;
+use crate::shell::api::Api;
+use crate::shell::config::Config;
+use crate::shell::driver::{load_token, Driver};
+use crate::shell::systemd;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let token = load_token(&config)?;
@@ -32,7 +32,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let http = tokio::spawn(crate::api::serve(api, listener, stopped(stop_rx.clone())));
+    let http = tokio::spawn(crate::shell::api::serve(
+        api,
+        listener,
+        stopped(stop_rx.clone()),
+    ));
     let core = tokio::spawn(driver.run(stopped(stop_rx.clone())));
     let _ = systemd::notify("READY=1");
     if let Some(every) = systemd::watchdog_interval() {
@@ -45,7 +49,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {
                         let (reply, pong) = tokio::sync::oneshot::channel();
-                        let alive = handle.tx.send(crate::driver::Msg::Ping { reply }).await.is_ok()
+                        let alive = handle.tx.send(crate::shell::driver::Msg::Ping { reply }).await.is_ok()
                             && tokio::time::timeout(every, pong).await.is_ok_and(|r| r.is_ok());
                         if alive {
                             let _ = systemd::notify("WATCHDOG=1");

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::core::{AdvanceResult, Command, Core, GateJob, Input, Millis, SourcePoll};
-use crate::driver::Msg;
-use crate::git::{ls_remote, GitError, Mirror};
+use crate::shell::driver::Msg;
+use crate::shell::git::{ls_remote, GitError, Mirror};
 
 /// How many commits below the source head a poll reports (look-back candidates).
 pub const BETWEEN_MAX: usize = 64;
@@ -139,7 +139,7 @@ impl ChannelShell {
             old.unwrap_or("")
         );
         let spec = format!("{new}:refs/heads/{}", self.target);
-        let pushed = crate::git::git(
+        let pushed = crate::shell::git::git(
             Some(&m.path),
             &["push", "--quiet", &lease, "--", &self.target_url, &spec],
         );
@@ -360,7 +360,7 @@ fn gate_job_json(j: &GateJob) -> Value {
 
 /// A channel as `GET /api/v1/channels/{name}` shows it.
 pub fn channel_json(
-    config: &crate::config::Config,
+    config: &crate::shell::config::Config,
     core: &Core,
     name: &str,
     now: Millis,
@@ -416,7 +416,7 @@ pub fn channel_json(
     }))
 }
 
-pub fn channels_json(config: &crate::config::Config, core: &Core, now: Millis) -> Value {
+pub fn channels_json(config: &crate::shell::config::Config, core: &Core, now: Millis) -> Value {
     Value::Array(
         core.channels()
             .filter_map(|(n, _)| channel_json(config, core, n, now))
@@ -461,7 +461,7 @@ pub mod db {
     use rusqlite::{params, Connection};
 
     use crate::core::{Advance, ChannelState};
-    use crate::store::StoreError;
+    use crate::shell::store::StoreError;
 
     fn js<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
         v.as_ref()

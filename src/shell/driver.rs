@@ -10,17 +10,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::change::{Change, ChangeId};
-use crate::config::Config;
+use crate::core::change::{Change, ChangeId};
+use crate::core::evaluation::Evaluation;
+use crate::core::outcome::BuildReport;
 use crate::core::{
     Command, Core, CoreConfig, Input, Millis, ProbeResult, Record, Refusal, Submission,
 };
-use crate::evaluation::Evaluation;
-use crate::git::Mirror;
-use crate::nix::build::LocalBuilder;
-use crate::nix::eval::NixEval;
-use crate::outcome::BuildReport;
-use crate::store::Store;
+use crate::shell::config::Config;
+use crate::shell::git::Mirror;
+use crate::shell::nix::build::LocalBuilder;
+use crate::shell::nix::eval::NixEval;
+use crate::shell::store::Store;
 
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -123,7 +123,7 @@ pub struct Driver {
     /// Derivations to inspect, gathered over one step.
     inspect: Vec<String>,
     tmp: PathBuf,
-    channels: BTreeMap<String, Arc<crate::channel::ChannelShell>>,
+    channels: BTreeMap<String, Arc<crate::shell::channel::ChannelShell>>,
 }
 
 impl Driver {
@@ -136,7 +136,7 @@ impl Driver {
             store.changes()?,
             store.candidates()?,
             store.memo()?,
-            crate::channel::db::load(store.conn())?,
+            crate::shell::channel::db::load(store.conn())?,
             now,
         );
         let mut repos = BTreeMap::new();
@@ -156,7 +156,7 @@ impl Driver {
             .iter()
             .map(|c| {
                 let repo = config.repo(c.repo.get_ref()).expect("validated");
-                let shell = crate::channel::ChannelShell {
+                let shell = crate::shell::channel::ChannelShell {
                     name: c.name.get_ref().clone(),
                     mirror: repos[c.repo.get_ref()].mirror.clone(),
                     source: c.source.clone(),
@@ -172,7 +172,7 @@ impl Driver {
             nix_args: nix_args.clone(),
             evaluator: config.nix.evaluator,
         });
-        let builders = crate::builder::pool(&config)?;
+        let builders = crate::shell::builder::pool(&config)?;
         let mut core = core;
         for b in store.drained_builders()? {
             core.set_drained(&b);
@@ -329,7 +329,7 @@ impl Driver {
             let drvs = std::mem::take(&mut self.inspect);
             let (tx, args) = (self.tx.clone(), self.config.nix_args());
             tokio::spawn(async move {
-                let infos = crate::builder::inspect(&args, &drvs).await;
+                let infos = crate::shell::builder::inspect(&args, &drvs).await;
                 let _ = tx.send(Msg::Input(Input::Inspected { infos })).await;
             });
         }
@@ -439,7 +439,7 @@ impl Driver {
             Command::QueryReferrers { root } => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
-                    let drvs = crate::builder::referrers(&root).await;
+                    let drvs = crate::shell::builder::referrers(&root).await;
                     let _ = tx.send(Msg::Input(Input::Referrers { root, drvs })).await;
                 });
             }
@@ -449,7 +449,7 @@ impl Driver {
                 };
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
-                    let result = crate::builder::probe(&b).await;
+                    let result = crate::shell::builder::probe(&b).await;
                     let _ = tx
                         .send(Msg::Input(Input::BuilderProbed { builder, result }))
                         .await;
@@ -472,7 +472,7 @@ impl Driver {
             cmd @ (Command::PollSource { .. }
             | Command::AdvanceChannel { .. }
             | Command::PublishArtifacts { .. }) => {
-                crate::channel::perform(&self.channels, cmd, &self.tx)
+                crate::shell::channel::perform(&self.channels, cmd, &self.tx)
             }
         }
         Ok(())
@@ -529,13 +529,18 @@ impl Driver {
     }
 
     fn answer(&self, q: Query) -> Option<Reply> {
-        crate::status::answer(&self.config, &self.core, &self.store, q)
+        crate::shell::status::answer(&self.config, &self.core, &self.store, q)
     }
 }
 
 enum Evaled {
     Full(Evaluation),
-    Attrs(Vec<(crate::evaluation::JobKey, crate::evaluation::JobResult)>),
+    Attrs(
+        Vec<(
+            crate::core::evaluation::JobKey,
+            crate::core::evaluation::JobResult,
+        )>,
+    ),
 }
 
 struct EvalJob {
@@ -581,7 +586,7 @@ impl EvalJob {
 pub fn load_token(config: &Config) -> anyhow::Result<Option<String>> {
     let path: Option<PathBuf> = match &config.api_token_file {
         Some(p) => Some(p.clone()),
-        None => crate::systemd::credential("api-token"),
+        None => crate::shell::systemd::credential("api-token"),
     };
     match path {
         None => Ok(None),
@@ -607,7 +612,7 @@ fn read_secret(p: &Path) -> anyhow::Result<String> {
     let path = if p.exists() {
         p.to_path_buf()
     } else {
-        crate::systemd::credential(&name).unwrap_or_else(|| p.to_path_buf())
+        crate::shell::systemd::credential(&name).unwrap_or_else(|| p.to_path_buf())
     };
     let t = std::fs::read_to_string(&path)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the API token: {e}", path.display()))?;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use super::strip_ansi;
-use crate::outcome::{BuildReport, OutcomeClass};
+use crate::core::outcome::{BuildReport, OutcomeClass};
 
 /// Lines and bytes kept in [`BuildReport::log_tail`].
 pub const TAIL_LINES: usize = 40;

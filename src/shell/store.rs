@@ -7,10 +7,10 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
-use crate::change::{Change, ChangeState, Priority};
+use crate::core::change::{Change, ChangeState, Priority};
+use crate::core::evaluation::Evaluation;
+use crate::core::outcome::{BuildReport, OutcomeClass};
 use crate::core::{Candidate, Memo, Millis, Phase, Record};
-use crate::evaluation::Evaluation;
-use crate::outcome::{BuildReport, OutcomeClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -241,9 +241,9 @@ impl Store {
                         params![at, repo, text],
                     )?;
                 }
-                Record::Channel(state) => crate::channel::db::put_state(&tx, state)?,
+                Record::Channel(state) => crate::shell::channel::db::put_state(&tx, state)?,
                 Record::ChannelAdvance { channel, advance } => {
-                    crate::channel::db::put_advance(&tx, channel, advance)?
+                    crate::shell::channel::db::put_advance(&tx, channel, advance)?
                 }
             }
         }

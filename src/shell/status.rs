@@ -3,12 +3,12 @@
 
 use serde_json::{json, Value};
 
-use crate::change::{Change, ChangeState};
-use crate::config::Config;
+use crate::core::change::{Change, ChangeState};
+use crate::core::outcome::OutcomeClass;
 use crate::core::Core;
-use crate::driver::{Query, Reply};
-use crate::outcome::OutcomeClass;
-use crate::store::Store;
+use crate::shell::config::Config;
+use crate::shell::driver::{Query, Reply};
+use crate::shell::store::Store;
 
 pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Value {
     json!({
@@ -112,9 +112,9 @@ pub fn answer(config: &Config, core: &Core, store: &Store, q: Query) -> Option<R
             Reply::Text(read_log(a.log_path.as_deref()?).ok()?)
         }
         Query::Metrics => Reply::Text(metrics(config, core, store)),
-        Query::Channels { name: None } => Reply::Json(crate::channel::channels_json(config, core, crate::driver::now_ms())),
+        Query::Channels { name: None } => Reply::Json(crate::shell::channel::channels_json(config, core, crate::shell::driver::now_ms())),
         Query::Channels { name: Some(n) } => {
-            Reply::Json(crate::channel::channel_json(config, core, &n, crate::driver::now_ms())?)
+            Reply::Json(crate::shell::channel::channel_json(config, core, &n, crate::shell::driver::now_ms())?)
         }
     })
 }
@@ -197,7 +197,7 @@ fn metrics(config: &Config, core: &Core, store: &Store) -> String {
     out.push_str("# HELP mergequeue_attribution_extra_builds_total Builds spent on attribution beyond the batches' own.\n# TYPE mergequeue_attribution_extra_builds_total counter\n");
     let extra: u64 = core.candidates().map(|k| k.extra_builds as u64).sum();
     let _ = writeln!(out, "mergequeue_attribution_extra_builds_total {extra}");
-    crate::channel::metrics(core, crate::driver::now_ms(), &mut out);
+    crate::shell::channel::metrics(core, crate::shell::driver::now_ms(), &mut out);
     out
 }
 

@@ -176,7 +176,7 @@ pub struct Branch {
     /// a mass-rebuild branch such as staging, so master's small changes go first).
     /// Default: that of the candidate's most urgent change.
     #[serde(default)]
-    pub build_priority: Option<crate::change::Priority>,
+    pub build_priority: Option<crate::core::change::Priority>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

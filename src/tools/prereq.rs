@@ -2,7 +2,7 @@
 //! the same script the test command uses (as root, with apt-get); otherwise the error
 //! says exactly what to install.
 
-const INSTALL: &str = include_str!("../scripts/install-prereqs.sh");
+const INSTALL: &str = include_str!("../../scripts/install-prereqs.sh");
 
 /// Fails naming every missing program and how to get it.
 pub fn require(programs: &[&str]) -> anyhow::Result<()> {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use tokio::process::Command;
 
-use crate::config::Config;
 use crate::core::scheduler::StepInfo;
 use crate::core::BuilderIdentity;
-use crate::nix::build::LocalBuilder;
+use crate::shell::config::Config;
+use crate::shell::nix::build::LocalBuilder;
 
 /// One adapter per configured builder, by id (`local` or the store URI).
 pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<LocalBuilder>>> {

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use hyper::Method;
 use serde_json::{json, Value};
 
-use crate::client::ApiClient;
-use crate::fixture::{generate, PackageSet, Spec};
+use crate::shell::client::ApiClient;
+use crate::tools::fixture::{generate, PackageSet, Spec};
 
 pub struct BranchOpts {
     pub batch_max: usize,

@@ -1,0 +1,16 @@
+//! The shell around the pure core: adapters that perform the core's commands (git, nix,
+//! SQLite, HTTP, systemd) and the driver, the single writer that owns the `Core` and the
+//! `Store` and feeds every result back as an input. The shell may call `crate::core`.
+
+pub mod api;
+pub mod builder;
+pub mod channel;
+pub mod client;
+pub mod config;
+pub mod driver;
+pub mod git;
+pub mod nix;
+pub mod serve;
+pub mod status;
+pub mod store;
+pub mod systemd;

@@ -1,0 +1,9 @@
+//! Tools around the product: the scripted demo, benchmarks, synthetic package sets, the
+//! real-world integration-test harness and prerequisite checks. They may call
+//! `crate::core` and `crate::shell`.
+
+pub mod bench;
+pub mod demo;
+pub mod fixture;
+pub mod harness;
+pub mod prereq;
