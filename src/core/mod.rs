@@ -1,8 +1,8 @@
 //! The pure decision core. It takes inputs (a change was submitted, a candidate was
 //! prepared, an evaluation or build finished, a timer fired) with the current time and
 //! returns commands as data. It reads no clock, spawns nothing and touches no file: the
-//! shell (`crate::shell::driver`) performs the commands and feeds their results back. SQLite is the
-//! source of truth: every state change leaves as a `Record` command, applied before the
+//! shell's driver performs the commands and feeds their results back. The core uses
+//! nothing outside this module (`tests/purity.rs` checks). SQLite is the source of truth: every state change leaves as a `Record` command, applied before the
 //! effects of the same step, and `Core::restore` rebuilds the state after a crash.
 
 mod attribution;
@@ -74,63 +74,6 @@ pub struct CoreConfig {
     pub probe_delay_ms: Millis,
     /// Channels by name.
     pub channels: BTreeMap<String, ChannelConfig>,
-}
-
-impl CoreConfig {
-    pub fn from_config(c: &crate::shell::config::Config) -> CoreConfig {
-        let repos = c
-            .repos
-            .iter()
-            .map(|r| {
-                let lanes = r
-                    .branches
-                    .iter()
-                    .map(|b| {
-                        (
-                            b.name.get_ref().clone(),
-                            LaneConfig {
-                                batch_max: *b.batch_max.get_ref(),
-                                required: b.required.clone(),
-                                batch_delay_ms: b.batch_delay_secs as Millis * 1000,
-                                build_priority: b.build_priority,
-                            },
-                        )
-                    })
-                    .collect();
-                (r.name.get_ref().clone(), RepoConfig { lanes })
-            })
-            .collect();
-        let channels = c
-            .channels
-            .iter()
-            .map(|ch| {
-                (
-                    ch.name.get_ref().clone(),
-                    ChannelConfig {
-                        repo: ch.repo.get_ref().clone(),
-                        source: ch.source.clone(),
-                        target: ch.target.clone(),
-                        gate: ch.gate.clone(),
-                        min_interval_ms: ch.min_interval_secs as Millis * 1000,
-                        poll_interval_ms: *ch.poll_interval_secs.get_ref() as Millis * 1000,
-                        look_back: ch.look_back,
-                        artifacts: ch.artifacts_dir.is_some(),
-                    },
-                )
-            })
-            .collect();
-        CoreConfig {
-            channels,
-            repos,
-            failure_ttl_ms: c.nix.failure_ttl_secs as i64 * 1000,
-            retry_delay_ms: c.dispatch.retry_delay_secs as Millis * 1000,
-            builders: c.builder_specs(),
-            infra_retries: c.dispatch.infra_retries,
-            failure_retries: c.dispatch.failure_retries,
-            quarantine_after: c.dispatch.quarantine_after,
-            probe_delay_ms: c.dispatch.probe_delay_secs as Millis * 1000,
-        }
-    }
 }
 
 /// A remembered build result, by drvPath. Infrastructure outcomes are never remembered.

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::core::{ChannelConfig, CoreConfig, LaneConfig, Millis, RepoConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -433,6 +435,63 @@ impl Config {
             });
         }
         Ok(out)
+    }
+
+    /// The core's view of this configuration: lanes, channels, builders and timings in
+    /// milliseconds. The core never sees the TOML `Config`.
+    pub fn core_config(&self) -> CoreConfig {
+        let repos = self
+            .repos
+            .iter()
+            .map(|r| {
+                let lanes = r
+                    .branches
+                    .iter()
+                    .map(|b| {
+                        (
+                            b.name.get_ref().clone(),
+                            LaneConfig {
+                                batch_max: *b.batch_max.get_ref(),
+                                required: b.required.clone(),
+                                batch_delay_ms: b.batch_delay_secs as Millis * 1000,
+                                build_priority: b.build_priority,
+                            },
+                        )
+                    })
+                    .collect();
+                (r.name.get_ref().clone(), RepoConfig { lanes })
+            })
+            .collect();
+        let channels = self
+            .channels
+            .iter()
+            .map(|ch| {
+                (
+                    ch.name.get_ref().clone(),
+                    ChannelConfig {
+                        repo: ch.repo.get_ref().clone(),
+                        source: ch.source.clone(),
+                        target: ch.target.clone(),
+                        gate: ch.gate.clone(),
+                        min_interval_ms: ch.min_interval_secs as Millis * 1000,
+                        poll_interval_ms: *ch.poll_interval_secs.get_ref() as Millis * 1000,
+                        look_back: ch.look_back,
+                        artifacts: ch.artifacts_dir.is_some(),
+                    },
+                )
+            })
+            .collect();
+        CoreConfig {
+            channels,
+            repos,
+            failure_ttl_ms: self.nix.failure_ttl_secs as i64 * 1000,
+            retry_delay_ms: self.dispatch.retry_delay_secs as Millis * 1000,
+            builders: self.builder_specs(),
+            infra_retries: self.dispatch.infra_retries,
+            failure_retries: self.dispatch.failure_retries,
+            quarantine_after: self.dispatch.quarantine_after,
+            probe_delay_ms: self.dispatch.probe_delay_secs as Millis * 1000,
+        }
     }
 
     pub fn builder_specs(&self) -> Vec<crate::core::scheduler::BuilderSpec> {

@@ -13,9 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::change::{Change, ChangeId};
 use crate::core::evaluation::Evaluation;
 use crate::core::outcome::BuildReport;
-use crate::core::{
-    Command, Core, CoreConfig, Input, Millis, ProbeResult, Record, Refusal, Submission,
-};
+use crate::core::{Command, Core, Input, Millis, ProbeResult, Record, Refusal, Submission};
 use crate::shell::config::Config;
 use crate::shell::git::Mirror;
 use crate::shell::nix::build::LocalBuilder;
@@ -132,7 +130,7 @@ impl Driver {
         let store = Store::open(&config.db_path())?;
         let now = now_ms();
         let core = Core::restore(
-            CoreConfig::from_config(&config),
+            config.core_config(),
             store.changes()?,
             store.candidates()?,
             store.memo()?,
