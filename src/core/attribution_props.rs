@@ -496,7 +496,9 @@ impl Run {
                 };
                 Input::Landed { cand, result }
             }
-            other => panic!("no channels here: {other:?}"),
+            other @ (Command::PollSource { .. }
+            | Command::AdvanceChannel { .. }
+            | Command::PublishArtifacts { .. }) => panic!("no channels here: {other:?}"),
         })
     }
 

@@ -69,6 +69,7 @@ impl Core {
         self.channels.get(name)
     }
 
+    /// Handles the channel inputs; `Core::handle` sends only those here.
     pub(crate) fn handle_channel(&mut self, input: Input, now: Millis) {
         match input {
             Input::SourcePolled { channel, result } => self.on_source_polled(&channel, result, now),
@@ -82,7 +83,16 @@ impl Core {
                 rev,
                 result,
             } => self.on_artifacts_published(&channel, &rev, result, now),
-            _ => {}
+            other @ (Input::Prepared { .. }
+            | Input::Evaluated { .. }
+            | Input::EvalFailed { .. }
+            | Input::Built(_)
+            | Input::Inspected { .. }
+            | Input::Referrers { .. }
+            | Input::BuilderProbed { .. }
+            | Input::Probed { .. }
+            | Input::Landed { .. }
+            | Input::Tick) => unreachable!("not a channel input: {other:?}"),
         }
     }
 

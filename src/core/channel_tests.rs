@@ -324,7 +324,9 @@ impl Run {
                     version: "2.8.0".into(),
                 }),
             },
-            other => panic!("unexpected command {other:?}"),
+            other @ (Command::Prepare { .. } | Command::Probe { .. } | Command::Land { .. }) => {
+                panic!("unexpected command {other:?}")
+            }
         })
     }
 

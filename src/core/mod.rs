@@ -567,7 +567,9 @@ impl Core {
                 error,
             } => self.on_eval_failed(&repo, &commit, &error, now),
             Input::Tick => {}
-            other => self.handle_channel(other, now),
+            input @ (Input::SourcePolled { .. }
+            | Input::ChannelAdvanced { .. }
+            | Input::ArtifactsPublished { .. }) => self.handle_channel(input, now),
         }
         self.fire_timers(now);
         self.tick(now);

@@ -392,7 +392,17 @@ impl Sim {
         for cmd in self.core.take_commands() {
             match cmd {
                 Command::Record(r) => self.apply(r),
-                other => {
+                other @ (Command::Prepare { .. }
+                | Command::Evaluate { .. }
+                | Command::Inspect { .. }
+                | Command::Build { .. }
+                | Command::QueryReferrers { .. }
+                | Command::ProbeBuilder { .. }
+                | Command::Probe { .. }
+                | Command::Land { .. }
+                | Command::PollSource { .. }
+                | Command::AdvanceChannel { .. }
+                | Command::PublishArtifacts { .. }) => {
                     self.issued.push((self.now, other.clone()));
                     self.queue.push_back(other);
                 }
@@ -582,7 +592,11 @@ impl Sim {
                 };
                 Input::Landed { cand, result }
             }
-            other => panic!("no channels in this world: {other:?}"),
+            other @ (Command::PollSource { .. }
+            | Command::AdvanceChannel { .. }
+            | Command::PublishArtifacts { .. }) => {
+                panic!("no channels in this world: {other:?}")
+            }
         })
     }
 
@@ -630,11 +644,11 @@ impl Sim {
     fn prepares(&self) -> Vec<Vec<ChangeId>> {
         self.issued
             .iter()
-            .filter_map(|(_, c)| match c {
-                Command::Prepare { changes, .. } => {
-                    Some(changes.iter().map(|(id, _)| *id).collect())
-                }
-                _ => None,
+            .filter_map(|(_, c)| {
+                let Command::Prepare { changes, .. } = c else {
+                    return None;
+                };
+                Some(changes.iter().map(|(id, _)| *id).collect())
             })
             .collect()
     }
@@ -1238,9 +1252,11 @@ fn restore_requeues_orphaned_testing_changes_and_relands_a_landing_candidate() {
     let new = sim
         .queue
         .iter()
-        .find_map(|c| match c {
-            Command::Land { new, .. } => Some(new.clone()),
-            _ => None,
+        .find_map(|c| {
+            let Command::Land { new, .. } = c else {
+                return None;
+            };
+            Some(new.clone())
         })
         .expect("a Land in flight");
     sim.world.tip = new.clone();
