@@ -13,4 +13,6 @@ cargo test --release -- --test-threads 2
 # check-config must accept every vm-tests/config/*.toml and reject each *-bad.toml
 # with FILE:LINE:COL (scripts/check-nix.sh does both).
 MERGEQUEUE_BIN=./target/release/mergequeue bash scripts/check-nix.sh
+# A short fuzzing run of every parser (longer runs: sh scripts/fuzz.sh SECS).
+sh scripts/fuzz.sh 20
 echo "all checks passed"

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -61,7 +62,18 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let api = api.clone();
-                async move { Ok::<_, Infallible>(api.route(req).await) }
+                async move {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    let started = std::time::Instant::now();
+                    let resp = api.route(req).await;
+                    let ms = started.elapsed().as_millis() as u64;
+                    let status = resp.status().as_u16();
+                    log::info!(
+                        method = method.as_str(), path = path.as_str(), status, duration_ms = ms;
+                        "{method} {path} {status} {ms} ms"
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
@@ -102,13 +114,7 @@ impl Api {
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "));
         // Constant-time comparison: the token guards write access.
-        given.is_some_and(|g| {
-            g.len() == token.len()
-                && g.bytes()
-                    .zip(token.bytes())
-                    .fold(0, |a, (x, y)| a | (x ^ y))
-                    == 0
-        })
+        given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())))
     }
 
     pub async fn route(&self, req: Request<Incoming>) -> Resp {
@@ -127,11 +133,7 @@ impl Api {
                 return self.drain(req, drained).await;
             }
             (&Method::GET, ["api", "v1", "attempts"]) => {
-                let drv = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("drv="))
-                    .unwrap_or("")
-                    .replace("%2F", "/");
+                let drv = query_param(&query, "drv").unwrap_or_default();
                 self.ask(Query::Attempts { drv }).await
             }
             (&Method::GET, ["api", "v1", "attempts", id, "log"]) => match id.parse() {
@@ -144,11 +146,16 @@ impl Api {
                 }
             },
             (&Method::GET, ["api", "v1", "events"]) => {
-                let after = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("after="))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+                let after = match query_param(&query, "after").map(|v| v.parse::<i64>()) {
+                    None => 0,
+                    Some(Ok(n)) => n,
+                    Some(Err(_)) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "after must be an event id (a number)".to_string(),
+                        )
+                    }
+                };
                 self.ask(Query::Events { after }).await
             }
             (&Method::GET, ["api", "v1", "channels"]) => {
@@ -387,4 +394,11 @@ fn refusal(r: Refusal) -> Resp {
             ),
         ),
     }
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

@@ -291,6 +291,9 @@ impl Driver {
             Msg::Built(report) => {
                 self.store.put_attempt(&report, now)?;
                 log::info!(
+                    drv = report.drv_path.as_str(),
+                    builder = report.builder.as_str(),
+                    outcome = report.class.as_str();
                     "build {} {} in {} ms",
                     report.drv_path,
                     report.class.as_str(),
@@ -316,7 +319,7 @@ impl Driver {
         self.store.apply(&records)?;
         for r in &records {
             if let Record::Event { repo, text, .. } = r {
-                log::info!("[{repo}] {text}");
+                log::info!(repo = repo.as_str(); "[{repo}] {text}");
             }
         }
         for cmd in cmds {

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Short fuzzing run of every parser (cargo fuzz, nightly toolchain): SECS seconds each.
+# Installs cargo-fuzz when missing. A crash fails the run and leaves its input under
+# fuzz/artifacts/.
+set -eu
+cd "$(dirname "$0")/.."
+SECS="${1:-30}"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "cargo fuzz needs a nightly toolchain: rustup toolchain install nightly" >&2
+  exit 1
+fi
+for t in config machines nix_eval_jobs_line; do
+  mkdir -p "fuzz/corpus/$t"
+  cargo +nightly fuzz run "$t" -- -max_total_time="$SECS" -max_len=4096
+done
