@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::attribution::{Attribution, Blocker};
+use super::attribution::Attribution;
+use super::blocker::Blocker;
 use super::{CandId, Command, Core, LandResult, Memo, Millis, Prepared, Record};
 use crate::core::change::{ChangeId, ChangeState};
 use crate::core::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};

@@ -8,6 +8,7 @@
 mod attribution;
 #[cfg(test)]
 mod attribution_props;
+mod blocker;
 mod candidate;
 pub mod change;
 mod channel;
