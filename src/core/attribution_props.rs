@@ -323,8 +323,6 @@ fn config(batch_max: usize) -> CoreConfig {
                 )]),
             },
         )]),
-        failure_ttl_ms: 86_400_000,
-        retry_delay_ms: 5_000,
         builders: vec![scheduler::BuilderSpec {
             id: "local".into(),
             systems: [SYS.to_string()].into(),
@@ -333,11 +331,7 @@ fn config(batch_max: usize) -> CoreConfig {
             max_jobs: 4,
             speed: 1.0,
         }],
-        infra_retries: 5,
-        failure_retries: 1,
-        quarantine_after: 3,
-        probe_delay_ms: 30_000,
-        channels: BTreeMap::new(),
+        ..CoreConfig::default()
     }
 }
 

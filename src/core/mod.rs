@@ -77,6 +77,23 @@ pub struct CoreConfig {
     pub channels: BTreeMap<String, ChannelConfig>,
 }
 
+/// The product's defaults, held once: the configuration's defaults are these.
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            repos: BTreeMap::new(),
+            failure_ttl_ms: 24 * 3_600_000,
+            retry_delay_ms: 5_000,
+            builders: vec![],
+            infra_retries: 5,
+            failure_retries: 1,
+            quarantine_after: 3,
+            probe_delay_ms: 30_000,
+            channels: BTreeMap::new(),
+        }
+    }
+}
+
 /// A remembered build result, by drvPath. Infrastructure outcomes are never remembered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Memo {

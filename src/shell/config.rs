@@ -123,19 +123,19 @@ impl Default for Dispatch {
 }
 
 fn default_retry_delay() -> u64 {
-    5
+    (CoreConfig::default().retry_delay_ms / 1000) as u64
 }
 fn default_infra_retries() -> u32 {
-    5
+    CoreConfig::default().infra_retries
 }
 fn default_failure_retries() -> u32 {
-    1
+    CoreConfig::default().failure_retries
 }
 fn default_quarantine_after() -> u32 {
-    3
+    CoreConfig::default().quarantine_after
 }
 fn default_probe_delay() -> u64 {
-    30
+    (CoreConfig::default().probe_delay_ms / 1000) as u64
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -239,7 +239,7 @@ fn default_build_timeout() -> u64 {
     10 * 3600
 }
 fn default_failure_ttl() -> u64 {
-    24 * 3600
+    (CoreConfig::default().failure_ttl_ms / 1000) as u64
 }
 fn default_jobset() -> String {
     "release.nix".into()

@@ -87,13 +87,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
     }
     CoreConfig {
         repos: BTreeMap::from([(REPO.to_string(), RepoConfig { lanes })]),
-        failure_ttl_ms: 24 * 3_600_000,
-        retry_delay_ms: 5_000,
         builders,
-        infra_retries: 5,
-        failure_retries: 1,
-        quarantine_after: 3,
-        probe_delay_ms: 30_000,
         channels: sc
             .channels
             .iter()
@@ -113,6 +107,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
                 )
             })
             .collect(),
+        ..CoreConfig::default()
     }
 }
 
