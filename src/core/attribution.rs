@@ -27,7 +27,7 @@ use super::blocker::Blocker;
 use super::candidate::{short, Phase};
 use super::{CandId, Command, Core, Millis, ProbeId, ProbeResult};
 use crate::core::change::ChangeId;
-use crate::core::evaluation::{Evaluation, JobKey, JobResult};
+use crate::core::evaluation::{attr_under, Evaluation, JobKey, JobResult};
 use crate::core::outcome::OutcomeClass;
 
 /// What probes say about a blocker's job.
@@ -53,12 +53,9 @@ impl Blocker {
                 }
             }
             Blocker::Missing { attr } => {
-                let present = jobs.iter().any(|(k, r)| {
-                    (k.attr == *attr
-                        || (k.attr.starts_with(attr.as_str())
-                            && k.attr.as_bytes().get(attr.len()) == Some(&b'.')))
-                        && r.job().is_some()
-                });
+                let present = jobs
+                    .iter()
+                    .any(|(k, r)| attr_under(&k.attr, attr) && r.job().is_some());
                 if present {
                     JobState::Present
                 } else {
@@ -125,6 +122,8 @@ struct Search {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Attribution {
     blockers: Vec<Blocker>,
+    /// The attributes every probe evaluates; `None`: full evaluations.
+    probe_attrs: Option<Vec<String>>,
     base: Option<Probe>,
     alone: Vec<Option<Probe>>,
     prefix: BTreeMap<usize, Probe>,
@@ -206,11 +205,14 @@ impl Core {
         self.event(now, &repo, format!("candidate {id} failed: {list}"));
         let mut order: Vec<usize> = (0..blockers.len()).collect();
         order.sort_by_key(|&i| blockers[i].rank());
+        // Every probe asks for every blocker's attribute, so that one answer serves each
+        // blocker; a jobset that does not evaluate needs full evaluations.
         let whole = blockers
             .iter()
             .any(|b| matches!(b, Blocker::WholeEval { .. }));
-        let attrs = blocker_attrs(&blockers);
+        let probe_attrs = (!whole).then(|| blocker_attrs(&blockers));
         let mut att = Attribution {
+            probe_attrs: probe_attrs.clone(),
             blockers,
             base: None,
             alone: vec![None; n],
@@ -247,7 +249,7 @@ impl Core {
                 repo: repo.clone(),
                 base: base.clone(),
                 heads,
-                attrs: (!whole).then(|| attrs.clone()),
+                attrs: probe_attrs.clone(),
             });
         }
         self.candidates.get_mut(&id).expect("known").attribution = Some(att);
@@ -327,11 +329,7 @@ impl Core {
             Slot::Alone(i) => (base, vec![self.changes[&cand.changes[i]].head.clone()]),
             Slot::Prefix(j) => (cand.merged[j].1.clone(), vec![]),
         };
-        let whole = att
-            .blockers
-            .iter()
-            .any(|b| matches!(b, Blocker::WholeEval { .. }));
-        let attrs = blocker_attrs(&att.blockers);
+        let attrs = att.probe_attrs.clone();
         let repo = cand.repo.clone();
         let probe = self.new_probe(id);
         self.att(id).probes.insert(probe, slot);
@@ -343,7 +341,7 @@ impl Core {
                 repo,
                 base,
                 heads,
-                attrs: (!whole).then_some(attrs),
+                attrs,
             },
         );
     }
@@ -365,7 +363,6 @@ impl Core {
             }
             (Blocker::Build { .. } | Blocker::EvalError { .. }, JobState::EvalError) => Broken::Yes,
             (Blocker::Missing { .. }, JobState::Absent) => Broken::Yes,
-            (Blocker::WholeEval { .. }, _) => Broken::No,
             _ => Broken::No,
         }
     }
@@ -620,15 +617,13 @@ impl Core {
                 return false;
             }
             let (repo, commit) = (cand.repo.clone(), cand.merged[mid].1.clone());
-            let full = matches!(b, Blocker::WholeEval { .. });
-            if full {
+            let attrs = att.probe_attrs.clone();
+            if attrs.is_none() {
                 if let Some(e) = self.evals.get(&commit).cloned() {
                     self.att(id).prefix.insert(mid, Probe::Full(e));
                     return true;
                 }
             }
-            // Every blocker's attribute, so that the answer serves later searches too.
-            let attrs = (!full).then(|| blocker_attrs(&att.blockers));
             let probe = self.new_probe(id);
             self.att(id).probes.insert(probe, Slot::Prefix(mid));
             self.out.push(Command::Probe {
@@ -690,10 +685,7 @@ impl Core {
         self.cfg().repos[&cand.repo].lanes[&cand.branch]
             .required
             .iter()
-            .any(|r| {
-                attr == r
-                    || (attr.starts_with(r.as_str()) && attr.as_bytes().get(r.len()) == Some(&b'.'))
-            })
+            .any(|r| attr_under(attr, r))
     }
 
     /// Rejects the culprits and retests the innocents at once, in a follow-up candidate.

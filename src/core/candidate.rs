@@ -72,8 +72,8 @@ pub struct Candidate {
     pub follow_up_of: Option<CandId>,
     /// Builds dispatched for this candidate's own verdict.
     pub builds: u32,
-    /// Builds attribution itself asked for, as evidence (a change applied alone, a
-    /// prefix of the batch, the base): builds beyond the batch's own.
+    /// Builds attribution itself asked for as evidence (prefixes of the batch): builds
+    /// beyond the batch's own.
     pub extra_builds: u32,
     pub created_at: Millis,
     pub last_build_at: Option<Millis>,
@@ -222,11 +222,7 @@ impl Core {
             Err(msg) => {
                 // Git could not fetch or merge (network, disk, a broken mirror): an
                 // infrastructure outcome, never a verdict on the changes.
-                let n = {
-                    let n = self.prepare_failures.entry(id).or_insert(0);
-                    *n += 1;
-                    *n
-                };
+                let n = super::next_attempt(&mut self.prepare_failures, id);
                 let delay = self.backoff(n);
                 self.event(
                     now,
@@ -386,17 +382,7 @@ impl Core {
             self.begin_attribution(id, blockers, now);
             return;
         }
-        let mut pending = BTreeSet::new();
-        let mut dispatched = vec![];
-        let prio = self.cand_prio(id);
-        for t in &targets {
-            if self.known(&t.drv, now).is_none() {
-                pending.insert(t.drv.clone());
-                if self.request_build(&t.drv, prio, now) {
-                    dispatched.push(t.drv.as_str());
-                }
-            }
-        }
+        let pending = self.build_unknown(id, &targets, now);
         let repo = self.candidates[&id].repo.clone();
         self.event(
             now,
@@ -411,7 +397,6 @@ impl Core {
                 targets.len() - pending.len()
             ),
         );
-        self.count_builds(id, &dispatched);
         let cand = self.candidates.get_mut(&id).expect("active");
         cand.targets = targets;
         cand.pending = pending;
@@ -421,6 +406,24 @@ impl Core {
         if self.candidates[&id].pending.is_empty() {
             self.judge(id, now);
         }
+    }
+
+    /// Requests a build of every target without a remembered result, counted as the
+    /// candidate's own; returns the derivations the verdict now waits for.
+    fn build_unknown(&mut self, id: CandId, targets: &[Target], now: Millis) -> BTreeSet<String> {
+        let prio = self.cand_prio(id);
+        let mut pending = BTreeSet::new();
+        let mut dispatched = vec![];
+        for t in targets {
+            if self.known(&t.drv, now).is_none() {
+                pending.insert(t.drv.clone());
+                if self.request_build(&t.drv, prio, now) {
+                    dispatched.push(t.drv.clone());
+                }
+            }
+        }
+        self.count_builds(id, &dispatched);
+        pending
     }
 
     /// Counts the builds a candidate dispatched for its own verdict.
@@ -711,19 +714,8 @@ impl Core {
     /// Back to building after attribution found every failure on the base too: those
     /// jobs no longer block, the rest of the verdict is still to come.
     pub(crate) fn resume_building(&mut self, id: CandId, now: Millis) {
-        let prio = self.cand_prio(id);
         let targets = self.candidates[&id].targets.clone();
-        let mut pending = BTreeSet::new();
-        let mut dispatched = vec![];
-        for t in &targets {
-            if self.known(&t.drv, now).is_none() {
-                pending.insert(t.drv.clone());
-                if self.request_build(&t.drv, prio, now) {
-                    dispatched.push(t.drv.clone());
-                }
-            }
-        }
-        self.count_builds(id, &dispatched);
+        let pending = self.build_unknown(id, &targets, now);
         let cand = self.candidates.get_mut(&id).expect("known");
         cand.attribution = None;
         cand.phase = Phase::Building;

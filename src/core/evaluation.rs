@@ -80,17 +80,19 @@ impl Evaluation {
     ) -> impl Iterator<Item = (&'a JobKey, &'a JobResult)> {
         self.jobs
             .iter()
-            .filter(move |(k, _)| {
-                k.attr == attr
-                    || (k.attr.starts_with(attr)
-                        && k.attr.as_bytes().get(attr.len()) == Some(&b'.'))
-            })
+            .filter(move |(k, _)| attr_under(&k.attr, attr))
             .map(|(k, r)| (k, r))
     }
 
     pub fn failed(&self) -> bool {
         matches!(self.outcome, EvalOutcome::Failed(_))
     }
+}
+
+/// Whether attribute path `path` is `prefix` or below it (`prefix.` and more).
+pub fn attr_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 /// Jobs that differ between two evaluations, by output paths per (attr, system).

@@ -2,7 +2,8 @@
 //! prepared, an evaluation or build finished, a timer fired) with the current time and
 //! returns commands as data. It reads no clock, spawns nothing and touches no file: the
 //! shell's driver performs the commands and feeds their results back. The core uses
-//! nothing outside this module (`tests/purity.rs` checks). SQLite is the source of truth: every state change leaves as a `Record` command, applied before the
+//! nothing outside this module (`tests/purity.rs` checks). SQLite is the source of
+//! truth: every state change leaves as a `Record` command, applied before the
 //! effects of the same step, and `Core::restore` rebuilds the state after a crash.
 
 mod attribution;
@@ -75,6 +76,13 @@ pub struct CoreConfig {
     pub probe_delay_ms: Millis,
     /// Channels by name.
     pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+/// Counts one more consecutive failure of `key`; returns the count (1 the first time).
+fn next_attempt<K: Ord>(failures: &mut BTreeMap<K, u32>, key: K) -> u32 {
+    let n = failures.entry(key).or_insert(0);
+    *n += 1;
+    *n
 }
 
 /// The product's defaults, held once: the configuration's defaults are these.
@@ -694,11 +702,7 @@ impl Core {
         if self.evals.contains_key(commit) {
             return;
         }
-        let n = {
-            let n = self.eval_failures.entry(commit.to_string()).or_insert(0);
-            *n += 1;
-            *n
-        };
+        let n = next_attempt(&mut self.eval_failures, commit.to_string());
         let delay = self.backoff(n);
         self.event(
             now,
