@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -27,6 +27,7 @@ pub struct Api {
 }
 
 type Resp = Response<Full<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn json_resp(status: StatusCode, v: Value) -> Resp {
     Response::builder()
@@ -104,7 +105,7 @@ impl Api {
         rx.await.ok().flatten()
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
         let Some(token) = &self.token else {
             return false;
         };
@@ -117,7 +118,13 @@ impl Api {
         given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())))
     }
 
-    pub async fn route(&self, req: Request<Incoming>) -> Resp {
+    /// Answers one request. Generic over the body so that tests drive the router
+    /// in-process with a `Full<Bytes>` body, without a socket.
+    pub async fn route<B>(&self, req: Request<B>) -> Resp
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
         let path = req.uri().path().trim_end_matches('/').to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let parts: Vec<&str> = path.split('/').skip(1).collect();
@@ -232,7 +239,11 @@ impl Api {
         }
     }
 
-    async fn submit(&self, req: Request<Incoming>, repo: String) -> Resp {
+    async fn submit<B>(&self, req: Request<B>, repo: String) -> Resp
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
         if !self.authorized(&req) {
             return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
         }
@@ -319,7 +330,11 @@ impl Api {
     }
 
     /// `POST /api/v1/builders/drain` (or `undrain`) with `{"uri": "..."}`.
-    async fn drain(&self, req: Request<Incoming>, drained: bool) -> Resp {
+    async fn drain<B>(&self, req: Request<B>, drained: bool) -> Resp
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
         if !self.authorized(&req) {
             return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
         }
@@ -401,4 +416,19 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn query_parameters_are_fully_percent_decoded() {
+        assert_eq!(
+            query_param("x=1&drv=%2Fnix%2Fstore%2Fabc-gtk%2B3.drv", "drv").as_deref(),
+            Some("/nix/store/abc-gtk+3.drv")
+        );
+        assert_eq!(query_param("after=12", "after").as_deref(), Some("12"));
+        assert_eq!(query_param("after=12", "drv"), None);
+    }
 }
