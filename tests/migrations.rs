@@ -436,7 +436,7 @@ fn core_restores_from_a_migrated_v1_database() {
         store.changes().unwrap(),
         store.candidates().unwrap(),
         store.memo().unwrap(),
-        mergequeue::shell::channel::db::load(store.conn()).unwrap(),
+        store.channels().unwrap(),
         1_700_000_300_000,
     );
     let cmds = core.take_commands();
@@ -598,7 +598,7 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
         advance: a.clone(),
     }));
     store.apply(&records.iter().collect::<Vec<_>>()).unwrap();
-    let loaded = mergequeue::shell::channel::db::load(store.conn()).unwrap();
+    let loaded = store.channels().unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].0, state);
     assert_eq!(loaded[0].1, advances.to_vec(), "oldest first");

@@ -3,6 +3,7 @@
 //! the simulation. Test-only code is exempt: files named `*tests.rs` or `*_props.rs`
 //! (which must be declared under `#[cfg(test)]`) and items gated by `#[cfg(test)]`.
 //! Comments and the contents of string literals are not code and are not checked.
+//! The modules of the shell and of the core import each other without cycles.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -402,4 +403,121 @@ fn k() { let _ = fastrand::u8(..); }
         ]
     );
     assert_eq!(gated, BTreeSet::from(["props".to_string()]));
+}
+
+/// The sibling modules a file names: `crate::{layer}::NAME` and, in the core,
+/// `super::NAME`, in code (comments and strings blanked), `use` trees expanded.
+fn sibling_refs(src: &str, layer: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> {
+    let code: String = code_only(src).into_iter().collect();
+    let mut paths = vec![];
+    for k in find_bounded(&code, "use") {
+        let rest = &code[k + 3..];
+        if !rest.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let Some(semi) = rest.find(';') else { continue };
+        let tree: String = rest[..semi].split_whitespace().collect();
+        expand_use("", &tree, &mut paths);
+    }
+    paths.push(code.split_whitespace().collect());
+    let mut out = BTreeSet::new();
+    for text in &paths {
+        for prefix in [format!("crate::{layer}::"), "super::".to_string()] {
+            for (k, _) in text.match_indices(&prefix) {
+                let name: String = text[k + prefix.len()..]
+                    .chars()
+                    .take_while(|c| is_ident(*c))
+                    .collect();
+                if siblings.contains(&name) {
+                    out.insert(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The module graph of `src/{layer}`: each file is its module (a folder is one module);
+/// `mod.rs` of the layer (its composition root) and test files are left out.
+fn module_graph(layer: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(layer);
+    let mut files = vec![];
+    rs_files(&root, &mut files);
+    let module_of = |f: &Path| -> Option<String> {
+        let rel = f.strip_prefix(&root).unwrap();
+        let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+        let name = first.trim_end_matches(".rs").to_string();
+        (name != "mod" && !is_test_file(f)).then_some(name)
+    };
+    let siblings: BTreeSet<String> = files.iter().filter_map(|f| module_of(f)).collect();
+    let mut graph: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for f in &files {
+        let Some(m) = module_of(f) else { continue };
+        let refs = sibling_refs(&std::fs::read_to_string(f).unwrap(), layer, &siblings);
+        let e = graph.entry(m.clone()).or_default();
+        e.extend(refs.into_iter().filter(|r| *r != m));
+    }
+    graph
+}
+
+/// A cycle in `graph`, if any, as the modules along it.
+fn find_cycle(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        graph: &std::collections::BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(k) = path.iter().position(|p| p == n) {
+            let mut cycle = path[k..].to_vec();
+            cycle.push(n.to_string());
+            return Some(cycle);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n.to_string());
+        for m in graph.get(n).into_iter().flatten() {
+            if let Some(c) = visit(m, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(n.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut vec![], &mut done))
+}
+
+#[test]
+fn the_shell_and_the_core_have_no_import_cycles() {
+    for layer in ["shell", "core"] {
+        let graph = module_graph(layer);
+        assert!(graph.len() > 5, "{layer}: too few modules seen: {graph:?}");
+        if let Some(cycle) = find_cycle(&graph) {
+            panic!("src/{layer} has an import cycle: {}", cycle.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn the_cycle_check_sees_cycles() {
+    let siblings: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+    let refs = sibling_refs(
+        "use crate::shell::{a::X, b};\n// crate::shell::zzz\nfn f() { super::b::g(); }",
+        "shell",
+        &siblings,
+    );
+    assert_eq!(refs, siblings);
+    let mut g = std::collections::BTreeMap::new();
+    g.insert("a".to_string(), BTreeSet::from(["b".to_string()]));
+    g.insert("b".to_string(), BTreeSet::from(["a".to_string()]));
+    assert!(find_cycle(&g).is_some());
+    g.insert("b".to_string(), BTreeSet::new());
+    assert!(find_cycle(&g).is_none());
 }

@@ -24,9 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::blocker::Blocker;
-use super::candidate::{short, Phase};
 use super::{CandId, Command, Core, Millis, ProbeId, ProbeResult};
-use crate::core::change::ChangeId;
+use crate::core::change::{short, ChangeId};
 use crate::core::evaluation::{attr_under, Evaluation, JobKey, JobResult};
 use crate::core::outcome::OutcomeClass;
 
@@ -148,6 +147,7 @@ pub(crate) struct Attribution {
 }
 
 impl Core {
+    /// Starts attributing `blockers`; the caller has set the candidate's phase.
     pub(crate) fn begin_attribution(
         &mut self,
         id: CandId,
@@ -188,7 +188,6 @@ impl Core {
             }
         }
         let cand = self.candidates.get_mut(&id).expect("known");
-        cand.phase = Phase::Attributing;
         cand.pending.clear();
         let n = cand.merged.len();
         let (repo, base) = (cand.repo.clone(), cand.base.clone().expect("prepared"));

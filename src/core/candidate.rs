@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::attribution::Attribution;
 use super::blocker::Blocker;
 use super::{CandId, Command, Core, LandResult, Memo, Millis, Prepared, Record};
-use crate::core::change::{ChangeId, ChangeState};
+use crate::core::change::{short, ChangeId, ChangeState};
 use crate::core::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +203,12 @@ impl Core {
         }
     }
 
+    /// The candidate failed on `blockers`: find who is to blame.
+    fn attribute(&mut self, id: CandId, blockers: Vec<Blocker>, now: Millis) {
+        self.candidates.get_mut(&id).expect("known").phase = Phase::Attributing;
+        self.begin_attribution(id, blockers, now);
+    }
+
     fn active(&self, id: CandId, phase: Phase) -> bool {
         self.candidates.get(&id).is_some_and(|c| c.phase == phase)
     }
@@ -316,7 +322,7 @@ impl Core {
             return;
         };
         if let EvalOutcome::Failed(msg) = &new_eval.outcome {
-            self.begin_attribution(
+            self.attribute(
                 id,
                 vec![Blocker::WholeEval {
                     message: msg.clone(),
@@ -379,7 +385,7 @@ impl Core {
             let cand = self.candidates.get_mut(&id).expect("active");
             cand.targets = targets;
             cand.eval_blockers = blockers.clone();
-            self.begin_attribution(id, blockers, now);
+            self.attribute(id, blockers, now);
             return;
         }
         let pending = self.build_unknown(id, &targets, now);
@@ -446,7 +452,7 @@ impl Core {
             // of every target per finished build would be quadratic in a mass rebuild).
             if self.blocks(id, drv, now) {
                 let blockers = self.known_blockers(id, now);
-                self.begin_attribution(id, blockers, now);
+                self.attribute(id, blockers, now);
             }
         } else if cand.phase == Phase::Attributing {
             self.attribution_build_done(id, drv, now);
@@ -566,7 +572,7 @@ impl Core {
             self.emit_land(&cand);
             self.save_id(id);
         } else {
-            self.begin_attribution(id, blockers, now);
+            self.attribute(id, blockers, now);
         }
     }
 
@@ -725,10 +731,6 @@ impl Core {
             self.judge(id, now);
         }
     }
-}
-
-pub(crate) fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 fn error_of(eval: &Evaluation, key: &JobKey) -> String {

@@ -104,6 +104,11 @@ impl Change {
     }
 }
 
+/// A commit's abbreviation in messages: its first 12 hex digits.
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,9 +10,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::candidate::short;
 pub use super::channel_types::*;
 use super::{Command, Core, Input, Millis, Record};
+use crate::core::change::short;
 use crate::core::evaluation::{EvalOutcome, Evaluation, JobResult};
 
 /// Priority class of gate builds (that of a normal change).

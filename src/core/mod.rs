@@ -222,6 +222,18 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The channel a channel command is for; `None` for every other command.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Command::PollSource { channel }
+            | Command::AdvanceChannel { channel, .. }
+            | Command::PublishArtifacts { channel, .. } => Some(channel),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     pub base: String,
@@ -709,7 +721,7 @@ impl Core {
             repo,
             format!(
                 "evaluation of {} could not run (attempt {n}), retrying in {} s: {error}",
-                candidate::short(commit),
+                change::short(commit),
                 delay / 1000
             ),
         );

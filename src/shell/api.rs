@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use crate::core::change::{ChangeState, Priority};
 use crate::core::{Refusal, Submission};
 use crate::shell::config::Config;
-use crate::shell::driver::{Handle, Msg, Query, Reply};
-use crate::shell::status::change_json;
+use crate::shell::driver::{Handle, Msg};
+use crate::shell::status::{change_json, Query, Reply};
 
 pub struct Api {
     pub config: Config,

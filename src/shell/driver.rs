@@ -18,42 +18,13 @@ use crate::shell::config::Config;
 use crate::shell::git::Mirror;
 use crate::shell::nix::build::LocalBuilder;
 use crate::shell::nix::eval::NixEval;
+use crate::shell::status::{Query, Reply};
 use crate::shell::store::Store;
 
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
-}
-
-/// Read-only questions the HTTP layer asks; answered from the core's state.
-pub enum Query {
-    Change {
-        repo: String,
-        id: ChangeId,
-    },
-    Queue {
-        repo: String,
-    },
-    Candidates {
-        repo: String,
-    },
-    Events {
-        after: i64,
-    },
-    Builders,
-    Implementations,
-    Attempts {
-        drv: String,
-    },
-    Log {
-        attempt: i64,
-    },
-    Metrics,
-    /// All channels (`None`) or one.
-    Channels {
-        name: Option<String>,
-    },
 }
 
 pub enum Msg {
@@ -88,11 +59,6 @@ pub enum Msg {
         drained: bool,
         reply: oneshot::Sender<bool>,
     },
-}
-
-pub enum Reply {
-    Json(serde_json::Value),
-    Text(String),
 }
 
 struct RepoShell {
@@ -134,7 +100,7 @@ impl Driver {
             store.changes()?,
             store.candidates()?,
             store.memo()?,
-            crate::shell::channel::db::load(store.conn())?,
+            store.channels()?,
             now,
         );
         let mut repos = BTreeMap::new();
@@ -473,7 +439,16 @@ impl Driver {
             cmd @ (Command::PollSource { .. }
             | Command::AdvanceChannel { .. }
             | Command::PublishArtifacts { .. }) => {
-                crate::shell::channel::perform(&self.channels, cmd, &self.tx)
+                let shell = cmd.channel().and_then(|n| self.channels.get(n)).cloned();
+                let Some(shell) = shell else {
+                    return Ok(());
+                };
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Some(input) = shell.perform(cmd) {
+                        let _ = tx.blocking_send(Msg::Input(input));
+                    }
+                });
             }
         }
         Ok(())
@@ -530,7 +505,7 @@ impl Driver {
     }
 
     fn answer(&self, q: Query) -> Option<Reply> {
-        crate::shell::status::answer(&self.config, &self.core, &self.store, q)
+        crate::shell::status::answer(&self.config, &self.core, &self.store, q, now_ms())
     }
 }
 

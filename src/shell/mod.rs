@@ -3,6 +3,7 @@
 //! `Store` and feeds every result back as an input. The shell may call `crate::core`.
 
 pub mod api;
+pub mod artifacts;
 pub mod builder;
 pub mod channel;
 pub mod client;

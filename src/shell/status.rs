@@ -3,12 +3,46 @@
 
 use serde_json::{json, Value};
 
-use crate::core::change::{Change, ChangeState};
+use crate::core::change::{Change, ChangeId, ChangeState};
 use crate::core::outcome::OutcomeClass;
-use crate::core::Core;
+use crate::core::{Core, Millis};
 use crate::shell::config::Config;
-use crate::shell::driver::{Query, Reply};
 use crate::shell::store::Store;
+
+/// Read-only questions the HTTP layer asks; answered from the core's state.
+pub enum Query {
+    Change {
+        repo: String,
+        id: ChangeId,
+    },
+    Queue {
+        repo: String,
+    },
+    Candidates {
+        repo: String,
+    },
+    Events {
+        after: i64,
+    },
+    Builders,
+    Implementations,
+    Attempts {
+        drv: String,
+    },
+    Log {
+        attempt: i64,
+    },
+    Metrics,
+    /// All channels (`None`) or one.
+    Channels {
+        name: Option<String>,
+    },
+}
+
+pub enum Reply {
+    Json(serde_json::Value),
+    Text(String),
+}
 
 pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Value {
     json!({
@@ -49,7 +83,8 @@ fn candidate_json(k: &crate::core::Candidate) -> Value {
 }
 
 /// Answers a query from the driver's state (runs on the driver task).
-pub fn answer(config: &Config, core: &Core, store: &Store, q: Query) -> Option<Reply> {
+/// Answers `q` as of `now` (for ages).
+pub fn answer(config: &Config, core: &Core, store: &Store, q: Query, now: Millis) -> Option<Reply> {
     Some(match q {
         Query::Change { repo, id } => {
             let c = core.change(id).filter(|c| c.repo == repo)?;
@@ -111,15 +146,15 @@ pub fn answer(config: &Config, core: &Core, store: &Store, q: Query) -> Option<R
             let a = store.attempt(attempt).ok()??;
             Reply::Text(read_log(a.log_path.as_deref()?).ok()?)
         }
-        Query::Metrics => Reply::Text(metrics(config, core, store)),
-        Query::Channels { name: None } => Reply::Json(crate::shell::channel::channels_json(config, core, crate::shell::driver::now_ms())),
+        Query::Metrics => Reply::Text(metrics(config, core, store, now)),
+        Query::Channels { name: None } => Reply::Json(channels_json(config, core, now)),
         Query::Channels { name: Some(n) } => {
-            Reply::Json(crate::shell::channel::channel_json(config, core, &n, crate::shell::driver::now_ms())?)
+            Reply::Json(channel_json(config, core, &n, now)?)
         }
     })
 }
 
-fn metrics(config: &Config, core: &Core, store: &Store) -> String {
+fn metrics(config: &Config, core: &Core, store: &Store, now: Millis) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     out.push_str("# HELP mergequeue_changes_total Changes by state.\n# TYPE mergequeue_changes_total gauge\n");
@@ -197,7 +232,7 @@ fn metrics(config: &Config, core: &Core, store: &Store) -> String {
     out.push_str("# HELP mergequeue_attribution_extra_builds_total Builds spent on attribution beyond the batches' own.\n# TYPE mergequeue_attribution_extra_builds_total counter\n");
     let extra: u64 = core.candidates().map(|k| k.extra_builds as u64).sum();
     let _ = writeln!(out, "mergequeue_attribution_extra_builds_total {extra}");
-    crate::shell::channel::metrics(core, crate::shell::driver::now_ms(), &mut out);
+    channel_metrics(core, now, &mut out);
     out
 }
 
@@ -276,4 +311,97 @@ fn read_log(path: &str) -> std::io::Result<String> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_string(&mut text)?;
     Ok(text)
+}
+
+/// A channel as `GET /api/v1/channels/{name}` shows it.
+pub fn channel_json(config: &Config, core: &Core, name: &str, now: Millis) -> Option<Value> {
+    let ch = core.channel(name)?;
+    let cfg = config.channels.iter().find(|c| c.name.get_ref() == name)?;
+    let history: Vec<Value> = ch
+        .history
+        .iter()
+        .rev()
+        .map(|a| json!({ "at": a.at, "time": a.at / 1000, "rev": a.rev, "from": a.from }))
+        .collect();
+    let blocked = ch.state.blocked.as_ref().map(|b| {
+        json!({
+            "rev": b.rev,
+            "at": b.at,
+            "error": b.error,
+            "jobs": b.jobs.iter().map(|j| json!({
+                "attr": j.attr, "system": j.system, "drv": j.drv, "status": j.status, "log_tail": j.log_tail,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    let testing = ch.test.as_ref().map(|t| {
+        json!({
+            "rev": t.commit,
+            "head": t.head,
+            "phase": t.phase.as_str(),
+            "jobs": t.jobs.len(),
+            "pending": t.pending.len(),
+            "started_at": t.started_at,
+        })
+    });
+    Some(json!({
+        "name": name,
+        "repo": ch.config.repo,
+        "source": ch.config.source,
+        "target": ch.config.target,
+        "remote": cfg.remote,
+        "gate": ch.config.gate,
+        "rev": ch.state.rev,
+        "age_secs": ch.age_ms(now).map(|a| a / 1000),
+        "advanced_at": ch.state.advanced_at,
+        "source_head": ch.poll.as_ref().map(|p| p.head.clone()),
+        "diverged": ch.diverged,
+        "testing": testing,
+        "advancing": ch.state.advancing.as_ref().map(|a| a.new.clone()),
+        "waiting": ch.hold.as_ref().map(|h| json!({ "rev": h.0, "until": h.2 })),
+        "blocked": blocked,
+        "advances": ch.state.advances,
+        "blocks": ch.state.blocks,
+        "published": ch.state.published,
+        "history": history,
+    }))
+}
+
+pub fn channels_json(config: &Config, core: &Core, now: Millis) -> Value {
+    Value::Array(
+        core.channels()
+            .filter_map(|(n, _)| channel_json(config, core, n, now))
+            .collect(),
+    )
+}
+
+fn channel_metrics(core: &Core, now: Millis, out: &mut String) {
+    use std::fmt::Write;
+    let mut age = String::new();
+    let mut adv = String::new();
+    let mut blk = String::new();
+    for (name, ch) in core.channels() {
+        if let Some(a) = ch.age_ms(now) {
+            let _ = writeln!(
+                age,
+                "mergequeue_channel_age_seconds{{channel=\"{name}\"}} {}",
+                a / 1000
+            );
+        }
+        let _ = writeln!(
+            adv,
+            "mergequeue_channel_advances_total{{channel=\"{name}\"}} {}",
+            ch.state.advances
+        );
+        let _ = writeln!(
+            blk,
+            "mergequeue_channel_blocks_total{{channel=\"{name}\"}} {}",
+            ch.state.blocks
+        );
+    }
+    out.push_str("# HELP mergequeue_channel_age_seconds Seconds since the channel last moved.\n# TYPE mergequeue_channel_age_seconds gauge\n");
+    out.push_str(&age);
+    out.push_str("# HELP mergequeue_channel_advances_total Advances of the channel.\n# TYPE mergequeue_channel_advances_total counter\n");
+    out.push_str(&adv);
+    out.push_str("# HELP mergequeue_channel_blocks_total Source heads whose gate failed.\n# TYPE mergequeue_channel_blocks_total counter\n");
+    out.push_str(&blk);
 }

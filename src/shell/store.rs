@@ -241,9 +241,9 @@ impl Store {
                         params![at, repo, text],
                     )?;
                 }
-                Record::Channel(state) => crate::shell::channel::db::put_state(&tx, state)?,
+                Record::Channel(state) => channel_rows::put_state(&tx, state)?,
                 Record::ChannelAdvance { channel, advance } => {
-                    crate::shell::channel::db::put_advance(&tx, channel, advance)?
+                    channel_rows::put_advance(&tx, channel, advance)?
                 }
             }
         }
@@ -353,6 +353,13 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Every channel with its most recent advances (oldest first).
+    pub fn channels(
+        &self,
+    ) -> Result<Vec<(crate::core::ChannelState, Vec<crate::core::Advance>)>, StoreError> {
+        channel_rows::load(&self.conn)
     }
 
     pub fn memo(&self) -> Result<Vec<(String, Memo)>, StoreError> {
@@ -492,5 +499,117 @@ impl Store {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// SQLite rows of channels (schema v4).
+mod channel_rows {
+    use rusqlite::{params, Connection};
+
+    use super::StoreError;
+    use crate::core::{Advance, ChannelState};
+
+    fn js<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
+        v.as_ref()
+            .map(|v| serde_json::to_string(v).expect("serialisable"))
+    }
+
+    pub fn put_state(conn: &Connection, s: &ChannelState) -> Result<(), rusqlite::Error> {
+        conn.execute(
+            "INSERT OR REPLACE INTO channels (name, rev, advanced_at, rev_time, blocked, advancing, published, advances, blocks)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                s.name,
+                s.rev,
+                s.advanced_at,
+                s.rev_time,
+                js(&s.blocked),
+                js(&s.advancing),
+                s.published,
+                s.advances,
+                s.blocks
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn put_advance(
+        conn: &Connection,
+        channel: &str,
+        a: &Advance,
+    ) -> Result<(), rusqlite::Error> {
+        conn.execute(
+            "INSERT INTO channel_advances (channel, at, from_rev, rev, gate) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                channel,
+                a.at,
+                a.from,
+                a.rev,
+                serde_json::to_string(&a.gate).expect("serialisable")
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every channel row with its most recent advances (oldest first).
+    pub fn load(conn: &Connection) -> Result<Vec<(ChannelState, Vec<Advance>)>, StoreError> {
+        let mut st = conn.prepare(
+            "SELECT name, rev, advanced_at, rev_time, blocked, advancing, published, advances, blocks
+             FROM channels ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                ChannelState {
+                    name: r.get(0)?,
+                    rev: r.get(1)?,
+                    advanced_at: r.get(2)?,
+                    rev_time: r.get(3)?,
+                    blocked: None,
+                    advancing: None,
+                    published: r.get(6)?,
+                    advances: r.get(7)?,
+                    blocks: r.get(8)?,
+                },
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        let mut out = vec![];
+        for row in rows {
+            let (mut s, blocked, advancing) = row?;
+            let corrupt = |what: &str| StoreError::Corrupt(format!("channel {}: {what}", s.name));
+            s.blocked = blocked
+                .map(|b| serde_json::from_str(&b))
+                .transpose()
+                .map_err(|_| corrupt("blocked"))?;
+            s.advancing = advancing
+                .map(|a| serde_json::from_str(&a))
+                .transpose()
+                .map_err(|_| corrupt("advancing"))?;
+            let mut hist = conn.prepare(
+                "SELECT at, from_rev, rev, gate FROM channel_advances WHERE channel = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = hist.query_map(params![s.name, crate::core::HISTORY_KEEP as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut history = vec![];
+            for row in rows {
+                let (at, from, rev, gate) = row?;
+                history.push(Advance {
+                    at,
+                    from,
+                    rev,
+                    gate: serde_json::from_str(&gate).map_err(|_| corrupt("advance gate"))?,
+                });
+            }
+            history.reverse();
+            out.push((s, history));
+        }
+        Ok(out)
     }
 }
