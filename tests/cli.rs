@@ -43,6 +43,45 @@ fn check_config_names_file_line_and_column() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
 }
 
+#[test]
+fn check_config_reads_the_machines_file_and_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let machines = dir.path().join("machines");
+    let config = dir.path().join("mq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"/tmp/x\"\nmachines_file = {:?}\n[[repos]]\nname = \"pkgs\"\nurl = \"file:///x\"\n",
+            machines.display().to_string()
+        ),
+    )
+    .unwrap();
+    let check = || mq(&["check-config", "--config", config.to_str().unwrap()]);
+    let out = check();
+    assert!(!out.status.success(), "a missing machines file is an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&machines.display().to_string()), "{err}");
+    std::fs::write(
+        &machines,
+        "# builders\nssh-ng://a x86_64-linux - 4\nssh-ng://b x86_64-linux - many\n",
+    )
+    .unwrap();
+    let out = check();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!("{}:3:", machines.display())),
+        "{err}"
+    );
+    std::fs::write(&machines, "ssh-ng://a x86_64-linux - 4\n").unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_status_and_cancel_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();

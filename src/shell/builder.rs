@@ -17,7 +17,7 @@ pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<LocalBuilder
     let log_dir = config.state_dir.join("logs");
     std::fs::create_dir_all(&log_dir)?;
     let mut out = BTreeMap::new();
-    for b in config.all_builders()? {
+    for b in config.all_builders() {
         let uri = b.uri.get_ref().clone();
         let store = (uri != "local").then(|| uri.clone());
         out.insert(

@@ -49,6 +49,9 @@ pub struct Config {
     /// `builders`, so `nix.buildMachines` users reuse what they have.
     #[serde(default)]
     pub machines_file: Option<PathBuf>,
+    /// The machines file's entries, read by `load` (not a key of the TOML file).
+    #[serde(skip)]
+    pub machines: Vec<Builder>,
     #[serde(default)]
     pub dispatch: Dispatch,
     #[serde(default)]
@@ -277,7 +280,27 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        config.read_machines()?;
+        Ok(config)
+    }
+
+    /// Reads and parses `machines_file` into `machines`; errors name the file and line.
+    pub fn read_machines(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.machines_file else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.machines = parse_machines(&text).map_err(|(line, message)| ConfigError::At {
+            path: path.display().to_string(),
+            line,
+            col: 1,
+            message,
+        })?;
+        Ok(())
     }
 
     /// Parses and validates; `path` is only used in messages.
@@ -399,22 +422,9 @@ impl Config {
 
     /// Every builder: `[[builders]]` plus the machines file's entries. Without any, the
     /// local store with 2 jobs for the repos' systems.
-    pub fn all_builders(&self) -> Result<Vec<Builder>, ConfigError> {
+    pub fn all_builders(&self) -> Vec<Builder> {
         let mut out = self.builders.clone();
-        if let Some(path) = &self.machines_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            out.extend(
-                parse_machines(&text).map_err(|(line, message)| ConfigError::At {
-                    path: path.display().to_string(),
-                    line,
-                    col: 1,
-                    message,
-                })?,
-            );
-        }
+        out.extend(self.machines.iter().cloned());
         if out.is_empty() {
             let mut systems: Vec<String> =
                 self.repos.iter().flat_map(|r| r.systems.clone()).collect();
@@ -434,7 +444,7 @@ impl Config {
                 ssh_key: None,
             });
         }
-        Ok(out)
+        out
     }
 
     /// The core's view of this configuration: lanes, channels, builders and timings in
@@ -496,7 +506,6 @@ impl Config {
 
     pub fn builder_specs(&self) -> Vec<crate::core::scheduler::BuilderSpec> {
         self.all_builders()
-            .unwrap_or_else(|_| self.builders.clone())
             .iter()
             .map(|b| crate::core::scheduler::BuilderSpec {
                 id: b.uri.get_ref().clone(),
