@@ -265,7 +265,8 @@ fn v1_database_opens_with_the_current_store() {
     assert_eq!(c1.title, "hello: 2.12 -> 2.12.1");
     assert_eq!(c1.state, ChangeState::Merged);
     assert_eq!(c1.landed_commit.as_deref(), Some(M1));
-    assert_eq!(c1.submitted_at, 1_700_000_001);
+    // Seconds before schema v5, milliseconds since.
+    assert_eq!(c1.submitted_at, 1_700_000_001_000);
     assert_eq!(changes[1].priority, Priority::Urgent);
     assert_eq!(changes[1].state, ChangeState::Rejected);
     assert!(changes[1]

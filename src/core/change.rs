@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Millis;
+
 pub type ChangeId = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,8 +95,9 @@ pub struct Change {
     pub reason: Option<String>,
     pub landed_commit: Option<String>,
     /// Unix seconds.
-    pub submitted_at: i64,
-    pub updated_at: i64,
+    /// Milliseconds since the epoch, like every time in the core.
+    pub submitted_at: Millis,
+    pub updated_at: Millis,
 }
 
 impl Change {

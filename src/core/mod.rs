@@ -535,8 +535,8 @@ impl Core {
             state: ChangeState::Queued,
             reason: None,
             landed_commit: None,
-            submitted_at: now / 1000,
-            updated_at: now / 1000,
+            submitted_at: now,
+            updated_at: now,
         };
         self.event(
             now,
@@ -645,7 +645,7 @@ impl Core {
                 continue;
             }
             let queue = self.queue(&repo, &branch);
-            let oldest = queue.iter().map(|c| c.submitted_at * 1000).min();
+            let oldest = queue.iter().map(|c| c.submitted_at).min();
             // A change to be tested separately goes alone; a batch stops before one.
             let ids: Vec<ChangeId> = match queue.first() {
                 Some(c) if self.solo.contains(&c.id) => vec![c.id],
@@ -683,7 +683,7 @@ impl Core {
         if reason.is_some() || state == ChangeState::Queued {
             c.reason = reason;
         }
-        c.updated_at = now / 1000;
+        c.updated_at = now;
         self.out.push(Command::Record(Record::Change(c.clone())));
     }
 

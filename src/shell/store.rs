@@ -126,6 +126,10 @@ pub fn migrations() -> Migrations<'static> {
             );
             CREATE INDEX channel_advances_channel ON channel_advances(channel, id);",
         ),
+        // v5: a change's times in milliseconds, like every other time.
+        M::up(
+            "UPDATE changes SET submitted_at = submitted_at * 1000, updated_at = updated_at * 1000;",
+        ),
     ])
 }
 
