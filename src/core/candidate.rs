@@ -101,6 +101,19 @@ impl Candidate {
                 .is_some_and(|a| a.waiting.contains(drv))
     }
 
+    /// What the database keeps of a candidate: everything but the working state, which a
+    /// restart rebuilds by preparing the candidate again.
+    pub fn persisted(&self) -> Candidate {
+        Candidate {
+            targets: vec![],
+            pending: Default::default(),
+            eval_blockers: vec![],
+            attribution: None,
+            preexisting: vec![],
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn reset_for_prepare(&mut self) {
         self.phase = Phase::Preparing;
         self.base = None;

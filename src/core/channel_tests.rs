@@ -123,9 +123,7 @@ struct Run {
     core: Core,
     git: Git,
     now: Millis,
-    states: BTreeMap<String, ChannelState>,
-    advances: Vec<Advance>,
-    memo: Vec<(String, Memo)>,
+    db: Snapshot,
     builds: Vec<String>,
     evals: Vec<String>,
     pushes: Vec<(Option<String>, String)>,
@@ -177,9 +175,7 @@ impl Run {
             core: Core::new(cfg),
             git,
             now: T0,
-            states: BTreeMap::new(),
-            advances: vec![],
-            memo: vec![],
+            db: Snapshot::default(),
             builds: vec![],
             evals: vec![],
             pushes: vec![],
@@ -223,15 +219,10 @@ impl Run {
         let channel = "unstable".to_string();
         Some(match cmd {
             Command::Record(r) => {
-                match r {
-                    Record::Channel(s) => {
-                        self.states.insert(s.name.clone(), s);
-                    }
-                    Record::ChannelAdvance { advance, .. } => self.advances.push(advance),
-                    Record::Memo { drv, memo } => self.memo.push((drv, memo)),
-                    Record::Event { text, .. } => self.events.push(text),
-                    _ => {}
+                if let Record::Event { text, .. } = &r {
+                    self.events.push(text.clone());
                 }
+                self.db.apply(&r);
                 return None;
             }
             Command::PollSource { .. } => Input::SourcePolled {
@@ -335,19 +326,12 @@ impl Run {
     }
 
     fn restore(&mut self) {
-        let stored = self
-            .states
-            .values()
-            .map(|s| (s.clone(), self.advances.clone()))
-            .collect();
-        self.core = Core::restore(
-            self.core.cfg().clone(),
-            vec![],
-            vec![],
-            self.memo.clone(),
-            stored,
-            self.now,
-        );
+        self.core = self.db.restore(self.core.cfg().clone(), self.now);
+    }
+
+    /// The channel's stored row and advances.
+    fn row(&self) -> &(ChannelState, Vec<Advance>) {
+        &self.db.channels["unstable"]
     }
 }
 
@@ -365,15 +349,15 @@ fn a_channel_advances_when_its_gate_passes_and_publishes_artifacts() {
     assert_eq!(ch.state.rev.as_deref(), Some("c1"));
     assert_eq!((ch.state.advances, ch.state.blocks), (1, 0));
     assert_eq!(ch.history.len(), 1);
-    assert_eq!(r.advances.len(), 1, "the advance was recorded");
-    assert_eq!(r.advances[0].from.as_deref(), Some("c0"));
-    let gate: Vec<&str> = r.advances[0].gate.iter().map(|j| j.attr.as_str()).collect();
+    assert_eq!(r.row().1.len(), 1, "the advance was recorded");
+    assert_eq!(r.row().1[0].from.as_deref(), Some("c0"));
+    let gate: Vec<&str> = r.row().1[0].gate.iter().map(|j| j.attr.as_str()).collect();
     assert_eq!(gate, ["tested", "a"]);
-    assert!(r.advances[0].gate.iter().all(|j| j.ok()));
+    assert!(r.row().1[0].gate.iter().all(|j| j.ok()));
     assert_eq!(r.published, vec!["c1".to_string()]);
-    assert_eq!(r.states["unstable"].published.as_deref(), Some("c1"));
-    assert_eq!(r.states["unstable"].rev.as_deref(), Some("c1"));
-    assert!(r.states["unstable"].advancing.is_none());
+    assert_eq!(r.row().0.published.as_deref(), Some("c1"));
+    assert_eq!(r.row().0.rev.as_deref(), Some("c1"));
+    assert!(r.row().0.advancing.is_none());
     // Only the gate was built, never the rest of the package set.
     assert!(
         !r.builds.iter().any(|b| b.contains("other")),
@@ -403,7 +387,7 @@ fn a_broken_gate_blocks_and_the_fix_advances_later() {
     assert_eq!(b.jobs[0].status, "failed");
     assert!(b.jobs[0].log_tail.contains("failed"));
     assert_eq!(r.ch().state.blocks, 1);
-    assert_eq!(r.states["unstable"].blocked, Some(b), "persisted");
+    assert_eq!(r.row().0.blocked, Some(b), "persisted");
     // Polls without a new commit do not test (or count) the same head again.
     let builds = r.builds.len();
     r.wait(300_000);
@@ -648,10 +632,7 @@ fn an_advance_in_flight_is_pushed_again_after_a_crash() {
         }
     }
     assert_eq!(pending.len(), 1);
-    assert!(
-        r.states["unstable"].advancing.is_some(),
-        "persisted before the push"
-    );
+    assert!(r.row().0.advancing.is_some(), "persisted before the push");
     // The push itself went through before the crash.
     r.perform(pending.pop().unwrap());
     r.restore();

@@ -20,6 +20,7 @@ mod dispatch;
 pub mod evaluation;
 pub mod outcome;
 pub mod scheduler;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,7 @@ pub use channel::{
     Advance, AdvanceResult, Advancing, Blocked, Channel, ChannelConfig, ChannelState, GateJob,
     GateTest, SourcePoll, TestPhase, HISTORY_KEEP,
 };
+pub use snapshot::Snapshot;
 
 pub type CandId = u64;
 pub type ProbeId = u64;

@@ -275,29 +275,13 @@ impl World {
 // The in-memory database and the driver loop
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Default)]
-struct Db {
-    changes: BTreeMap<ChangeId, Change>,
-    candidates: BTreeMap<CandId, Candidate>,
-    memo: BTreeMap<String, Memo>,
-    events: Vec<String>,
-}
-
-/// What the SQLite store keeps of a candidate (the working state is not persisted).
-fn stored(c: &Candidate) -> Candidate {
-    let mut c = c.clone();
-    c.targets.clear();
-    c.pending.clear();
-    c.eval_blockers.clear();
-    c.attribution = None;
-    c
-}
-
 struct Sim {
     cfg: CoreConfig,
     core: Core,
     world: World,
-    db: Db,
+    db: Snapshot,
+    /// The events recorded, in order.
+    events: Vec<String>,
     queue: VecDeque<Command>,
     now: Millis,
     /// Every effect command, with the time it was issued.
@@ -349,7 +333,8 @@ impl Sim {
             core: Core::new(cfg.clone()),
             cfg,
             world,
-            db: Db::default(),
+            db: Snapshot::default(),
+            events: vec![],
             queue: VecDeque::new(),
             now: T0,
             issued: vec![],
@@ -411,21 +396,14 @@ impl Sim {
     }
 
     fn apply(&mut self, r: Record) {
-        match r {
-            Record::Change(c) => {
-                self.db.changes.insert(c.id, c);
-            }
-            Record::Candidate(c) => {
-                self.db.candidates.insert(c.id, stored(&c));
-            }
+        match &r {
             Record::Memo { drv, memo } => {
-                assert!(memo.class.is_verdict(), "remembered {memo:?} for {drv}");
-                self.db.memo.insert(drv, memo);
+                assert!(memo.class.is_verdict(), "remembered {memo:?} for {drv}")
             }
-            Record::Event { text, .. } => self.db.events.push(text),
-            Record::BuilderDrained { .. } => {}
-            Record::Channel(_) | Record::ChannelAdvance { .. } => {}
+            Record::Event { text, .. } => self.events.push(text.clone()),
+            _ => {}
         }
+        self.db.apply(&r);
     }
 
     /// Performs one command (or fires the next timer). False when nothing is left.
@@ -467,18 +445,7 @@ impl Sim {
     /// A crash: in-flight commands are lost; the core is rebuilt from the database.
     fn crash_and_restore(&mut self) {
         self.queue.clear();
-        self.core = Core::restore(
-            self.cfg.clone(),
-            self.db.changes.values().cloned().collect(),
-            self.db.candidates.values().cloned().collect(),
-            self.db
-                .memo
-                .iter()
-                .map(|(d, m)| (d.clone(), m.clone()))
-                .collect(),
-            vec![],
-            self.now,
-        );
+        self.core = self.db.restore(self.cfg.clone(), self.now);
         self.pump();
     }
 
@@ -608,7 +575,7 @@ impl Sim {
         for c in self.core.candidates() {
             assert_eq!(
                 self.db.candidates.get(&c.id),
-                Some(&stored(c)),
+                Some(&c.persisted()),
                 "candidate row {}",
                 c.id
             );
@@ -868,7 +835,6 @@ fn failures_already_on_the_base_do_not_block_but_new_failing_jobs_do() {
     assert_eq!(sim.core.candidates().count(), 1);
     assert_eq!(sim.builds_of("/nix/store/base-pkg5.drv"), 1);
     assert!(sim
-        .db
         .events
         .iter()
         .any(|e| e.contains("1 failures already on the base ignored")));

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use super::builders::{BuildJob, Running};
 use super::engine::{Driver, Env, Ev, RejectKind};
 use super::world::{head_of, idx_of_ref, ref_of};
-use crate::core::change::{Change, ChangeId, ChangeState, Priority};
+use crate::core::change::{ChangeState, Priority};
 use crate::core::outcome::{BuildReport, OutcomeClass};
 use crate::core::scheduler::{BuilderSpec, StepInfo};
 use crate::core::{
-    Advance, AdvanceResult, BuilderIdentity, CandId, Candidate, ChannelConfig, ChannelState,
-    Command, Core, CoreConfig, Input, LandResult, LaneConfig, Memo, Phase, Prepared, ProbeResult,
-    Record, RepoConfig, Submission,
+    AdvanceResult, BuilderIdentity, ChannelConfig, Command, Core, CoreConfig, Input, LandResult,
+    LaneConfig, Phase, Prepared, ProbeResult, Record, RepoConfig, Snapshot, Submission,
 };
 
 pub const REPO: &str = "nixpkgs";
@@ -32,26 +31,8 @@ pub fn machine_name(name: &str, count: usize, i: usize) -> String {
     }
 }
 
-#[derive(Default)]
-struct Db {
-    changes: BTreeMap<ChangeId, Change>,
-    candidates: BTreeMap<CandId, Candidate>,
-    memo: BTreeMap<String, Memo>,
-    channels: BTreeMap<String, (ChannelState, Vec<Advance>)>,
-}
-
 /// Commits strictly between a channel and its source head reported by a poll (look-back).
 const BETWEEN_CAP: usize = 50;
-
-/// What the SQLite store keeps of a candidate (the working state is not persisted).
-fn stored(c: &Candidate) -> Candidate {
-    let mut c = c.clone();
-    c.targets.clear();
-    c.pending.clear();
-    c.eval_blockers.clear();
-    c.attribution = None;
-    c
-}
 
 pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> CoreConfig {
     let lanes = sc
@@ -114,7 +95,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
 pub struct CoreDriver {
     cfg: CoreConfig,
     core: Core,
-    db: Db,
+    db: Snapshot,
     epoch: u32,
     evals_busy: usize,
     eval_queue: VecDeque<Command>,
@@ -133,7 +114,7 @@ impl CoreDriver {
             remote: cfg.channels.keys().map(|n| (n.clone(), None)).collect(),
             core: Core::new(cfg.clone()),
             cfg,
-            db: Db::default(),
+            db: Snapshot::default(),
             epoch: 0,
             evals_busy: 0,
             eval_queue: VecDeque::new(),
@@ -159,10 +140,19 @@ impl CoreDriver {
     }
 
     fn apply(&mut self, env: &mut Env, r: Record) {
+        if self.check(env, &r) {
+            self.db.apply(&r);
+        }
+    }
+
+    /// Checks a record against the world and counts what it says (landed, rejected);
+    /// false when it must not be written.
+    fn check(&mut self, env: &mut Env, r: &Record) -> bool {
         match r {
             Record::Change(c) => {
                 let Some(idx) = idx_of_ref(&c.git_ref) else {
-                    return env.violate(format!("unknown ref {}", c.git_ref));
+                    env.violate(format!("unknown ref {}", c.git_ref));
+                    return false;
                 };
                 if let Some(prev) = self.db.changes.get(&c.id) {
                     if prev.state.is_final() && prev.state != c.state {
@@ -214,11 +204,8 @@ impl CoreDriver {
                     ChangeState::Cancelled => env.violate(format!("#{} cancelled unasked", c.id)),
                     _ => {}
                 }
-                self.db.changes.insert(c.id, c);
             }
-            Record::Candidate(c) => {
-                self.db.candidates.insert(c.id, stored(&c));
-            }
+            Record::Candidate(_) => {}
             Record::Memo { drv, memo } => {
                 if !memo.class.is_verdict() {
                     env.violate(format!(
@@ -226,31 +213,22 @@ impl CoreDriver {
                         memo.class
                     ));
                 }
-                self.db.memo.insert(drv, memo);
             }
             Record::BuilderDrained { .. } => {}
             Record::Channel(st) => {
                 if !self.cfg.channels.contains_key(&st.name) {
-                    return env.violate(format!("a record of unknown channel {}", st.name));
+                    env.violate(format!("a record of unknown channel {}", st.name));
+                    return false;
                 }
-                let name = st.name.clone();
-                self.db.channels.entry(name).or_default().0 = st;
             }
-            Record::ChannelAdvance { channel, advance } => {
-                let row = self.db.channels.entry(channel).or_default();
-                if let Some(last) = row.1.last() {
-                    if last.rev == advance.rev {
-                        return; // the same advance recorded again after a restart
-                    }
-                }
-                row.1.push(advance);
-            }
+            Record::ChannelAdvance { .. } => {}
             Record::Event { text, .. } => {
                 if std::env::var_os("MQ_SIM_DEBUG").is_some() {
                     eprintln!("[{:8.3} h] {text}", env.now as f64 / 3.6e6);
                 }
             }
         }
+        true
     }
 
     fn eval_duration(&self, env: &mut Env, commit: &str) -> i64 {
@@ -613,18 +591,7 @@ impl CoreDriver {
         self.wake_at = None;
         env.pool.cancel_queued(None, self.epoch);
         env.pool.abort_stale(self.epoch);
-        self.core = Core::restore(
-            self.cfg.clone(),
-            self.db.changes.values().cloned().collect(),
-            self.db.candidates.values().cloned().collect(),
-            self.db
-                .memo
-                .iter()
-                .map(|(d, m)| (d.clone(), m.clone()))
-                .collect(),
-            self.db.channels.values().cloned().collect(),
-            env.now,
-        );
+        self.core = self.db.restore(self.cfg.clone(), env.now);
         let n = self.core.changes().count();
         if n != self.submitted {
             env.violate(format!(
