@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(line) = std::str::from_utf8(data) {
         if let Some((key, _)) =
-            mergequeue::shell::nix::eval::parse_nix_eval_jobs_line(line, "x86_64-linux")
+            mergequeue::shell::nix::output::parse_nix_eval_jobs_line(line, "x86_64-linux")
         {
             assert!(!key.system.is_empty());
         }

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod eval;
+pub mod output;
 
 /// Removes terminal colour sequences from Nix's messages.
 pub(crate) fn strip_ansi(s: &str) -> String {
