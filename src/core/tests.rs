@@ -675,7 +675,7 @@ fn without(ids: &[ChangeId], gone: &[ChangeId]) -> Vec<ChangeId> {
 // Tests
 // ---------------------------------------------------------------------------------------
 
-// Declared test-only here as well, so the purity check sees them as test code.
+// Gated explicitly: tests/purity.rs accepts a test-only file only where it is declared so.
 #[cfg(test)]
 mod queue_tests;
 #[cfg(test)]
