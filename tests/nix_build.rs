@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mergequeue::core::outcome::OutcomeClass;
 use mergequeue::shell::config::Evaluator;
-use mergequeue::shell::nix::build::LocalBuilder;
+use mergequeue::shell::nix::build::NixBuilder;
 use mergequeue::shell::nix::eval::NixEval;
 use mergequeue::tools::fixture::{generate, PackageSet, Spec, BUILD_FAILURE_MARKER};
 
@@ -29,8 +29,8 @@ fn offline() -> Vec<String> {
     vec!["--option".into(), "substituters".into(), "".into()]
 }
 
-fn builder(log_dir: &Path, timeout: u64, silent: u64) -> LocalBuilder {
-    LocalBuilder {
+fn builder(log_dir: &Path, timeout: u64, silent: u64) -> NixBuilder {
+    NixBuilder {
         id: "local".into(),
         store: None,
         ssh_key: None,

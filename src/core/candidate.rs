@@ -174,7 +174,7 @@ impl Core {
             format!("candidate {id} on {branch}: testing {list}{why}"),
         );
         self.emit_prepare(&cand);
-        self.lanes
+        self.in_flight
             .insert((repo.to_string(), branch.to_string()), id);
         self.save(cand);
     }
@@ -684,8 +684,8 @@ impl Core {
         cand.targets = vec![];
         let cand = &self.candidates[&id];
         let lane = (cand.repo.clone(), cand.branch.clone());
-        if self.lanes.get(&lane) == Some(&id) {
-            self.lanes.remove(&lane);
+        if self.in_flight.get(&lane) == Some(&id) {
+            self.in_flight.remove(&lane);
         }
         self.save_id(id);
         self.probes.retain(|_, c| *c != id);

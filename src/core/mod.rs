@@ -364,7 +364,7 @@ pub struct Core {
     pub(crate) changes: BTreeMap<ChangeId, Change>,
     pub(crate) candidates: BTreeMap<CandId, Candidate>,
     /// Active candidate per (repo, branch).
-    pub(crate) lanes: BTreeMap<(String, String), CandId>,
+    pub(crate) in_flight: BTreeMap<(String, String), CandId>,
     pub(crate) evals: BTreeMap<String, Arc<Evaluation>>,
     pub(crate) evals_requested: BTreeSet<String>,
     pub(crate) memo: BTreeMap<String, Memo>,
@@ -447,7 +447,7 @@ impl Core {
             }
             core.out
                 .push(Command::Record(Record::Candidate(cand.clone())));
-            core.lanes.insert(lane, cand.id);
+            core.in_flight.insert(lane, cand.id);
             core.candidates.insert(cand.id, cand);
         }
         let orphans: Vec<ChangeId> = core
@@ -509,6 +509,7 @@ impl Core {
         q
     }
 
+    /// Every configured lane: (repository, branch).
     pub fn lanes(&self) -> Vec<(String, String)> {
         self.cfg()
             .repos
@@ -634,7 +635,7 @@ impl Core {
     /// Starts a candidate on every idle lane that has queued changes.
     fn tick(&mut self, now: Millis) {
         for (repo, branch) in self.lanes() {
-            if self.lanes.contains_key(&(repo.clone(), branch.clone())) {
+            if self.in_flight.contains_key(&(repo.clone(), branch.clone())) {
                 continue;
             }
             let lane = &self.cfg().repos[&repo].lanes[&branch];

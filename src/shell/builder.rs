@@ -10,10 +10,10 @@ use tokio::process::Command;
 use crate::core::scheduler::StepInfo;
 use crate::core::BuilderIdentity;
 use crate::shell::config::Config;
-use crate::shell::nix::build::LocalBuilder;
+use crate::shell::nix::build::NixBuilder;
 
 /// One adapter per configured builder, by id (`local` or the store URI).
-pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<LocalBuilder>>> {
+pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<NixBuilder>>> {
     let log_dir = config.state_dir.join("logs");
     std::fs::create_dir_all(&log_dir)?;
     let mut out = BTreeMap::new();
@@ -22,7 +22,7 @@ pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<LocalBuilder
         let store = (uri != "local").then(|| uri.clone());
         out.insert(
             uri.clone(),
-            Arc::new(LocalBuilder {
+            Arc::new(NixBuilder {
                 id: uri,
                 store,
                 ssh_key: b.ssh_key.clone(),
@@ -121,7 +121,7 @@ pub async fn referrers(root: &str) -> Vec<String> {
 }
 
 /// Checks a builder answers and learns what it runs.
-pub async fn probe(b: &LocalBuilder) -> Result<BuilderIdentity, String> {
+pub async fn probe(b: &NixBuilder) -> Result<BuilderIdentity, String> {
     let Some(store) = &b.store else {
         let o = Command::new("nix")
             .arg("--version")
@@ -181,7 +181,7 @@ pub async fn probe(b: &LocalBuilder) -> Result<BuilderIdentity, String> {
     })
 }
 
-fn ssh_opts(b: &LocalBuilder) -> Vec<String> {
+fn ssh_opts(b: &NixBuilder) -> Vec<String> {
     let mut opts: Vec<String> = std::env::var("NIX_SSHOPTS")
         .unwrap_or_default()
         .split_whitespace()

@@ -16,7 +16,7 @@ use crate::core::outcome::BuildReport;
 use crate::core::{Command, Core, Input, Millis, ProbeResult, Record, Refusal, Submission};
 use crate::shell::config::Config;
 use crate::shell::git::Mirror;
-use crate::shell::nix::build::LocalBuilder;
+use crate::shell::nix::build::NixBuilder;
 use crate::shell::nix::eval::NixEval;
 use crate::shell::status::{Query, Reply};
 use crate::shell::store::Store;
@@ -79,7 +79,7 @@ pub struct Driver {
     store: Store,
     repos: BTreeMap<String, RepoShell>,
     eval: Arc<NixEval>,
-    builders: BTreeMap<String, Arc<LocalBuilder>>,
+    builders: BTreeMap<String, Arc<NixBuilder>>,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
     /// Inputs produced synchronously (e.g. a stored evaluation), fed before new messages.

@@ -1,6 +1,6 @@
 //! The discrete-event loop: a virtual clock, a heap of (time, sequence, event), one seeded
 //! PRNG for everything that happens at run time, the world, the builders, and a policy
-//! driver (the real core, or a baseline) that reacts to events.
+//! queue (the real core, or a baseline) that reacts to events.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -94,7 +94,7 @@ pub struct Env<'a> {
     seq: u64,
 }
 
-pub trait Driver {
+pub trait Queue {
     fn arrive(&mut self, env: &mut Env, idx: usize);
     fn event(&mut self, env: &mut Env, ev: Ev);
     fn built(&mut self, env: &mut Env, r: Running);
@@ -214,7 +214,7 @@ pub fn run(
     sc: &Scenario,
     seed: u64,
     faults: bool,
-    driver: &mut dyn Driver,
+    queue: &mut dyn Queue,
 ) -> (Metrics, World, u64, u64) {
     let mut env = Env::new(sc, seed, faults);
     for i in 0..env.world.changes.len() {
@@ -242,10 +242,10 @@ pub fn run(
         match ev {
             Ev::Arrive(i) => {
                 env.m.arrived += 1;
-                driver.arrive(&mut env, i);
+                queue.arrive(&mut env, i);
             }
             Ev::Sample => {
-                let (queued, testing) = driver.depth(&env);
+                let (queued, testing) = queue.depth(&env);
                 let util = env.pool.utilisation(env.world.systems.len());
                 let builds_queued = env.pool.queued();
                 env.m.samples.push(super::engine::Sample {
@@ -255,7 +255,7 @@ pub fn run(
                     builds_queued,
                     util,
                 });
-                if !over(&env, &*driver, end_arrivals) {
+                if !over(&env, &*queue, end_arrivals) {
                     env.at(t + step, Ev::Sample);
                 }
             }
@@ -264,7 +264,7 @@ pub fn run(
                     if r.spurious {
                         env.world.spurious += 1;
                     }
-                    driver.built(&mut env, r);
+                    queue.built(&mut env, r);
                 }
                 env.dispatch();
             }
@@ -272,7 +272,7 @@ pub fn run(
                 env.m.builder_kills += 1;
                 let down = (sc.faults.builder_down_minutes * 60_000.0) as Millis;
                 for r in env.pool.kill(m, t) {
-                    driver.built(&mut env, r);
+                    queue.built(&mut env, r);
                 }
                 env.at(t + down, Ev::Revive(m));
             }
@@ -282,22 +282,22 @@ pub fn run(
             }
             Ev::Heal => {
                 env.faults = false;
-                driver.heal(&mut env);
+                queue.heal(&mut env);
             }
-            other => driver.event(&mut env, other),
+            other => queue.event(&mut env, other),
         }
-        if over(&env, &*driver, end_arrivals) {
+        if over(&env, &*queue, end_arrivals) {
             break;
         }
     }
     env.m.end = env.now;
-    driver.finish(&mut env);
+    queue.finish(&mut env);
     (env.m, env.world, env.pool.attempts, env.pool.slot_ms)
 }
 
-/// Arrivals ended, every change is final and the driver has nothing left to wait for.
-fn over(env: &Env, driver: &dyn Driver, end_arrivals: Millis) -> bool {
-    env.now >= end_arrivals && env.m.finals == env.world.changes.len() && driver.settled(env)
+/// Arrivals ended, every change is final and the queue has nothing left to wait for.
+fn over(env: &Env, queue: &dyn Queue, end_arrivals: Millis) -> bool {
+    env.now >= end_arrivals && env.m.finals == env.world.changes.len() && queue.settled(env)
 }
 
 /// Sorted latencies in hours from accept to `reached` (landed, or in a channel) of the

@@ -54,15 +54,15 @@ pub struct SimArgs {
 /// Runs one policy; the report says whether an invariant broke.
 pub fn simulate(sc: &Scenario, seed: u64, policy: &str, faults: bool) -> anyhow::Result<Report> {
     let nlanes = sc.lanes.len();
-    let mut driver: Box<dyn engine::Driver> = match policy {
-        "mergequeue" => Box::new(mq::CoreDriver::new(mq::core_config(sc, None))),
-        "one-at-a-time" => Box::new(mq::CoreDriver::new(mq::core_config(sc, Some(1)))),
+    let mut queue: Box<dyn engine::Queue> = match policy {
+        "mergequeue" => Box::new(mq::CoreQueue::new(mq::core_config(sc, None))),
+        "one-at-a-time" => Box::new(mq::CoreQueue::new(mq::core_config(sc, Some(1)))),
         "bors" => Box::new(policy::Baseline::new(policy::Kind::Bors, nlanes)),
         "github" => Box::new(policy::Baseline::new(policy::Kind::Github, nlanes)),
         other => anyhow::bail!("unknown policy {other:?} (one of {})", POLICIES.join(", ")),
     };
     let faults = faults && matches!(policy, "mergequeue" | "one-at-a-time");
-    let (m, w, attempts, slot_ms) = engine::run(sc, seed, faults, driver.as_mut());
+    let (m, w, attempts, slot_ms) = engine::run(sc, seed, faults, queue.as_mut());
     Ok(report::build(
         sc, seed, policy, faults, &m, &w, attempts, slot_ms,
     ))

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::builders::{BuildJob, Running};
-use super::engine::{Driver, Env, Ev, RejectKind};
+use super::engine::{Env, Ev, Queue, RejectKind};
 use super::world::{head_of, idx_of_ref, ref_of};
 use crate::core::change::{ChangeState, Priority};
 use crate::core::outcome::{BuildReport, OutcomeClass};
@@ -92,7 +92,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
     }
 }
 
-pub struct CoreDriver {
+pub struct CoreQueue {
     cfg: CoreConfig,
     core: Core,
     db: Snapshot,
@@ -108,9 +108,9 @@ pub struct CoreDriver {
     remote: BTreeMap<String, Option<u32>>,
 }
 
-impl CoreDriver {
-    pub fn new(cfg: CoreConfig) -> CoreDriver {
-        CoreDriver {
+impl CoreQueue {
+    pub fn new(cfg: CoreConfig) -> CoreQueue {
+        CoreQueue {
             remote: cfg.channels.keys().map(|n| (n.clone(), None)).collect(),
             core: Core::new(cfg.clone()),
             cfg,
@@ -603,7 +603,7 @@ impl CoreDriver {
     }
 }
 
-impl Driver for CoreDriver {
+impl Queue for CoreQueue {
     fn arrive(&mut self, env: &mut Env, idx: usize) {
         let ch = &env.world.changes[idx];
         let s = Submission {

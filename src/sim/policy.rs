@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use super::builders::{BuildJob, Running};
-use super::engine::{Driver, Env, Ev, RejectKind};
+use super::engine::{Env, Ev, Queue, RejectKind};
 use crate::core::outcome::OutcomeClass;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,7 +296,7 @@ impl Baseline {
     }
 }
 
-impl Driver for Baseline {
+impl Queue for Baseline {
     fn arrive(&mut self, env: &mut Env, idx: usize) {
         let lane = env.world.changes[idx].lane;
         match self.kind {

@@ -36,8 +36,10 @@ pub const TAIL_BYTES: usize = 4096;
 /// Seconds between SIGTERM and SIGKILL when an attempt is cancelled.
 const KILL_GRACE_SECS: u64 = 10;
 
+/// A builder driven through the Nix CLI: the local store, or a remote store reached over
+/// `ssh-ng://`.
 #[derive(Debug, Clone)]
-pub struct LocalBuilder {
+pub struct NixBuilder {
     /// The builder's name in reports: `local` or its store URI.
     pub id: String,
     /// `None` for the local store; a store URI (`ssh-ng://...`) to build remotely: the
@@ -56,7 +58,7 @@ pub struct LocalBuilder {
     pub log_dir: PathBuf,
 }
 
-impl LocalBuilder {
+impl NixBuilder {
     /// The gzipped log of attempt `attempt` (1-based) of `drv`.
     pub fn log_path(&self, drv: &str, attempt: u32) -> PathBuf {
         self.log_dir
