@@ -98,7 +98,7 @@ struct SubmitBody {
 }
 
 impl Api {
-    async fn ask(&self, q: Query) -> Option<Reply> {
+    pub(crate) async fn ask(&self, q: Query) -> Option<Reply> {
         let (reply, rx) = oneshot::channel();
         self.driver.tx.send(Msg::Query { q, reply }).await.ok()?;
         rx.await.ok().flatten()
@@ -182,6 +182,15 @@ impl Api {
                 match (&method, rest) {
                     (&Method::GET, ["queue"]) => self.ask(Query::Queue { repo }).await,
                     (&Method::GET, ["candidates"]) => self.ask(Query::Candidates { repo }).await,
+                    (&Method::GET, ["candidates", id]) => match id.parse() {
+                        Ok(id) => self.ask(Query::Candidate { repo, id }).await,
+                        Err(_) => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                format!("candidate id {id:?} is not a number"),
+                            )
+                        }
+                    },
                     (&Method::POST, ["changes"]) => return self.submit(req, repo).await,
                     (&Method::GET, ["changes", id]) => match id.parse() {
                         Ok(id) => self.ask(Query::Change { repo, id }).await,
@@ -215,12 +224,14 @@ impl Api {
                     }
                 }
             }
-            _ => {
+            // The API's own namespaces answer JSON; every other path is the web UI's.
+            (_, ["api" | "metrics", ..]) => {
                 return error(
                     StatusCode::NOT_FOUND,
                     format!("no route for {method} {path}"),
                 )
             }
+            _ => return crate::shell::ui::route(self, req).await,
         };
         match reply {
             Some(Reply::Json(v)) => json_resp(StatusCode::OK, v),

@@ -38,6 +38,11 @@ pub enum Query {
     Candidates {
         repo: String,
     },
+    /// One candidate with its rebuild set (the web UI's candidate page).
+    Candidate {
+        repo: String,
+        id: crate::core::CandId,
+    },
     Events {
         after: i64,
     },

@@ -14,3 +14,4 @@ pub mod serve;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod ui;

@@ -30,7 +30,7 @@ pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Va
     })
 }
 
-fn candidate_json(k: &crate::core::Candidate) -> Value {
+pub(crate) fn candidate_json(k: &crate::core::Candidate) -> Value {
     json!({
         "id": k.id,
         "branch": k.branch,
@@ -88,6 +88,9 @@ pub fn answer(config: &Config, core: &Core, store: &Store, q: Query) -> Option<R
                 .map(candidate_json)
                 .collect(),
         )),
+        Query::Candidate { repo, id } => {
+            Reply::Json(crate::shell::ui::twin::candidate(core, store, &repo, id)?)
+        }
         Query::Events { after } => {
             let events = store.events_after(after, 500).ok()?;
             Reply::Json(Value::Array(
