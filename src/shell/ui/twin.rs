@@ -27,11 +27,18 @@ fn job(core: &Core, store: &Store, key: &JobKey, drv: &str, base_drv: Option<&st
             None => ("not built".to_string(), None),
         },
     };
+    // What the base's version of the job did: a failure here that also fails there is
+    // not newly broken.
+    let base_state = base_drv.map(|b| core.memo(b).map_or("not built", |m| m.class.as_str()));
+    let failing = !matches!(state.as_str(), "success" | "building" | "queued" | "not built");
+    let newly_broken = failing && base_state.is_none_or(|b| b == "success");
     json!({
         "attr": key.attr,
         "system": key.system,
         "drv": drv,
         "base_drv": base_drv,
+        "base_state": base_state,
+        "newly_broken": newly_broken,
         "state": state,
         "builder": builder,
         "attempts": attempts.len(),

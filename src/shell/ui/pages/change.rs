@@ -139,17 +139,21 @@ pub fn candidate(now_ms: i64, repo: &str, k: &Value, changes: &BTreeMap<u64, Val
                 "evaluations" => "Added and changed jobs, from the stored evaluations of the base and the candidate.",
                 _ => "Not known until the candidate and its base are evaluated.",
             }
-            " The newly-broken report (jobs that build on the base and fail here) is the rows marked failed."
         }
+        @let newly: Vec<&Value> = jobs.iter().filter(|j| j["newly_broken"] == true).collect();
+        h3 { "Newly broken (" (newly.len()) ")" }
+        @if newly.is_empty() { p { "Nothing that builds on the base fails here." } }
+        @else { p { @for j in &newly { code { (s(j, "attr")) } " (" (s(j, "system")) ") " } } }
         @if !jobs.is_empty() {
             table.jobs {
-                thead { tr { th { "job" } th { "system" } th { "state" } th { "builder" } th { "derivation" } th { "log" } } }
+                thead { tr { th { "job" } th { "system" } th { "state" } th { "on the base" } th { "builder" } th { "derivation" } th { "log" } } }
                 tbody {
                     @for j in jobs.iter().take(MAX_JOBS) {
                         tr {
                             td { (s(j, "attr")) }
                             td { (s(j, "system")) }
                             td { (badge(s(j, "state"))) }
+                            td { @if let Some(b) = j["base_state"].as_str() { (b) } @else { span.muted { "new" } } }
                             td { code { (s(j, "builder")) } }
                             td { code title=(s(j, "drv")) { (s(j, "drv").trim_start_matches("/nix/store/")) } }
                             td { @if let Some(l) = j["log"].as_str() { a href=(l) { "log" } } }
