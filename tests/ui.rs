@@ -56,7 +56,10 @@ impl ChromeDriver {
             .expect("start chromedriver");
         let t = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(30), "chromedriver did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "chromedriver did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         ChromeDriver { child, port }
@@ -125,7 +128,14 @@ impl Visit<'_> {
         assert_eq!(ct, "text/html; charset=utf-8", "{path}");
         self.c.goto(&url).await.unwrap();
         let src = self.c.source().await.unwrap();
-        let text = self.c.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
+        let text = self
+            .c
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         for e in expect {
             assert!(text.contains(e), "{path} does not show {e:?}:\n{text}");
         }
@@ -169,7 +179,11 @@ async fn submit(h: &Harness, branch: &str, title: &str, author: &str) -> u64 {
 }
 
 async fn builder_state(h: &Harness, uri: &str) -> String {
-    let v = h.client.ok(Method::GET, "/api/v1/builders", None).await.unwrap();
+    let v = h
+        .client
+        .ok(Method::GET, "/api/v1/builders", None)
+        .await
+        .unwrap();
     v.as_array()
         .unwrap()
         .iter()
@@ -194,28 +208,35 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     h.add_channel(&ChannelSpec::default()).unwrap();
     let leaves = h.set.healthy_leaves();
     let (good, bad, evil, slow) = (&leaves[0], &leaves[1], &leaves[2], &leaves[3]);
-    h.change("good", "good", |s| s.bump(good).map(|_| ())).unwrap();
+    h.change("good", "good", |s| s.bump(good).map(|_| ()))
+        .unwrap();
     h.change("bad", "bad", |s| {
         s.bump(bad)?;
         s.break_build(bad)
     })
     .unwrap();
-    h.change("evil", "evil", |s| s.bump(evil).map(|_| ())).unwrap();
+    h.change("evil", "evil", |s| s.bump(evil).map(|_| ()))
+        .unwrap();
     let version = never_built_version();
     h.change("slow", "slow", |s| {
         s.set_version(slow, &version)?;
         s.set_sleep(slow, 90.0)
     })
     .unwrap();
-    h.change("later1", "later1", |s| s.bump(&leaves[4]).map(|_| ())).unwrap();
-    h.change("later2", "later2", |s| s.bump(&leaves[5]).map(|_| ())).unwrap();
+    h.change("later1", "later1", |s| s.bump(&leaves[4]).map(|_| ()))
+        .unwrap();
+    h.change("later2", "later2", |s| s.bump(&leaves[5]).map(|_| ()))
+        .unwrap();
     h.start_server().await.unwrap();
 
     // Landed and rejected changes, and the channel following master.
     let good_id = submit(&h, "good", &format!("{good}: update"), "alice").await;
     let bad_id = submit(&h, "bad", &format!("{bad}: update (breaks)"), "bob").await;
     let evil_id = submit(&h, "evil", EVIL, "<b>mallory</b>").await;
-    let finals = h.wait_final(&[good_id, bad_id, evil_id], LONG).await.unwrap();
+    let finals = h
+        .wait_final(&[good_id, bad_id, evil_id], LONG)
+        .await
+        .unwrap();
     assert_eq!(common::state(&finals[1]), "rejected", "{}", finals[1]);
     let master = h.upstream_head("master").unwrap();
     h.wait_channel("unstable", LONG, |v| v["rev"].as_str() == Some(&master))
@@ -225,13 +246,23 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     let slow_id = submit(&h, "slow", &format!("{slow}: update (slow build)"), "carol").await;
     let t = Instant::now();
     let testing = loop {
-        let q = h.client.ok(Method::GET, "/api/v1/repos/pkgs/queue", None).await.unwrap();
-        if let Some(k) = q["branches"][0]["testing"].as_array().and_then(|t| t.first()) {
+        let q = h
+            .client
+            .ok(Method::GET, "/api/v1/repos/pkgs/queue", None)
+            .await
+            .unwrap();
+        if let Some(k) = q["branches"][0]["testing"]
+            .as_array()
+            .and_then(|t| t.first())
+        {
             if k["phase"] == "building" {
                 break k["id"].as_u64().unwrap();
             }
         }
-        assert!(t.elapsed() < LONG, "the slow change never started building: {q}");
+        assert!(
+            t.elapsed() < LONG,
+            "the slow change never started building: {q}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let q1 = submit(&h, "later1", "later one", "dave").await;
@@ -251,62 +282,166 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
         shots,
     };
 
-    v.page("/", &["pkgs", "master", "unstable", "local", "ssh-ng://b1"], Some("overview")).await;
+    v.page(
+        "/",
+        &["pkgs", "master", "unstable", "local", "ssh-ng://b1"],
+        Some("overview"),
+    )
+    .await;
     v.page(
         "/repos/pkgs",
-        &[&format!("Candidate {testing}"), "Queued (2)", "later one", "later two", "dave", "carol", "Mass-rebuild stage"],
+        &[
+            &format!("Candidate {testing}"),
+            "Queued (2)",
+            "later one",
+            "later two",
+            "dave",
+            "carol",
+            "Mass-rebuild stage",
+        ],
         Some("queue"),
     )
     .await;
     // The change titled like a script: escaped in the source, shown as text, never run.
     let src = v
-        .page(&format!("/repos/pkgs/changes/{evil_id}"), &[EVIL, "<b>mallory</b>", "merged"], None)
+        .page(
+            &format!("/repos/pkgs/changes/{evil_id}"),
+            &[EVIL, "<b>mallory</b>", "merged"],
+            None,
+        )
         .await;
     assert!(!src.contains(EVIL), "the title is not escaped");
-    assert!(src.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{src}");
+    assert!(
+        src.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{src}"
+    );
     assert!(c.get_alert_text().await.is_err(), "a script ran");
     let queue_src = fetch(&format!("{}/repos/pkgs", v.base)).await.2;
-    assert!(!queue_src.contains("<b>mallory"), "an author is not escaped");
+    assert!(
+        !queue_src.contains("<b>mallory"),
+        "an author is not escaped"
+    );
     // The rejected change: its failing job, the log tail, a full log that opens.
     v.page(
         &format!("/repos/pkgs/changes/{bad_id}"),
-        &["rejected", "bob", bad, "Log tail", "FIXTURE-BUILD-FAILURE", "Full logs of"],
+        &[
+            "rejected",
+            "bob",
+            bad,
+            "Log tail",
+            "FIXTURE-BUILD-FAILURE",
+            "Full logs of",
+        ],
         Some("change"),
     )
     .await;
-    v.page(&format!("/repos/pkgs/changes/{good_id}"), &["merged", "landed in", "alice"], None).await;
-    v.page(&format!("/repos/pkgs/changes/{q1}"), &["queued", "later one"], None).await;
-    v.page(&format!("/repos/pkgs/changes/{slow_id}"), &["testing", &format!("candidate {testing}")], None).await;
-    v.page(&format!("/repos/pkgs/candidates/{testing}"), &["Rebuild set", slow, "building"], Some("candidate")).await;
+    v.page(
+        &format!("/repos/pkgs/changes/{good_id}"),
+        &["merged", "landed in", "alice"],
+        None,
+    )
+    .await;
+    v.page(
+        &format!("/repos/pkgs/changes/{q1}"),
+        &["queued", "later one"],
+        None,
+    )
+    .await;
+    v.page(
+        &format!("/repos/pkgs/changes/{slow_id}"),
+        &["testing", &format!("candidate {testing}")],
+        None,
+    )
+    .await;
+    v.page(
+        &format!("/repos/pkgs/candidates/{testing}"),
+        &["Rebuild set", slow, "building"],
+        Some("candidate"),
+    )
+    .await;
     let first = finals[1]["candidate"].as_u64().unwrap();
-    v.page(&format!("/repos/pkgs/candidates/{first}"), &["Rebuild set", bad, "failed"], None).await;
+    v.page(
+        &format!("/repos/pkgs/candidates/{first}"),
+        &["Rebuild set", bad, "failed"],
+        None,
+    )
+    .await;
     v.page("/channels", &["unstable"], None).await;
-    v.page("/channels/unstable", &["unstable", &master[..12], "History"], Some("channel")).await;
-    v.page("/events", &["landed", &format!("rejected #{bad_id}")], Some("events")).await;
-    v.page("/repos/pkgs/broken", &["broken registry"], None).await;
+    v.page(
+        "/channels/unstable",
+        &["unstable", &master[..12], "History"],
+        Some("channel"),
+    )
+    .await;
+    v.page(
+        "/events",
+        &["landed", &format!("rejected #{bad_id}")],
+        Some("events"),
+    )
+    .await;
+    v.page("/repos/pkgs/broken", &["broken registry"], None)
+        .await;
     let b1_uri = b1.uri();
-    v.page("/builders", &["local", "ssh-ng://b1", "drain"], Some("builders")).await;
+    v.page(
+        "/builders",
+        &["local", "ssh-ng://b1", "drain"],
+        Some("builders"),
+    )
+    .await;
 
     // Unknown pages are HTML 404s; the API keeps its JSON 404s.
     let (status, ct, _) = fetch(&format!("{}/no/such/page", v.base)).await;
     assert_eq!((status, ct.as_str()), (404, "text/html; charset=utf-8"));
     let (status, ct, _) = fetch(&format!("{}/api/v1/nope", v.base)).await;
     assert_eq!((status, ct.as_str()), (404, "application/json"));
-    let (_, _, twin) = fetch(&format!("{}/api/v1/repos/pkgs/candidates/{testing}", v.base)).await;
+    let (_, _, twin) = fetch(&format!(
+        "{}/api/v1/repos/pkgs/candidates/{testing}",
+        v.base
+    ))
+    .await;
     let twin: Value = serde_json::from_str(&twin).unwrap();
-    assert!(twin["rebuild"].as_array().is_some_and(|r| !r.is_empty()), "{twin}");
+    assert!(
+        twin["rebuild"].as_array().is_some_and(|r| !r.is_empty()),
+        "{twin}"
+    );
 
     // Drain without the token (a wrong one): refused, nothing changes.
-    let form = format!("//form[@action='/builders/drain' and input[@name='uri' and @value='{b1_uri}']]");
+    let form =
+        format!("//form[@action='/builders/drain' and input[@name='uri' and @value='{b1_uri}']]");
     let press = |token: String, xpath: String| {
         let c = c.clone();
         let base = v.base.clone();
         async move {
             c.goto(&format!("{base}/builders")).await.unwrap();
             let f = c.find(Locator::XPath(&xpath)).await.unwrap();
-            f.find(Locator::Css("input[name=token]")).await.unwrap().send_keys(&token).await.unwrap();
-            f.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
-            c.find(Locator::Css("body")).await.unwrap().text().await.unwrap()
+            f.find(Locator::Css("input[name=token]"))
+                .await
+                .unwrap()
+                .send_keys(&token)
+                .await
+                .unwrap();
+            f.find(Locator::Css("button"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            // The answer replaces the page: wait for it (the old body goes stale).
+            let t = Instant::now();
+            loop {
+                if let Ok(b) = c.find(Locator::Css("body")).await {
+                    if let Ok(text) = b.text().await {
+                        if text.contains("Refused") || text.contains("Done:") {
+                            return text;
+                        }
+                    }
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "no answer to the form"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     let text = press("not-the-token".into(), form.clone()).await;
@@ -334,11 +469,15 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     let text = press(h.token.clone(), form).await;
     assert!(text.contains("Done: drained"), "{text}");
     assert_eq!(builder_state(&h, &b1_uri).await, "draining");
-    let back = format!("//form[@action='/builders/undrain' and input[@name='uri' and @value='{b1_uri}']]");
+    let back =
+        format!("//form[@action='/builders/undrain' and input[@name='uri' and @value='{b1_uri}']]");
     let text = press(h.token.clone(), back).await;
     assert!(text.contains("Done: returned"), "{text}");
     assert_ne!(builder_state(&h, &b1_uri).await, "draining");
-    assert!(!c.source().await.unwrap().contains(&h.token), "the token shows after posting");
+    assert!(
+        !c.source().await.unwrap().contains(&h.token),
+        "the token shows after posting"
+    );
     let _ = q2;
     c.close().await.unwrap();
 }

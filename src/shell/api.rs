@@ -180,7 +180,28 @@ impl Api {
                 }
                 let repo = repo.to_string();
                 match (&method, rest) {
-                    (&Method::GET, ["queue"]) => self.ask(Query::Queue { repo }).await,
+                    (&Method::GET, ["queue"]) => match query_param(&query, "limit") {
+                        None => self.ask(Query::Queue { repo }).await,
+                        Some(limit) => {
+                            let num = |v: Option<String>| v.map_or(Some(0), |v| v.parse().ok());
+                            let (Some(limit), Some(offset)) =
+                                (num(Some(limit)), num(query_param(&query, "offset")))
+                            else {
+                                return error(
+                                    StatusCode::BAD_REQUEST,
+                                    "offset and limit must be numbers",
+                                );
+                            };
+                            let branch = query_param(&query, "branch");
+                            let q = Query::QueuePage {
+                                repo,
+                                branch,
+                                offset,
+                                limit,
+                            };
+                            self.ask(q).await
+                        }
+                    },
                     (&Method::GET, ["candidates"]) => self.ask(Query::Candidates { repo }).await,
                     (&Method::GET, ["candidates", id]) => match id.parse() {
                         Ok(id) => self.ask(Query::Candidate { repo, id }).await,

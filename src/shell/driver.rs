@@ -38,6 +38,13 @@ pub enum Query {
     Candidates {
         repo: String,
     },
+    /// One page of a queue: `limit` queued changes from `offset` (of `branch`, or each).
+    QueuePage {
+        repo: String,
+        branch: Option<String>,
+        offset: usize,
+        limit: usize,
+    },
     /// One candidate with its rebuild set (the web UI's candidate page).
     Candidate {
         repo: String,

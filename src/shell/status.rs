@@ -88,6 +88,9 @@ pub fn answer(config: &Config, core: &Core, store: &Store, q: Query) -> Option<R
                 .map(candidate_json)
                 .collect(),
         )),
+        Query::QueuePage { repo, branch, offset, limit } => Reply::Json(
+            crate::shell::ui::twin::queue_page(config, core, &repo, branch.as_deref(), offset, limit)?,
+        ),
         Query::Candidate { repo, id } => {
             Reply::Json(crate::shell::ui::twin::candidate(core, store, &repo, id)?)
         }

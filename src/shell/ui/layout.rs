@@ -51,11 +51,11 @@ pub fn when(now_s: i64, secs: i64) -> Markup {
 /// A state or phase as a coloured label; the class is chosen from a fixed set.
 pub fn badge(state: &str) -> Markup {
     let class = match state {
-        "merged" | "success" | "up" | "landed" | "passed" => "ok",
+        "merged" | "success" | "up" | "landed" | "passed" | "up to date" => "ok",
         "rejected" | "failed" | "eval-error" | "missing" | "quarantined" | "timed-out"
-        | "dependency-failed" => "bad",
+        | "dependency-failed" | "blocked" => "bad",
         "testing" | "building" | "evaluating" | "preparing" | "attributing" | "landing"
-        | "queued" | "draining" => "busy",
+        | "queued" | "draining" | "waiting" => "busy",
         _ => "idle",
     };
     html! { span class={ "badge " (class) } { (state) } }

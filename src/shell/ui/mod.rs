@@ -8,6 +8,7 @@
 //! `Origin` is another site, or whose `Sec-Fetch-Site` says cross-site, is refused before
 //! the token is even looked at.
 
+pub mod bench;
 pub mod layout;
 pub mod pages;
 pub mod twin;
@@ -186,8 +187,20 @@ async fn queue_page(api: &Api, repo: &str, query: &str, now: i64) -> Resp {
         return not_found(&format!("/repos/{repo}"));
     }
     let repo = repo.to_string();
+    let page: usize = param(query, "page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let branch = param(query, "branch");
+    // Only the page shown is turned into JSON, however long the queue.
+    let q = Query::QueuePage {
+        repo: repo.clone(),
+        branch: branch.clone(),
+        offset: (page - 1).saturating_mul(PER_PAGE),
+        limit: PER_PAGE,
+    };
     let (Some(queue), Some(candidates)) = (
-        ask(api, Query::Queue { repo: repo.clone() }).await,
+        ask(api, q).await,
         ask(api, Query::Candidates { repo: repo.clone() }).await,
     ) else {
         return not_found(&format!("/repos/{repo}"));
@@ -218,12 +231,7 @@ async fn queue_page(api: &Api, repo: &str, query: &str, now: i64) -> Resp {
             }
         }
     }
-    let page = pages::queue::Paging {
-        branch: param(query, "branch"),
-        page: param(query, "page")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(1),
-    };
+    let page = pages::queue::Paging { branch, page };
     let view = pages::queue::QueueView {
         queue: &queue,
         candidates: &candidates,

@@ -1,12 +1,14 @@
-//! The one JSON view the pages need that no earlier query answered: a candidate with
-//! its rebuild set, each job's build state and builder (`Query::Candidate`, served at
-//! `GET /api/v1/repos/{repo}/candidates/{id}`). Computed on the driver task like every
-//! other answer.
+//! The JSON views the pages need that no earlier query answered, computed on the driver
+//! task like every other answer: a candidate with its rebuild set, each job's build state
+//! and builder (`Query::Candidate`, `GET /api/v1/repos/{repo}/candidates/{id}`), and one
+//! page of a queue (`Query::QueuePage`, `GET /api/v1/repos/{repo}/queue?limit=N`), so a
+//! queue of ten thousand changes is not turned into JSON to show fifty.
 
 use serde_json::{json, Value};
 
 use crate::core::evaluation::{diff, Evaluation, JobKey};
 use crate::core::Core;
+use crate::shell::config::Config;
 use crate::shell::store::Store;
 
 /// One job of the rebuild set and what became of its build.
@@ -30,7 +32,10 @@ fn job(core: &Core, store: &Store, key: &JobKey, drv: &str, base_drv: Option<&st
     // What the base's version of the job did: a failure here that also fails there is
     // not newly broken.
     let base_state = base_drv.map(|b| core.memo(b).map_or("not built", |m| m.class.as_str()));
-    let failing = !matches!(state.as_str(), "success" | "building" | "queued" | "not built");
+    let failing = !matches!(
+        state.as_str(),
+        "success" | "building" | "queued" | "not built"
+    );
     let newly_broken = failing && base_state.is_none_or(|b| b == "success");
     json!({
         "attr": key.attr,
@@ -107,4 +112,44 @@ pub fn candidate(core: &Core, store: &Store, repo: &str, id: u64) -> Option<Valu
     v["rebuild_source"] = json!(source);
     v["rebuild"] = Value::Array(rebuild);
     Some(v)
+}
+
+/// `/queue`'s answer with, per branch, `queued` cut to `limit` changes from `offset` (for
+/// `branch`, or every branch when `None`; the others start at 0), and `queued_total`.
+pub fn queue_page(
+    config: &Config,
+    core: &Core,
+    repo: &str,
+    branch: Option<&str>,
+    offset: usize,
+    limit: usize,
+) -> Option<Value> {
+    let r = config.repo(repo)?;
+    let branches: Vec<Value> = r
+        .branches
+        .iter()
+        .map(|b| {
+            let name = b.name.get_ref();
+            let testing: Vec<Value> = core
+                .candidates()
+                .filter(|k| {
+                    k.repo == repo && &k.branch == name && k.phase != crate::core::Phase::Done
+                })
+                .map(crate::shell::status::candidate_json)
+                .collect();
+            let all = core.queue(repo, name);
+            let from = if branch.is_none_or(|x| x == name) {
+                offset.min(all.len())
+            } else {
+                0
+            };
+            let queued: Vec<Value> = all[from..(from + limit).min(all.len())]
+                .iter()
+                .map(|c| crate::shell::status::change_json(c, None))
+                .collect();
+            json!({ "branch": name, "testing": testing, "queued": queued,
+                    "queued_total": all.len(), "offset": from })
+        })
+        .collect();
+    Some(json!({ "repo": repo, "branches": branches }))
 }

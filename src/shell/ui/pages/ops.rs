@@ -26,8 +26,7 @@ pub fn builders(v: &Value, done: Option<&str>) -> Markup {
         table.builders {
             thead { tr {
                 th { "builder" } th { "state" } th { "implementation" } th { "systems" }
-                th { "running" }
-                @for c in CLASSES { th { (c) } }
+                th { "running" } th { "attempts by outcome" }
                 th { "infrastructure failures in a row" } th { "last error" } th { "action" }
             } }
             tbody {
@@ -35,12 +34,17 @@ pub fn builders(v: &Value, done: Option<&str>) -> Markup {
                     @let uri = s(b, "uri");
                     @let state = s(b, "state");
                     tr {
-                        td { code { (uri) } }
+                        td.uri { code { (uri) } }
                         td { (badge(state)) }
                         td { (s(b, "implementation")) " " (s(b, "version")) }
                         td { @for sys in list(b, "systems") { (sys.as_str().unwrap_or("")) " " } }
                         td.num { (u(b, "running").unwrap_or(0)) " / " (u(b, "max_jobs").unwrap_or(0)) }
-                        @for c in CLASSES { td.num { (b["attempts"][c].as_u64().unwrap_or(0)) } }
+                        td {
+                            @for c in CLASSES {
+                                @let n = b["attempts"][c].as_u64().unwrap_or(0);
+                                @if n > 0 { span.count { (c) " " (n) } " " }
+                            }
+                        }
                         td.num { (u(b, "consecutive_infrastructure_failures").unwrap_or(0)) }
                         td { @if let Some(e) = b["last_error"].as_str() { pre.small { (e) } } }
                         td {

@@ -14,6 +14,10 @@ pub fn overview(now_ms: i64, queues: &[Value], channels: &Value, builders: &Valu
     let body = html! {
         section {
             h2 { "Repositories" }
+            p.muted {
+                "JSON: "
+                @for q in queues { a href={ "/api/v1/repos/" (seg(s(q, "repo"))) "/queue" } { (s(q, "repo")) " queue" } " " }
+            }
             table {
                 thead { tr { th { "repository" } th { "branch" } th { "testing" } th { "queued" } } }
                 tbody {
@@ -41,6 +45,7 @@ pub fn overview(now_ms: i64, queues: &[Value], channels: &Value, builders: &Valu
         }
         section {
             h2 { a href="/channels" { "Channels" } }
+            p.muted { "JSON: " a href="/api/v1/channels" { "channels" } }
             @if list_of(channels).is_empty() { p.muted { "No channels are configured." } }
             @else {
                 table {
@@ -60,6 +65,7 @@ pub fn overview(now_ms: i64, queues: &[Value], channels: &Value, builders: &Valu
         }
         section {
             h2 { a href="/builders" { "Builders" } }
+            p.muted { "JSON: " a href="/api/v1/builders" { "builders" } }
             table {
                 thead { tr { th { "builder" } th { "state" } th { "running" } th { "implementation" } } }
                 tbody {
@@ -171,14 +177,21 @@ fn branch(
 ) -> Markup {
     let name = s(b, "branch");
     let queued = list(b, "queued");
-    let pages = queued.len().div_ceil(PER_PAGE).max(1);
-    let page = if paging.branch.as_deref().is_none_or(|p| p == name) {
-        paging.page.clamp(1, pages)
-    } else {
-        1
+    // A page of the queue (`queued_total` set) is shown as it is; a whole queue is cut here.
+    let total = u(b, "queued_total").map_or(queued.len(), |t| t as usize);
+    let pages = total.div_ceil(PER_PAGE).max(1);
+    let (page, shown) = match u(b, "offset") {
+        Some(offset) => (offset as usize / PER_PAGE + 1, queued),
+        None => {
+            let page = if paging.branch.as_deref().is_none_or(|p| p == name) {
+                paging.page.clamp(1, pages)
+            } else {
+                1
+            };
+            let from = ((page - 1) * PER_PAGE).min(total);
+            (page, &queued[from..(page * PER_PAGE).min(total)])
+        }
     };
-    let shown =
-        &queued[((page - 1) * PER_PAGE).min(queued.len())..(page * PER_PAGE).min(queued.len())];
     let typical = typical_ms(v.candidates, name);
     html! {
         section.branch id={ "branch-" (name) } {
@@ -192,8 +205,8 @@ fn branch(
             @for k in list(b, "testing") {
                 (in_flight(now_ms, repo, k, v, typical))
             }
-            h3 { "Queued (" (queued.len()) ")" }
-            @if queued.is_empty() { p { "No change is waiting." } }
+            h3 { "Queued (" (total) ")" }
+            @if total == 0 { p { "No change is waiting." } }
             @else {
                 table.queue {
                     thead { tr {
