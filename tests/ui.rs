@@ -481,3 +481,61 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     let _ = q2;
     c.close().await.unwrap();
 }
+
+/// GET with an `Authorization` header: the status.
+async fn fetch_as(url: &str, auth: &str) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = hyper::Request::get(url)
+        .header("authorization", auth)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    client.request(req).await.unwrap().status().as_u16()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |acc, &b| acc << 8 | b as u32) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_require_token_the_pages_need_the_token() {
+    common::require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = BranchOpts {
+        extra_toml: "[ui]\nrequire_token = true\n".into(),
+        ..BranchOpts::default()
+    };
+    let mut h = harness(dir.path(), 20, 12, opts);
+    h.start_server().await.unwrap();
+    let base = format!("http://{}", h.listen);
+    let (status, _, body) = fetch(&format!("{base}/repos/pkgs")).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains(&h.token));
+    let basic = format!(
+        "Basic {}",
+        base64(format!("operator:{}", h.token).as_bytes())
+    );
+    assert_eq!(fetch_as(&format!("{base}/repos/pkgs"), &basic).await, 200);
+    let bearer = format!("Bearer {}", h.token);
+    assert_eq!(fetch_as(&format!("{base}/builders"), &bearer).await, 200);
+    let wrong = format!("Basic {}", base64(b"operator:wrong"));
+    assert_eq!(fetch_as(&format!("{base}/"), &wrong).await, 401);
+    // The stylesheet stays readable (the 401 page uses it); the JSON API is unchanged.
+    assert_eq!(fetch(&format!("{base}/assets/style.css")).await.0, 200);
+    assert_eq!(
+        fetch(&format!("{base}/api/v1/repos/pkgs/queue")).await.0,
+        200
+    );
+}

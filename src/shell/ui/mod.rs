@@ -122,6 +122,19 @@ pub async fn route(api: &Api, req: Request<Incoming>) -> Resp {
             pages::ops::message("Method not allowed", "These pages are read with GET."),
         );
     }
+    if api.config.ui.require_token && !reader(api, &req) && parts.first() != Some(&"assets") {
+        let mut r = html(
+            StatusCode::UNAUTHORIZED,
+            pages::ops::message("Token required", "These pages need the API token."),
+        );
+        r.headers_mut().insert(
+            "www-authenticate",
+            "Basic realm=\"mergequeue\", charset=\"UTF-8\""
+                .parse()
+                .expect("header"),
+        );
+        return r;
+    }
     let now = now_ms();
     match parts.as_slice() {
         [] => overview(api, now).await,
@@ -320,6 +333,34 @@ async fn events_page(api: &Api, query: &str) -> Resp {
         }
     }
     html(StatusCode::OK, pages::ops::events(&events, after))
+}
+
+/// Whether a request carries the API token, as `Bearer TOKEN` or as the password of
+/// HTTP Basic (which a browser asks for by itself): `[ui] require_token`.
+fn reader(api: &Api, req: &Request<Incoming>) -> bool {
+    let Some(token) = &api.token else {
+        return false;
+    };
+    let Some(h) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let given = if let Some(t) = h.strip_prefix("Bearer ") {
+        t.as_bytes().to_vec()
+    } else if let Some(b) = h.strip_prefix("Basic ") {
+        let pair = layout::base64_decode(b.trim()).unwrap_or_default();
+        match pair.iter().position(|&c| c == b':') {
+            Some(i) => pair[i + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    // Constant-time comparison, as for the API.
+    bool::from(given.ct_eq(token.as_bytes()))
 }
 
 /// Whether a state-changing request comes from this site's own pages. Browsers send
