@@ -48,8 +48,11 @@ impl ChromeDriver {
             .unwrap()
             .port();
         let log = std::fs::File::create(log).unwrap();
+        use std::os::unix::process::CommandExt;
+        // Its own process group, so that the browsers it starts go with it.
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -68,7 +71,8 @@ impl ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: signalling the process group of the child we spawned, by its PID.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -228,6 +232,8 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     h.change("later2", "later2", |s| s.bump(&leaves[5]).map(|_| ()))
         .unwrap();
     h.start_server().await.unwrap();
+    let started = Instant::now();
+    let stage = |what: &str| eprintln!("[{:6.1} s] {what}", started.elapsed().as_secs_f64());
 
     // Landed and rejected changes, and the channel following master.
     let good_id = submit(&h, "good", &format!("{good}: update"), "alice").await;
@@ -238,11 +244,13 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(common::state(&finals[1]), "rejected", "{}", finals[1]);
+    stage("landed and rejected");
     let master = h.upstream_head("master").unwrap();
     h.wait_channel("unstable", LONG, |v| v["rev"].as_str() == Some(&master))
         .await
         .unwrap();
     // A testing change (a slow build) and two queued behind it.
+    stage("channel advanced");
     let slow_id = submit(&h, "slow", &format!("{slow}: update (slow build)"), "carol").await;
     let t = Instant::now();
     let testing = loop {
@@ -268,6 +276,7 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     let q1 = submit(&h, "later1", "later one", "dave").await;
     let q2 = submit(&h, "later2", "later two", "erin").await;
 
+    stage("testing and queued");
     let chromedriver = ChromeDriver::start(&dir.path().join("chromedriver.log"));
     let c = browser(&chromedriver, &dir.path().join("profile")).await;
     let shots = match std::env::var_os("MERGEQUEUE_UI_SCREENSHOTS") {
@@ -389,6 +398,7 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     )
     .await;
 
+    stage("pages checked");
     // Unknown pages are HTML 404s; the API keeps its JSON 404s.
     let (status, ct, _) = fetch(&format!("{}/no/such/page", v.base)).await;
     assert_eq!((status, ct.as_str()), (404, "text/html; charset=utf-8"));
@@ -480,6 +490,7 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     );
     let _ = q2;
     c.close().await.unwrap();
+    stage("drain checked");
 }
 
 /// GET with an `Authorization` header: the status.
