@@ -388,6 +388,25 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
         Some("events"),
     )
     .await;
+    // With JavaScript the events page appends new events as they happen.
+    let live = submit(&h, "later1", "arrives while the page is open", "frank").await;
+    let t = Instant::now();
+    loop {
+        let table = c.find(Locator::Css("table.events")).await.unwrap();
+        if table
+            .text()
+            .await
+            .unwrap()
+            .contains(&format!("queued #{live}"))
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the events page did not refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     v.page("/repos/pkgs/broken", &["broken registry"], None)
         .await;
     let b1_uri = b1.uri();
