@@ -276,7 +276,29 @@ async fn every_route_answers_and_bad_input_is_refused() {
     assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.json());
     assert_eq!(cancelled.json()["state"], "cancelled");
 
-    // Anything else: 404 naming the route.
+    // One page of the queue, and a candidate that does not exist.
+    let page = r.get("/api/v1/repos/pkgs/queue?limit=1&offset=0").await;
+    assert_eq!(page.status, StatusCode::OK, "{:?}", page.json());
+    assert_eq!(
+        r.get("/api/v1/repos/pkgs/candidates/99999").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The web UI on the same router: HTML pages, HTML 404s.
+    let home = r.get("/").await;
+    assert_eq!(home.status, StatusCode::OK);
+    assert!(
+        home.content_type.starts_with("text/html"),
+        "{}",
+        home.content_type
+    );
+    let queue = r.get("/repos/pkgs").await;
+    assert_eq!(queue.status, StatusCode::OK);
+    let missing = r.get("/no-such-page").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.content_type.starts_with("text/html"));
+
+    // Anything else under /api: 404 naming the route.
     let none = r.get("/api/v1/nothing-here").await;
     assert_eq!(none.status, StatusCode::NOT_FOUND);
     assert!(none.json()["error"]

@@ -20,6 +20,9 @@ use crate::shell::config::Config;
 use crate::shell::driver::{Handle, Msg};
 use crate::shell::status::{change_json, Query, Reply};
 
+/// The web UI: HTML pages on the same router, beside the JSON API.
+pub mod ui;
+
 pub struct Api {
     pub config: Config,
     pub token: Option<String>,
@@ -27,7 +30,7 @@ pub struct Api {
 }
 
 type Resp = Response<Full<Bytes>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn json_resp(status: StatusCode, v: Value) -> Resp {
     Response::builder()
@@ -99,7 +102,7 @@ struct SubmitBody {
 }
 
 impl Api {
-    async fn ask(&self, q: Query) -> Option<Reply> {
+    pub(crate) async fn ask(&self, q: Query) -> Option<Reply> {
         let (reply, rx) = oneshot::channel();
         self.driver.tx.send(Msg::Query { q, reply }).await.ok()?;
         rx.await.ok().flatten()
@@ -187,8 +190,38 @@ impl Api {
                 }
                 let repo = repo.to_string();
                 match (&method, rest) {
-                    (&Method::GET, ["queue"]) => self.ask(Query::Queue { repo }).await,
+                    (&Method::GET, ["queue"]) => match query_param(&query, "limit") {
+                        None => self.ask(Query::Queue { repo }).await,
+                        Some(limit) => {
+                            let num = |v: Option<String>| v.map_or(Some(0), |v| v.parse().ok());
+                            let (Some(limit), Some(offset)) =
+                                (num(Some(limit)), num(query_param(&query, "offset")))
+                            else {
+                                return error(
+                                    StatusCode::BAD_REQUEST,
+                                    "offset and limit must be numbers",
+                                );
+                            };
+                            let branch = query_param(&query, "branch");
+                            let q = Query::QueuePage {
+                                repo,
+                                branch,
+                                offset,
+                                limit,
+                            };
+                            self.ask(q).await
+                        }
+                    },
                     (&Method::GET, ["candidates"]) => self.ask(Query::Candidates { repo }).await,
+                    (&Method::GET, ["candidates", id]) => match id.parse() {
+                        Ok(id) => self.ask(Query::Candidate { repo, id }).await,
+                        Err(_) => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                format!("candidate id {id:?} is not a number"),
+                            )
+                        }
+                    },
                     (&Method::POST, ["changes"]) => return self.submit(req, repo).await,
                     (&Method::GET, ["changes", id]) => match id.parse() {
                         Ok(id) => self.ask(Query::Change { repo, id }).await,
@@ -222,12 +255,14 @@ impl Api {
                     }
                 }
             }
-            _ => {
+            // The API's own namespaces answer JSON; every other path is the web UI's.
+            (_, ["api" | "metrics", ..]) => {
                 return error(
                     StatusCode::NOT_FOUND,
                     format!("no route for {method} {path}"),
                 )
             }
+            _ => return ui::route(self, req).await,
         };
         match reply {
             Some(Reply::Json(v)) => json_resp(StatusCode::OK, v),

@@ -56,6 +56,17 @@ pub struct Config {
     pub dispatch: Dispatch,
     #[serde(default)]
     pub channels: Vec<Channel>,
+    #[serde(default)]
+    pub ui: Ui,
+}
+
+/// The web UI (`docs/ui.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ui {
+    /// Read-only pages need the API token too (HTTP Basic, the token as the password).
+    #[serde(default)]
+    pub require_token: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

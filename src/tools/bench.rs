@@ -36,6 +36,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 100)]
         packages: usize,
     },
+    /// The web UI's queue page rendered from a queue of N changes (docs/ui.md).
+    Ui {
+        #[arg(long, default_value_t = 10_000)]
+        changes: usize,
+        #[arg(long, default_value_t = 21)]
+        runs: usize,
+    },
 }
 
 /// A plausible Nixpkgs-like evaluation: nested attribute names, two systems' worth of
@@ -132,6 +139,10 @@ pub async fn run(which: Bench) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Bench::Landing { changes, packages } => landing(changes, packages).await,
+        Bench::Ui { changes, runs } => {
+            println!("{}", crate::shell::api::ui::bench::run(changes, runs)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Bench::Schedule {
             steps,
             builders,

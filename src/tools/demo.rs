@@ -176,7 +176,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     h.start_server().await?;
     println!(
-        "  coordinator listening on http://{} (log: {})\n",
+        "  coordinator listening on http://{0} (web UI: http://{0}/; log: {1})\n",
         h.listen,
         root.join("server.log").display()
     );
@@ -305,7 +305,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     if args.keep {
         println!(
-            "\nThe server keeps running at http://{0}; try:\n  curl http://{0}/api/v1/repos/pkgs/queue\n  curl http://{0}/metrics\n  export MERGEQUEUE_TOKEN={1}\n  {2} status --server {0} --repo pkgs 1\nPress Ctrl-C to stop.",
+            "\nThe server keeps running at http://{0}; open the web UI at http://{0}/ or try:\n  curl http://{0}/api/v1/repos/pkgs/queue\n  curl http://{0}/metrics\n  export MERGEQUEUE_TOKEN={1}\n  {2} status --server {0} --repo pkgs 1\nPress Ctrl-C to stop.",
             h.listen,
             h.token,
             bin.display()

@@ -16,7 +16,7 @@ pub fn require(programs: &[&str]) -> anyhow::Result<()> {
     }
     anyhow::bail!(
         "missing programs: {}. Run `scripts/install-prereqs.sh` as root, or on Debian/Ubuntu: \
-         apt-get install -y nix-bin git busybox-static openssh-server openssh-client",
+         apt-get install -y nix-bin git busybox-static openssh-server openssh-client chromium chromium-driver",
         missing.join(", ")
     )
 }
