@@ -2,6 +2,7 @@
 //! package set in a git repository (a bare "upstream" plus a work clone), a config file,
 //! and the real `mergequeue serve` binary as a child process talking HTTP.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -342,7 +343,10 @@ required = [{required}]
             .create(true)
             .append(true)
             .open(self.root.join("server.log"))?;
+        // Its own process group, so that stopping it also ends the builds it started, as
+        // systemd ends the service's whole cgroup.
         let child = Command::new(&self.bin)
+            .process_group(0)
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -385,6 +389,9 @@ required = [{required}]
             // SAFETY: signalling the child we spawned, by its PID.
             unsafe { libc::kill(child.id() as libc::pid_t, sig) };
             child.wait()?;
+            // SAFETY: the process group of the server we spawned (its PID is the group's
+            // ID): builds it left running.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
         }
         Ok(())
     }
