@@ -64,16 +64,15 @@ pub fn badge(state: &str) -> Markup {
 /// Percent-encodes one path segment (repository and channel names come from the config,
 /// but a link must stay a link whatever they hold).
 pub fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
+
+/// What a path segment keeps as it is: the unreserved characters of RFC 3986.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Splits a rejection reason into what happened and the quoted build log's tail.
 pub fn split_reason(reason: &str) -> (&str, Option<&str>) {
@@ -102,30 +101,6 @@ pub fn drvs_in(text: &str) -> Vec<String> {
         rest = &tail[end.max(1)..];
     }
     out
-}
-
-/// Standard base64 (with or without padding); `None` on any other character.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 pub struct Page<'a> {
@@ -190,8 +165,5 @@ mod tests {
         assert_eq!(span(30), "30 s");
         assert_eq!(span(3600), "60 min");
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(base64_decode("YWRtaW46czNjcjN0").unwrap(), b"admin:s3cr3t");
-        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
-        assert_eq!(base64_decode("a*b"), None);
     }
 }

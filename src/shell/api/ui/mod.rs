@@ -14,6 +14,7 @@ pub mod pages;
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
@@ -71,27 +72,9 @@ async fn ask(api: &Api, q: Query) -> Option<Value> {
 
 /// Percent-decodes a path segment.
 fn decode(seg: &str) -> String {
-    let b = seg.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(seg)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn param(query: &str, name: &str) -> Option<String> {
@@ -355,7 +338,9 @@ fn reader<B>(api: &Api, req: &Request<B>) -> bool {
     let given = if let Some(t) = h.strip_prefix("Bearer ") {
         t.as_bytes().to_vec()
     } else if let Some(b) = h.strip_prefix("Basic ") {
-        let pair = layout::base64_decode(b.trim()).unwrap_or_default();
+        let pair = base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .unwrap_or_default();
         match pair.iter().position(|&c| c == b':') {
             Some(i) => pair[i + 1..].to_vec(),
             None => return false,
