@@ -104,25 +104,25 @@ impl Candidate {
     /// What the database keeps of a candidate: everything but the working state, which a
     /// restart rebuilds by preparing the candidate again.
     pub fn persisted(&self) -> Candidate {
-        Candidate {
-            targets: vec![],
-            pending: Default::default(),
-            eval_blockers: vec![],
-            attribution: None,
-            preexisting: vec![],
-            ..self.clone()
-        }
+        let mut c = self.clone();
+        c.clear_working_state();
+        c
+    }
+
+    /// Forgets what evaluating, building and attributing worked out.
+    fn clear_working_state(&mut self) {
+        self.targets.clear();
+        self.pending.clear();
+        self.eval_blockers.clear();
+        self.attribution = None;
+        self.preexisting.clear();
     }
 
     pub(crate) fn reset_for_prepare(&mut self) {
         self.phase = Phase::Preparing;
         self.base = None;
         self.merged.clear();
-        self.targets.clear();
-        self.pending.clear();
-        self.eval_blockers.clear();
-        self.attribution = None;
-        self.preexisting.clear();
+        self.clear_working_state();
     }
 }
 

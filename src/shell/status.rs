@@ -104,41 +104,28 @@ pub fn answer(config: &Config, core: &Core, store: &Store, q: Query, now: Millis
             let cand = core.candidates().filter(|k| k.changes.contains(&id)).last();
             Reply::Json(change_json(c, cand))
         }
-        Query::Queue { repo } => {
-            let r = config.repo(&repo)?;
-            let branches: Vec<Value> = r
-                .branches
-                .iter()
-                .map(|b| {
-                    let name = b.name.get_ref();
-                    let testing: Vec<Value> = core
-                        .candidates()
-                        .filter(|k| {
-                            k.repo == repo
-                                && &k.branch == name
-                                && k.phase != crate::core::Phase::Done
-                        })
-                        .map(candidate_json)
-                        .collect();
-                    let queued: Vec<Value> = core
-                        .queue(&repo, name)
-                        .into_iter()
-                        .map(|c| change_json(c, None))
-                        .collect();
-                    json!({ "branch": name, "testing": testing, "queued": queued })
-                })
-                .collect();
-            Reply::Json(json!({ "repo": repo, "branches": branches }))
-        }
+        Query::Queue { repo } => Reply::Json(queue_json(config, core, &repo, None)?),
         Query::Candidates { repo } => Reply::Json(Value::Array(
             core.candidates()
                 .filter(|k| k.repo == repo)
                 .map(candidate_json)
                 .collect(),
         )),
-        Query::QueuePage { repo, branch, offset, limit } => Reply::Json(
-            queue_page(config, core, &repo, branch.as_deref(), offset, limit)?,
-        ),
+        Query::QueuePage {
+            repo,
+            branch,
+            offset,
+            limit,
+        } => Reply::Json(queue_json(
+            config,
+            core,
+            &repo,
+            Some(QueuePaging {
+                branch: branch.as_deref(),
+                offset,
+                limit,
+            }),
+        )?),
         Query::Candidate { repo, id } => {
             Reply::Json(candidate_detail(core, store, &repo, id)?)
         }
@@ -536,15 +523,21 @@ pub fn candidate_detail(core: &Core, store: &Store, repo: &str, id: u64) -> Opti
     Some(v)
 }
 
-/// `/queue`'s answer with, per branch, `queued` cut to `limit` changes from `offset` (for
-/// `branch`, or every branch when `None`; the others start at 0), and `queued_total`.
-pub fn queue_page(
+/// One page of a queue: `limit` changes from `offset` of `branch` (every branch when
+/// `None`; the others start at 0).
+pub struct QueuePaging<'a> {
+    pub branch: Option<&'a str>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// `/queue`'s answer: per branch its candidates in flight and its queued changes, all of
+/// them, or with `paging` one page of them plus `queued_total` and `offset`.
+pub fn queue_json(
     config: &Config,
     core: &Core,
     repo: &str,
-    branch: Option<&str>,
-    offset: usize,
-    limit: usize,
+    paging: Option<QueuePaging>,
 ) -> Option<Value> {
     let r = config.repo(repo)?;
     let branches: Vec<Value> = r
@@ -560,12 +553,16 @@ pub fn queue_page(
                 .map(candidate_json)
                 .collect();
             let all = core.queue(repo, name);
-            let from = if branch.is_none_or(|x| x == name) {
-                offset.min(all.len())
+            let Some(p) = &paging else {
+                let queued: Vec<Value> = all.iter().map(|c| change_json(c, None)).collect();
+                return json!({ "branch": name, "testing": testing, "queued": queued });
+            };
+            let from = if p.branch.is_none_or(|x| x == name) {
+                p.offset.min(all.len())
             } else {
                 0
             };
-            let queued: Vec<Value> = all[from..(from + limit).min(all.len())]
+            let queued: Vec<Value> = all[from..(from + p.limit).min(all.len())]
                 .iter()
                 .map(|c| change_json(c, None))
                 .collect();
