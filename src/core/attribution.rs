@@ -24,7 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::blocker::Blocker;
-use super::{CandId, Command, Core, Millis, ProbeId, ProbeResult};
+use super::candidate::{Candidates, Ctx};
+use super::{CandId, Command, Millis, ProbeId, ProbeResult};
 use crate::core::change::{short, ChangeId};
 use crate::core::evaluation::{attr_under, Evaluation, JobKey, JobResult};
 use crate::core::outcome::OutcomeClass;
@@ -146,10 +147,11 @@ pub(crate) struct Attribution {
     pub(crate) waiting: BTreeSet<String>,
 }
 
-impl Core {
+impl Candidates {
     /// Starts attributing `blockers`; the caller has set the candidate's phase.
     pub(crate) fn begin_attribution(
         &mut self,
+        cx: &mut Ctx,
         id: CandId,
         mut blockers: Vec<Blocker>,
         now: Millis,
@@ -168,7 +170,7 @@ impl Core {
                 _ => None,
             })
             .filter_map(|(r, dependent)| {
-                let t = self.candidates[&id].targets.iter().find(|t| t.drv == r)?;
+                let t = self.by_id[&id].targets.iter().find(|t| t.drv == r)?;
                 Some(Blocker::Build {
                     key: t.key.clone(),
                     drv: r.clone(),
@@ -187,21 +189,22 @@ impl Core {
                 blockers.push(r);
             }
         }
-        let cand = self.candidates.get_mut(&id).expect("known");
+        let cand = self.by_id.get_mut(&id).expect("known");
         cand.pending.clear();
         let n = cand.merged.len();
         let (repo, base) = (cand.repo.clone(), cand.base.clone().expect("prepared"));
         let heads: Vec<String> = cand
             .changes
             .iter()
-            .map(|c| self.changes[c].head.clone())
+            .map(|c| cx.queue.changes[c].head.clone())
             .collect();
         let list = blockers
             .iter()
             .map(|b| b.summary())
             .collect::<Vec<_>>()
             .join("; ");
-        self.event(now, &repo, format!("candidate {id} failed: {list}"));
+        cx.fx
+            .event(now, &repo, format!("candidate {id} failed: {list}"));
         let mut order: Vec<usize> = (0..blockers.len()).collect();
         order.sort_by_key(|&i| blockers[i].rank());
         // Every probe asks for every blocker's attribute, so that one answer serves each
@@ -229,7 +232,7 @@ impl Core {
         };
         // The base's full evaluation is at hand when the jobset as a whole is in question.
         if whole {
-            att.base = self.evals.get(&base).cloned().map(Probe::Full);
+            att.base = cx.builds.evals.get(&base).cloned().map(Probe::Full);
         }
         let mut probes = vec![];
         if att.base.is_none() {
@@ -243,7 +246,7 @@ impl Core {
         for (slot, heads) in probes {
             let probe = self.new_probe(id);
             att.probes.insert(probe, slot);
-            self.out.push(Command::Probe {
+            cx.fx.push(Command::Probe {
                 probe,
                 repo: repo.clone(),
                 base: base.clone(),
@@ -251,8 +254,8 @@ impl Core {
                 attrs: probe_attrs.clone(),
             });
         }
-        self.candidates.get_mut(&id).expect("known").attribution = Some(att);
-        self.attribute_next(id, now);
+        self.by_id.get_mut(&id).expect("known").attribution = Some(att);
+        self.attribute_next(cx, id, now);
     }
 
     fn new_probe(&mut self, cand: CandId) -> ProbeId {
@@ -263,7 +266,7 @@ impl Core {
     }
 
     fn att(&mut self, id: CandId) -> &mut Attribution {
-        self.candidates
+        self.by_id
             .get_mut(&id)
             .and_then(|c| c.attribution.as_mut())
             .expect("attributing")
@@ -271,6 +274,7 @@ impl Core {
 
     pub(crate) fn on_probed(
         &mut self,
+        cx: &mut Ctx,
         probe: ProbeId,
         result: Result<ProbeResult, String>,
         now: Millis,
@@ -279,7 +283,7 @@ impl Core {
             return;
         };
         let Some(slot) = self
-            .candidates
+            .by_id
             .get_mut(&id)
             .and_then(|c| c.attribution.as_mut())
             .and_then(|a| a.probes.remove(&probe))
@@ -290,20 +294,20 @@ impl Core {
             Ok(r) => r,
             Err(msg) => {
                 // Infrastructure trouble while probing: the same probe again, later.
-                let repo = self.candidates[&id].repo.clone();
-                self.event(
+                let repo = self.by_id[&id].repo.clone();
+                cx.fx.event(
                     now,
                     &repo,
                     format!("candidate {id}: probe failed, retrying: {msg}"),
                 );
-                self.reissue_probe(id, slot, now);
+                self.reissue_probe(cx, id, slot, now);
                 return;
             }
         };
         let p = match result {
             ProbeResult::Attrs { jobs, .. } => Probe::Attrs(jobs),
             ProbeResult::Full { eval } => {
-                self.evals.insert(eval.commit.clone(), eval.clone());
+                cx.builds.evals.insert(eval.commit.clone(), eval.clone());
                 Probe::Full(eval)
             }
             ProbeResult::Conflict(_) => Probe::Conflict,
@@ -316,24 +320,24 @@ impl Core {
                 att.prefix.insert(j, p);
             }
         }
-        self.attribute_next(id, now);
+        self.attribute_next(cx, id, now);
     }
 
-    fn reissue_probe(&mut self, id: CandId, slot: Slot, now: Millis) {
-        let cand = &self.candidates[&id];
+    fn reissue_probe(&mut self, cx: &mut Ctx, id: CandId, slot: Slot, now: Millis) {
+        let cand = &self.by_id[&id];
         let att = cand.attribution.as_ref().expect("attributing");
         let base = cand.base.clone().expect("prepared");
         let (base, heads) = match slot {
             Slot::Base => (base, vec![]),
-            Slot::Alone(i) => (base, vec![self.changes[&cand.changes[i]].head.clone()]),
+            Slot::Alone(i) => (base, vec![cx.queue.changes[&cand.changes[i]].head.clone()]),
             Slot::Prefix(j) => (cand.merged[j].1.clone(), vec![]),
         };
         let attrs = att.probe_attrs.clone();
         let repo = cand.repo.clone();
         let probe = self.new_probe(id);
         self.att(id).probes.insert(probe, slot);
-        let delay = self.cfg().retry_delay_ms;
-        self.later(
+        let delay = cx.cfg.retry_delay_ms;
+        cx.fx.later(
             now + delay,
             Command::Probe {
                 probe,
@@ -346,7 +350,7 @@ impl Core {
     }
 
     /// Whether a job state shows the blocker's failure, from what is known now.
-    fn broken(&self, b: &Blocker, s: &JobState, now: Millis) -> Broken {
+    fn broken(&self, cx: &Ctx, b: &Blocker, s: &JobState, now: Millis) -> Broken {
         match (b, s) {
             (_, JobState::Unknown) => Broken::Unknown,
             (_, JobState::WholeFailed) => Broken::Yes,
@@ -354,7 +358,7 @@ impl Core {
                 if d == drv {
                     return Broken::Yes;
                 }
-                match self.known(d, now) {
+                match cx.builds.known(d, now) {
                     Some(m) if m.ok() => Broken::No,
                     Some(_) => Broken::Yes,
                     None => Broken::Build(d.clone()),
@@ -367,9 +371,9 @@ impl Core {
     }
 
     /// Drives the attribution as far as the known results allow.
-    fn attribute_next(&mut self, id: CandId, now: Millis) {
+    fn attribute_next(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
         loop {
-            let cand = &self.candidates[&id];
+            let cand = &self.by_id[&id];
             let att = cand.attribution.as_ref().expect("attributing");
             if !att.probes.is_empty()
                 && (att.base.is_none() || att.alone.iter().any(Option::is_none))
@@ -380,7 +384,7 @@ impl Core {
                 return;
             }
             if att.search.is_some() {
-                if !self.search_step(id, now) {
+                if !self.search_step(cx, id, now) {
                     return;
                 }
                 continue;
@@ -389,7 +393,7 @@ impl Core {
                 // In the order pinned, root failures first.
                 let att = self.att(id);
                 if att.deferred.is_empty() {
-                    return self.conclude(id, now);
+                    return self.conclude(cx, id, now);
                 }
                 let (bi, alters, positions) = att.deferred.remove(0);
                 if !self.explained(id, bi, &alters) {
@@ -404,7 +408,7 @@ impl Core {
                 }
                 continue;
             };
-            match self.attribute_blocker(id, bi, now) {
+            match self.attribute_blocker(cx, id, bi, now) {
                 Step::Done => {
                     self.att(id).todo.pop();
                 }
@@ -414,18 +418,18 @@ impl Core {
     }
 
     /// One blocker, from the probes of the base and of each change alone.
-    fn attribute_blocker(&mut self, id: CandId, bi: usize, now: Millis) -> Step {
-        let cand = &self.candidates[&id];
+    fn attribute_blocker(&mut self, cx: &mut Ctx, id: CandId, bi: usize, now: Millis) -> Step {
+        let cand = &self.by_id[&id];
         let att = cand.attribution.as_ref().expect("attributing");
         let b = att.blockers[bi].clone();
         let n = cand.merged.len();
         let base_state = b.state(att.base.as_ref().expect("base probed"));
-        match self.broken(&b, &base_state, now) {
+        match self.broken(cx, &b, &base_state, now) {
             Broken::Yes => {
                 // Just as broken without the batch: not the batch's doing.
-                let required = self.is_required(id, &b);
+                let required = self.is_required(cx, id, &b);
                 let repo = cand.repo.clone();
-                self.event(
+                cx.fx.event(
                     now,
                     &repo,
                     format!(
@@ -449,7 +453,7 @@ impl Core {
                     .iter()
                     .filter_map(|&o| {
                         let ob = &att.blockers[o];
-                        match self.broken(ob, &ob.state(att.base.as_ref()?), now) {
+                        match self.broken(cx, ob, &ob.state(att.base.as_ref()?), now) {
                             Broken::Build(d) => Some(d),
                             _ => None,
                         }
@@ -457,7 +461,7 @@ impl Core {
                     .collect();
                 drvs.sort();
                 drvs.dedup();
-                return self.gather(id, drvs, false, now);
+                return self.gather(cx, id, drvs, false, now);
             }
             Broken::No | Broken::Unknown => {}
         }
@@ -476,7 +480,7 @@ impl Core {
         let culprits: Vec<usize> = alters
             .iter()
             .copied()
-            .filter(|&i| self.broken(&b, &states[i], now) == Broken::Yes)
+            .filter(|&i| self.broken(cx, &b, &states[i], now) == Broken::Yes)
             .collect();
         if culprits.is_empty() && self.explained(id, bi, &alters) {
             return Step::Done;
@@ -526,7 +530,7 @@ impl Core {
     /// Whether a culprit already found explains a blocker: it alters the job (the
     /// others are retested without it), or broke the dependency the job failed on.
     fn explained(&self, id: CandId, bi: usize, alters: &[usize]) -> bool {
-        let cand = &self.candidates[&id];
+        let cand = &self.by_id[&id];
         let att = cand.attribution.as_ref().expect("attributing");
         if alters
             .iter()
@@ -549,11 +553,18 @@ impl Core {
     /// Asks for builds whose results decide a blocker; the blocker is looked at again
     /// once they are in.
     /// `extra`: attribution's own cost; otherwise the build belongs to the verdict.
-    fn gather(&mut self, id: CandId, drvs: Vec<String>, extra: bool, now: Millis) -> Step {
-        let prio = self.cand_prio(id);
+    fn gather(
+        &mut self,
+        cx: &mut Ctx,
+        id: CandId,
+        drvs: Vec<String>,
+        extra: bool,
+        now: Millis,
+    ) -> Step {
+        let prio = self.cand_prio(cx, id);
         for d in drvs {
-            if self.request_build(&d, prio, now) {
-                let c = self.candidates.get_mut(&id).expect("known");
+            if cx.request_build(&d, prio, now) {
+                let c = self.by_id.get_mut(&id).expect("known");
                 if extra {
                     c.extra_builds += 1;
                 } else {
@@ -562,13 +573,13 @@ impl Core {
             }
             self.att(id).waiting.insert(d);
         }
-        self.save_id(id);
+        self.save_id(cx, id);
         Step::Wait
     }
 
     /// One step of the prefix search. False while waiting for a probe or a build.
-    fn search_step(&mut self, id: CandId, now: Millis) -> bool {
-        let cand = &self.candidates[&id];
+    fn search_step(&mut self, cx: &mut Ctx, id: CandId, now: Millis) -> bool {
+        let cand = &self.by_id[&id];
         let att = cand.attribution.as_ref().expect("attributing");
         let s = att.search.clone().expect("searching");
         let b = att.blockers[s.blocker].clone();
@@ -599,7 +610,7 @@ impl Core {
                 .alone
                 .get(pos)
                 .and_then(Option::as_ref)
-                .is_some_and(|p| matches!(self.broken(&b, &b.state(p), now), Broken::No));
+                .is_some_and(|p| matches!(self.broken(cx, &b, &b.state(p), now), Broken::No));
             // Broken only in combination with earlier changes while a culprit was found
             // for something else: the follow-up retests it without the culprit first.
             if !alone_ok || att.culprits.is_empty() {
@@ -618,14 +629,14 @@ impl Core {
             let (repo, commit) = (cand.repo.clone(), cand.merged[mid].1.clone());
             let attrs = att.probe_attrs.clone();
             if attrs.is_none() {
-                if let Some(e) = self.evals.get(&commit).cloned() {
+                if let Some(e) = cx.builds.evals.get(&commit).cloned() {
                     self.att(id).prefix.insert(mid, Probe::Full(e));
                     return true;
                 }
             }
             let probe = self.new_probe(id);
             self.att(id).probes.insert(probe, Slot::Prefix(mid));
-            self.out.push(Command::Probe {
+            cx.fx.push(Command::Probe {
                 probe,
                 repo,
                 base: commit,
@@ -635,11 +646,11 @@ impl Core {
             return false;
         };
         let state = b.state(p);
-        let bad = match self.broken(&b, &state, now) {
+        let bad = match self.broken(cx, &b, &state, now) {
             Broken::Yes => true,
             Broken::No => false,
             Broken::Build(d) => {
-                self.gather(id, vec![d], true, now);
+                self.gather(cx, id, vec![d], true, now);
                 return false;
             }
             Broken::Unknown => {
@@ -660,11 +671,17 @@ impl Core {
         true
     }
 
-    pub(crate) fn attribution_build_done(&mut self, id: CandId, drv: &str, now: Millis) {
+    pub(crate) fn attribution_build_done(
+        &mut self,
+        cx: &mut Ctx,
+        id: CandId,
+        drv: &str,
+        now: Millis,
+    ) {
         if !self.att(id).waiting.remove(drv) {
             return;
         }
-        self.attribute_next(id, now);
+        self.attribute_next(cx, id, now);
     }
 
     fn blame(&mut self, id: CandId, bi: usize, change: ChangeId, reason: String) {
@@ -676,24 +693,24 @@ impl Core {
             .or_insert(reason);
     }
 
-    fn is_required(&self, id: CandId, b: &Blocker) -> bool {
-        let cand = &self.candidates[&id];
+    fn is_required(&self, cx: &Ctx, id: CandId, b: &Blocker) -> bool {
+        let cand = &self.by_id[&id];
         let Some(attr) = b.attr() else {
             return true; // the jobset as a whole
         };
-        self.cfg().repos[&cand.repo].lanes[&cand.branch]
+        cx.cfg.repos[&cand.repo].lanes[&cand.branch]
             .required
             .iter()
             .any(|r| attr_under(attr, r))
     }
 
     /// Rejects the culprits and retests the innocents at once, in a follow-up candidate.
-    fn conclude(&mut self, id: CandId, now: Millis) {
-        let cand = self.candidates[&id].clone();
+    fn conclude(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
+        let cand = self.by_id[&id].clone();
         let att = cand.attribution.clone().expect("attributing");
         let culprits = att.culprits;
         for (c, reason) in &culprits {
-            self.reject(*c, reason.clone(), now);
+            self.reject(cx, *c, reason.clone(), now);
         }
         let innocents: Vec<ChangeId> = cand
             .changes
@@ -717,6 +734,7 @@ impl Core {
                 .collect::<Vec<_>>()
                 .join("; ");
             self.hold(
+                cx,
                 id,
                 &format!("required jobs fail on {base} itself: {why}"),
                 now,
@@ -733,15 +751,17 @@ impl Core {
             let reason = format!(
                 "tested separately: attribution could not pin the failure of {why} on one change of candidate {id}"
             );
-            self.event(now, &cand.repo, format!("candidate {id}: {reason}"));
+            cx.fx
+                .event(now, &cand.repo, format!("candidate {id}: {reason}"));
             self.finish(
+                cx,
                 id,
                 format!("rejected {names}; the rest tested separately"),
                 now,
             );
             for c in innocents {
-                self.solo.insert(c);
-                self.set_state(
+                cx.queue.test_alone(c);
+                cx.set_state(
                     c,
                     crate::core::change::ChangeState::Queued,
                     Some(reason.clone()),
@@ -753,17 +773,17 @@ impl Core {
         if culprits.is_empty() {
             // Every blocker turned out to fail on the base too: the batch broke nothing
             // so far; the verdict goes on without those jobs.
-            self.event(
+            cx.fx.event(
                 now,
                 &cand.repo,
                 format!("candidate {id}: every failure so far is on the base too; building on"),
             );
-            let c = self.candidates.get_mut(&id).expect("known");
+            let c = self.by_id.get_mut(&id).expect("known");
             c.preexisting.extend(att.preexisting);
-            self.resume_building(id, now);
+            self.resume_building(cx, id, now);
             return;
         } else {
-            self.event(
+            cx.fx.event(
                 now,
                 &cand.repo,
                 format!(
@@ -773,10 +793,10 @@ impl Core {
                 ),
             );
         }
-        self.finish(id, format!("rejected {names}"), now);
+        self.finish(cx, id, format!("rejected {names}"), now);
         if !innocents.is_empty() {
             let root = cand.follow_up_of.unwrap_or(id);
-            self.start_candidate(&cand.repo, &cand.branch, innocents, Some(root), now);
+            self.start_candidate(cx, &cand.repo, &cand.branch, innocents, Some(root), now);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! every culprit is rejected with its own job in the reason, and the builds attribution
 //! spent beyond the batches' own are counted.
 
+use super::{BuildInput, CandidateInput};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -355,27 +356,27 @@ impl Run {
             Command::Prepare { cand, .. } if self.infra.0 > 0 => {
                 self.infra.0 -= 1;
                 self.infra_at.push(self.now);
-                Input::Prepared {
+                Input::Candidate(CandidateInput::Prepared {
                     cand,
                     result: Err("git fetch: Could not resolve host: example.org".into()),
-                }
+                })
             }
             Command::Evaluate { repo, commit } if self.infra.1 > 0 => {
                 self.infra.1 -= 1;
                 self.infra_at.push(self.now);
-                Input::EvalFailed {
+                Input::Build(BuildInput::EvalFailed {
                     repo,
                     commit,
                     error: "nix-instantiate was killed by signal 9".into(),
-                }
+                })
             }
             Command::Probe { probe, .. } if self.infra.2 > 0 => {
                 self.infra.2 -= 1;
                 self.infra_at.push(self.now);
-                Input::Probed {
+                Input::Candidate(CandidateInput::Probed {
                     probe,
                     result: Err("error: writing to file: No space left on device".into()),
-                }
+                })
             }
             Command::Prepare { cand, changes, .. } => {
                 let base = w.tip.clone();
@@ -392,7 +393,7 @@ impl Run {
                         Err(why) => conflicts.push((id, why)),
                     }
                 }
-                Input::Prepared {
+                Input::Candidate(CandidateInput::Prepared {
                     cand,
                     result: Ok(Prepared {
                         base,
@@ -401,14 +402,14 @@ impl Run {
                         conflicts,
                         vanished: vec![],
                     }),
-                }
+                })
             }
-            Command::Evaluate { commit, .. } => Input::Evaluated {
+            Command::Evaluate { commit, .. } => Input::Build(BuildInput::Evaluated {
                 eval: Arc::new(w.eval(&commit)),
-            },
+            }),
             Command::Build { drv, builder, .. } => {
                 let (class, root_drv) = w.build(&drv);
-                Input::Built(BuildReport {
+                Input::Build(BuildInput::Built(BuildReport {
                     drv_path: drv.clone(),
                     class,
                     log_tail: format!("error: builder for '{drv}' failed"),
@@ -416,9 +417,9 @@ impl Run {
                     builder,
                     duration_ms: 1000,
                     log_path: None,
-                })
+                }))
             }
-            Command::Inspect { drvs } => Input::Inspected {
+            Command::Inspect { drvs } => Input::Build(BuildInput::Inspected {
                 infos: drvs
                     .into_iter()
                     .map(|d| {
@@ -429,15 +430,17 @@ impl Run {
                         (d, Ok(info))
                     })
                     .collect(),
-            },
-            Command::QueryReferrers { root } => Input::Referrers { root, drvs: vec![] },
-            Command::ProbeBuilder { builder } => Input::BuilderProbed {
+            }),
+            Command::QueryReferrers { root } => {
+                Input::Build(BuildInput::Referrers { root, drvs: vec![] })
+            }
+            Command::ProbeBuilder { builder } => Input::Build(BuildInput::BuilderProbed {
                 builder,
                 result: Ok(BuilderIdentity {
                     implementation: "Nix".into(),
                     version: "2.24.0".into(),
                 }),
-            },
+            }),
             Command::Probe {
                 probe,
                 base,
@@ -476,10 +479,10 @@ impl Run {
                         }
                     }
                 };
-                Input::Probed {
+                Input::Candidate(CandidateInput::Probed {
                     probe,
                     result: Ok(result),
-                }
+                })
             }
             Command::Land { cand, old, new, .. } => {
                 let result = if w.tip == old {
@@ -488,7 +491,7 @@ impl Run {
                 } else {
                     LandResult::Moved { tip: w.tip.clone() }
                 };
-                Input::Landed { cand, result }
+                Input::Candidate(CandidateInput::Landed { cand, result })
             }
             other @ (Command::PollSource { .. }
             | Command::AdvanceChannel { .. }

@@ -1,13 +1,19 @@
-//! Candidates: a batch merged onto the target tip, evaluated, built, judged and landed.
+//! The candidates machine: a batch merged onto the target tip, evaluated, built,
+//! judged and landed, or attributed when it fails (`attribution.rs`). It owns the
+//! candidates and their probes; it works through `Ctx`, the parts of the queue and
+//! builds machines it uses, and tells `Core` what the other machines must hear.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::attribution::Attribution;
 use super::blocker::Blocker;
-use super::{CandId, Command, Core, LandResult, Memo, Millis, Prepared, Record};
+use super::builds::Builds;
+use super::effects::Effects;
+use super::queue::Queue;
+use super::{CandId, Command, CoreConfig, LandResult, Memo, Millis, Prepared, ProbeId, Record};
 use crate::core::change::{short, ChangeId, ChangeState};
 use crate::core::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
 
@@ -126,9 +132,151 @@ impl Candidate {
     }
 }
 
-impl Core {
+#[derive(Debug, Default)]
+pub(crate) struct Candidates {
+    pub(crate) by_id: BTreeMap<CandId, Candidate>,
+    /// The candidate in flight per lane (repository, branch).
+    pub(crate) in_flight: BTreeMap<(String, String), CandId>,
+    /// Attribution probes out, by id: whose they are.
+    pub(crate) probes: BTreeMap<ProbeId, CandId>,
+    pub(crate) next_cand: CandId,
+    pub(crate) next_probe: ProbeId,
+    /// Consecutive infrastructure failures per candidate being prepared.
+    prepare_failures: BTreeMap<CandId, u32>,
+}
+
+/// What the candidates machine uses of the others: the configuration, the changes it
+/// tests, the builds it asks for and reads, and where its commands go.
+pub(crate) struct Ctx<'a> {
+    pub(crate) cfg: &'a CoreConfig,
+    pub(crate) queue: &'a mut Queue,
+    pub(crate) builds: &'a mut Builds,
+    pub(crate) fx: &'a mut Effects,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn set_state(
+        &mut self,
+        id: ChangeId,
+        state: ChangeState,
+        reason: Option<String>,
+        now: Millis,
+    ) {
+        self.queue.set_state(id, state, reason, now, self.fx);
+    }
+
+    pub(crate) fn request_build(&mut self, drv: &str, prio: u8, now: Millis) -> bool {
+        self.builds.request_build(drv, prio, now, self.fx)
+    }
+
+    pub(crate) fn request_eval(&mut self, repo: &str, commit: &str) {
+        self.builds.request_eval(repo, commit, self.fx);
+    }
+}
+
+impl Candidates {
+    pub(crate) fn new() -> Candidates {
+        Candidates {
+            next_cand: 1,
+            next_probe: 1,
+            ..Candidates::default()
+        }
+    }
+
+    /// Takes back persisted candidates: finished ones as history, the others in flight
+    /// again, prepared again (evaluations and build results are reused) or, caught
+    /// while landing, landed again (idempotent). Returns the changes they hold.
+    pub(crate) fn restore(
+        &mut self,
+        cx: &mut Ctx,
+        candidates: Vec<Candidate>,
+    ) -> BTreeSet<ChangeId> {
+        self.next_cand = candidates.iter().map(|c| c.id + 1).max().unwrap_or(1);
+        let mut attached = BTreeSet::new();
+        for mut cand in candidates {
+            if matches!(cand.phase, Phase::Done) {
+                // History for the API, and the root of a follow-up still counting builds.
+                self.by_id.insert(cand.id, cand);
+                continue;
+            }
+            attached.extend(cand.changes.iter().copied());
+            let lane = (cand.repo.clone(), cand.branch.clone());
+            if cand.phase == Phase::Landing {
+                self.emit_land(cx, &cand);
+            } else {
+                cand.reset_for_prepare();
+                self.emit_prepare(cx, &cand);
+            }
+            cx.fx.record(Record::Candidate(cand.clone()));
+            self.in_flight.insert(lane, cand.id);
+            self.by_id.insert(cand.id, cand);
+        }
+        attached
+    }
+
+    /// The candidates whose verdict waits for `drv`.
+    fn waiting_for(&self, drv: &str) -> Vec<CandId> {
+        self.by_id
+            .values()
+            .filter(|c| c.waits_for(drv))
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// `drv` has a remembered result now.
+    pub(crate) fn built(&mut self, cx: &mut Ctx, drv: &str, now: Millis) {
+        for id in self.waiting_for(drv) {
+            self.on_build_done(cx, id, drv, now);
+        }
+    }
+
+    /// `drv` could not be built anywhere: its candidates cannot be judged now. Their
+    /// changes go back to the queue, never blamed.
+    pub(crate) fn build_abandoned(&mut self, cx: &mut Ctx, drv: &str, err: &str, now: Millis) {
+        for id in self.waiting_for(drv) {
+            let why = format!("{drv} could not be built on any builder: {err}");
+            self.abandon(cx, id, now, &why);
+        }
+    }
+
+    /// The system a derivation's job was evaluated for.
+    pub(crate) fn system_of(&self, drv: &str) -> Option<String> {
+        self.by_id
+            .values()
+            .flat_map(|c| c.targets.iter())
+            .find(|t| t.drv == drv || t.base_drv.as_deref() == Some(drv))
+            .map(|t| t.key.system.clone())
+    }
+
+    /// The unfinished candidate holding `change`, with its phase.
+    pub(crate) fn holding(&self, change: ChangeId) -> Option<(CandId, Phase)> {
+        self.by_id
+            .values()
+            .find(|c| c.phase != Phase::Done && c.changes.contains(&change))
+            .map(|c| (c.id, c.phase))
+    }
+
+    /// Priority class of a candidate's builds: its most urgent change's.
+    pub(crate) fn cand_prio(&self, cx: &Ctx, id: CandId) -> u8 {
+        self.by_id
+            .get(&id)
+            .and_then(|c| {
+                let lane = cx.cfg.repos.get(&c.repo)?.lanes.get(&c.branch)?;
+                if let Some(p) = lane.build_priority {
+                    return Some(p as u8);
+                }
+                c.changes
+                    .iter()
+                    .filter_map(|x| cx.queue.changes.get(x))
+                    .map(|x| x.priority as u8)
+                    .min()
+            })
+            .unwrap_or(2)
+    }
+
     pub(crate) fn start_candidate(
         &mut self,
+        cx: &mut Ctx,
         repo: &str,
         branch: &str,
         ids: Vec<ChangeId>,
@@ -138,7 +286,7 @@ impl Core {
         let id = self.next_cand;
         self.next_cand += 1;
         for &c in &ids {
-            self.set_state(c, ChangeState::Testing, None, now);
+            cx.set_state(c, ChangeState::Testing, None, now);
         }
         let cand = Candidate {
             id,
@@ -168,35 +316,34 @@ impl Core {
             .collect::<Vec<_>>()
             .join(" ");
         let why = follow_up_of.map_or(String::new(), |f| format!(" (innocents of candidate {f})"));
-        self.event(
+        cx.fx.event(
             now,
             repo,
             format!("candidate {id} on {branch}: testing {list}{why}"),
         );
-        self.emit_prepare(&cand);
+        self.emit_prepare(cx, &cand);
         self.in_flight
             .insert((repo.to_string(), branch.to_string()), id);
-        self.save(cand);
+        self.save(cx, cand);
     }
 
-    pub(crate) fn save(&mut self, cand: Candidate) {
-        self.out
-            .push(Command::Record(Record::Candidate(cand.clone())));
-        self.candidates.insert(cand.id, cand);
+    pub(crate) fn save(&mut self, cx: &mut Ctx, cand: Candidate) {
+        cx.fx.record(Record::Candidate(cand.clone()));
+        self.by_id.insert(cand.id, cand);
     }
 
-    pub(crate) fn save_id(&mut self, id: CandId) {
-        let cand = self.candidates[&id].clone();
-        self.out.push(Command::Record(Record::Candidate(cand)));
+    pub(crate) fn save_id(&mut self, cx: &mut Ctx, id: CandId) {
+        let cand = self.by_id[&id].clone();
+        cx.fx.push(Command::Record(Record::Candidate(cand)));
     }
 
-    pub(crate) fn emit_prepare(&mut self, cand: &Candidate) {
+    pub(crate) fn emit_prepare(&mut self, cx: &mut Ctx, cand: &Candidate) {
         let changes = cand
             .changes
             .iter()
-            .map(|id| (*id, self.changes[id].git_ref.clone()))
+            .map(|id| (*id, cx.queue.changes[id].git_ref.clone()))
             .collect();
-        self.out.push(Command::Prepare {
+        cx.fx.push(Command::Prepare {
             cand: cand.id,
             repo: cand.repo.clone(),
             branch: cand.branch.clone(),
@@ -204,9 +351,9 @@ impl Core {
         });
     }
 
-    pub(crate) fn emit_land(&mut self, cand: &Candidate) {
+    pub(crate) fn emit_land(&mut self, cx: &mut Ctx, cand: &Candidate) {
         if let (Some(old), Some(new)) = (cand.base.clone(), cand.commit()) {
-            self.out.push(Command::Land {
+            cx.fx.push(Command::Land {
                 cand: cand.id,
                 repo: cand.repo.clone(),
                 branch: cand.branch.clone(),
@@ -217,17 +364,18 @@ impl Core {
     }
 
     /// The candidate failed on `blockers`: find who is to blame.
-    fn attribute(&mut self, id: CandId, blockers: Vec<Blocker>, now: Millis) {
-        self.candidates.get_mut(&id).expect("known").phase = Phase::Attributing;
-        self.begin_attribution(id, blockers, now);
+    fn attribute(&mut self, cx: &mut Ctx, id: CandId, blockers: Vec<Blocker>, now: Millis) {
+        self.by_id.get_mut(&id).expect("known").phase = Phase::Attributing;
+        self.begin_attribution(cx, id, blockers, now);
     }
 
     fn active(&self, id: CandId, phase: Phase) -> bool {
-        self.candidates.get(&id).is_some_and(|c| c.phase == phase)
+        self.by_id.get(&id).is_some_and(|c| c.phase == phase)
     }
 
     pub(crate) fn on_prepared(
         &mut self,
+        cx: &mut Ctx,
         id: CandId,
         result: Result<Prepared, String>,
         now: Millis,
@@ -235,15 +383,15 @@ impl Core {
         if !self.active(id, Phase::Preparing) {
             return;
         }
-        let repo = self.candidates[&id].repo.clone();
+        let repo = self.by_id[&id].repo.clone();
         let p = match result {
             Ok(p) => p,
             Err(msg) => {
                 // Git could not fetch or merge (network, disk, a broken mirror): an
                 // infrastructure outcome, never a verdict on the changes.
                 let n = super::next_attempt(&mut self.prepare_failures, id);
-                let delay = self.backoff(n);
-                self.event(
+                let delay = cx.cfg.backoff(n);
+                cx.fx.event(
                     now,
                     &repo,
                     format!(
@@ -251,21 +399,21 @@ impl Core {
                         delay / 1000
                     ),
                 );
-                let cand = self.candidates[&id].clone();
-                self.emit_prepare(&cand);
-                let cmd = self.out.pop().expect("just pushed");
-                self.later(now + delay, cmd);
+                let cand = self.by_id[&id].clone();
+                self.emit_prepare(cx, &cand);
+                let cmd = cx.fx.pop().expect("just pushed");
+                cx.fx.later(now + delay, cmd);
                 return;
             }
         };
         self.prepare_failures.remove(&id);
         for (cid, head) in &p.heads {
-            let c = self.changes.get_mut(cid).expect("known");
+            let c = cx.queue.changes.get_mut(cid).expect("known");
             if &c.head != head {
                 let old = std::mem::replace(&mut c.head, head.clone());
                 let c = c.clone();
-                self.out.push(Command::Record(Record::Change(c)));
-                self.event(
+                cx.fx.push(Command::Record(Record::Change(c)));
+                cx.fx.event(
                     now,
                     &repo,
                     format!(
@@ -276,66 +424,63 @@ impl Core {
                 );
             }
         }
-        let branch = self.candidates[&id].branch.clone();
+        let branch = self.by_id[&id].branch.clone();
         for (cid, why) in &p.conflicts {
             let reason = format!("merge conflict with {branch} at {}: {why}", short(&p.base));
-            self.reject(*cid, reason, now);
+            self.reject(cx, *cid, reason, now);
         }
         for (cid, why) in &p.vanished {
             let reason = format!("the change's ref no longer exists: {why}");
-            self.reject(*cid, reason, now);
+            self.reject(cx, *cid, reason, now);
         }
-        let cand = self.candidates.get_mut(&id).expect("active");
+        let cand = self.by_id.get_mut(&id).expect("active");
         cand.changes = p.merged.iter().map(|(c, _)| *c).collect();
         cand.base = Some(p.base.clone());
         cand.merged = p.merged;
         if cand.merged.is_empty() {
-            self.finish(id, "nothing merged".into(), now);
+            self.finish(cx, id, "nothing merged".into(), now);
             return;
         }
         cand.phase = Phase::Evaluating;
         let commit = cand.commit().expect("non-empty").to_string();
-        self.save_id(id);
-        self.request_eval(&repo, &p.base);
-        self.request_eval(&repo, &commit);
-        self.advance_eval(id, now);
+        self.save_id(cx, id);
+        cx.request_eval(&repo, &p.base);
+        cx.request_eval(&repo, &commit);
+        self.advance_eval(cx, id, now);
     }
 
-    pub(crate) fn on_evaluated(&mut self, eval: Arc<Evaluation>, now: Millis) {
-        let commit = eval.commit.clone();
-        self.evals_requested.remove(&commit);
-        self.eval_failures.remove(&commit);
-        self.evals.insert(commit.clone(), eval.clone());
+    /// An evaluation arrived: the candidates waiting for it go on.
+    pub(crate) fn on_evaluated(&mut self, cx: &mut Ctx, commit: &str, now: Millis) {
         let waiting: Vec<CandId> = self
-            .candidates
+            .by_id
             .values()
             .filter(|c| {
                 c.phase == Phase::Evaluating
-                    && (c.base.as_deref() == Some(&commit) || c.commit() == Some(&commit))
+                    && (c.base.as_deref() == Some(commit) || c.commit() == Some(commit))
             })
             .map(|c| c.id)
             .collect();
         for id in waiting {
-            self.advance_eval(id, now);
+            self.advance_eval(cx, id, now);
         }
-        self.channels_evaluated(&eval, now);
     }
 
     /// Once both evaluations are known: diff them and build the rebuild set plus the
     /// required jobs.
-    fn advance_eval(&mut self, id: CandId, now: Millis) {
-        let cand = &self.candidates[&id];
+    fn advance_eval(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
+        let cand = &self.by_id[&id];
         let (Some(base), Some(commit)) = (cand.base.as_deref(), cand.commit()) else {
             return;
         };
         let (Some(base_eval), Some(new_eval)) = (
-            self.evals.get(base).cloned(),
-            self.evals.get(commit).cloned(),
+            cx.builds.evals.get(base).cloned(),
+            cx.builds.evals.get(commit).cloned(),
         ) else {
             return;
         };
         if let EvalOutcome::Failed(msg) = &new_eval.outcome {
             self.attribute(
+                cx,
                 id,
                 vec![Blocker::WholeEval {
                     message: msg.clone(),
@@ -359,7 +504,7 @@ impl Core {
                 message: error_of(&new_eval, k),
             })
             .collect();
-        let required = self.cfg().repos[&cand.repo].lanes[&cand.branch]
+        let required = cx.cfg.repos[&cand.repo].lanes[&cand.branch]
             .required
             .clone();
         for attr in &required {
@@ -395,15 +540,15 @@ impl Core {
         if !blockers.is_empty() {
             // Fail fast: an evaluation error already decides the verdict. Find its cause
             // now; the follow-up candidate builds what the innocent changes need.
-            let cand = self.candidates.get_mut(&id).expect("active");
+            let cand = self.by_id.get_mut(&id).expect("active");
             cand.targets = targets;
             cand.eval_blockers = blockers.clone();
-            self.attribute(id, blockers, now);
+            self.attribute(cx, id, blockers, now);
             return;
         }
-        let pending = self.build_unknown(id, &targets, now);
-        let repo = self.candidates[&id].repo.clone();
-        self.event(
+        let pending = self.build_unknown(cx, id, &targets, now);
+        let repo = self.by_id[&id].repo.clone();
+        cx.fx.event(
             now,
             &repo,
             format!(
@@ -416,27 +561,33 @@ impl Core {
                 targets.len() - pending.len()
             ),
         );
-        let cand = self.candidates.get_mut(&id).expect("active");
+        let cand = self.by_id.get_mut(&id).expect("active");
         cand.targets = targets;
         cand.pending = pending;
         cand.eval_blockers = blockers;
         cand.phase = Phase::Building;
-        self.save_id(id);
-        if self.candidates[&id].pending.is_empty() {
-            self.judge(id, now);
+        self.save_id(cx, id);
+        if self.by_id[&id].pending.is_empty() {
+            self.judge(cx, id, now);
         }
     }
 
     /// Requests a build of every target without a remembered result, counted as the
     /// candidate's own; returns the derivations the verdict now waits for.
-    fn build_unknown(&mut self, id: CandId, targets: &[Target], now: Millis) -> BTreeSet<String> {
-        let prio = self.cand_prio(id);
+    fn build_unknown(
+        &mut self,
+        cx: &mut Ctx,
+        id: CandId,
+        targets: &[Target],
+        now: Millis,
+    ) -> BTreeSet<String> {
+        let prio = self.cand_prio(cx, id);
         let mut pending = BTreeSet::new();
         let mut dispatched = vec![];
         for t in targets {
-            if self.known(&t.drv, now).is_none() {
+            if cx.builds.known(&t.drv, now).is_none() {
                 pending.insert(t.drv.clone());
-                if self.request_build(&t.drv, prio, now) {
+                if cx.request_build(&t.drv, prio, now) {
                     dispatched.push(t.drv.clone());
                 }
             }
@@ -447,64 +598,70 @@ impl Core {
 
     /// Counts the builds a candidate dispatched for its own verdict.
     pub(crate) fn count_builds(&mut self, id: CandId, drvs: &[impl AsRef<str>]) {
-        let cand = self.candidates.get_mut(&id).expect("known");
+        let cand = self.by_id.get_mut(&id).expect("known");
         cand.builds += drvs.len() as u32;
     }
 
-    pub(crate) fn on_build_done(&mut self, id: CandId, drv: &str, now: Millis) {
-        let cand = self.candidates.get_mut(&id).expect("known");
+    pub(crate) fn on_build_done(&mut self, cx: &mut Ctx, id: CandId, drv: &str, now: Millis) {
+        let cand = self.by_id.get_mut(&id).expect("known");
         cand.last_build_at = Some(now);
         let removed = cand.pending.remove(drv);
         if removed && cand.pending.is_empty() && cand.phase == Phase::Building {
-            self.judge(id, now);
+            self.judge(cx, id, now);
         } else if removed && cand.phase == Phase::Building {
             // Fail fast: a job that builds on the base (or is new) failed on the candidate;
             // the verdict is decided, so attribute now instead of waiting for the rest
             // (they keep building and are remembered for the follow-up candidate).
             // Only a failure can decide it early: look at its own target first (a scan
             // of every target per finished build would be quadratic in a mass rebuild).
-            if self.blocks(id, drv, now) {
-                let blockers = self.known_blockers(id, now);
-                self.attribute(id, blockers, now);
+            if self.blocks(cx, id, drv, now) {
+                let blockers = self.known_blockers(cx, id, now);
+                self.attribute(cx, id, blockers, now);
             }
         } else if cand.phase == Phase::Attributing {
-            self.attribution_build_done(id, drv, now);
+            self.attribution_build_done(cx, id, drv, now);
         }
     }
 
     /// Whether `drv` just failed as a target that builds on the base (or is new).
-    fn blocks(&self, id: CandId, drv: &str, now: Millis) -> bool {
-        if self.known(drv, now).is_none_or(|m| m.ok()) {
+    fn blocks(&self, cx: &Ctx, id: CandId, drv: &str, now: Millis) -> bool {
+        if cx.builds.known(drv, now).is_none_or(|m| m.ok()) {
             return false;
         }
-        self.candidates[&id]
+        self.by_id[&id]
             .targets
             .iter()
-            .any(|t| t.drv == drv && self.certain_blocker(id, t, now).is_some())
+            .any(|t| t.drv == drv && self.certain_blocker(cx, id, t, now).is_some())
     }
 
     /// The remembered failure of a target whose base version builds or does not exist.
-    fn certain_blocker(&self, id: CandId, t: &Target, now: Millis) -> Option<&Memo> {
-        if self.candidates[&id].preexisting.contains(&t.key) {
+    fn certain_blocker<'c>(
+        &self,
+        cx: &'c Ctx,
+        id: CandId,
+        t: &Target,
+        now: Millis,
+    ) -> Option<&'c Memo> {
+        if self.by_id[&id].preexisting.contains(&t.key) {
             return None;
         }
-        let m = self.known(&t.drv, now).filter(|m| !m.ok())?;
+        let m = cx.builds.known(&t.drv, now).filter(|m| !m.ok())?;
         let base_ok = match &t.base_drv {
             None => true,
             Some(b) if b == &t.drv => false,
-            Some(b) => self.known(b, now).is_some_and(|bm| bm.ok()),
+            Some(b) => cx.builds.known(b, now).is_some_and(|bm| bm.ok()),
         };
         base_ok.then_some(m)
     }
 
     /// Blockers already certain from remembered results: targets that failed while
     /// their base version builds or does not exist.
-    fn known_blockers(&self, id: CandId, now: Millis) -> Vec<Blocker> {
-        let cand = &self.candidates[&id];
+    fn known_blockers(&self, cx: &Ctx, id: CandId, now: Millis) -> Vec<Blocker> {
+        let cand = &self.by_id[&id];
         cand.targets
             .iter()
             .filter_map(|t| {
-                let m = self.certain_blocker(id, t, now)?;
+                let m = self.certain_blocker(cx, id, t, now)?;
                 Some(build_blocker(t, m))
             })
             .collect()
@@ -513,10 +670,10 @@ impl Core {
     /// The verdict: every required job builds and no job that builds on the base fails
     /// on the candidate. A failing job whose base version was never built gets that
     /// base version built first, so pre-existing failures never block.
-    fn judge(&mut self, id: CandId, now: Millis) {
-        let targets = self.candidates[&id].targets.clone();
-        let pre = self.candidates[&id].preexisting.clone();
-        let mut blockers: Vec<Blocker> = self.candidates[&id]
+    fn judge(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
+        let targets = self.by_id[&id].targets.clone();
+        let pre = self.by_id[&id].preexisting.clone();
+        let mut blockers: Vec<Blocker> = self.by_id[&id]
             .eval_blockers
             .iter()
             .filter(|b| b.key().is_none_or(|k| !pre.contains(k)))
@@ -525,12 +682,12 @@ impl Core {
         let mut pending = BTreeSet::new();
         let mut dispatched: Vec<String> = vec![];
         let mut preexisting = 0;
-        let prio = self.cand_prio(id);
+        let prio = self.cand_prio(cx, id);
         for t in &targets {
-            let Some(m) = self.known(&t.drv, now).cloned() else {
+            let Some(m) = cx.builds.known(&t.drv, now).cloned() else {
                 // Expired while we waited: build again.
                 pending.insert(t.drv.clone());
-                if self.request_build(&t.drv, prio, now) {
+                if cx.request_build(&t.drv, prio, now) {
                     dispatched.push(t.drv.clone());
                 }
                 continue;
@@ -542,11 +699,11 @@ impl Core {
                 _ if pre.contains(&t.key) => true,
                 None => false,
                 Some(b) if b == &t.drv => true,
-                Some(b) => match self.known(b, now) {
+                Some(b) => match cx.builds.known(b, now) {
                     Some(bm) => !bm.ok(),
                     None => {
                         pending.insert(b.clone());
-                        if self.request_build(b, prio, now) {
+                        if cx.request_build(b, prio, now) {
                             dispatched.push(b.clone());
                         }
                         continue;
@@ -561,12 +718,12 @@ impl Core {
         }
         self.count_builds(id, &dispatched);
         if !pending.is_empty() {
-            self.candidates.get_mut(&id).expect("known").pending = pending;
+            self.by_id.get_mut(&id).expect("known").pending = pending;
             return;
         }
-        let repo = self.candidates[&id].repo.clone();
+        let repo = self.by_id[&id].repo.clone();
         if blockers.is_empty() {
-            let cand = self.candidates.get_mut(&id).expect("known");
+            let cand = self.by_id.get_mut(&id).expect("known");
             cand.phase = Phase::Landing;
             let cand = cand.clone();
             let extra = if preexisting > 0 {
@@ -574,7 +731,7 @@ impl Core {
             } else {
                 String::new()
             };
-            self.event(
+            cx.fx.event(
                 now,
                 &repo,
                 format!(
@@ -582,25 +739,32 @@ impl Core {
                     short(cand.commit().unwrap_or(""))
                 ),
             );
-            self.emit_land(&cand);
-            self.save_id(id);
+            self.emit_land(cx, &cand);
+            self.save_id(cx, id);
         } else {
-            self.attribute(id, blockers, now);
+            self.attribute(cx, id, blockers, now);
         }
     }
 
-    pub(crate) fn on_landed(&mut self, id: CandId, result: LandResult, now: Millis) {
+    /// Returns the lane whose branch moved, if one did.
+    pub(crate) fn on_landed(
+        &mut self,
+        cx: &mut Ctx,
+        id: CandId,
+        result: LandResult,
+        now: Millis,
+    ) -> Option<(String, String)> {
         if !self.active(id, Phase::Landing) {
-            return;
+            return None;
         }
-        let cand = self.candidates[&id].clone();
+        let cand = self.by_id[&id].clone();
         match result {
             LandResult::Landed => {
                 let commit = cand.commit().expect("landing has a commit").to_string();
                 for c in &cand.changes {
-                    let ch = self.changes.get_mut(c).expect("known");
+                    let ch = cx.queue.changes.get_mut(c).expect("known");
                     ch.landed_commit = Some(commit.clone());
-                    self.set_state(*c, ChangeState::Merged, None, now);
+                    cx.set_state(*c, ChangeState::Merged, None, now);
                 }
                 let list = cand
                     .changes
@@ -610,7 +774,7 @@ impl Core {
                     .join(" ");
                 let cost = cand.follow_up_of.map_or(String::new(), |root| {
                     let extra: u32 = self
-                        .candidates
+                        .by_id
                         .values()
                         .filter(|c| c.id == root || c.follow_up_of == Some(root))
                         .map(|c| c.extra_builds)
@@ -619,8 +783,8 @@ impl Core {
                         "; attribution of candidate {root} and its follow-ups cost {extra} builds beyond the batches' own"
                     )
                 });
-                self.holds.remove(&(cand.repo.clone(), cand.branch.clone()));
-                self.event(
+                cx.queue.release(&(cand.repo.clone(), cand.branch.clone()));
+                cx.fx.event(
                     now,
                     &cand.repo,
                     format!(
@@ -629,11 +793,11 @@ impl Core {
                         short(&commit)
                     ),
                 );
-                self.finish(id, format!("landed {commit}"), now);
-                self.source_moved(&cand.repo, &cand.branch, now);
+                self.finish(cx, id, format!("landed {commit}"), now);
+                return Some((cand.repo, cand.branch));
             }
             LandResult::Moved { tip } => {
-                self.event(
+                cx.fx.event(
                     now,
                     &cand.repo,
                     format!(
@@ -642,28 +806,29 @@ impl Core {
                         short(&tip)
                     ),
                 );
-                let c = self.candidates.get_mut(&id).expect("known");
+                let c = self.by_id.get_mut(&id).expect("known");
                 c.reset_for_prepare();
                 let c = c.clone();
-                self.emit_prepare(&c);
-                self.save_id(id);
+                self.emit_prepare(cx, &c);
+                self.save_id(cx, id);
             }
             LandResult::Failed(msg) => {
-                self.event(
+                cx.fx.event(
                     now,
                     &cand.repo,
                     format!("candidate {id}: push failed, retrying: {msg}"),
                 );
-                self.emit_land(&cand);
-                let cmd = self.out.pop().expect("just pushed");
-                self.later(now + self.cfg().retry_delay_ms, cmd);
+                self.emit_land(cx, &cand);
+                let cmd = cx.fx.pop().expect("just pushed");
+                cx.fx.later(now + cx.cfg.retry_delay_ms, cmd);
             }
         }
+        None
     }
 
-    pub(crate) fn reject(&mut self, change: ChangeId, reason: String, now: Millis) {
-        let repo = self.changes[&change].repo.clone();
-        self.event(
+    pub(crate) fn reject(&mut self, cx: &mut Ctx, change: ChangeId, reason: String, now: Millis) {
+        let repo = cx.queue.changes[&change].repo.clone();
+        cx.fx.event(
             now,
             &repo,
             format!(
@@ -671,77 +836,77 @@ impl Core {
                 reason.lines().next().unwrap_or("")
             ),
         );
-        self.set_state(change, ChangeState::Rejected, Some(reason), now);
+        cx.set_state(change, ChangeState::Rejected, Some(reason), now);
     }
 
-    pub(crate) fn finish(&mut self, id: CandId, summary: String, now: Millis) {
-        let cand = self.candidates.get_mut(&id).expect("known");
+    pub(crate) fn finish(&mut self, cx: &mut Ctx, id: CandId, summary: String, now: Millis) {
+        let cand = self.by_id.get_mut(&id).expect("known");
         cand.phase = Phase::Done;
         cand.finished_at = Some(now);
         cand.summary = Some(summary);
         cand.pending.clear();
         cand.attribution = None;
         cand.targets = vec![];
-        let cand = &self.candidates[&id];
+        let cand = &self.by_id[&id];
         let lane = (cand.repo.clone(), cand.branch.clone());
         if self.in_flight.get(&lane) == Some(&id) {
             self.in_flight.remove(&lane);
         }
-        self.save_id(id);
+        self.save_id(cx, id);
         self.probes.retain(|_, c| *c != id);
         // Evaluations only live in memory while a candidate needs them.
         let mut keep: BTreeSet<String> = BTreeSet::new();
-        for c in self.candidates.values().filter(|c| c.phase != Phase::Done) {
+        for c in self.by_id.values().filter(|c| c.phase != Phase::Done) {
             keep.extend(c.base.iter().cloned());
             keep.extend(c.merged.iter().map(|(_, m)| m.clone()));
         }
-        self.evals.retain(|k, _| keep.contains(k));
+        cx.builds.keep_evals(&keep);
     }
 
     /// Drops a candidate without a verdict: its changes go back to the queue.
-    pub(crate) fn abandon(&mut self, id: CandId, now: Millis, why: &str) {
-        let cand = self.candidates[&id].clone();
+    pub(crate) fn abandon(&mut self, cx: &mut Ctx, id: CandId, now: Millis, why: &str) {
+        let cand = self.by_id[&id].clone();
         for c in &cand.changes {
-            if self.changes[c].state == ChangeState::Testing {
-                self.set_state(*c, ChangeState::Queued, None, now);
+            if cx.queue.changes[c].state == ChangeState::Testing {
+                cx.set_state(*c, ChangeState::Queued, None, now);
             }
         }
-        self.event(now, &cand.repo, format!("candidate {id} abandoned: {why}"));
-        self.finish(id, format!("abandoned: {why}"), now);
+        cx.fx
+            .event(now, &cand.repo, format!("candidate {id} abandoned: {why}"));
+        self.finish(cx, id, format!("abandoned: {why}"), now);
     }
 
     /// Ends a candidate that cannot land through no fault of its changes (required jobs
     /// fail on the target itself): the changes wait in the queue with the reason, and
     /// the lane tries again after a growing delay (or as soon as something lands).
-    pub(crate) fn hold(&mut self, id: CandId, why: &str, now: Millis) {
-        let cand = self.candidates[&id].clone();
+    pub(crate) fn hold(&mut self, cx: &mut Ctx, id: CandId, why: &str, now: Millis) {
+        let cand = self.by_id[&id].clone();
         let lane = (cand.repo.clone(), cand.branch.clone());
-        let n = self.holds.get(&lane).map_or(0, |h| h.1) + 1;
-        let until = now + self.backoff(n);
-        self.holds.insert(lane, (until, n));
-        self.wakes.insert(until);
+        let until = cx.queue.hold(cx.cfg, lane, now);
+        cx.fx.wake(until);
         let reason = format!("waiting: {why}; tested again in {} s", (until - now) / 1000);
         for c in &cand.changes {
-            if self.changes[c].state == ChangeState::Testing {
-                self.set_state(*c, ChangeState::Queued, Some(reason.clone()), now);
+            if cx.queue.changes[c].state == ChangeState::Testing {
+                cx.set_state(*c, ChangeState::Queued, Some(reason.clone()), now);
             }
         }
-        self.event(now, &cand.repo, format!("candidate {id} held: {reason}"));
-        self.finish(id, format!("held: {why}"), now);
+        cx.fx
+            .event(now, &cand.repo, format!("candidate {id} held: {reason}"));
+        self.finish(cx, id, format!("held: {why}"), now);
     }
 
     /// Back to building after attribution found every failure on the base too: those
     /// jobs no longer block, the rest of the verdict is still to come.
-    pub(crate) fn resume_building(&mut self, id: CandId, now: Millis) {
-        let targets = self.candidates[&id].targets.clone();
-        let pending = self.build_unknown(id, &targets, now);
-        let cand = self.candidates.get_mut(&id).expect("known");
+    pub(crate) fn resume_building(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
+        let targets = self.by_id[&id].targets.clone();
+        let pending = self.build_unknown(cx, id, &targets, now);
+        let cand = self.by_id.get_mut(&id).expect("known");
         cand.attribution = None;
         cand.phase = Phase::Building;
         cand.pending = pending;
-        self.save_id(id);
-        if self.candidates[&id].pending.is_empty() {
-            self.judge(id, now);
+        self.save_id(cx, id);
+        if self.by_id[&id].pending.is_empty() {
+            self.judge(cx, id, now);
         }
     }
 }

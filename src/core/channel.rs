@@ -1,27 +1,55 @@
-//! Channels: a branch (`target`) that follows another (`source`) but only ever moves
-//! forward, to a descendant of its current revision whose gate jobs built.
+//! The channel gating machine: a branch (`target`) that follows another (`source`) but
+//! only ever moves forward, to a descendant of its current revision whose gate jobs
+//! built.
 //!
-//! Part of `Core`, so a channel shares the build memo (by drvPath), the in-flight builds
-//! and the evaluations with the merge queue: a commit the queue landed is judged from
-//! the queue's own results. The shell polls the source (and the target) and reports the
+//! It works through the builds machine (`GateCtx`), so a channel shares the build memo
+//! (by drvPath), the in-flight builds and the evaluations with the merge queue: a commit
+//! the queue landed is judged from the queue's own results. The shell polls the source (and the target) and reports the
 //! git facts (`SourcePoll`); the core decides what to evaluate, build and push. The data
 //! types are in `channel_types.rs`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::builds::Builds;
 pub use super::channel_types::*;
-use super::{Command, Core, Input, Millis, Record};
+use super::effects::Effects;
+use super::{ChannelInput, Command, CoreConfig, Millis, Record};
 use crate::core::change::short;
 use crate::core::evaluation::{EvalOutcome, Evaluation, JobResult};
 
 /// Priority class of gate builds (that of a normal change).
 const GATE_PRIO: u8 = crate::core::change::Priority::Normal as u8;
 
-impl Core {
-    pub(crate) fn init_channels(&mut self, stored: Vec<(ChannelState, Vec<Advance>)>) {
-        let configs = self.cfg().channels.clone();
-        let mut stored: std::collections::BTreeMap<String, (ChannelState, Vec<Advance>)> = stored
+/// The channels by name, each with its gate test in progress.
+#[derive(Debug, Default)]
+pub struct Gating {
+    channels: BTreeMap<String, Channel>,
+}
+
+/// What gating uses of the others: the builds machine and where commands go.
+pub(crate) struct GateCtx<'a> {
+    pub(crate) cfg: &'a CoreConfig,
+    pub(crate) builds: &'a mut Builds,
+    pub(crate) fx: &'a mut Effects,
+}
+
+impl GateCtx<'_> {
+    fn request_build(&mut self, drv: &str, prio: u8, now: Millis) -> bool {
+        self.builds.request_build(drv, prio, now, self.fx)
+    }
+
+    fn request_eval(&mut self, repo: &str, commit: &str) {
+        self.builds.request_eval(repo, commit, self.fx);
+    }
+}
+
+impl Gating {
+    /// The configured channels, with what was persisted of them.
+    pub(crate) fn restore(cx: &mut GateCtx, stored: Vec<(ChannelState, Vec<Advance>)>) -> Gating {
+        let mut gating = Gating::default();
+        let configs = cx.cfg.channels.clone();
+        let mut stored: BTreeMap<String, (ChannelState, Vec<Advance>)> = stored
             .into_iter()
             .map(|(s, h)| (s.name.clone(), (s, h)))
             .collect();
@@ -35,7 +63,7 @@ impl Core {
             // An advance caught in flight is pushed again (idempotent); artifacts that
             // were not published yet are published again.
             if let Some(a) = ch.state.advancing.clone() {
-                self.out.push(Command::AdvanceChannel {
+                cx.fx.push(Command::AdvanceChannel {
                     channel: name.clone(),
                     old: a.old,
                     new: a.new,
@@ -49,7 +77,7 @@ impl Core {
                     .last()
                     .filter(|a| Some(&a.rev) == ch.state.rev.as_ref())
                 {
-                    self.out.push(Command::PublishArtifacts {
+                    cx.fx.push(Command::PublishArtifacts {
                         channel: name.clone(),
                         rev: last.rev.clone(),
                         at: last.at,
@@ -57,54 +85,46 @@ impl Core {
                     });
                 }
             }
-            self.channels.insert(name, ch);
+            gating.channels.insert(name, ch);
         }
+        gating
     }
 
-    pub fn channels(&self) -> impl Iterator<Item = (&String, &Channel)> {
+    pub fn all(&self) -> impl Iterator<Item = (&String, &Channel)> {
         self.channels.iter()
     }
 
-    pub fn channel(&self, name: &str) -> Option<&Channel> {
+    pub fn get(&self, name: &str) -> Option<&Channel> {
         self.channels.get(name)
     }
 
-    /// Handles the channel inputs; `Core::handle` sends only those here.
-    pub(crate) fn handle_channel(&mut self, input: Input, now: Millis) {
+    pub(crate) fn handle(&mut self, cx: &mut GateCtx, input: ChannelInput, now: Millis) {
         match input {
-            Input::SourcePolled { channel, result } => self.on_source_polled(&channel, result, now),
-            Input::ChannelAdvanced {
+            ChannelInput::SourcePolled { channel, result } => {
+                self.on_source_polled(cx, &channel, result, now)
+            }
+            ChannelInput::Advanced {
                 channel,
                 new,
                 result,
-            } => self.on_channel_advanced(&channel, &new, result, now),
-            Input::ArtifactsPublished {
+            } => self.on_channel_advanced(cx, &channel, &new, result, now),
+            ChannelInput::ArtifactsPublished {
                 channel,
                 rev,
                 result,
-            } => self.on_artifacts_published(&channel, &rev, result, now),
-            other @ (Input::Prepared { .. }
-            | Input::Evaluated { .. }
-            | Input::EvalFailed { .. }
-            | Input::Built(_)
-            | Input::Inspected { .. }
-            | Input::Referrers { .. }
-            | Input::BuilderProbed { .. }
-            | Input::Probed { .. }
-            | Input::Landed { .. }
-            | Input::Tick) => unreachable!("not a channel input: {other:?}"),
+            } => self.on_artifacts_published(cx, &channel, &rev, result, now),
         }
     }
 
     /// Polls due channels and performs advances whose `min_interval` elapsed.
-    pub(crate) fn tick_channels(&mut self, now: Millis) {
+    pub(crate) fn tick(&mut self, cx: &mut GateCtx, now: Millis) {
         let names: Vec<String> = self.channels.keys().cloned().collect();
         for name in names {
             let ch = self.channels.get_mut(&name).expect("known");
             if !ch.polling && ch.next_poll <= now {
                 ch.polling = true;
                 ch.next_poll = now + ch.config.poll_interval_ms.max(1);
-                self.out.push(Command::PollSource {
+                cx.fx.push(Command::PollSource {
                     channel: name.clone(),
                 });
             }
@@ -112,13 +132,13 @@ impl Core {
             if let Some((commit, gate, due)) = ch.hold.clone() {
                 if due <= now && ch.state.advancing.is_none() {
                     self.channels.get_mut(&name).expect("known").hold = None;
-                    self.begin_advance(&name, commit, gate, now);
+                    self.begin_advance(cx, &name, commit, gate, now);
                 }
             }
         }
     }
 
-    pub(crate) fn channel_wakeup(&self) -> Option<Millis> {
+    pub(crate) fn next_wakeup(&self) -> Option<Millis> {
         self.channels
             .values()
             .flat_map(|c| {
@@ -137,17 +157,23 @@ impl Core {
         }
     }
 
-    fn save_channel(&mut self, name: &str) {
+    fn save_channel(&mut self, cx: &mut GateCtx, name: &str) {
         let s = self.channels[name].state.clone();
-        self.out.push(Command::Record(Record::Channel(s)));
+        cx.fx.push(Command::Record(Record::Channel(s)));
     }
 
-    fn channel_event(&mut self, name: &str, now: Millis, text: String) {
+    fn channel_event(&mut self, cx: &mut GateCtx, name: &str, now: Millis, text: String) {
         let repo = self.channels[name].config.repo.clone();
-        self.event(now, &repo, format!("channel {name}: {text}"));
+        cx.fx.event(now, &repo, format!("channel {name}: {text}"));
     }
 
-    fn on_source_polled(&mut self, name: &str, result: Result<SourcePoll, String>, now: Millis) {
+    fn on_source_polled(
+        &mut self,
+        cx: &mut GateCtx,
+        name: &str,
+        result: Result<SourcePoll, String>,
+        now: Millis,
+    ) {
         let Some(ch) = self.channels.get_mut(name) else {
             return;
         };
@@ -157,7 +183,7 @@ impl Core {
             Err(msg) => {
                 if ch.last_error.as_deref() != Some(&msg) {
                     ch.last_error = Some(msg.clone());
-                    self.channel_event(name, now, format!("polling failed: {msg}"));
+                    self.channel_event(cx, name, now, format!("polling failed: {msg}"));
                 }
                 return;
             }
@@ -176,8 +202,8 @@ impl Core {
                 ),
                 (_, None) => "target branch does not exist yet".into(),
             };
-            self.save_channel(name);
-            self.channel_event(name, now, text);
+            self.save_channel(cx, name);
+            self.channel_event(cx, name, now, text);
         }
         let ch = self.channels.get_mut(name).expect("known");
         if !p.descends {
@@ -185,6 +211,7 @@ impl Core {
                 ch.diverged = Some(p.head.clone());
                 let rev = ch.state.rev.clone().unwrap_or_default();
                 self.channel_event(
+ cx,
                     name,
                     now,
                     format!(
@@ -198,11 +225,11 @@ impl Core {
             ch.diverged = None;
         }
         self.channels.get_mut(name).expect("known").poll = Some(p);
-        self.consider(name, now);
+        self.consider(cx, name, now);
     }
 
     /// Starts the next gate test when the channel is idle and behind its source.
-    fn consider(&mut self, name: &str, now: Millis) {
+    fn consider(&mut self, cx: &mut GateCtx, name: &str, now: Millis) {
         let ch = &self.channels[name];
         if ch.state.advancing.is_some() || ch.test.is_some() || ch.hold.is_some() {
             return;
@@ -213,7 +240,7 @@ impl Core {
         if ch.state.rev.as_deref() == Some(&p.head) {
             if ch.state.blocked.is_some() {
                 self.channels.get_mut(name).expect("known").state.blocked = None;
-                self.save_channel(name);
+                self.save_channel(cx, name);
             }
             return;
         }
@@ -225,11 +252,12 @@ impl Core {
         } else {
             vec![]
         };
-        self.start_gate(name, p.head, true, older, now);
+        self.start_gate(cx, name, p.head, true, older, now);
     }
 
     fn start_gate(
         &mut self,
+        cx: &mut GateCtx,
         name: &str,
         commit: String,
         head: bool,
@@ -248,18 +276,19 @@ impl Core {
         });
         let what = if head { "source head" } else { "older commit" };
         self.channel_event(
+            cx,
             name,
             now,
             format!("checking the gate at {what} {}", short(&commit)),
         );
-        match self.evals.get(&commit).cloned() {
-            Some(eval) => self.gate_evaluated(name, eval, now),
-            None => self.request_eval(&repo, &commit),
+        match cx.builds.evals.get(&commit).cloned() {
+            Some(eval) => self.gate_evaluated(cx, name, eval, now),
+            None => cx.request_eval(&repo, &commit),
         }
     }
 
     /// Hook from `on_evaluated`.
-    pub(crate) fn channels_evaluated(&mut self, eval: &Arc<Evaluation>, now: Millis) {
+    pub(crate) fn evaluated(&mut self, cx: &mut GateCtx, eval: &Arc<Evaluation>, now: Millis) {
         let waiting: Vec<String> = self
             .channels
             .iter()
@@ -271,13 +300,13 @@ impl Core {
             .map(|(n, _)| n.clone())
             .collect();
         for name in waiting {
-            self.gate_evaluated(&name, eval.clone(), now);
+            self.gate_evaluated(cx, &name, eval.clone(), now);
         }
     }
 
-    fn gate_evaluated(&mut self, name: &str, eval: Arc<Evaluation>, now: Millis) {
+    fn gate_evaluated(&mut self, cx: &mut GateCtx, name: &str, eval: Arc<Evaluation>, now: Millis) {
         if let EvalOutcome::Failed(msg) = &eval.outcome {
-            self.gate_failed(name, Some(msg.clone()), vec![], now);
+            self.gate_failed(cx, name, Some(msg.clone()), vec![], now);
             return;
         }
         let gate = self.channels[name].config.gate.clone();
@@ -319,15 +348,15 @@ impl Core {
             }
         }
         if !blockers.is_empty() {
-            self.gate_failed(name, None, blockers, now);
+            self.gate_failed(cx, name, None, blockers, now);
             return;
         }
         let mut pending = BTreeSet::new();
         for j in &jobs {
             let drv = j.drv.as_deref().expect("evaluated");
-            if self.known(drv, now).is_none() {
+            if cx.builds.known(drv, now).is_none() {
                 pending.insert(drv.to_string());
-                self.request_build(drv, GATE_PRIO, now);
+                cx.request_build(drv, GATE_PRIO, now);
             }
         }
         let n = jobs.len();
@@ -343,6 +372,7 @@ impl Core {
         test.pending = pending;
         test.phase = TestPhase::Building;
         self.channel_event(
+            cx,
             name,
             now,
             format!(
@@ -351,12 +381,12 @@ impl Core {
             ),
         );
         if to_build == 0 {
-            self.judge_gate(name, now);
+            self.judge_gate(cx, name, now);
         }
     }
 
     /// Hook from `on_built`, after the memo was updated.
-    pub(crate) fn channels_built(&mut self, drv: &str, now: Millis) {
+    pub(crate) fn built(&mut self, cx: &mut GateCtx, drv: &str, now: Millis) {
         let waiting: Vec<String> = self
             .channels
             .iter()
@@ -373,14 +403,14 @@ impl Core {
                 .expect("testing");
             t.pending.remove(drv);
             if t.pending.is_empty() {
-                self.judge_gate(&name, now);
+                self.judge_gate(cx, &name, now);
             }
         }
     }
 
     /// Hook from the dispatcher: `drv` could not be built on any builder. The gate
     /// check is dropped without a verdict; the next poll starts it again.
-    pub(crate) fn channels_build_abandoned(&mut self, drv: &str, err: &str, now: Millis) {
+    pub(crate) fn build_abandoned(&mut self, cx: &mut GateCtx, drv: &str, err: &str, now: Millis) {
         let waiting: Vec<String> = self
             .channels
             .iter()
@@ -391,6 +421,7 @@ impl Core {
             let test = self.channels.get_mut(&name).expect("known").test.take();
             let commit = test.map(|t| t.commit).unwrap_or_default();
             self.channel_event(
+                cx,
                 &name,
                 now,
                 format!(
@@ -403,7 +434,7 @@ impl Core {
 
     /// Every gate job must build; unlike a candidate's verdict, failures that already
     /// exist elsewhere are no excuse.
-    fn judge_gate(&mut self, name: &str, now: Millis) {
+    fn judge_gate(&mut self, cx: &mut GateCtx, name: &str, now: Millis) {
         let mut jobs = self.channels[name]
             .test
             .as_ref()
@@ -413,7 +444,7 @@ impl Core {
         let mut pending = BTreeSet::new();
         for j in &mut jobs {
             let drv = j.drv.clone().expect("evaluated");
-            match self.known(&drv, now).cloned() {
+            match cx.builds.known(&drv, now).cloned() {
                 Some(m) => {
                     j.status = m.class.as_str().to_string();
                     j.log_tail = m.log_tail.clone();
@@ -421,7 +452,7 @@ impl Core {
                 None => {
                     // Expired while we waited: build again.
                     pending.insert(drv.clone());
-                    self.request_build(&drv, GATE_PRIO, now);
+                    cx.request_build(&drv, GATE_PRIO, now);
                 }
             }
         }
@@ -439,7 +470,7 @@ impl Core {
         }
         let failing: Vec<GateJob> = jobs.iter().filter(|j| !j.ok()).cloned().collect();
         if !failing.is_empty() {
-            self.gate_failed(name, None, failing, now);
+            self.gate_failed(cx, name, None, failing, now);
             return;
         }
         let test = self
@@ -449,11 +480,16 @@ impl Core {
             .test
             .take()
             .expect("testing");
-        self.channel_event(name, now, format!("gate passed at {}", short(&test.commit)));
+        self.channel_event(
+            cx,
+            name,
+            now,
+            format!("gate passed at {}", short(&test.commit)),
+        );
         let ch = self.channels.get_mut(name).expect("known");
         if test.head && ch.state.blocked.is_some() {
             ch.state.blocked = None;
-            self.save_channel(name);
+            self.save_channel(cx, name);
         }
         let ch = &self.channels[name];
         let due = ch
@@ -464,6 +500,7 @@ impl Core {
             self.channels.get_mut(name).expect("known").hold =
                 Some((test.commit.clone(), jobs, due));
             self.channel_event(
+                cx,
                 name,
                 now,
                 format!(
@@ -474,10 +511,17 @@ impl Core {
             );
             return;
         }
-        self.begin_advance(name, test.commit, jobs, now);
+        self.begin_advance(cx, name, test.commit, jobs, now);
     }
 
-    fn gate_failed(&mut self, name: &str, error: Option<String>, jobs: Vec<GateJob>, now: Millis) {
+    fn gate_failed(
+        &mut self,
+        cx: &mut GateCtx,
+        name: &str,
+        error: Option<String>,
+        jobs: Vec<GateJob>,
+        now: Millis,
+    ) {
         let test = self
             .channels
             .get_mut(name)
@@ -497,6 +541,7 @@ impl Core {
                 .join(", "),
         };
         self.channel_event(
+            cx,
             name,
             now,
             format!("gate failed at {}: {what}", short(&test.commit)),
@@ -510,19 +555,26 @@ impl Core {
                 jobs,
             });
             ch.state.blocks += 1;
-            self.save_channel(name);
+            self.save_channel(cx, name);
         }
         // Look back: the newest passing commit between the channel and the head.
         let mut older = test.older;
         if !older.is_empty() {
             let next = older.remove(0);
-            self.start_gate(name, next, false, older, now);
+            self.start_gate(cx, name, next, false, older, now);
         } else {
-            self.consider(name, now);
+            self.consider(cx, name, now);
         }
     }
 
-    fn begin_advance(&mut self, name: &str, new: String, gate: Vec<GateJob>, now: Millis) {
+    fn begin_advance(
+        &mut self,
+        cx: &mut GateCtx,
+        name: &str,
+        new: String,
+        gate: Vec<GateJob>,
+        now: Millis,
+    ) {
         let ch = self.channels.get_mut(name).expect("known");
         let old = ch.state.rev.clone();
         ch.state.advancing = Some(Advancing {
@@ -530,8 +582,9 @@ impl Core {
             new: new.clone(),
             gate,
         });
-        self.save_channel(name);
+        self.save_channel(cx, name);
         self.channel_event(
+            cx,
             name,
             now,
             format!(
@@ -541,14 +594,21 @@ impl Core {
                 short(&new)
             ),
         );
-        self.out.push(Command::AdvanceChannel {
+        cx.fx.push(Command::AdvanceChannel {
             channel: name.to_string(),
             old,
             new,
         });
     }
 
-    fn on_channel_advanced(&mut self, name: &str, new: &str, result: AdvanceResult, now: Millis) {
+    fn on_channel_advanced(
+        &mut self,
+        cx: &mut GateCtx,
+        name: &str,
+        new: &str,
+        result: AdvanceResult,
+        now: Millis,
+    ) {
         let Some(ch) = self.channels.get_mut(name) else {
             return;
         };
@@ -576,14 +636,19 @@ impl Core {
                 ch.poll = None;
                 ch.next_poll = now;
                 let (artifacts, target) = (ch.config.artifacts, ch.config.target.clone());
-                self.out.push(Command::Record(Record::ChannelAdvance {
+                cx.fx.push(Command::Record(Record::ChannelAdvance {
                     channel: name.to_string(),
                     advance: advance.clone(),
                 }));
-                self.save_channel(name);
-                self.channel_event(name, now, format!("advanced {target} to {}", short(new)));
+                self.save_channel(cx, name);
+                self.channel_event(
+                    cx,
+                    name,
+                    now,
+                    format!("advanced {target} to {}", short(new)),
+                );
                 if artifacts {
-                    self.out.push(Command::PublishArtifacts {
+                    cx.fx.push(Command::PublishArtifacts {
                         channel: name.to_string(),
                         rev: advance.rev,
                         at: advance.at,
@@ -597,8 +662,9 @@ impl Core {
                 ch.state.rev_time = None;
                 ch.poll = None;
                 ch.next_poll = now;
-                self.save_channel(name);
+                self.save_channel(cx, name);
                 self.channel_event(
+                    cx,
                     name,
                     now,
                     format!(
@@ -612,8 +678,9 @@ impl Core {
                 ch.state.advancing = None;
                 ch.poll = None;
                 ch.next_poll = now;
-                self.save_channel(name);
+                self.save_channel(cx, name);
                 self.channel_event(
+                    cx,
                     name,
                     now,
                     format!(
@@ -624,9 +691,9 @@ impl Core {
                 );
             }
             AdvanceResult::Failed(msg) => {
-                self.channel_event(name, now, format!("push failed, retrying: {msg}"));
-                let retry = self.cfg().retry_delay_ms;
-                self.later(
+                self.channel_event(cx, name, now, format!("push failed, retrying: {msg}"));
+                let retry = cx.cfg.retry_delay_ms;
+                cx.fx.later(
                     now + retry,
                     Command::AdvanceChannel {
                         channel: name.to_string(),
@@ -640,6 +707,7 @@ impl Core {
 
     fn on_artifacts_published(
         &mut self,
+        cx: &mut GateCtx,
         name: &str,
         rev: &str,
         result: Result<(), String>,
@@ -651,7 +719,7 @@ impl Core {
         match result {
             Ok(()) => {
                 self.channels.get_mut(name).expect("known").state.published = Some(rev.to_string());
-                self.save_channel(name);
+                self.save_channel(cx, name);
             }
             Err(msg) => {
                 // Only the current revision's artifacts are worth publishing.
@@ -660,13 +728,14 @@ impl Core {
                 }
                 let last = ch.history.last().filter(|a| a.rev == rev).cloned();
                 self.channel_event(
+                    cx,
                     name,
                     now,
                     format!("publishing artifacts failed, retrying: {msg}"),
                 );
                 if let Some(a) = last {
-                    let retry = self.cfg().retry_delay_ms;
-                    self.later(
+                    let retry = cx.cfg.retry_delay_ms;
+                    cx.fx.later(
                         now + retry,
                         Command::PublishArtifacts {
                             channel: name.to_string(),

@@ -2,6 +2,7 @@
 //! parents and per-attribute derivations, a source and a target branch, builds that
 //! pass or fail by derivation. The loop answers the core's commands like the shell.
 
+use super::{BuildInput, ChannelInput};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -225,20 +226,20 @@ impl Run {
                 self.db.apply(&r);
                 return None;
             }
-            Command::PollSource { .. } => Input::SourcePolled {
+            Command::PollSource { .. } => Input::Channel(ChannelInput::SourcePolled {
                 channel,
                 result: Ok(self.git.poll()),
-            },
+            }),
             Command::Evaluate { commit, .. } => {
                 self.evals.push(commit.clone());
-                Input::Evaluated {
+                Input::Build(BuildInput::Evaluated {
                     eval: Arc::new(self.git.eval(&commit)),
-                }
+                })
             }
             Command::Build { drv, .. } => {
                 self.builds.push(drv.clone());
                 let fail = self.git.bad.contains(&drv);
-                Input::Built(BuildReport {
+                Input::Build(BuildInput::Built(BuildReport {
                     drv_path: drv.clone(),
                     class: if fail {
                         OutcomeClass::Failed
@@ -254,7 +255,7 @@ impl Run {
                     builder: "local".into(),
                     duration_ms: 5,
                     log_path: None,
-                })
+                }))
             }
             Command::AdvanceChannel { old, new, .. } => {
                 self.pushes.push((old.clone(), new.clone()));
@@ -281,21 +282,21 @@ impl Run {
                     self.git.target = Some(new.clone());
                     AdvanceResult::Advanced
                 };
-                Input::ChannelAdvanced {
+                Input::Channel(ChannelInput::Advanced {
                     channel,
                     new,
                     result,
-                }
+                })
             }
             Command::PublishArtifacts { rev, .. } => {
                 self.published.push(rev.clone());
-                Input::ArtifactsPublished {
+                Input::Channel(ChannelInput::ArtifactsPublished {
                     channel,
                     rev,
                     result: Ok(()),
-                }
+                })
             }
-            Command::Inspect { drvs } => Input::Inspected {
+            Command::Inspect { drvs } => Input::Build(BuildInput::Inspected {
                 infos: drvs
                     .into_iter()
                     .map(|d| {
@@ -306,15 +307,17 @@ impl Run {
                         (d, Ok(info))
                     })
                     .collect(),
-            },
-            Command::QueryReferrers { root } => Input::Referrers { root, drvs: vec![] },
-            Command::ProbeBuilder { builder } => Input::BuilderProbed {
+            }),
+            Command::QueryReferrers { root } => {
+                Input::Build(BuildInput::Referrers { root, drvs: vec![] })
+            }
+            Command::ProbeBuilder { builder } => Input::Build(BuildInput::BuilderProbed {
                 builder,
                 result: Ok(BuilderIdentity {
                     implementation: "Nix".into(),
                     version: "2.8.0".into(),
                 }),
-            },
+            }),
             other @ (Command::Prepare { .. } | Command::Probe { .. } | Command::Land { .. }) => {
                 panic!("unexpected command {other:?}")
             }
@@ -326,7 +329,7 @@ impl Run {
     }
 
     fn restore(&mut self) {
-        self.core = self.db.restore(self.core.cfg().clone(), self.now);
+        self.core = self.db.restore(self.core.config().clone(), self.now);
     }
 
     /// The channel's stored row and advances.
@@ -659,7 +662,7 @@ fn a_landing_on_the_source_polls_at_once() {
     assert_eq!(r.ch().next_poll, T0 + 60_000);
     r.git.source = "c1".into();
     r.now += 1000;
-    r.core.source_moved("pkgs", "master", r.now);
+    r.core.gating.source_moved("pkgs", "master", r.now);
     r.core.handle(Input::Tick, r.now);
     r.settle();
     assert_eq!(

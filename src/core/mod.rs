@@ -10,33 +10,41 @@ mod attribution;
 #[cfg(test)]
 mod attribution_props;
 mod blocker;
+mod builds;
 mod candidate;
 pub mod change;
 mod channel;
 #[cfg(test)]
 mod channel_tests;
 mod channel_types;
-mod dispatch;
+mod effects;
 pub mod evaluation;
+mod messages;
 pub mod outcome;
+mod queue;
 pub mod scheduler;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::change::{Change, ChangeId, ChangeState, Priority};
-use crate::core::evaluation::{Evaluation, JobKey, JobResult};
-use crate::core::outcome::{BuildReport, OutcomeClass};
+use crate::core::change::{Change, ChangeId, ChangeState};
+use crate::core::evaluation::Evaluation;
+use crate::core::outcome::OutcomeClass;
 
+use builds::BuildNews;
 pub use candidate::{Candidate, Phase};
 pub use channel::{
     Advance, AdvanceResult, Advancing, Blocked, Channel, ChannelConfig, ChannelState, GateJob,
     GateTest, SourcePoll, TestPhase, HISTORY_KEEP,
+};
+pub use messages::{
+    BuildInput, BuilderIdentity, CandidateInput, ChannelInput, Command, Input, LandResult,
+    Prepared, ProbeResult, Record, Refusal, Submission,
 };
 pub use snapshot::Snapshot;
 
@@ -87,6 +95,16 @@ fn next_attempt<K: Ord>(failures: &mut BTreeMap<K, u32>, key: K) -> u32 {
     *n
 }
 
+impl CoreConfig {
+    /// The delay before the `n`th retry (1-based): the retry delay, doubling, at most
+    /// ten minutes.
+    pub(crate) fn backoff(&self, n: u32) -> Millis {
+        let base = self.retry_delay_ms.max(1);
+        base.saturating_mul(1 << n.saturating_sub(1).min(16))
+            .min(600_000.max(base))
+    }
+}
+
 /// The product's defaults, held once: the configuration's defaults are these.
 impl Default for CoreConfig {
     fn default() -> Self {
@@ -120,296 +138,27 @@ impl Memo {
     }
 }
 
-/// State changes the shell must persist before performing the step's effects.
-#[derive(Debug, Clone, PartialEq)]
-// Records and commands are short-lived values handed straight to the shell; boxing the
-// large variants would only add allocations.
-#[allow(clippy::large_enum_variant)]
-pub enum Record {
-    Change(Change),
-    Candidate(Candidate),
-    Memo {
-        drv: String,
-        memo: Memo,
-    },
-    /// An operator drained (or returned) a builder.
-    BuilderDrained {
-        builder: String,
-        drained: bool,
-    },
-    /// A line of progress for operators and the demo ("testing #3 #4", "landed ...").
-    Event {
-        at: Millis,
-        repo: String,
-        text: String,
-    },
-    /// A channel's row (revision, blocking jobs, advance in flight, counters).
-    Channel(ChannelState),
-    /// One advance of a channel, appended to its history.
-    ChannelAdvance {
-        channel: String,
-        advance: Advance,
-    },
-}
-
-/// Effects for the shell. Each is idempotent and carries the id its result refers to.
-#[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)]
-pub enum Command {
-    Record(Record),
-    /// Fetch the target tip and the changes' refs, merge them one by one onto the tip
-    /// (a chain of merge commits; conflicting ones skipped) and report `Input::Prepared`.
-    Prepare {
-        cand: CandId,
-        repo: String,
-        branch: String,
-        changes: Vec<(ChangeId, String)>,
-    },
-    /// Evaluate the jobset at a commit (served from the evaluation store when known).
-    Evaluate {
-        repo: String,
-        commit: String,
-    },
-    /// Learn derivations' systems, required features and inputs (`Input::Inspected`).
-    Inspect {
-        drvs: Vec<String>,
-    },
-    /// Realise one derivation on one builder.
-    Build {
-        drv: String,
-        system: String,
-        builder: String,
-    },
-    /// Find the derivations that depend on a failed one (`Input::Referrers`).
-    QueryReferrers {
-        root: String,
-    },
-    /// Connect to a builder: implementation, version, health (`Input::BuilderProbed`).
-    ProbeBuilder {
-        builder: String,
-    },
-    /// Merge `heads` onto `base` and evaluate `attrs` there (all jobs when `None`).
-    Probe {
-        probe: ProbeId,
-        repo: String,
-        base: String,
-        heads: Vec<String>,
-        attrs: Option<Vec<String>>,
-    },
-    /// Move `branch` from `old` to `new`: fast-forward only, compare-and-swap on `old`.
-    Land {
-        cand: CandId,
-        repo: String,
-        branch: String,
-        old: String,
-        new: String,
-    },
-    /// Fetch a channel's source and target and report `Input::SourcePolled`.
-    PollSource {
-        channel: String,
-    },
-    /// Move a channel's target from `old` (`None`: create it) to `new`: a descendant
-    /// only, still in the source, compare-and-swap on `old`. Reports `ChannelAdvanced`.
-    AdvanceChannel {
-        channel: String,
-        old: Option<String>,
-        new: String,
-    },
-    /// Write a channel's artifacts for `rev` atomically; reports `ArtifactsPublished`.
-    PublishArtifacts {
-        channel: String,
-        rev: String,
-        at: Millis,
-        gate: Vec<GateJob>,
-    },
-}
-
-impl Command {
-    /// The channel a channel command is for; `None` for every other command.
-    pub fn channel(&self) -> Option<&str> {
-        match self {
-            Command::PollSource { channel }
-            | Command::AdvanceChannel { channel, .. }
-            | Command::PublishArtifacts { channel, .. } => Some(channel),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
-    pub base: String,
-    /// Every change's head as resolved now.
-    pub heads: Vec<(ChangeId, String)>,
-    /// Merged changes in order, each with the commit after merging it.
-    pub merged: Vec<(ChangeId, String)>,
-    pub conflicts: Vec<(ChangeId, String)>,
-    /// Changes whose ref no longer exists on the remote (deleted branch, closed pull
-    /// request), with the message. A ref that could not be fetched for another reason
-    /// is an infrastructure failure of the whole preparation, not listed here.
-    pub vanished: Vec<(ChangeId, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeResult {
-    /// The jobs of the requested attributes. An attribute that does not exist at that
-    /// commit (or holds no job) yields no entry: absent is not failing.
-    Attrs {
-        commit: String,
-        jobs: Vec<(JobKey, JobResult)>,
-    },
-    Full {
-        eval: Arc<Evaluation>,
-    },
-    Conflict(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum LandResult {
-    Landed,
-    /// The target is no longer at `old`; it is at `tip`.
-    Moved {
-        tip: String,
-    },
-    /// Could not reach the remote; retried later.
-    Failed(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    Prepared {
-        cand: CandId,
-        result: Result<Prepared, String>,
-    },
-    Evaluated {
-        eval: Arc<Evaluation>,
-    },
-    /// The evaluation of `commit` could not run (checkout or fetch failed, the evaluator
-    /// could not start or was killed, the disk is full): an infrastructure outcome,
-    /// retried with backoff, never stored as the commit's evaluation.
-    EvalFailed {
-        repo: String,
-        commit: String,
-        error: String,
-    },
-    Built(BuildReport),
-    Inspected {
-        infos: Vec<(String, Result<scheduler::StepInfo, String>)>,
-    },
-    Referrers {
-        root: String,
-        drvs: Vec<String>,
-    },
-    BuilderProbed {
-        builder: String,
-        result: Result<BuilderIdentity, String>,
-    },
-    Probed {
-        probe: ProbeId,
-        result: Result<ProbeResult, String>,
-    },
-    Landed {
-        cand: CandId,
-        result: LandResult,
-    },
-    /// A timer came due (see `Core::next_wakeup`).
-    Tick,
-    SourcePolled {
-        channel: String,
-        result: Result<SourcePoll, String>,
-    },
-    ChannelAdvanced {
-        channel: String,
-        new: String,
-        result: AdvanceResult,
-    },
-    ArtifactsPublished {
-        channel: String,
-        rev: String,
-        result: Result<(), String>,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuilderIdentity {
-    /// `Nix`, `Lix`, `Determinate Nix`, ...
-    pub implementation: String,
-    pub version: String,
-}
-
-/// Outcome of a submission or cancellation through the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    UnknownRepo,
-    UnknownTarget,
-    UnknownChange,
-    /// The change already reached a final state or is being landed.
-    TooLate(ChangeState),
-}
-
-#[derive(Debug, Clone)]
-pub struct Submission {
-    pub repo: String,
-    pub target: String,
-    pub git_ref: String,
-    pub head: String,
-    pub title: String,
-    pub author: String,
-    pub priority: Priority,
-}
-
-#[derive(Debug, Default)]
+/// The core: four machines composed. Each owns its state and its inputs; what one
+/// needs of another it gets through a context borrowed for the call (`Ctx`, `GateCtx`),
+/// and what it must tell another comes back here as data (`BuildNews`, a landed lane).
+///
+/// - `queue`: changes and lanes, which changes a lane tests next (`queue.rs`);
+/// - `cands`: candidates with attribution (`candidate.rs`, `attribution.rs`);
+/// - `builds`: evaluations, the build memo, the scheduler (`builds.rs`);
+/// - `gating`: channels and their gate tests (`channel.rs`).
+#[derive(Debug)]
 pub struct Core {
-    pub(crate) config: Option<CoreConfig>,
-    pub(crate) changes: BTreeMap<ChangeId, Change>,
-    pub(crate) candidates: BTreeMap<CandId, Candidate>,
-    /// Active candidate per (repo, branch).
-    pub(crate) in_flight: BTreeMap<(String, String), CandId>,
-    pub(crate) evals: BTreeMap<String, Arc<Evaluation>>,
-    pub(crate) evals_requested: BTreeSet<String>,
-    pub(crate) memo: BTreeMap<String, Memo>,
-    /// Every build step, queued or running, and the builders.
-    pub(crate) scheduler: scheduler::Scheduler,
-    pub(crate) probes: BTreeMap<ProbeId, CandId>,
-    /// Delayed commands, by due time and sequence.
-    pub(crate) timers: BTreeMap<(Millis, u64), Command>,
-    /// Times at which `tick` must look at the lanes again (batch delays).
-    pub(crate) wakes: BTreeSet<Millis>,
-    pub(crate) next_change: ChangeId,
-    pub(crate) next_cand: CandId,
-    pub(crate) next_probe: ProbeId,
-    pub(crate) seq: u64,
-    pub(crate) out: Vec<Command>,
-    pub(crate) channels: BTreeMap<String, Channel>,
-    /// Consecutive infrastructure failures per commit being evaluated (for the backoff).
-    pub(crate) eval_failures: BTreeMap<String, u32>,
-    /// Consecutive infrastructure failures per candidate being prepared.
-    pub(crate) prepare_failures: BTreeMap<CandId, u32>,
-    /// Changes to be tested one at a time (attribution could not pin a failure).
-    pub(crate) solo: BTreeSet<ChangeId>,
-    /// Lanes waiting because required jobs fail on the target itself: (until, times).
-    pub(crate) holds: BTreeMap<(String, String), (Millis, u32)>,
+    config: CoreConfig,
+    queue: queue::Queue,
+    cands: candidate::Candidates,
+    builds: builds::Builds,
+    gating: channel::Gating,
+    fx: effects::Effects,
 }
 
 impl Core {
     pub fn new(config: CoreConfig) -> Core {
-        let mut out = vec![];
-        for b in &config.builders {
-            out.push(Command::ProbeBuilder {
-                builder: b.id.clone(),
-            });
-        }
-        let mut core = Core {
-            scheduler: scheduler::Scheduler::new(config.builders.clone()),
-            out,
-            config: Some(config),
-            next_change: 1,
-            next_cand: 1,
-            next_probe: 1,
-            ..Default::default()
-        };
-        core.init_channels(vec![]);
-        core
+        Core::restore(config, vec![], vec![], vec![], vec![], 0)
     }
 
     /// Rebuilds the core from persisted state. Interrupted candidates are prepared again
@@ -423,95 +172,144 @@ impl Core {
         channels: Vec<(ChannelState, Vec<Advance>)>,
         now: Millis,
     ) -> Core {
-        let mut core = Core::new(config);
-        core.channels.clear();
-        core.init_channels(channels);
-        core.next_change = changes.iter().map(|c| c.id + 1).max().unwrap_or(1);
-        core.next_cand = candidates.iter().map(|c| c.id + 1).max().unwrap_or(1);
-        core.memo = memo.into_iter().collect();
-        core.changes = changes.into_iter().map(|c| (c.id, c)).collect();
-        let mut attached = BTreeSet::new();
-        for mut cand in candidates {
-            if matches!(cand.phase, Phase::Done) {
-                // History for the API, and the root of a follow-up still counting builds.
-                core.candidates.insert(cand.id, cand);
-                continue;
-            }
-            attached.extend(cand.changes.iter().copied());
-            let lane = (cand.repo.clone(), cand.branch.clone());
-            if cand.phase == Phase::Landing {
-                core.emit_land(&cand);
-            } else {
-                cand.reset_for_prepare();
-                core.emit_prepare(&cand);
-            }
-            core.out
-                .push(Command::Record(Record::Candidate(cand.clone())));
-            core.in_flight.insert(lane, cand.id);
-            core.candidates.insert(cand.id, cand);
+        let mut fx = effects::Effects::default();
+        for b in &config.builders {
+            fx.push(Command::ProbeBuilder {
+                builder: b.id.clone(),
+            });
         }
-        let orphans: Vec<ChangeId> = core
+        let mut builds = builds::Builds::new(&config);
+        builds.memo = memo.into_iter().collect();
+        let gating = channel::Gating::restore(
+            &mut channel::GateCtx {
+                cfg: &config,
+                builds: &mut builds,
+                fx: &mut fx,
+            },
+            channels,
+        );
+        let mut core = Core {
+            queue: queue::Queue::new(changes),
+            cands: candidate::Candidates::new(),
+            builds,
+            gating,
+            fx,
+            config,
+        };
+        if candidates.is_empty() && core.queue.changes.is_empty() {
+            return core;
+        }
+        let (cands, mut cx) = core.split();
+        let attached = cands.restore(&mut cx, candidates);
+        let orphans: Vec<ChangeId> = cx
+            .queue
             .changes
             .values()
             .filter(|c| c.state == ChangeState::Testing && !attached.contains(&c.id))
             .map(|c| c.id)
             .collect();
         for id in orphans {
-            core.set_state(id, ChangeState::Queued, None, now);
+            cx.set_state(id, ChangeState::Queued, None, now);
         }
         core.tick(now);
         core
     }
 
-    fn cfg(&self) -> &CoreConfig {
-        self.config.as_ref().expect("core built without config")
+    /// The candidates machine and the context it works in.
+    fn split(&mut self) -> (&mut candidate::Candidates, candidate::Ctx<'_>) {
+        (
+            &mut self.cands,
+            candidate::Ctx {
+                cfg: &self.config,
+                queue: &mut self.queue,
+                builds: &mut self.builds,
+                fx: &mut self.fx,
+            },
+        )
+    }
+
+    fn gate_ctx(&mut self) -> (&mut channel::Gating, channel::GateCtx<'_>) {
+        (
+            &mut self.gating,
+            channel::GateCtx {
+                cfg: &self.config,
+                builds: &mut self.builds,
+                fx: &mut self.fx,
+            },
+        )
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
     }
 
     /// Drains the commands produced so far.
     pub fn take_commands(&mut self) -> Vec<Command> {
-        std::mem::take(&mut self.out)
+        self.fx.take()
     }
 
     pub fn next_wakeup(&self) -> Option<Millis> {
-        let t = self.timers.keys().next().map(|(t, _)| *t);
-        let w = self.wakes.first().copied();
-        t.into_iter().chain(w).chain(self.channel_wakeup()).min()
+        self.fx
+            .next_due()
+            .into_iter()
+            .chain(self.gating.next_wakeup())
+            .min()
     }
 
     pub fn change(&self, id: ChangeId) -> Option<&Change> {
-        self.changes.get(&id)
+        self.queue.changes.get(&id)
     }
 
     pub fn changes(&self) -> impl Iterator<Item = &Change> {
-        self.changes.values()
+        self.queue.changes.values()
     }
 
     pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
-        self.candidates.values()
+        self.cands.by_id.values()
     }
 
     pub fn candidate(&self, id: CandId) -> Option<&Candidate> {
-        self.candidates.get(&id)
+        self.cands.by_id.get(&id)
+    }
+
+    /// The lane's candidate in flight.
+    pub fn in_flight(&self, repo: &str, branch: &str) -> Option<&Candidate> {
+        let id = self
+            .cands
+            .in_flight
+            .get(&(repo.to_string(), branch.to_string()))?;
+        self.cands.by_id.get(id)
     }
 
     pub fn memo(&self, drv: &str) -> Option<&Memo> {
-        self.memo.get(drv)
+        self.builds.memo.get(drv)
+    }
+
+    /// The evaluation of `commit`, while someone needs it.
+    pub fn evaluation(&self, commit: &str) -> Option<&Arc<Evaluation>> {
+        self.builds.evals.get(commit)
+    }
+
+    pub fn scheduler(&self) -> &scheduler::Scheduler {
+        &self.builds.scheduler
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = (&String, &Channel)> {
+        self.gating.all()
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
+        self.gating.get(name)
     }
 
     /// Queued changes of one lane in queue order.
     pub fn queue(&self, repo: &str, branch: &str) -> Vec<&Change> {
-        let mut q: Vec<&Change> = self
-            .changes
-            .values()
-            .filter(|c| c.repo == repo && c.target == branch && c.state == ChangeState::Queued)
-            .collect();
-        q.sort_by_key(|c| c.queue_key());
-        q
+        self.queue.lane(repo, branch)
     }
 
     /// Every configured lane: (repository, branch).
     pub fn lanes(&self) -> Vec<(String, String)> {
-        self.cfg()
+        self.config
             .repos
             .iter()
             .flat_map(|(r, rc)| rc.lanes.keys().map(move |b| (r.clone(), b.clone())))
@@ -519,40 +317,7 @@ impl Core {
     }
 
     pub fn submit(&mut self, s: Submission, now: Millis) -> Result<Change, Refusal> {
-        let repo = self.cfg().repos.get(&s.repo).ok_or(Refusal::UnknownRepo)?;
-        if !repo.lanes.contains_key(&s.target) {
-            return Err(Refusal::UnknownTarget);
-        }
-        let id = self.next_change;
-        self.next_change += 1;
-        let change = Change {
-            id,
-            repo: s.repo,
-            target: s.target,
-            git_ref: s.git_ref,
-            submitted_head: s.head.clone(),
-            head: s.head,
-            title: s.title,
-            author: s.author,
-            priority: s.priority,
-            state: ChangeState::Queued,
-            reason: None,
-            landed_commit: None,
-            submitted_at: now,
-            updated_at: now,
-        };
-        self.event(
-            now,
-            &change.repo,
-            format!(
-                "queued #{id} {:?} ({})",
-                change.title,
-                change.priority.as_str()
-            ),
-        );
-        self.out
-            .push(Command::Record(Record::Change(change.clone())));
-        self.changes.insert(id, change.clone());
+        let change = self.queue.submit(&self.config, s, now, &mut self.fx)?;
         self.tick(now);
         Ok(change)
     }
@@ -560,190 +325,175 @@ impl Core {
     /// Cancels a queued or testing change. A change whose candidate is already being
     /// landed cannot be cancelled: it may already be on the target.
     pub fn cancel(&mut self, id: ChangeId, now: Millis) -> Result<Change, Refusal> {
-        let change = self.changes.get(&id).ok_or(Refusal::UnknownChange)?;
+        let change = self.queue.changes.get(&id).ok_or(Refusal::UnknownChange)?;
         match change.state {
             ChangeState::Queued => {}
             ChangeState::Testing => {
-                let cand = self
-                    .candidates
-                    .values()
-                    .find(|c| c.phase != Phase::Done && c.changes.contains(&id))
-                    .map(|c| (c.id, c.phase));
-                if let Some((cid, phase)) = cand {
+                if let Some((cid, phase)) = self.cands.holding(id) {
                     if phase == Phase::Landing {
                         return Err(Refusal::TooLate(ChangeState::Testing));
                     }
-                    self.abandon(cid, now, &format!("#{id} was cancelled"));
+                    let (cands, mut cx) = self.split();
+                    cands.abandon(&mut cx, cid, now, &format!("#{id} was cancelled"));
                 }
             }
-            s => return Err(Refusal::TooLate(s)),
+            s @ (ChangeState::Merged | ChangeState::Rejected | ChangeState::Cancelled) => {
+                return Err(Refusal::TooLate(s))
+            }
         }
-        self.set_state(
+        self.queue.set_state(
             id,
             ChangeState::Cancelled,
             Some("cancelled by request".into()),
             now,
+            &mut self.fx,
         );
-        let repo = self.changes[&id].repo.clone();
-        self.event(now, &repo, format!("cancelled #{id}"));
+        let repo = self.queue.changes[&id].repo.clone();
+        self.fx.event(now, &repo, format!("cancelled #{id}"));
         self.tick(now);
-        Ok(self.changes[&id].clone())
+        Ok(self.queue.changes[&id].clone())
     }
 
+    /// Takes a builder out of service (running builds finish) or puts it back.
+    pub fn drain(&mut self, builder: &str, drained: bool, now: Millis) -> bool {
+        if !self.builds.drain(builder, drained, now, &mut self.fx) {
+            return false;
+        }
+        self.tick(now);
+        true
+    }
+
+    /// Restores an operator's drain after a restart (no record: it is already stored).
+    pub fn set_drained(&mut self, builder: &str) {
+        if let Some(b) = self.builds.scheduler.builder_mut(builder) {
+            b.health = scheduler::Health::Draining;
+        }
+    }
+
+    /// Every input goes to the machine that owns it; what it tells the others is
+    /// routed on from here.
     pub fn handle(&mut self, input: Input, now: Millis) {
         match input {
-            Input::Prepared { cand, result } => self.on_prepared(cand, result, now),
-            Input::Evaluated { eval } => self.on_evaluated(eval, now),
-            Input::Built(report) => self.on_built(report, now),
-            Input::Inspected { infos } => self.on_inspected(infos, now),
-            Input::Referrers { root, drvs } => self.on_referrers(&root, drvs, now),
-            Input::BuilderProbed { builder, result } => {
-                self.on_builder_probed(&builder, result, now)
+            Input::Candidate(i) => self.handle_candidate(i, now),
+            Input::Build(i) => self.handle_build(i, now),
+            Input::Channel(i) => {
+                let (gating, mut cx) = self.gate_ctx();
+                gating.handle(&mut cx, i, now);
             }
-            Input::Probed { probe, result } => self.on_probed(probe, result, now),
-            Input::Landed { cand, result } => self.on_landed(cand, result, now),
-            Input::EvalFailed {
+            Input::Tick => {}
+        }
+        self.fx.fire(now);
+        self.tick(now);
+    }
+
+    fn handle_candidate(&mut self, input: CandidateInput, now: Millis) {
+        let (cands, mut cx) = self.split();
+        match input {
+            CandidateInput::Prepared { cand, result } => {
+                cands.on_prepared(&mut cx, cand, result, now)
+            }
+            CandidateInput::Probed { probe, result } => {
+                cands.on_probed(&mut cx, probe, result, now)
+            }
+            CandidateInput::Landed { cand, result } => {
+                if let Some((repo, branch)) = cands.on_landed(&mut cx, cand, result, now) {
+                    self.gating.source_moved(&repo, &branch, now);
+                }
+            }
+        }
+    }
+
+    fn handle_build(&mut self, input: BuildInput, now: Millis) {
+        let cfg = &self.config;
+        let news = match input {
+            BuildInput::Evaluated { eval } => self.builds.on_evaluated(eval),
+            BuildInput::EvalFailed {
                 repo,
                 commit,
                 error,
-            } => self.on_eval_failed(&repo, &commit, &error, now),
-            Input::Tick => {}
-            input @ (Input::SourcePolled { .. }
-            | Input::ChannelAdvanced { .. }
-            | Input::ArtifactsPublished { .. }) => self.handle_channel(input, now),
-        }
-        self.fire_timers(now);
-        self.tick(now);
-    }
-
-    fn fire_timers(&mut self, now: Millis) {
-        self.wakes.retain(|&w| w > now);
-        while let Some((&(at, seq), _)) = self.timers.iter().next() {
-            if at > now {
-                break;
+            } => {
+                let what = (repo.as_str(), commit.as_str(), error.as_str());
+                self.builds.on_eval_failed(cfg, what, now, &mut self.fx);
+                BuildNews::Nothing
             }
-            let cmd = self.timers.remove(&(at, seq)).expect("present");
-            self.out.push(cmd);
+            BuildInput::Built(report) => self.builds.on_built(cfg, report, now, &mut self.fx),
+            BuildInput::Inspected { infos } => {
+                let cands = &self.cands;
+                let hint = |drv: &str| cands.system_of(drv);
+                self.builds
+                    .on_inspected(cfg, infos, hint, now, &mut self.fx);
+                BuildNews::Nothing
+            }
+            BuildInput::Referrers { root, drvs } => {
+                // One verdict at a time, each told before the next is taken.
+                for d in drvs {
+                    let cfg = &self.config;
+                    if self
+                        .builds
+                        .fail_dependent(cfg, &root, &d, now, &mut self.fx)
+                    {
+                        self.tell(BuildNews::Verdict(d), now);
+                    }
+                }
+                BuildNews::Nothing
+            }
+            BuildInput::BuilderProbed { builder, result } => {
+                self.builds
+                    .on_builder_probed(cfg, &builder, result, now, &mut self.fx)
+            }
+        };
+        self.tell(news, now);
+    }
+
+    /// Routes what the builds machine reports to the candidates and the channels.
+    fn tell(&mut self, news: BuildNews, now: Millis) {
+        match news {
+            BuildNews::Nothing => {}
+            BuildNews::Evaluated(eval) => {
+                let (cands, mut cx) = self.split();
+                cands.on_evaluated(&mut cx, &eval.commit, now);
+                let (gating, mut cx) = self.gate_ctx();
+                gating.evaluated(&mut cx, &eval, now);
+            }
+            BuildNews::Verdict(drv) => {
+                let (cands, mut cx) = self.split();
+                cands.built(&mut cx, &drv, now);
+                let (gating, mut cx) = self.gate_ctx();
+                gating.built(&mut cx, &drv, now);
+            }
+            BuildNews::Abandoned { drv, err } => {
+                let (cands, mut cx) = self.split();
+                cands.build_abandoned(&mut cx, &drv, &err, now);
+                let (gating, mut cx) = self.gate_ctx();
+                gating.build_abandoned(&mut cx, &drv, &err, now);
+            }
+            BuildNews::BuilderBack => self.tick(now),
         }
     }
 
-    fn later(&mut self, at: Millis, cmd: Command) {
-        self.seq += 1;
-        self.timers.insert((at, self.seq), cmd);
-    }
-
-    /// Starts a candidate on every idle lane that has queued changes.
+    /// Starts a candidate on every idle lane that has queued changes, moves the
+    /// channels on and dispatches builds.
     fn tick(&mut self, now: Millis) {
         for (repo, branch) in self.lanes() {
-            if self.in_flight.contains_key(&(repo.clone(), branch.clone())) {
-                continue;
-            }
-            let lane = &self.cfg().repos[&repo].lanes[&branch];
-            let (batch_max, delay) = (lane.batch_max, lane.batch_delay_ms);
             if self
-                .holds
-                .get(&(repo.clone(), branch.clone()))
-                .is_some_and(|h| h.0 > now)
+                .cands
+                .in_flight
+                .contains_key(&(repo.clone(), branch.clone()))
             {
                 continue;
             }
-            let queue = self.queue(&repo, &branch);
-            let oldest = queue.iter().map(|c| c.submitted_at).min();
-            // A change to be tested separately goes alone; a batch stops before one.
-            let ids: Vec<ChangeId> = match queue.first() {
-                Some(c) if self.solo.contains(&c.id) => vec![c.id],
-                _ => queue
-                    .iter()
-                    .take(batch_max)
-                    .take_while(|c| !self.solo.contains(&c.id))
-                    .map(|c| c.id)
-                    .collect(),
-            };
-            if let Some(oldest) = oldest {
-                // Gather a fuller batch first, unless it is full already.
-                if delay > 0 && ids.len() < batch_max && oldest + delay > now {
-                    self.wakes.insert(oldest + delay);
-                    continue;
+            let lane = &self.config.repos[&repo].lanes[&branch];
+            match self.queue.next(&repo, &branch, lane, now) {
+                queue::Next::Test(ids) => {
+                    let (cands, mut cx) = self.split();
+                    cands.start_candidate(&mut cx, &repo, &branch, ids, None, now);
                 }
+                queue::Next::Gather(until) => self.fx.wake(until),
+                queue::Next::Idle => {}
             }
-            if !ids.is_empty() {
-                self.start_candidate(&repo, &branch, ids, None, now);
-            }
         }
-        self.tick_channels(now);
-        self.dispatch_builds(now);
-    }
-
-    pub(crate) fn set_state(
-        &mut self,
-        id: ChangeId,
-        state: ChangeState,
-        reason: Option<String>,
-        now: Millis,
-    ) {
-        let c = self.changes.get_mut(&id).expect("known change");
-        c.state = state;
-        if reason.is_some() || state == ChangeState::Queued {
-            c.reason = reason;
-        }
-        c.updated_at = now;
-        self.out.push(Command::Record(Record::Change(c.clone())));
-    }
-
-    pub(crate) fn event(&mut self, at: Millis, repo: &str, text: String) {
-        self.out.push(Command::Record(Record::Event {
-            at,
-            repo: repo.to_string(),
-            text,
-        }));
-    }
-
-    /// A remembered result that has not expired.
-    pub(crate) fn known(&self, drv: &str, now: Millis) -> Option<&Memo> {
-        self.memo
-            .get(drv)
-            .filter(|m| m.expires_at.is_none_or(|t| t > now))
-    }
-
-    /// The delay before the `n`th retry (1-based): the retry delay, doubling, at most
-    /// ten minutes.
-    pub(crate) fn backoff(&self, n: u32) -> Millis {
-        let base = self.cfg().retry_delay_ms.max(1);
-        base.saturating_mul(1 << n.saturating_sub(1).min(16))
-            .min(600_000.max(base))
-    }
-
-    fn on_eval_failed(&mut self, repo: &str, commit: &str, error: &str, now: Millis) {
-        if self.evals.contains_key(commit) {
-            return;
-        }
-        let n = next_attempt(&mut self.eval_failures, commit.to_string());
-        let delay = self.backoff(n);
-        self.event(
-            now,
-            repo,
-            format!(
-                "evaluation of {} could not run (attempt {n}), retrying in {} s: {error}",
-                change::short(commit),
-                delay / 1000
-            ),
-        );
-        self.evals_requested.insert(commit.to_string());
-        self.later(
-            now + delay,
-            Command::Evaluate {
-                repo: repo.to_string(),
-                commit: commit.to_string(),
-            },
-        );
-    }
-
-    pub(crate) fn request_eval(&mut self, repo: &str, commit: &str) {
-        if !self.evals.contains_key(commit) && self.evals_requested.insert(commit.to_string()) {
-            self.out.push(Command::Evaluate {
-                repo: repo.to_string(),
-                commit: commit.to_string(),
-            });
-        }
+        let (gating, mut cx) = self.gate_ctx();
+        gating.tick(&mut cx, now);
+        self.builds.dispatch(now, &mut self.fx);
     }
 }

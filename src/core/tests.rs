@@ -3,6 +3,7 @@
 //! or break evaluation. A driver loop answers the core's commands from the model and
 //! applies its `Record`s to an in-memory database, so `Core::restore` can be tested too.
 
+use super::{BuildInput, CandidateInput};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -468,7 +469,7 @@ impl Sim {
                         Err(why) => conflicts.push((id, why)),
                     }
                 }
-                Input::Prepared {
+                Input::Candidate(CandidateInput::Prepared {
                     cand,
                     result: Ok(Prepared {
                         base,
@@ -477,13 +478,15 @@ impl Sim {
                         conflicts,
                         vanished: vec![],
                     }),
-                }
+                })
             }
-            Command::Evaluate { commit, .. } => Input::Evaluated {
+            Command::Evaluate { commit, .. } => Input::Build(BuildInput::Evaluated {
                 eval: Arc::new(w.eval(&commit)),
-            },
-            Command::Build { drv, builder, .. } => Input::Built(w.build(&drv, &builder)),
-            Command::Inspect { drvs } => Input::Inspected {
+            }),
+            Command::Build { drv, builder, .. } => {
+                Input::Build(BuildInput::Built(w.build(&drv, &builder)))
+            }
+            Command::Inspect { drvs } => Input::Build(BuildInput::Inspected {
                 infos: drvs
                     .into_iter()
                     .map(|d| {
@@ -494,15 +497,17 @@ impl Sim {
                         (d, Ok(info))
                     })
                     .collect(),
-            },
-            Command::QueryReferrers { root } => Input::Referrers { root, drvs: vec![] },
-            Command::ProbeBuilder { builder } => Input::BuilderProbed {
+            }),
+            Command::QueryReferrers { root } => {
+                Input::Build(BuildInput::Referrers { root, drvs: vec![] })
+            }
+            Command::ProbeBuilder { builder } => Input::Build(BuildInput::BuilderProbed {
                 builder,
                 result: Ok(crate::core::BuilderIdentity {
                     implementation: "Nix".into(),
                     version: "2.8.0".into(),
                 }),
-            },
+            }),
             Command::Probe {
                 probe,
                 base,
@@ -529,10 +534,10 @@ impl Sim {
                         }
                     }
                 };
-                Input::Probed {
+                Input::Candidate(CandidateInput::Probed {
                     probe,
                     result: Ok(result),
-                }
+                })
             }
             Command::Land { cand, old, new, .. } => {
                 // Land is only issued for a recorded, passed candidate and a green commit.
@@ -557,7 +562,7 @@ impl Sim {
                 } else {
                     LandResult::Moved { tip: w.tip.clone() }
                 };
-                Input::Landed { cand, result }
+                Input::Candidate(CandidateInput::Landed { cand, result })
             }
             other @ (Command::PollSource { .. }
             | Command::AdvanceChannel { .. }

@@ -3,6 +3,7 @@
 //! artifacts are written by `shell/artifacts.rs`, rows by `shell/store.rs`, views by
 //! `shell/status.rs`.
 
+use crate::core::ChannelInput;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -169,19 +170,19 @@ impl ChannelShell {
     /// `None` for a command that is not a channel's.
     pub fn perform(&self, cmd: Command) -> Option<Input> {
         Some(match cmd {
-            Command::PollSource { channel } => Input::SourcePolled {
+            Command::PollSource { channel } => Input::Channel(ChannelInput::SourcePolled {
                 channel,
                 result: self.poll().map_err(|e| e.to_string()),
-            },
+            }),
             Command::AdvanceChannel { channel, old, new } => {
                 let result = self
                     .advance(old.as_deref(), &new)
                     .unwrap_or_else(|e| AdvanceResult::Failed(e.to_string()));
-                Input::ChannelAdvanced {
+                Input::Channel(ChannelInput::Advanced {
                     channel,
                     new,
                     result,
-                }
+                })
             }
             Command::PublishArtifacts {
                 channel,
@@ -190,11 +191,11 @@ impl ChannelShell {
                 gate,
             } => {
                 let result = self.publish(&rev, at, &gate).map_err(|e| format!("{e:#}"));
-                Input::ArtifactsPublished {
+                Input::Channel(ChannelInput::ArtifactsPublished {
                     channel,
                     rev,
                     result,
-                }
+                })
             }
             _ => return None,
         })

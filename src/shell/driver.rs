@@ -3,6 +3,7 @@
 //! messages. Each step: feed an input to the core, persist its records in one
 //! transaction, then perform its effects, whose results come back as messages.
 
+use crate::core::{BuildInput, CandidateInput};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -233,11 +234,11 @@ impl Driver {
                 self.store.put_eval(&repo, &eval, now)?;
                 let eval = Arc::new(eval);
                 let input = match probe {
-                    Some(probe) => Input::Probed {
+                    Some(probe) => Input::Candidate(CandidateInput::Probed {
                         probe,
                         result: Ok(ProbeResult::Full { eval }),
-                    },
-                    None => Input::Evaluated { eval },
+                    }),
+                    None => Input::Build(BuildInput::Evaluated { eval }),
                 };
                 self.core.handle(input, now);
                 self.flush()?;
@@ -265,7 +266,8 @@ impl Driver {
                     report.class.as_str(),
                     report.duration_ms
                 );
-                self.core.handle(Input::Built(report), now);
+                self.core
+                    .handle(Input::Build(BuildInput::Built(report)), now);
                 self.flush()?;
             }
         }
@@ -297,7 +299,9 @@ impl Driver {
             let (tx, args) = (self.tx.clone(), self.config.nix_args());
             tokio::spawn(async move {
                 let infos = crate::shell::builder::inspect(&args, &drvs).await;
-                let _ = tx.send(Msg::Input(Input::Inspected { infos })).await;
+                let _ = tx
+                    .send(Msg::Input(Input::Build(BuildInput::Inspected { infos })))
+                    .await;
             });
         }
         Ok(())
@@ -314,14 +318,14 @@ impl Driver {
             } => {
                 self.with_mirror(&repo, move |m| {
                     let result = m.prepare(&branch, &changes).map_err(|e| e.to_string());
-                    Input::Prepared { cand, result }
+                    Input::Candidate(CandidateInput::Prepared { cand, result })
                 });
             }
             Command::Evaluate { repo, commit } => {
                 if let Some(eval) = self.store.get_eval(&commit)? {
-                    self.local.push_back(Input::Evaluated {
+                    self.local.push_back(Input::Build(BuildInput::Evaluated {
                         eval: Arc::new(eval),
-                    });
+                    }));
                     return Ok(());
                 }
                 self.spawn_eval(repo, commit);
@@ -348,10 +352,10 @@ impl Driver {
                         Ok(Ok(Ok(c))) => c,
                         Ok(Ok(Err(conflict))) => {
                             let _ = tx
-                                .send(Msg::Input(Input::Probed {
+                                .send(Msg::Input(Input::Candidate(CandidateInput::Probed {
                                     probe,
                                     result: Ok(ProbeResult::Conflict(conflict)),
-                                }))
+                                })))
                                 .await;
                             return;
                         }
@@ -362,10 +366,10 @@ impl Driver {
                                 Err(e) => e.to_string(),
                             };
                             let _ = tx
-                                .send(Msg::Input(Input::Probed {
+                                .send(Msg::Input(Input::Candidate(CandidateInput::Probed {
                                     probe,
                                     result: Err(msg),
-                                }))
+                                })))
                                 .await;
                             return;
                         }
@@ -376,14 +380,16 @@ impl Driver {
                             eval,
                             probe: Some(probe),
                         },
-                        Ok(Evaled::Attrs(jobs)) => Msg::Input(Input::Probed {
-                            probe,
-                            result: Ok(ProbeResult::Attrs { commit, jobs }),
-                        }),
-                        Err(e) => Msg::Input(Input::Probed {
+                        Ok(Evaled::Attrs(jobs)) => {
+                            Msg::Input(Input::Candidate(CandidateInput::Probed {
+                                probe,
+                                result: Ok(ProbeResult::Attrs { commit, jobs }),
+                            }))
+                        }
+                        Err(e) => Msg::Input(Input::Candidate(CandidateInput::Probed {
                             probe,
                             result: Err(e),
-                        }),
+                        })),
                     };
                     let _ = tx.send(msg).await;
                 });
@@ -407,7 +413,12 @@ impl Driver {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let drvs = crate::shell::builder::referrers(&root).await;
-                    let _ = tx.send(Msg::Input(Input::Referrers { root, drvs })).await;
+                    let _ = tx
+                        .send(Msg::Input(Input::Build(BuildInput::Referrers {
+                            root,
+                            drvs,
+                        })))
+                        .await;
                 });
             }
             Command::ProbeBuilder { builder } => {
@@ -418,7 +429,10 @@ impl Driver {
                 tokio::spawn(async move {
                     let result = crate::shell::builder::probe(&b).await;
                     let _ = tx
-                        .send(Msg::Input(Input::BuilderProbed { builder, result }))
+                        .send(Msg::Input(Input::Build(BuildInput::BuilderProbed {
+                            builder,
+                            result,
+                        })))
                         .await;
                 });
             }
@@ -433,7 +447,7 @@ impl Driver {
                     let result = m
                         .land(&branch, &old, &new)
                         .unwrap_or_else(|e| crate::core::LandResult::Failed(e.to_string()));
-                    Input::Landed { cand, result }
+                    Input::Candidate(CandidateInput::Landed { cand, result })
                 });
             }
             cmd @ (Command::PollSource { .. }
@@ -493,11 +507,11 @@ impl Driver {
                 Ok(Evaled::Attrs(_)) => unreachable!("full evaluation asked"),
                 Err(error) => {
                     log::warn!("[{repo}] evaluation of {commit} could not run: {error}");
-                    Msg::Input(Input::EvalFailed {
+                    Msg::Input(Input::Build(BuildInput::EvalFailed {
                         repo,
                         commit,
                         error,
-                    })
+                    }))
                 }
             };
             let _ = tx.send(msg).await;

@@ -461,7 +461,7 @@ fn job(core: &Core, store: &Store, key: &JobKey, drv: &str, base_drv: Option<&st
 }
 
 fn evaluation(core: &Core, store: &Store, commit: &str) -> Option<Evaluation> {
-    match core.evals.get(commit) {
+    match core.evaluation(commit) {
         Some(e) => Some((**e).clone()),
         None => store.get_eval(commit).ok().flatten(),
     }

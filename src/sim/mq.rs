@@ -6,6 +6,7 @@
 //! records are committed, after committing but before performing its effects), build
 //! results are lost or delivered twice, and builders die.
 
+use crate::core::{BuildInput, CandidateInput, ChannelInput};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -415,7 +416,7 @@ impl CoreQueue {
                         Err(why) => conflicts.push((id, why)),
                     }
                 }
-                Input::Prepared {
+                Input::Candidate(CandidateInput::Prepared {
                     cand,
                     result: Ok(Prepared {
                         base: w.commit_id(base).to_string(),
@@ -424,15 +425,15 @@ impl CoreQueue {
                         conflicts,
                         vanished: vec![],
                     }),
-                }
+                })
             }
             Command::Evaluate { commit, .. } => {
                 self.evals_busy = self.evals_busy.saturating_sub(1);
                 let c = w.commit(&commit)?;
                 let scope = self.scopes.remove(&commit).unwrap_or_default();
-                Input::Evaluated {
+                Input::Build(BuildInput::Evaluated {
                     eval: Arc::new(env.world.evaluate(c, &scope)),
-                }
+                })
             }
             Command::Probe {
                 probe,
@@ -459,10 +460,10 @@ impl CoreQueue {
                         }
                     },
                 };
-                Input::Probed {
+                Input::Candidate(CandidateInput::Probed {
                     probe,
                     result: Ok(result),
-                }
+                })
             }
             Command::Land { cand, old, new, .. } => {
                 // Only a recorded, passed candidate may be landed: the database must say
@@ -488,7 +489,7 @@ impl CoreQueue {
                         tip: w.commit_id(tip).to_string(),
                     },
                 };
-                Input::Landed { cand, result }
+                Input::Candidate(CandidateInput::Landed { cand, result })
             }
             Command::Inspect { drvs } => {
                 let big_ms = (env.sc.build_times.big_parallel_above_secs * 1000.0) as u64;
@@ -510,16 +511,18 @@ impl CoreQueue {
                         (d, info.ok_or_else(|| "no such derivation".to_string()))
                     })
                     .collect();
-                Input::Inspected { infos }
+                Input::Build(BuildInput::Inspected { infos })
             }
             // Dependency-failure marking is not modelled: no referrers.
-            Command::QueryReferrers { root } => Input::Referrers { root, drvs: vec![] },
+            Command::QueryReferrers { root } => {
+                Input::Build(BuildInput::Referrers { root, drvs: vec![] })
+            }
             Command::ProbeBuilder { builder } => {
                 let up = env
                     .pool
                     .machine(&builder)
                     .is_some_and(|m| !env.pool.machines[m].down);
-                Input::BuilderProbed {
+                Input::Build(BuildInput::BuilderProbed {
                     builder,
                     result: if up {
                         Ok(BuilderIdentity {
@@ -529,24 +532,24 @@ impl CoreQueue {
                     } else {
                         Err("ssh: connect to host: Connection refused".into())
                     },
-                }
+                })
             }
             Command::PollSource { channel } => {
                 let cfg = self.cfg.channels.get(&channel)?;
                 let b = w.branch_index(&cfg.source)?;
                 let target = *self.remote.get(&channel)?;
-                Input::SourcePolled {
+                Input::Channel(ChannelInput::SourcePolled {
                     channel,
                     result: Ok(w.poll_source(b, target, BETWEEN_CAP)),
-                }
+                })
             }
             Command::AdvanceChannel { channel, old, new } => {
                 let result = self.advance(env, &channel, old.as_deref(), &new)?;
-                Input::ChannelAdvanced {
+                Input::Channel(ChannelInput::Advanced {
                     channel,
                     new,
                     result,
-                }
+                })
             }
             Command::Build { .. } | Command::Record(_) | Command::PublishArtifacts { .. } => {
                 return None
@@ -670,10 +673,10 @@ impl Queue for CoreQueue {
             }
             if env.rng.f64() < env.sc.faults.duplicate_build_result {
                 env.m.duplicated_results += 1;
-                self.deliver(env, Input::Built(report.clone()));
+                self.deliver(env, Input::Build(BuildInput::Built(report.clone())));
             }
         }
-        self.deliver(env, Input::Built(report));
+        self.deliver(env, Input::Build(BuildInput::Built(report)));
     }
 
     fn depth(&self, _env: &Env) -> (usize, usize) {
