@@ -21,131 +21,14 @@
 //!    changes are tested separately.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use super::blocker::Blocker;
 use super::candidate::{Candidates, Ctx};
+use super::evidence::{Attribution, Broken, JobState, Probe, Search, Slot};
 use super::{CandId, Command, Millis, ProbeId, ProbeResult};
 use crate::core::change::{short, ChangeId};
-use crate::core::evaluation::{attr_under, Evaluation, JobKey, JobResult};
+use crate::core::evaluation::attr_under;
 use crate::core::outcome::OutcomeClass;
-
-/// What probes say about a blocker's job.
-impl Blocker {
-    /// What a probe says about this blocker's job.
-    fn state(&self, probe: &Probe) -> JobState {
-        let (jobs, eval): (&[(JobKey, JobResult)], Option<&Evaluation>) = match probe {
-            Probe::Conflict => return JobState::Unknown,
-            Probe::Attrs(jobs) => (jobs, None),
-            Probe::Full(e) if e.failed() => return JobState::WholeFailed,
-            Probe::Full(e) => (&e.jobs, Some(e)),
-        };
-        match self {
-            Blocker::Build { key, .. } | Blocker::EvalError { key, .. } => {
-                let r = match eval {
-                    Some(e) => e.get(key),
-                    None => jobs.iter().find(|(k, _)| k == key).map(|(_, r)| r),
-                };
-                match r {
-                    None => JobState::Absent,
-                    Some(JobResult::Error(_)) => JobState::EvalError,
-                    Some(JobResult::Ok(j)) => JobState::Drv(j.drv_path.clone()),
-                }
-            }
-            Blocker::Missing { attr } => {
-                let present = jobs
-                    .iter()
-                    .any(|(k, r)| attr_under(&k.attr, attr) && r.job().is_some());
-                if present {
-                    JobState::Present
-                } else {
-                    JobState::Absent
-                }
-            }
-            Blocker::WholeEval { .. } => JobState::Present,
-        }
-    }
-}
-
-/// A probe's answer, kept for the attribution's decisions.
-#[derive(Debug, Clone, PartialEq)]
-enum Probe {
-    Attrs(Vec<(JobKey, JobResult)>),
-    Full(Arc<Evaluation>),
-    /// Did not merge there (a change that needs an earlier one of the batch).
-    Conflict,
-}
-
-/// A blocker's job at one commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum JobState {
-    Absent,
-    EvalError,
-    Drv(String),
-    /// Some job under a `Missing` blocker's attribute exists; or the jobset evaluates.
-    Present,
-    WholeFailed,
-    Unknown,
-}
-
-/// Whether a job state shows the blocker's failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Broken {
-    Yes,
-    No,
-    /// Only a build of this derivation can tell.
-    Build(String),
-    Unknown,
-}
-
-/// Where a probe's answer goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Base,
-    Alone(usize),
-    /// A prefix of the merge chain (index into `merged`), during a search.
-    Prefix(usize),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Search {
-    blocker: usize,
-    /// Merge-chain indices to test; the last is the whole batch, known broken.
-    positions: Vec<usize>,
-    /// The first broken prefix is at `positions[lo..=hi]`; `positions[hi]` is broken.
-    lo: usize,
-    hi: usize,
-    /// Searching every position between the last two, after the changes altering it.
-    refined: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Attribution {
-    blockers: Vec<Blocker>,
-    /// The attributes every probe evaluates; `None`: full evaluations.
-    probe_attrs: Option<Vec<String>>,
-    base: Option<Probe>,
-    alone: Vec<Option<Probe>>,
-    prefix: BTreeMap<usize, Probe>,
-    probes: BTreeMap<ProbeId, Slot>,
-    /// Blockers still to be attributed, in order.
-    todo: Vec<usize>,
-    search: Option<Search>,
-    culprits: BTreeMap<ChangeId, String>,
-    /// Blockers nothing could be pinned on.
-    unexplained: Vec<usize>,
-    /// Blockers with a culprit.
-    pinned: BTreeSet<usize>,
-    /// Blockers left for a prefix search: (blocker, changes altering it alone,
-    /// positions to search).
-    deferred: Vec<(usize, Vec<usize>, Vec<usize>)>,
-    /// Blockers that also fail on the base and are about required jobs.
-    held: Vec<usize>,
-    /// Jobs of blockers that fail on the base just the same.
-    preexisting: Vec<JobKey>,
-    /// Builds attribution waits for (evidence).
-    pub(crate) waiting: BTreeSet<String>,
-}
 
 impl Candidates {
     /// Starts attributing `blockers`; the caller has set the candidate's phase.

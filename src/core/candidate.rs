@@ -4,18 +4,17 @@
 //! builds machines it uses, and tells `Core` what the other machines must hear.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::attribution::Attribution;
 use super::blocker::Blocker;
 use super::builds::Builds;
 use super::effects::Effects;
+use super::evidence::Attribution;
 use super::queue::Queue;
-use super::{CandId, Command, CoreConfig, LandResult, Memo, Millis, Prepared, ProbeId, Record};
+use super::{CandId, Command, CoreConfig, LandResult, Millis, Prepared, ProbeId, Record};
 use crate::core::change::{short, ChangeId, ChangeState};
-use crate::core::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
+use crate::core::evaluation::JobKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -364,7 +363,13 @@ impl Candidates {
     }
 
     /// The candidate failed on `blockers`: find who is to blame.
-    fn attribute(&mut self, cx: &mut Ctx, id: CandId, blockers: Vec<Blocker>, now: Millis) {
+    pub(crate) fn attribute(
+        &mut self,
+        cx: &mut Ctx,
+        id: CandId,
+        blockers: Vec<Blocker>,
+        now: Millis,
+    ) {
         self.by_id.get_mut(&id).expect("known").phase = Phase::Attributing;
         self.begin_attribution(cx, id, blockers, now);
     }
@@ -462,287 +467,6 @@ impl Candidates {
             .collect();
         for id in waiting {
             self.advance_eval(cx, id, now);
-        }
-    }
-
-    /// Once both evaluations are known: diff them and build the rebuild set plus the
-    /// required jobs.
-    fn advance_eval(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
-        let cand = &self.by_id[&id];
-        let (Some(base), Some(commit)) = (cand.base.as_deref(), cand.commit()) else {
-            return;
-        };
-        let (Some(base_eval), Some(new_eval)) = (
-            cx.builds.evals.get(base).cloned(),
-            cx.builds.evals.get(commit).cloned(),
-        ) else {
-            return;
-        };
-        if let EvalOutcome::Failed(msg) = &new_eval.outcome {
-            self.attribute(
-                cx,
-                id,
-                vec![Blocker::WholeEval {
-                    message: msg.clone(),
-                }],
-                now,
-            );
-            return;
-        }
-        let base_eval = if base_eval.failed() {
-            Arc::new(Evaluation::new(base.to_string(), EvalOutcome::Ok, vec![]))
-        } else {
-            base_eval
-        };
-        let d = diff(&base_eval, &new_eval);
-        let mut keys: BTreeSet<JobKey> = d.rebuild_set().cloned().collect();
-        let mut blockers: Vec<Blocker> = d
-            .failing
-            .iter()
-            .map(|k| Blocker::EvalError {
-                key: k.clone(),
-                message: error_of(&new_eval, k),
-            })
-            .collect();
-        let required = cx.cfg.repos[&cand.repo].lanes[&cand.branch]
-            .required
-            .clone();
-        for attr in &required {
-            let jobs: Vec<_> = new_eval.by_attr(attr).collect();
-            if jobs.is_empty() {
-                blockers.push(Blocker::Missing { attr: attr.clone() });
-            }
-            for (k, r) in jobs {
-                match r {
-                    JobResult::Ok(_) => {
-                        keys.insert(k.clone());
-                    }
-                    JobResult::Error(m) if !blockers.iter().any(|b| b.key() == Some(k)) => blockers
-                        .push(Blocker::EvalError {
-                            key: k.clone(),
-                            message: m.clone(),
-                        }),
-                    JobResult::Error(_) => {}
-                }
-            }
-        }
-        let targets: Vec<Target> = keys
-            .into_iter()
-            .filter_map(|key| {
-                let drv = new_eval.get(&key)?.job()?.drv_path.clone();
-                let base_drv = base_eval
-                    .get(&key)
-                    .and_then(|r| r.job())
-                    .map(|j| j.drv_path.clone());
-                Some(Target { key, drv, base_drv })
-            })
-            .collect();
-        if !blockers.is_empty() {
-            // Fail fast: an evaluation error already decides the verdict. Find its cause
-            // now; the follow-up candidate builds what the innocent changes need.
-            let cand = self.by_id.get_mut(&id).expect("active");
-            cand.targets = targets;
-            cand.eval_blockers = blockers.clone();
-            self.attribute(cx, id, blockers, now);
-            return;
-        }
-        let pending = self.build_unknown(cx, id, &targets, now);
-        let repo = self.by_id[&id].repo.clone();
-        cx.fx.event(
-            now,
-            &repo,
-            format!(
-                "candidate {id}: {} jobs to check ({} added, {} changed, {} newly failing to evaluate); {} builds, {} remembered",
-                targets.len(),
-                d.added.len(),
-                d.changed.len(),
-                d.failing.len(),
-                pending.len(),
-                targets.len() - pending.len()
-            ),
-        );
-        let cand = self.by_id.get_mut(&id).expect("active");
-        cand.targets = targets;
-        cand.pending = pending;
-        cand.eval_blockers = blockers;
-        cand.phase = Phase::Building;
-        self.save_id(cx, id);
-        if self.by_id[&id].pending.is_empty() {
-            self.judge(cx, id, now);
-        }
-    }
-
-    /// Requests a build of every target without a remembered result, counted as the
-    /// candidate's own; returns the derivations the verdict now waits for.
-    fn build_unknown(
-        &mut self,
-        cx: &mut Ctx,
-        id: CandId,
-        targets: &[Target],
-        now: Millis,
-    ) -> BTreeSet<String> {
-        let prio = self.cand_prio(cx, id);
-        let mut pending = BTreeSet::new();
-        let mut dispatched = vec![];
-        for t in targets {
-            if cx.builds.known(&t.drv, now).is_none() {
-                pending.insert(t.drv.clone());
-                if cx.request_build(&t.drv, prio, now) {
-                    dispatched.push(t.drv.clone());
-                }
-            }
-        }
-        self.count_builds(id, &dispatched);
-        pending
-    }
-
-    /// Counts the builds a candidate dispatched for its own verdict.
-    pub(crate) fn count_builds(&mut self, id: CandId, drvs: &[impl AsRef<str>]) {
-        let cand = self.by_id.get_mut(&id).expect("known");
-        cand.builds += drvs.len() as u32;
-    }
-
-    pub(crate) fn on_build_done(&mut self, cx: &mut Ctx, id: CandId, drv: &str, now: Millis) {
-        let cand = self.by_id.get_mut(&id).expect("known");
-        cand.last_build_at = Some(now);
-        let removed = cand.pending.remove(drv);
-        if removed && cand.pending.is_empty() && cand.phase == Phase::Building {
-            self.judge(cx, id, now);
-        } else if removed && cand.phase == Phase::Building {
-            // Fail fast: a job that builds on the base (or is new) failed on the candidate;
-            // the verdict is decided, so attribute now instead of waiting for the rest
-            // (they keep building and are remembered for the follow-up candidate).
-            // Only a failure can decide it early: look at its own target first (a scan
-            // of every target per finished build would be quadratic in a mass rebuild).
-            if self.blocks(cx, id, drv, now) {
-                let blockers = self.known_blockers(cx, id, now);
-                self.attribute(cx, id, blockers, now);
-            }
-        } else if cand.phase == Phase::Attributing {
-            self.attribution_build_done(cx, id, drv, now);
-        }
-    }
-
-    /// Whether `drv` just failed as a target that builds on the base (or is new).
-    fn blocks(&self, cx: &Ctx, id: CandId, drv: &str, now: Millis) -> bool {
-        if cx.builds.known(drv, now).is_none_or(|m| m.ok()) {
-            return false;
-        }
-        self.by_id[&id]
-            .targets
-            .iter()
-            .any(|t| t.drv == drv && self.certain_blocker(cx, id, t, now).is_some())
-    }
-
-    /// The remembered failure of a target whose base version builds or does not exist.
-    fn certain_blocker<'c>(
-        &self,
-        cx: &'c Ctx,
-        id: CandId,
-        t: &Target,
-        now: Millis,
-    ) -> Option<&'c Memo> {
-        if self.by_id[&id].preexisting.contains(&t.key) {
-            return None;
-        }
-        let m = cx.builds.known(&t.drv, now).filter(|m| !m.ok())?;
-        let base_ok = match &t.base_drv {
-            None => true,
-            Some(b) if b == &t.drv => false,
-            Some(b) => cx.builds.known(b, now).is_some_and(|bm| bm.ok()),
-        };
-        base_ok.then_some(m)
-    }
-
-    /// Blockers already certain from remembered results: targets that failed while
-    /// their base version builds or does not exist.
-    fn known_blockers(&self, cx: &Ctx, id: CandId, now: Millis) -> Vec<Blocker> {
-        let cand = &self.by_id[&id];
-        cand.targets
-            .iter()
-            .filter_map(|t| {
-                let m = self.certain_blocker(cx, id, t, now)?;
-                Some(build_blocker(t, m))
-            })
-            .collect()
-    }
-
-    /// The verdict: every required job builds and no job that builds on the base fails
-    /// on the candidate. A failing job whose base version was never built gets that
-    /// base version built first, so pre-existing failures never block.
-    fn judge(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
-        let targets = self.by_id[&id].targets.clone();
-        let pre = self.by_id[&id].preexisting.clone();
-        let mut blockers: Vec<Blocker> = self.by_id[&id]
-            .eval_blockers
-            .iter()
-            .filter(|b| b.key().is_none_or(|k| !pre.contains(k)))
-            .cloned()
-            .collect();
-        let mut pending = BTreeSet::new();
-        let mut dispatched: Vec<String> = vec![];
-        let mut preexisting = 0;
-        let prio = self.cand_prio(cx, id);
-        for t in &targets {
-            let Some(m) = cx.builds.known(&t.drv, now).cloned() else {
-                // Expired while we waited: build again.
-                pending.insert(t.drv.clone());
-                if cx.request_build(&t.drv, prio, now) {
-                    dispatched.push(t.drv.clone());
-                }
-                continue;
-            };
-            if m.ok() {
-                continue;
-            }
-            let base_fails = match &t.base_drv {
-                _ if pre.contains(&t.key) => true,
-                None => false,
-                Some(b) if b == &t.drv => true,
-                Some(b) => match cx.builds.known(b, now) {
-                    Some(bm) => !bm.ok(),
-                    None => {
-                        pending.insert(b.clone());
-                        if cx.request_build(b, prio, now) {
-                            dispatched.push(b.clone());
-                        }
-                        continue;
-                    }
-                },
-            };
-            if base_fails {
-                preexisting += 1;
-            } else {
-                blockers.push(build_blocker(t, &m));
-            }
-        }
-        self.count_builds(id, &dispatched);
-        if !pending.is_empty() {
-            self.by_id.get_mut(&id).expect("known").pending = pending;
-            return;
-        }
-        let repo = self.by_id[&id].repo.clone();
-        if blockers.is_empty() {
-            let cand = self.by_id.get_mut(&id).expect("known");
-            cand.phase = Phase::Landing;
-            let cand = cand.clone();
-            let extra = if preexisting > 0 {
-                format!(" ({preexisting} failures already on the base ignored)")
-            } else {
-                String::new()
-            };
-            cx.fx.event(
-                now,
-                &repo,
-                format!(
-                    "candidate {id}: gate passed{extra}; landing {}",
-                    short(cand.commit().unwrap_or(""))
-                ),
-            );
-            self.emit_land(cx, &cand);
-            self.save_id(cx, id);
-        } else {
-            self.attribute(cx, id, blockers, now);
         }
     }
 
@@ -908,24 +632,5 @@ impl Candidates {
         if self.by_id[&id].pending.is_empty() {
             self.judge(cx, id, now);
         }
-    }
-}
-
-fn error_of(eval: &Evaluation, key: &JobKey) -> String {
-    match eval.get(key) {
-        Some(JobResult::Error(m)) => m.clone(),
-        _ => String::new(),
-    }
-}
-
-/// The blocker a target's remembered failure makes.
-fn build_blocker(t: &Target, m: &Memo) -> Blocker {
-    Blocker::Build {
-        key: t.key.clone(),
-        drv: t.drv.clone(),
-        base_drv: t.base_drv.clone(),
-        class: m.class,
-        log_tail: m.log_tail.clone(),
-        root_drv: m.root_drv.clone(),
     }
 }

@@ -115,6 +115,24 @@ pub enum Command {
 }
 
 impl Command {
+    /// The record a `Record` command carries.
+    pub fn record(&self) -> Option<&Record> {
+        match self {
+            Command::Record(r) => Some(r),
+            Command::Prepare { .. }
+            | Command::Evaluate { .. }
+            | Command::Inspect { .. }
+            | Command::Build { .. }
+            | Command::QueryReferrers { .. }
+            | Command::ProbeBuilder { .. }
+            | Command::Probe { .. }
+            | Command::Land { .. }
+            | Command::PollSource { .. }
+            | Command::AdvanceChannel { .. }
+            | Command::PublishArtifacts { .. } => None,
+        }
+    }
+
     /// The channel a channel command is for; `None` for every other command.
     pub fn channel(&self) -> Option<&str> {
         match self {

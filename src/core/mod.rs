@@ -19,6 +19,7 @@ mod channel_tests;
 mod channel_types;
 mod effects;
 pub mod evaluation;
+mod evidence;
 mod messages;
 pub mod outcome;
 mod queue;
@@ -26,6 +27,7 @@ pub mod scheduler;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod verdict;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -197,7 +197,15 @@ impl ChannelShell {
                     result,
                 })
             }
-            _ => return None,
+            Command::Record(_)
+            | Command::Prepare { .. }
+            | Command::Evaluate { .. }
+            | Command::Inspect { .. }
+            | Command::Build { .. }
+            | Command::QueryReferrers { .. }
+            | Command::ProbeBuilder { .. }
+            | Command::Probe { .. }
+            | Command::Land { .. } => return None,
         })
     }
 }

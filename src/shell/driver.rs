@@ -277,13 +277,7 @@ impl Driver {
     /// Persists the step's records, then starts its effects.
     fn flush(&mut self) -> anyhow::Result<()> {
         let cmds = self.core.take_commands();
-        let records: Vec<&Record> = cmds
-            .iter()
-            .filter_map(|c| match c {
-                Command::Record(r) => Some(r),
-                _ => None,
-            })
-            .collect();
+        let records: Vec<&Record> = cmds.iter().filter_map(Command::record).collect();
         self.store.apply(&records)?;
         for r in &records {
             if let Record::Event { repo, text, .. } = r {
