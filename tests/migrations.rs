@@ -430,6 +430,7 @@ fn core_restores_from_a_migrated_v1_database() {
         failure_retries: 1,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
+        target_poll_ms: 60_000,
         channels: BTreeMap::new(),
     };
     let mut core = Core::restore(
@@ -617,6 +618,7 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
         failure_retries: 1,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
+        target_poll_ms: 60_000,
         channels: BTreeMap::from([(
             "unstable".to_string(),
             ChannelConfig {

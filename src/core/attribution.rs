@@ -6,7 +6,8 @@
 //!    each change applied alone to the base. Each probe tells, per blocker, what the job
 //!    is there: absent, failing to evaluate, or a derivation.
 //! 2. A blocker that is just as broken on the base is not the batch's doing: it is
-//!    dropped (or, for a required job, the batch waits; see `hold`).
+//!    dropped; for a required job, the batch waits instead (see `hold`): a required job
+//!    never lands failing, whoever broke it.
 //! 3. A change whose probe equals the base's leaves the job alone: innocent for it. An
 //!    absent job is never failing. A change whose probe shows the job broken (the
 //!    candidate's failing derivation itself, an evaluation error, a derivation known to
@@ -320,7 +321,7 @@ impl Candidates {
                         b.summary()
                     ),
                 );
-                if required && !matches!(b, Blocker::Build { .. }) {
+                if required {
                     self.att(id).held.push(bi);
                 } else if let Some(k) = b.key() {
                     let k = k.clone();
@@ -577,10 +578,15 @@ impl Candidates {
     }
 
     fn is_required(&self, cx: &Ctx, id: CandId, b: &Blocker) -> bool {
+        match b.attr() {
+            Some(attr) => self.requires(cx, id, attr),
+            None => true, // the jobset as a whole
+        }
+    }
+
+    /// Whether `attr` is (under) one of the candidate's branch's required jobs.
+    pub(crate) fn requires(&self, cx: &Ctx, id: CandId, attr: &str) -> bool {
         let cand = &self.by_id[&id];
-        let Some(attr) = b.attr() else {
-            return true; // the jobset as a whole
-        };
         cx.cfg.repos[&cand.repo].lanes[&cand.branch]
             .required
             .iter()

@@ -10,7 +10,7 @@
 //! every culprit is rejected with its own job in the reason, and the builds attribution
 //! spent beyond the batches' own are counted.
 
-use super::{BuildInput, CandidateInput};
+use super::{BuildInput, CandidateInput, QueueInput};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -493,6 +493,11 @@ impl Run {
                 };
                 Input::Candidate(CandidateInput::Landed { cand, result })
             }
+            Command::PollTarget { repo, branch } => Input::Queue(QueueInput::TargetPolled {
+                repo,
+                branch,
+                result: Ok(w.tip.clone()),
+            }),
             other @ (Command::PollSource { .. }
             | Command::AdvanceChannel { .. }
             | Command::PublishArtifacts { .. }) => panic!("no channels here: {other:?}"),

@@ -459,6 +459,21 @@ impl Builds {
         true
     }
 
+    /// Makes a remembered failure of `drv` expire now, so that it is built again.
+    pub(crate) fn forget_failure(&mut self, drv: &str, now: Millis, fx: &mut Effects) {
+        let Some(m) = self.memo.get_mut(drv).filter(|m| !m.ok()) else {
+            return;
+        };
+        if m.expires_at.is_some_and(|t| t <= now) {
+            return;
+        }
+        m.expires_at = Some(now);
+        fx.record(Record::Memo {
+            drv: drv.to_string(),
+            memo: m.clone(),
+        });
+    }
+
     /// Evaluations only live in memory while someone needs them.
     pub(crate) fn keep_evals(&mut self, keep: &BTreeSet<String>) {
         self.evals.retain(|k, _| keep.contains(k));

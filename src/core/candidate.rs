@@ -602,13 +602,19 @@ impl Candidates {
 
     /// Ends a candidate that cannot land through no fault of its changes (required jobs
     /// fail on the target itself): the changes wait in the queue with the reason, and
-    /// the lane tries again after a growing delay (or as soon as something lands).
+    /// the lane tests again when its target moves (read every `target_poll_ms`), or when
+    /// the remembered failures expire.
     pub(crate) fn hold(&mut self, cx: &mut Ctx, id: CandId, why: &str, now: Millis) {
         let cand = self.by_id[&id].clone();
         let lane = (cand.repo.clone(), cand.branch.clone());
-        let until = cx.queue.hold(cx.cfg, lane, now);
-        cx.fx.wake(until);
-        let reason = format!("waiting: {why}; tested again in {} s", (until - now) / 1000);
+        let base = cand.base.clone().unwrap_or_default();
+        cx.queue.hold(cx.cfg, lane, &base, now);
+        let reason = format!(
+            "waiting: {why}; tested again when {} moves from {} (read every {} s)",
+            cand.branch,
+            short(&base),
+            cx.cfg.target_poll_ms / 1000
+        );
         for c in &cand.changes {
             if cx.queue.changes[c].state == ChangeState::Testing {
                 cx.set_state(*c, ChangeState::Queued, Some(reason.clone()), now);

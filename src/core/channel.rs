@@ -352,8 +352,15 @@ impl Gating {
             return;
         }
         let mut pending = BTreeSet::new();
+        // A new source head gets one more build of every gate job remembered as failing
+        // (perhaps flaky, or broken by what the builder had then) instead of being judged
+        // by the memory until it expires; `consider` starts a test once per head.
+        let head = self.channels[name].test.as_ref().is_some_and(|t| t.head);
         for j in &jobs {
             let drv = j.drv.as_deref().expect("evaluated");
+            if head {
+                cx.builds.forget_failure(drv, now, cx.fx);
+            }
             if cx.builds.known(drv, now).is_none() {
                 pending.insert(drv.to_string());
                 cx.request_build(drv, GATE_PRIO, now);

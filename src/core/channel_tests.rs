@@ -154,6 +154,7 @@ fn channel_config(look_back: bool, min_interval_ms: Millis) -> CoreConfig {
         failure_retries: 0,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
+        target_poll_ms: 60_000,
         channels: BTreeMap::from([(
             "unstable".to_string(),
             ChannelConfig {
@@ -318,7 +319,10 @@ impl Run {
                     version: "2.8.0".into(),
                 }),
             }),
-            other @ (Command::Prepare { .. } | Command::Probe { .. } | Command::Land { .. }) => {
+            other @ (Command::Prepare { .. }
+            | Command::Probe { .. }
+            | Command::Land { .. }
+            | Command::PollTarget { .. }) => {
                 panic!("unexpected command {other:?}")
             }
         })

@@ -94,6 +94,12 @@ pub enum Command {
         old: String,
         new: String,
     },
+    /// Read a lane's target tip and report `QueueInput::TargetPolled` (a held lane
+    /// waits for its target to move).
+    PollTarget {
+        repo: String,
+        branch: String,
+    },
     /// Fetch a channel's source and target and report `ChannelInput::SourcePolled`.
     PollSource {
         channel: String,
@@ -127,6 +133,7 @@ impl Command {
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }
             | Command::Land { .. }
+            | Command::PollTarget { .. }
             | Command::PollSource { .. }
             | Command::AdvanceChannel { .. }
             | Command::PublishArtifacts { .. } => None,
@@ -147,7 +154,8 @@ impl Command {
             | Command::QueryReferrers { .. }
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }
-            | Command::Land { .. } => None,
+            | Command::Land { .. }
+            | Command::PollTarget { .. } => None,
         }
     }
 }
@@ -194,6 +202,8 @@ pub enum LandResult {
 /// An input, addressed to the machine that owns it (see `docs/design.md`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
+    /// For the queue: what a lane's target is now.
+    Queue(QueueInput),
     /// For the candidates: preparations, attribution probes, landings.
     Candidate(CandidateInput),
     /// For the builds: evaluations, build results, derivation facts, builder probes.
@@ -202,6 +212,16 @@ pub enum Input {
     Channel(ChannelInput),
     /// A timer came due (see `Core::next_wakeup`).
     Tick,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueInput {
+    /// The tip of `branch` as the remote has it now (`Command::PollTarget`).
+    TargetPolled {
+        repo: String,
+        branch: String,
+        result: Result<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -263,6 +283,12 @@ pub enum ChannelInput {
         rev: String,
         result: Result<(), String>,
     },
+}
+
+impl From<QueueInput> for Input {
+    fn from(i: QueueInput) -> Input {
+        Input::Queue(i)
+    }
 }
 
 impl From<CandidateInput> for Input {

@@ -46,7 +46,7 @@ pub use channel::{
 };
 pub use messages::{
     BuildInput, BuilderIdentity, CandidateInput, ChannelInput, Command, Input, LandResult,
-    Prepared, ProbeResult, Record, Refusal, Submission,
+    Prepared, ProbeResult, QueueInput, Record, Refusal, Submission,
 };
 pub use snapshot::Snapshot;
 
@@ -88,6 +88,9 @@ pub struct CoreConfig {
     pub probe_delay_ms: Millis,
     /// Channels by name.
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// How often a held lane (required jobs fail on its target itself) reads its
+    /// target, to test again as soon as someone pushes a fix outside the queue.
+    pub target_poll_ms: Millis,
 }
 
 /// Counts one more consecutive failure of `key`; returns the count (1 the first time).
@@ -120,6 +123,7 @@ impl Default for CoreConfig {
             quarantine_after: 3,
             probe_delay_ms: 30_000,
             channels: BTreeMap::new(),
+            target_poll_ms: 60_000,
         }
     }
 }
@@ -160,19 +164,15 @@ pub struct Core {
 
 impl Core {
     pub fn new(config: CoreConfig) -> Core {
-        Core::restore(config, vec![], vec![], vec![], vec![], 0)
+        Core::compose(config, vec![], vec![], vec![])
     }
 
-    /// Rebuilds the core from persisted state. Interrupted candidates are prepared again
-    /// (evaluations and build results are reused); a candidate caught while landing is
-    /// landed again, which is idempotent.
-    pub fn restore(
+    /// The machines, before any candidate is taken back or any lane looked at.
+    fn compose(
         config: CoreConfig,
         changes: Vec<Change>,
-        candidates: Vec<Candidate>,
         memo: Vec<(String, Memo)>,
         channels: Vec<(ChannelState, Vec<Advance>)>,
-        now: Millis,
     ) -> Core {
         let mut fx = effects::Effects::default();
         for b in &config.builders {
@@ -190,17 +190,28 @@ impl Core {
             },
             channels,
         );
-        let mut core = Core {
+        Core {
             queue: queue::Queue::new(changes),
             cands: candidate::Candidates::new(),
             builds,
             gating,
             fx,
             config,
-        };
-        if candidates.is_empty() && core.queue.changes.is_empty() {
-            return core;
         }
+    }
+
+    /// Rebuilds the core from persisted state. Interrupted candidates are prepared again
+    /// (evaluations and build results are reused); a candidate caught while landing is
+    /// landed again, which is idempotent.
+    pub fn restore(
+        config: CoreConfig,
+        changes: Vec<Change>,
+        candidates: Vec<Candidate>,
+        memo: Vec<(String, Memo)>,
+        channels: Vec<(ChannelState, Vec<Advance>)>,
+        now: Millis,
+    ) -> Core {
+        let mut core = Core::compose(config, changes, memo, channels);
         let (cands, mut cx) = core.split();
         let attached = cands.restore(&mut cx, candidates);
         let orphans: Vec<ChangeId> = cx
@@ -255,6 +266,7 @@ impl Core {
             .next_due()
             .into_iter()
             .chain(self.gating.next_wakeup())
+            .chain(self.queue.next_wakeup())
             .min()
     }
 
@@ -376,6 +388,23 @@ impl Core {
     /// routed on from here.
     pub fn handle(&mut self, input: Input, now: Millis) {
         match input {
+            Input::Queue(QueueInput::TargetPolled {
+                repo,
+                branch,
+                result,
+            }) => {
+                let lane = (repo, branch);
+                if let Some(old) = self.queue.on_target_polled(&lane, &result) {
+                    let tip = result.as_deref().unwrap_or_default();
+                    let text = format!(
+                        "{} moved from {} to {} outside the queue: testing the held changes again",
+                        lane.1,
+                        change::short(&old),
+                        change::short(tip)
+                    );
+                    self.fx.event(now, &lane.0, text);
+                }
+            }
             Input::Candidate(i) => self.handle_candidate(i, now),
             Input::Build(i) => self.handle_build(i, now),
             Input::Channel(i) => {
@@ -493,6 +522,9 @@ impl Core {
                 queue::Next::Gather(until) => self.fx.wake(until),
                 queue::Next::Idle => {}
             }
+        }
+        for (repo, branch) in self.queue.polls_due(&self.config, now) {
+            self.fx.push(Command::PollTarget { repo, branch });
         }
         let (gating, mut cx) = self.gate_ctx();
         gating.tick(&mut cx, now);

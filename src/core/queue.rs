@@ -15,8 +15,19 @@ pub(crate) struct Queue {
     next_change: ChangeId,
     /// Changes to be tested one at a time (attribution could not pin a failure).
     solo: BTreeSet<ChangeId>,
-    /// Lanes waiting because required jobs fail on the target itself: (until, times).
-    holds: BTreeMap<(String, String), (Millis, u32)>,
+    /// Lanes waiting because required jobs fail on the target itself.
+    holds: BTreeMap<(String, String), Hold>,
+}
+
+/// A held lane waits until its target moves away from `base` (a fix pushed outside the
+/// queue), noticed by polling the target, or until `until`, when the remembered
+/// failures that held it have expired and are worth building again.
+#[derive(Debug, Clone, PartialEq)]
+struct Hold {
+    base: String,
+    until: Millis,
+    next_poll: Millis,
+    polling: bool,
 }
 
 /// What a lane with nothing in flight does next.
@@ -116,7 +127,7 @@ impl Queue {
         if self
             .holds
             .get(&(repo.to_string(), branch.to_string()))
-            .is_some_and(|h| h.0 > now)
+            .is_some_and(|h| h.until > now)
         {
             return Next::Idle;
         }
@@ -150,13 +161,68 @@ impl Queue {
         self.solo.insert(id);
     }
 
-    /// Holds a lane: its target fails on its own. Returns when the lane tries again; the
-    /// delay grows with each hold in a row.
-    pub(crate) fn hold(&mut self, cfg: &CoreConfig, lane: (String, String), now: Millis) -> Millis {
-        let n = self.holds.get(&lane).map_or(0, |h| h.1) + 1;
-        let until = now + cfg.backoff(n);
-        self.holds.insert(lane, (until, n));
+    /// Holds a lane: required jobs fail on its target `base` itself, so nothing can land
+    /// until the target is fixed. Returns when the lane tests again even if the target
+    /// did not move.
+    pub(crate) fn hold(
+        &mut self,
+        cfg: &CoreConfig,
+        lane: (String, String),
+        base: &str,
+        now: Millis,
+    ) -> Millis {
+        let until = now + cfg.failure_ttl_ms.max(1);
+        self.holds.insert(
+            lane,
+            Hold {
+                base: base.to_string(),
+                until,
+                next_poll: now + cfg.target_poll_ms.max(1),
+                polling: false,
+            },
+        );
         until
+    }
+
+    /// The held lanes whose target is due to be read, marked as being read.
+    pub(crate) fn polls_due(&mut self, cfg: &CoreConfig, now: Millis) -> Vec<(String, String)> {
+        let mut due = vec![];
+        for (lane, h) in self.holds.iter_mut() {
+            if !h.polling && h.next_poll <= now && h.until > now {
+                h.polling = true;
+                h.next_poll = now + cfg.target_poll_ms.max(1);
+                due.push(lane.clone());
+            }
+        }
+        due
+    }
+
+    /// What the remote says the target of a lane is. Returns the lane's old base when the
+    /// target moved and the hold ended.
+    pub(crate) fn on_target_polled(
+        &mut self,
+        lane: &(String, String),
+        result: &Result<String, String>,
+    ) -> Option<String> {
+        let h = self.holds.get_mut(lane)?;
+        h.polling = false;
+        match result {
+            Ok(tip) if *tip != h.base => self.holds.remove(lane).map(|h| h.base),
+            Ok(_) | Err(_) => None,
+        }
+    }
+
+    /// When a held lane must be looked at again: a poll or the end of the hold.
+    pub(crate) fn next_wakeup(&self) -> Option<Millis> {
+        self.holds
+            .values()
+            .flat_map(|h| {
+                (!h.polling)
+                    .then_some(h.next_poll)
+                    .into_iter()
+                    .chain([h.until])
+            })
+            .min()
     }
 
     /// Something landed on the lane: its target is fine again.
@@ -238,17 +304,37 @@ mod tests {
     }
 
     #[test]
-    fn a_held_lane_waits_longer_each_time_and_is_released_by_a_landing() {
+    fn a_held_lane_waits_for_its_target_to_move() {
         let (c, lane) = cfg(1, 0);
         let mut q = Queue::new(vec![]);
         submit(&mut q, &c, Priority::Normal, 0);
         let key = ("r".to_string(), "main".to_string());
-        let first = q.hold(&c, key.clone(), 0);
-        let second = q.hold(&c, key.clone(), 0);
-        assert!(second > first);
+        let until = q.hold(&c, key.clone(), "b0", 0);
+        assert_eq!(until, c.failure_ttl_ms);
         assert_eq!(q.next("r", "main", &lane, 1), Next::Idle);
-        q.release(&key);
-        assert!(matches!(q.next("r", "main", &lane, 1), Next::Test(_)));
+        assert_eq!(q.next_wakeup(), Some(c.target_poll_ms));
+        assert!(q.polls_due(&c, 1).is_empty(), "not due yet");
+        let t = c.target_poll_ms;
+        assert_eq!(q.polls_due(&c, t), vec![key.clone()]);
+        assert!(q.polls_due(&c, t).is_empty(), "one read at a time");
+        assert_eq!(q.on_target_polled(&key, &Ok("b0".into())), None);
+        assert_eq!(q.on_target_polled(&key, &Err("offline".into())), None);
+        assert_eq!(q.next("r", "main", &lane, t), Next::Idle);
+        assert_eq!(
+            q.on_target_polled(&key, &Ok("b1".into())),
+            Some("b0".into())
+        );
+        assert!(matches!(q.next("r", "main", &lane, t), Next::Test(_)));
+    }
+
+    #[test]
+    fn a_hold_ends_when_the_failures_that_caused_it_expire() {
+        let (c, lane) = cfg(1, 0);
+        let mut q = Queue::new(vec![]);
+        submit(&mut q, &c, Priority::Normal, 0);
+        let until = q.hold(&c, ("r".into(), "main".into()), "b0", 0);
+        assert_eq!(q.next("r", "main", &lane, until - 1), Next::Idle);
+        assert!(matches!(q.next("r", "main", &lane, until), Next::Test(_)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! or break evaluation. A driver loop answers the core's commands from the model and
 //! applies its `Record`s to an in-memory database, so `Core::restore` can be tested too.
 
-use super::{BuildInput, CandidateInput};
+use super::{BuildInput, CandidateInput, QueueInput};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -324,6 +324,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         failure_retries: 0,
         quarantine_after: 3,
         probe_delay_ms: 30_000,
+        target_poll_ms: 60_000,
         channels: BTreeMap::new(),
     }
 }
@@ -386,6 +387,7 @@ impl Sim {
                 | Command::ProbeBuilder { .. }
                 | Command::Probe { .. }
                 | Command::Land { .. }
+                | Command::PollTarget { .. }
                 | Command::PollSource { .. }
                 | Command::AdvanceChannel { .. }
                 | Command::PublishArtifacts { .. }) => {
@@ -564,6 +566,11 @@ impl Sim {
                 };
                 Input::Candidate(CandidateInput::Landed { cand, result })
             }
+            Command::PollTarget { repo, branch } => Input::Queue(QueueInput::TargetPolled {
+                repo,
+                branch,
+                result: Ok(w.tip.clone()),
+            }),
             other @ (Command::PollSource { .. }
             | Command::AdvanceChannel { .. }
             | Command::PublishArtifacts { .. }) => {

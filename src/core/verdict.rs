@@ -243,6 +243,12 @@ impl Candidates {
             if m.ok() {
                 continue;
             }
+            if self.requires(cx, id, &t.key.attr) {
+                // A required job must build, whatever the base does; attribution tells
+                // whether the batch broke it or the target did (then the lane waits).
+                blockers.push(build_blocker(t, &m));
+                continue;
+            }
             let base_fails = match &t.base_drv {
                 _ if pre.contains(&t.key) => true,
                 None => false,

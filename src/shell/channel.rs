@@ -205,7 +205,8 @@ impl ChannelShell {
             | Command::QueryReferrers { .. }
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }
-            | Command::Land { .. } => return None,
+            | Command::Land { .. }
+            | Command::PollTarget { .. } => return None,
         })
     }
 }

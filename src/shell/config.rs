@@ -58,6 +58,14 @@ pub struct Config {
     pub channels: Vec<Channel>,
     #[serde(default)]
     pub ui: Ui,
+    /// How often a held lane (required jobs fail on its target itself) reads its target,
+    /// to test again once a fix was pushed outside the queue.
+    #[serde(default = "default_target_poll")]
+    pub target_poll_secs: u64,
+}
+
+fn default_target_poll() -> u64 {
+    (CoreConfig::default().target_poll_ms / 1000) as u64
 }
 
 /// The web UI (`docs/ui.md`).
@@ -506,6 +514,7 @@ impl Config {
             channels,
             repos,
             failure_ttl_ms: self.nix.failure_ttl_secs as i64 * 1000,
+            target_poll_ms: self.target_poll_secs as Millis * 1000,
             retry_delay_ms: self.dispatch.retry_delay_secs as Millis * 1000,
             builders: self.builder_specs(),
             infra_retries: self.dispatch.infra_retries,

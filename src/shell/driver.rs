@@ -3,7 +3,7 @@
 //! messages. Each step: feed an input to the core, persist its records in one
 //! transaction, then perform its effects, whose results come back as messages.
 
-use crate::core::{BuildInput, CandidateInput};
+use crate::core::{BuildInput, CandidateInput, QueueInput};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -442,6 +442,16 @@ impl Driver {
                         .land(&branch, &old, &new)
                         .unwrap_or_else(|e| crate::core::LandResult::Failed(e.to_string()));
                     Input::Candidate(CandidateInput::Landed { cand, result })
+                });
+            }
+            Command::PollTarget { repo, branch } => {
+                self.with_mirror(&repo.clone(), move |m| {
+                    let result = m.remote_tip(&branch).map_err(|e| e.to_string());
+                    Input::Queue(QueueInput::TargetPolled {
+                        repo,
+                        branch,
+                        result,
+                    })
                 });
             }
             cmd @ (Command::PollSource { .. }

@@ -172,6 +172,12 @@ impl Mirror {
         })
     }
 
+    /// The tip of `branch` on the remote, without fetching.
+    pub fn remote_tip(&self, branch: &str) -> Result<String, GitError> {
+        ls_remote(&self.url, &full_ref(branch))?
+            .ok_or_else(|| GitError::Other(format!("{branch} does not exist on the remote")))
+    }
+
     /// After fetching `git_ref` failed with `fetch_error`: asks the remote whether the ref
     /// still exists. `Ok(message)`: it does not (the change vanished). `Err`: the remote
     /// cannot be asked, or the ref is there and the fetch failed anyway; both are

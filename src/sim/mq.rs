@@ -6,7 +6,7 @@
 //! records are committed, after committing but before performing its effects), build
 //! results are lost or delivered twice, and builders die.
 
-use crate::core::{BuildInput, CandidateInput, ChannelInput};
+use crate::core::{BuildInput, CandidateInput, ChannelInput, QueueInput};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -68,6 +68,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
         }
     }
     CoreConfig {
+        target_poll_ms: 60_000,
         repos: BTreeMap::from([(REPO.to_string(), RepoConfig { lanes })]),
         builders,
         channels: sc
@@ -317,7 +318,9 @@ impl CoreQueue {
             | Command::ProbeBuilder { .. } => {
                 env.at(now + 100, Ev::Perform(Box::new(cmd), self.epoch));
             }
-            Command::PollSource { .. } | Command::AdvanceChannel { .. } => {
+            Command::PollSource { .. }
+            | Command::AdvanceChannel { .. }
+            | Command::PollTarget { .. } => {
                 let d = env.secs(t.land_secs);
                 env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
             }
@@ -532,6 +535,15 @@ impl CoreQueue {
                     } else {
                         Err("ssh: connect to host: Connection refused".into())
                     },
+                })
+            }
+            Command::PollTarget { repo, branch } => {
+                let b = w.branch_index(&branch)?;
+                let tip = w.commit_id(w.tip(b)).to_string();
+                Input::Queue(QueueInput::TargetPolled {
+                    repo,
+                    branch,
+                    result: Ok(tip),
                 })
             }
             Command::PollSource { channel } => {

@@ -381,14 +381,10 @@ fn a_batch_that_merges_nothing_ends_without_evaluating() {
 
 #[test]
 fn required_jobs_are_built_and_must_exist() {
-    let mut w = world();
-    // A required job already failing on the base does not block.
-    w.broken_attrs.insert("pkg0".into());
-    let mut sim = Sim::new(config_required(8, 60_000, &["pkg0", "pkg1"]), w);
+    let mut sim = Sim::new(config_required(8, 60_000, &["pkg0", "pkg1"]), world());
     let a = sim.submit("h2", Patch::alter("pkg2", "c2"), Priority::Normal);
-    let b = sim.submit("h3", Patch::alter("pkg3", "c3"), Priority::Normal);
     sim.run();
-    sim.assert_merged(&[a, b]);
+    sim.assert_merged(&[a]);
     // Unchanged required jobs are built too (once, then remembered).
     assert_eq!(sim.builds_of("/nix/store/base-pkg0.drv"), 1);
     assert_eq!(sim.builds_of("/nix/store/base-pkg1.drv"), 1);
@@ -405,4 +401,47 @@ fn required_jobs_are_built_and_must_exist() {
     );
     sim.assert_merged(&[d]);
     assert_eq!(sim.builds_of("/nix/store/base-pkg1.drv"), 1);
+}
+
+#[test]
+fn a_required_job_failing_on_the_target_holds_the_lane_until_a_fix_is_pushed() {
+    let mut w = world();
+    w.broken_attrs.insert("pkg0".into());
+    let mut sim = Sim::new(config_required(8, 60_000, &["pkg0", "pkg1"]), w);
+    let a = sim.submit("h2", Patch::alter("pkg2", "c2"), Priority::Normal);
+    let b = sim.submit("h3", Patch::alter("pkg3", "c3"), Priority::Normal);
+    sim.run_until(|s| s.reason(a).starts_with("waiting"));
+    // Nobody is blamed, nothing lands: the changes wait, saying why and until when.
+    for id in [a, b] {
+        assert_eq!(sim.state(id), ChangeState::Queued);
+        let why = sim.reason(id);
+        assert!(why.contains("required jobs fail on"), "{why}");
+        assert!(why.contains("pkg0"), "{why}");
+        assert!(why.contains("tested again when master moves"), "{why}");
+    }
+    assert_eq!(sim.world.lands, 0);
+    // While the target stays where it is, the lane only reads it: no new candidate.
+    let candidates = sim.core.candidates().count();
+    let until = sim.now + 30 * 60_000;
+    sim.run_until(|s| s.now >= until);
+    assert_eq!(sim.core.candidates().count(), candidates);
+    assert!(sim
+        .issued
+        .iter()
+        .any(|(_, c)| matches!(c, Command::PollTarget { branch, .. } if branch == BRANCH)));
+    assert_eq!(sim.state(a), ChangeState::Queued);
+    // Someone pushes a fix to the target outside the queue: the lane notices and lands.
+    sim.world
+        .patches
+        .insert("fix".into(), Patch::alter("pkg0", "fixed"));
+    let tip = sim.world.tip.clone();
+    sim.world.tip = sim.world.merge(&tip, "fix");
+    sim.world.broken_attrs.remove("pkg0");
+    sim.run();
+    sim.assert_merged(&[a, b]);
+    assert!(
+        sim.events.iter().any(|e| e.contains("moved from")),
+        "{:?}",
+        sim.events
+    );
 }
