@@ -186,9 +186,11 @@ impl Queue {
 
     /// The held lanes whose target is due to be read, marked as being read.
     pub(crate) fn polls_due(&mut self, cfg: &CoreConfig, now: Millis) -> Vec<(String, String)> {
+        // An ended hold is gone (its lane tested again already, or has nothing to test).
+        self.holds.retain(|_, h| h.until > now);
         let mut due = vec![];
         for (lane, h) in self.holds.iter_mut() {
-            if !h.polling && h.next_poll <= now && h.until > now {
+            if !h.polling && h.next_poll <= now {
                 h.polling = true;
                 h.next_poll = now + cfg.target_poll_ms.max(1);
                 due.push(lane.clone());
@@ -335,6 +337,8 @@ mod tests {
         let until = q.hold(&c, ("r".into(), "main".into()), "b0", 0);
         assert_eq!(q.next("r", "main", &lane, until - 1), Next::Idle);
         assert!(matches!(q.next("r", "main", &lane, until), Next::Test(_)));
+        assert!(q.polls_due(&c, until).is_empty());
+        assert_eq!(q.next_wakeup(), None, "an ended hold wakes nobody");
     }
 
     #[test]
