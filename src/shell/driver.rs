@@ -280,8 +280,24 @@ impl Driver {
         let records: Vec<&Record> = cmds.iter().filter_map(Command::record).collect();
         self.store.apply(&records)?;
         for r in &records {
-            if let Record::Event { repo, text, .. } = r {
-                log::info!(repo = repo.as_str(); "[{repo}] {text}");
+            match r {
+                Record::Event { repo, text, .. } => {
+                    log::info!(repo = repo.as_str(); "[{repo}] {text}");
+                }
+                // Structured fields, so the journal can be filtered by change or candidate
+                // (`journalctl CHANGE=12`).
+                Record::Change(c) => log::debug!(
+                    repo = c.repo.as_str(), change = c.id, state = c.state.as_str();
+                    "#{} {}", c.id, c.state.as_str()
+                ),
+                Record::Candidate(k) => log::debug!(
+                    repo = k.repo.as_str(), candidate = k.id, phase = k.phase.as_str();
+                    "candidate {} {}", k.id, k.phase.as_str()
+                ),
+                Record::Memo { .. }
+                | Record::BuilderDrained { .. }
+                | Record::Channel(_)
+                | Record::ChannelAdvance { .. } => {}
             }
         }
         for cmd in cmds {
