@@ -546,10 +546,8 @@ pub fn queue_json(
         .map(|b| {
             let name = b.name.get_ref();
             let testing: Vec<Value> = core
-                .candidates()
-                .filter(|k| {
-                    k.repo == repo && &k.branch == name && k.phase != crate::core::Phase::Done
-                })
+                .in_flight(repo, name)
+                .into_iter()
                 .map(candidate_json)
                 .collect();
             let all = core.queue(repo, name);
