@@ -70,6 +70,7 @@ async fn drv(set: &PackageSet, attr: &str) -> String {
     let ev = NixEval {
         nix_args: offline(),
         evaluator: Evaluator::NixInstantiate,
+        sandbox: mergequeue::shell::nix::eval::EvalSandbox::default(),
     };
     let r = ev
         .evaluate_attrs(

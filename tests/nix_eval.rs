@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use mergequeue::core::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
 use mergequeue::shell::config::Evaluator;
-use mergequeue::shell::nix::eval::NixEval;
+use mergequeue::shell::nix::eval::{EvalSandbox, NixEval};
 use mergequeue::tools::fixture::{generate, EvalBreak, PackageSet, Spec};
 
 const SYSTEM: &str = "x86_64-linux";
@@ -28,6 +28,7 @@ fn eval() -> NixEval {
     NixEval {
         nix_args: vec!["--option".into(), "substituters".into(), "".into()],
         evaluator: Evaluator::NixInstantiate,
+        sandbox: EvalSandbox::default(),
     }
 }
 
@@ -579,4 +580,84 @@ async fn default_fixture_evaluation_time() {
     assert!(e.jobs.iter().all(|(_, r)| r.job().is_some()));
     assert_eq!(e, e2);
     assert!(cold.as_secs() < 60);
+}
+
+/// Pull-request code cannot read the service's secrets: a jobset that reads a credential
+/// file, `/etc`, the environment or a file URL fails to evaluate (each attribute on its own),
+/// and no message contains the secret. The same jobset with `restrict_eval = false` does
+/// read it, which shows the test would catch a leak.
+#[tokio::test]
+async fn restricted_evaluation_keeps_secrets_out_of_reach() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = format!("s3cr3t-{}", fastrand::u64(..));
+    let cred = secrets.path().join("api-token");
+    std::fs::write(&cred, &secret).unwrap();
+    let var = format!("MQ_TEST_SECRET_{}", std::process::id());
+    std::env::set_var(&var, &secret);
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("ok.txt"), "fine").unwrap();
+    let job = |name: &str| {
+        format!("derivation {{ name = {name}; system = \"{SYSTEM}\"; builder = \"/bin/sh\"; }}")
+    };
+    let release = format!(
+        r#"{{
+  credential = {};
+  etc = {};
+  env = {};
+  url = {};
+  own = {};
+}}"#,
+        job(&format!(
+            "builtins.readFile {:?}",
+            cred.display().to_string()
+        )),
+        job("builtins.substring 0 8 (builtins.readFile /etc/hostname)"),
+        job(&format!("\"env-${{builtins.getEnv \"{var}\"}}\"")),
+        job(&format!(
+            "builtins.readFile (builtins.fetchurl \"file://{}\")",
+            cred.display()
+        )),
+        job("builtins.readFile ./ok.txt"),
+    );
+    std::fs::write(repo.join("release.nix"), &release).unwrap();
+    let e = eval()
+        .evaluate(&repo, "release.nix", &systems(), "c")
+        .await
+        .expect("the evaluation runs");
+    let shown = format!("{e:?}");
+    assert!(!shown.contains(&secret), "the secret leaked: {shown}");
+    for attr in ["credential", "etc", "url"] {
+        let msg = error_of(&e, attr);
+        assert!(
+            msg.contains("forbidden in restricted mode") || msg.contains("not allowed"),
+            "{attr}: {msg}"
+        );
+    }
+    // getEnv answers "" under restricted evaluation: the job evaluates, without the value.
+    match get(&e, "env") {
+        JobResult::Ok(j) => assert!(j.drv_path.ends_with("-env-.drv"), "{}", j.drv_path),
+        other => panic!("env: {other:?}"),
+    }
+    assert!(matches!(get(&e, "own"), JobResult::Ok(_)), "{shown}");
+
+    // Unrestricted (an operator's explicit choice), the same jobset reads the credential.
+    let open = NixEval {
+        sandbox: EvalSandbox {
+            restrict: false,
+            ..EvalSandbox::default()
+        },
+        ..eval()
+    };
+    let e = open
+        .evaluate(&repo, "release.nix", &systems(), "c")
+        .await
+        .unwrap();
+    match get(&e, "credential") {
+        JobResult::Ok(j) => assert!(j.drv_path.ends_with(&format!("-{secret}.drv"))),
+        other => panic!("credential, unrestricted: {other:?}"),
+    }
+    std::env::remove_var(&var);
 }

@@ -47,13 +47,24 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
 }
 
 /// Serves until `shutdown` resolves.
+///
+/// Slow or many clients cannot starve the others: at most `[http] max_connections` are
+/// served at once (more wait in the listen backlog), a request's headers must arrive within
+/// `header_timeout_secs` (the same limit closes a kept-alive connection that stays idle),
+/// and bodies are read within `body_timeout_secs` and `max_body_bytes` (see `read_json`).
 pub async fn serve(
     api: Arc<Api>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(api.config.http.max_connections));
+    let header_timeout = std::time::Duration::from_secs(api.config.http.header_timeout_secs);
     loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+        };
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return Ok(()),
             r = listener.accept() => match r {
@@ -64,6 +75,7 @@ pub async fn serve(
         };
         let api = api.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let api = api.clone();
                 async move {
@@ -81,6 +93,8 @@ pub async fn serve(
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(io, svc)
                 .await;
         });
@@ -101,11 +115,62 @@ struct SubmitBody {
     priority: Option<String>,
 }
 
+impl SubmitBody {
+    /// The full ref and the priority, or why they are refused.
+    fn checked(&self) -> Result<(String, Priority), String> {
+        // Refused before any git command sees it: a NUL byte or `..` is the client's
+        // mistake, not an upstream failure, and a ref can never be read as an option.
+        let git_ref = crate::shell::refname::check_given(&self.git_ref)
+            .map_err(|e| format!("ref {:?} {e}", self.git_ref))?;
+        let priority = match self.priority.as_deref() {
+            None => Priority::Normal,
+            Some(p) => Priority::parse(p)
+                .ok_or_else(|| format!("priority {p:?} is not one of urgent, high, normal, low"))?,
+        };
+        Ok((git_ref, priority))
+    }
+}
+
 impl Api {
     pub(crate) async fn ask(&self, q: Query) -> Option<Reply> {
         let (reply, rx) = oneshot::channel();
         self.driver.tx.send(Msg::Query { q, reply }).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// Reads a JSON body within `[http]`'s size and time limits: too large is 413, too
+    /// slow 408, anything that is not the expected object 400.
+    async fn read_json<T, B>(&self, req: Request<B>) -> Result<T, Resp>
+    where
+        T: serde::de::DeserializeOwned,
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let limit = self.config.http.max_body_bytes;
+        let wait = std::time::Duration::from_secs(self.config.http.body_timeout_secs);
+        let read = http_body_util::Limited::new(req.into_body(), limit).collect();
+        let body = match tokio::time::timeout(wait, read).await {
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {wait:?}"),
+                ))
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {limit} bytes"),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read body: {e}"),
+                ))
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+        parse_json(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -282,16 +347,9 @@ impl Api {
         if !self.authorized(&req) {
             return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
         }
-        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
-        };
-        let b: SubmitBody = match serde_json::from_slice(&body) {
+        let b: SubmitBody = match self.read_json(req).await {
             Ok(b) => b,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+            Err(resp) => return resp,
         };
         let r = self.config.repo(&repo).expect("checked by the router");
         if r.branch(&b.target).is_none() {
@@ -303,20 +361,10 @@ impl Api {
                 ),
             );
         }
-        let priority = match b.priority.as_deref().map(Priority::parse) {
-            None => Priority::Normal,
-            Some(Some(p)) => p,
-            Some(None) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "priority {:?} is not one of urgent, high, normal, low",
-                        b.priority.unwrap_or_default()
-                    ),
-                )
-            }
+        let (git_ref, priority) = match b.checked() {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
         };
-        let git_ref = crate::shell::git::full_ref(&b.git_ref);
         let url = r.url.clone();
         let lookup = git_ref.clone();
         let head =
@@ -378,16 +426,9 @@ impl Api {
         struct Body {
             uri: String,
         }
-        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
-        };
-        let b: Body = match serde_json::from_slice(&body) {
+        let b: Body = match self.read_json(req).await {
             Ok(b) => b,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+            Err(resp) => return resp,
         };
         let (reply, rx) = oneshot::channel();
         let msg = Msg::Drain {
@@ -444,6 +485,17 @@ fn refusal(r: Refusal) -> Resp {
             ),
         ),
     }
+}
+
+/// A request body as the object `T` expects, or the message a client is told.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
+}
+
+/// `POST …/changes`' checks of its body that need neither git nor the engine: the JSON shape
+/// (400), then the ref and the priority (422). The fuzz target `api_body` drives this.
+pub fn check_submit_body(body: &[u8]) -> Result<(String, Priority), String> {
+    parse_json::<SubmitBody>(body)?.checked()
 }
 
 /// The first value of `name` in a query string, percent-decoded.

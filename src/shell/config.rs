@@ -58,6 +58,8 @@ pub struct Config {
     pub channels: Vec<Channel>,
     #[serde(default)]
     pub ui: Ui,
+    #[serde(default)]
+    pub http: Http,
     /// How often a held lane (required jobs fail on its target itself) reads its target,
     /// to test again once a fix was pushed outside the queue.
     #[serde(default = "default_target_poll")]
@@ -66,6 +68,49 @@ pub struct Config {
 
 fn default_target_poll() -> u64 {
     (CoreConfig::default().target_poll_ms / 1000) as u64
+}
+
+/// Limits of the HTTP listener, so that slow or many clients cannot starve the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Connections served at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; also closes a kept-alive
+    /// connection idle for that long.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// Largest request body accepted (413 beyond).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_body_timeout() -> u64 {
+    30
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            max_connections: default_max_connections(),
+            header_timeout_secs: default_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
+            max_body_bytes: default_max_body(),
+        }
+    }
 }
 
 /// The web UI (`docs/ui.md`).
@@ -95,6 +140,17 @@ pub struct NixConfig {
     /// How long a genuine build failure is remembered before it may be retried.
     #[serde(default = "default_failure_ttl")]
     pub failure_ttl_secs: u64,
+    /// Evaluate with Nix's restricted evaluation (docs/security.md): a jobset reads only its
+    /// checkout and its repo's `nix_path`, fetches only its `allowed_uris`.
+    #[serde(default = "yes")]
+    pub restrict_eval: bool,
+    /// Let jobsets import from derivations (builds during evaluation).
+    #[serde(default)]
+    pub allow_import_from_derivation: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for NixConfig {
@@ -105,6 +161,8 @@ impl Default for NixConfig {
             max_silent_time_secs: default_max_silent(),
             build_timeout_secs: default_build_timeout(),
             failure_ttl_secs: default_failure_ttl(),
+            restrict_eval: true,
+            allow_import_from_derivation: false,
         }
     }
 }
@@ -182,6 +240,25 @@ pub struct Repo {
     pub systems: Vec<String>,
     #[serde(default)]
     pub branches: Vec<Branch>,
+    /// Search-path entries (`name=path` or `path`) the jobset may read and look up as
+    /// `<name>` under restricted evaluation, e.g. a pinned Nixpkgs in the store.
+    #[serde(default)]
+    pub nix_path: Vec<String>,
+    /// URL prefixes the jobset may fetch during evaluation (`fetchTarball` and friends).
+    #[serde(default)]
+    pub allowed_uris: Vec<String>,
+}
+
+impl Repo {
+    /// What this repo's evaluated code may reach.
+    pub fn eval_sandbox(&self, nix: &NixConfig) -> crate::shell::nix::eval::EvalSandbox {
+        crate::shell::nix::eval::EvalSandbox {
+            restrict: nix.restrict_eval,
+            nix_path: self.nix_path.clone(),
+            allowed_uris: self.allowed_uris.clone(),
+            import_from_derivation: nix.allow_import_from_derivation,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -385,6 +462,17 @@ impl Config {
                     Some(b.max_jobs.span()),
                     "max_jobs must be at least 1".into(),
                 ));
+            }
+        }
+        let h = &self.http;
+        for (key, v) in [
+            ("max_connections", h.max_connections as u64),
+            ("header_timeout_secs", h.header_timeout_secs),
+            ("body_timeout_secs", h.body_timeout_secs),
+            ("max_body_bytes", h.max_body_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err((None, format!("[http] {key} must be at least 1")));
             }
         }
         let mut channels = std::collections::BTreeSet::new();

@@ -66,6 +66,8 @@ struct RepoShell {
     mirror: Arc<Mutex<Mirror>>,
     jobset: String,
     systems: Vec<String>,
+    /// The evaluator with this repo's sandbox (its `nix_path` and `allowed_uris`).
+    eval: Arc<NixEval>,
 }
 
 /// Handle used by the HTTP layer and the CLI server to reach the driver.
@@ -79,7 +81,6 @@ pub struct Driver {
     core: Core,
     store: Store,
     repos: BTreeMap<String, RepoShell>,
-    eval: Arc<NixEval>,
     builders: BTreeMap<String, Arc<NixBuilder>>,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
@@ -113,6 +114,11 @@ impl Driver {
                     mirror: Arc::new(Mutex::new(mirror)),
                     jobset: r.jobset.clone(),
                     systems: r.systems.clone(),
+                    eval: Arc::new(NixEval {
+                        nix_args: config.nix_args(),
+                        evaluator: config.nix.evaluator,
+                        sandbox: r.eval_sandbox(&config.nix),
+                    }),
                 },
             );
         }
@@ -132,11 +138,6 @@ impl Driver {
                 (c.name.get_ref().clone(), Arc::new(shell))
             })
             .collect();
-        let nix_args = config.nix_args();
-        let eval = Arc::new(NixEval {
-            nix_args: nix_args.clone(),
-            evaluator: config.nix.evaluator,
-        });
         let builders = crate::shell::builder::pool(&config)?;
         let mut core = core;
         for b in store.drained_builders()? {
@@ -152,7 +153,6 @@ impl Driver {
             core,
             store,
             repos,
-            eval,
             builders,
             tx,
             rx,
@@ -506,7 +506,7 @@ impl Driver {
             mirror: r.mirror.clone(),
             jobset: r.jobset.clone(),
             systems: r.systems.clone(),
-            eval: self.eval.clone(),
+            eval: r.eval.clone(),
             tmp: self.tmp.clone(),
         }
     }

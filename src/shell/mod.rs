@@ -11,6 +11,7 @@ pub mod config;
 pub mod driver;
 pub mod git;
 pub mod nix;
+pub mod refname;
 pub mod serve;
 pub mod status;
 pub mod store;

@@ -133,14 +133,73 @@ pub struct NixEval {
     /// Extra arguments for every Nix command, e.g. `["--option", "substituters", ""]`.
     pub nix_args: Vec<String>,
     pub evaluator: Evaluator,
+    pub sandbox: EvalSandbox,
+}
+
+/// What evaluated code may reach. The code is a change's, i.e. anyone's who can open a pull
+/// request, and it is evaluated on the coordinator, beside the service's secrets.
+///
+/// With `restrict` (the default), Nix's restricted evaluation is on: files can be read only
+/// under the checkout, the evaluator's own temporary directory and `nix_path`'s entries
+/// (plus the store closures of those), URLs only under `allowed_uris`; `builtins.getEnv`
+/// answers `""`. `NIX_PATH` of the service is not passed on (`nix-path` is emptied), so
+/// nothing the host's search path names becomes readable; import from derivation is off
+/// unless allowed (it would run builds during evaluation).
+#[derive(Debug, Clone)]
+pub struct EvalSandbox {
+    pub restrict: bool,
+    /// `-I` entries (`name=path` or `path`) the jobset may use: `<name>` lookups and reads.
+    pub nix_path: Vec<String>,
+    /// URL prefixes `fetchurl`, `fetchTarball` and `fetchGit` may reach.
+    pub allowed_uris: Vec<String>,
+    pub import_from_derivation: bool,
+}
+
+impl Default for EvalSandbox {
+    fn default() -> Self {
+        EvalSandbox {
+            restrict: true,
+            nix_path: vec![],
+            allowed_uris: vec![],
+            import_from_derivation: false,
+        }
+    }
+}
+
+impl EvalSandbox {
+    /// Arguments for an evaluation that may read `readable` (the checkout, our temp dir).
+    fn args(&self, readable: &[&Path]) -> Vec<String> {
+        let opt = |k: &str, v: String| ["--option".to_string(), k.to_string(), v];
+        let mut a = vec![];
+        a.extend(opt(
+            "allow-import-from-derivation",
+            self.import_from_derivation.to_string(),
+        ));
+        if !self.restrict {
+            return a;
+        }
+        a.extend(opt("restrict-eval", "true".into()));
+        a.extend(opt("nix-path", String::new()));
+        a.extend(opt("allowed-uris", self.allowed_uris.join(" ")));
+        for p in readable {
+            a.push("-I".into());
+            a.push(p.to_string_lossy().into_owned());
+        }
+        for e in &self.nix_path {
+            a.push("-I".into());
+            a.push(e.clone());
+        }
+        a
+    }
 }
 
 impl NixEval {
-    /// Offline settings: substituters disabled, evaluator chosen automatically.
+    /// Offline settings: substituters disabled, evaluator chosen automatically, restricted.
     pub fn offline() -> Self {
         NixEval {
             nix_args: vec!["--option".into(), "substituters".into(), "".into()],
             evaluator: Evaluator::Auto,
+            sandbox: EvalSandbox::default(),
         }
     }
 
@@ -289,7 +348,9 @@ impl NixEval {
         for sys in runs {
             let mut cmd = Command::new("nix-eval-jobs");
             cmd.current_dir(dir)
+                .env_remove("NIX_PATH")
                 .args(&self.nix_args)
+                .args(self.sandbox.args(&[dir]))
                 .arg("--meta")
                 .arg("--workers")
                 .arg(workers.to_string())
@@ -395,6 +456,7 @@ struct Ctx {
     dir: PathBuf,
     systems: Vec<String>,
     nix_args: Vec<String>,
+    sandbox: EvalSandbox,
     sem: Arc<Semaphore>,
     counter: AtomicUsize,
 }
@@ -429,6 +491,7 @@ impl Ctx {
             dir,
             systems,
             nix_args: ev.nix_args.clone(),
+            sandbox: ev.sandbox.clone(),
             sem: Arc::new(Semaphore::new(permits)),
             counter: AtomicUsize::new(0),
         })
@@ -483,7 +546,9 @@ impl Ctx {
         let _permit = self.sem.acquire().await.map_err(|e| e.to_string())?;
         let out = Command::new("nix-instantiate")
             .current_dir(&self.dir)
+            .env_remove("NIX_PATH")
             .args(&self.nix_args)
+            .args(self.sandbox.args(&[&self.dir, self.tmp.path()]))
             .args(["--eval", "--strict", "--json", "--read-write-mode"])
             .arg(&self.wrapper)
             .arg("--argstr")
