@@ -97,14 +97,7 @@ impl Driver {
         std::fs::create_dir_all(&config.state_dir)?;
         let store = Store::open(&config.db_path())?;
         let now = now_ms();
-        let core = Core::restore(
-            config.core_config(),
-            store.changes()?,
-            store.candidates()?,
-            store.memo()?,
-            store.channels()?,
-            now,
-        );
+        let core = store.snapshot()?.restore(config.core_config(), now);
         let mut repos = BTreeMap::new();
         for r in &config.repos {
             let mirror = Mirror::open(&config.state_dir, r.name.get_ref(), &r.url)?;
@@ -139,10 +132,6 @@ impl Driver {
             })
             .collect();
         let builders = crate::shell::builder::pool(&config)?;
-        let mut core = core;
-        for b in store.drained_builders()? {
-            core.set_drained(&b);
-        }
         let tmp = config.state_dir.join("tmp");
         // Trees of a previous run are garbage.
         let _ = std::fs::remove_dir_all(&tmp);

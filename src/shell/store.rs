@@ -443,6 +443,21 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Everything the core is restored from, as the engine's last committed step left it.
+    pub fn snapshot(&self) -> Result<crate::core::Snapshot, StoreError> {
+        Ok(crate::core::Snapshot {
+            changes: self.changes()?.into_iter().map(|c| (c.id, c)).collect(),
+            candidates: self.candidates()?.into_iter().map(|k| (k.id, k)).collect(),
+            memo: self.memo()?.into_iter().collect(),
+            channels: self
+                .channels()?
+                .into_iter()
+                .map(|(c, a)| (c.name.clone(), (c, a)))
+                .collect(),
+            drained: self.drained_builders()?.into_iter().collect(),
+        })
+    }
+
     pub fn drained_builders(&self) -> Result<Vec<String>, StoreError> {
         let mut st = self
             .conn

@@ -53,13 +53,29 @@ pub struct SimArgs {
 
 /// Runs one policy; the report says whether an invariant broke.
 pub fn simulate(sc: &Scenario, seed: u64, policy: &str, faults: bool) -> anyhow::Result<Report> {
+    simulate_with(sc, seed, policy, faults, None)
+}
+
+/// [`simulate`], with mergequeue's records written to the real SQLite store at `sqlite` (a
+/// new file) and every restart after a crash restored from it.
+pub fn simulate_with(
+    sc: &Scenario,
+    seed: u64,
+    policy: &str,
+    faults: bool,
+    sqlite: Option<&std::path::Path>,
+) -> anyhow::Result<Report> {
     let nlanes = sc.lanes.len();
-    let mut queue: Box<dyn engine::Queue> = match policy {
-        "mergequeue" => Box::new(mq::CoreQueue::new(mq::core_config(sc, None))),
-        "one-at-a-time" => Box::new(mq::CoreQueue::new(mq::core_config(sc, Some(1)))),
-        "bors" => Box::new(policy::Baseline::new(policy::Kind::Bors, nlanes)),
-        "github" => Box::new(policy::Baseline::new(policy::Kind::Github, nlanes)),
-        other => anyhow::bail!("unknown policy {other:?} (one of {})", POLICIES.join(", ")),
+    let mut queue: Box<dyn engine::Queue> = match (policy, sqlite) {
+        ("mergequeue", Some(path)) => {
+            Box::new(mq::CoreQueue::on_sqlite(mq::core_config(sc, None), path)?)
+        }
+        (_, Some(_)) => anyhow::bail!("only the mergequeue policy runs on a SQLite store"),
+        ("mergequeue", None) => Box::new(mq::CoreQueue::new(mq::core_config(sc, None))),
+        ("one-at-a-time", None) => Box::new(mq::CoreQueue::new(mq::core_config(sc, Some(1)))),
+        ("bors", None) => Box::new(policy::Baseline::new(policy::Kind::Bors, nlanes)),
+        ("github", None) => Box::new(policy::Baseline::new(policy::Kind::Github, nlanes)),
+        (other, None) => anyhow::bail!("unknown policy {other:?} (one of {})", POLICIES.join(", ")),
     };
     let faults = faults && matches!(policy, "mergequeue" | "one-at-a-time");
     let (m, w, attempts, slot_ms) = engine::run(sc, seed, faults, queue.as_mut());

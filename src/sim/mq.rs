@@ -98,6 +98,10 @@ pub struct CoreQueue {
     cfg: CoreConfig,
     core: Core,
     db: Snapshot,
+    /// The real SQLite store, when the crash loop runs against it: records are written to
+    /// it as the driver writes them, and a restart restores the core from it (checked
+    /// against `db`, the in-memory model of what it must hold).
+    sqlite: Option<crate::shell::store::Store>,
     epoch: u32,
     evals_busy: usize,
     eval_queue: VecDeque<Command>,
@@ -111,8 +115,18 @@ pub struct CoreQueue {
 }
 
 impl CoreQueue {
+    /// The crash loop against the real SQLite store at `path` (a new file).
+    pub fn on_sqlite(cfg: CoreConfig, path: &std::path::Path) -> anyhow::Result<CoreQueue> {
+        let store = crate::shell::store::Store::open(path)?;
+        Ok(CoreQueue {
+            sqlite: Some(store),
+            ..CoreQueue::new(cfg)
+        })
+    }
+
     pub fn new(cfg: CoreConfig) -> CoreQueue {
         CoreQueue {
+            sqlite: None,
             remote: cfg.channels.keys().map(|n| (n.clone(), None)).collect(),
             core: Core::new(cfg.clone()),
             cfg,
@@ -143,6 +157,11 @@ impl CoreQueue {
 
     fn apply(&mut self, env: &mut Env, r: Record) {
         if self.check(env, &r) {
+            if let Some(store) = &mut self.sqlite {
+                if let Err(e) = store.apply(&[&r]) {
+                    env.violate(format!("SQLite refused a record: {e}"));
+                }
+            }
             self.db.apply(&r);
         }
     }
@@ -606,7 +625,26 @@ impl CoreQueue {
         self.wake_at = None;
         env.pool.cancel_queued(None, self.epoch);
         env.pool.abort_stale(self.epoch);
-        self.core = self.db.restore(self.cfg.clone(), env.now);
+        self.core = match &self.sqlite {
+            None => self.db.restore(self.cfg.clone(), env.now),
+            Some(store) => match store.snapshot() {
+                Ok(stored) => {
+                    // What SQLite gives back is what was written, row for row.
+                    let same = |a: &Snapshot, b: &Snapshot| {
+                        format!("{:?}{:?}{:?}", a.changes, a.candidates, a.memo)
+                            == format!("{:?}{:?}{:?}", b.changes, b.candidates, b.memo)
+                    };
+                    if !same(&stored, &self.db) {
+                        env.violate("the SQLite store differs from what was written to it".into());
+                    }
+                    stored.restore(self.cfg.clone(), env.now)
+                }
+                Err(e) => {
+                    env.violate(format!("cannot read the SQLite store: {e}"));
+                    self.db.restore(self.cfg.clone(), env.now)
+                }
+            },
+        };
         let n = self.core.changes().count();
         if n != self.submitted {
             env.violate(format!(
