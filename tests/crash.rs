@@ -134,3 +134,133 @@ async fn kill_9_at_many_points_loses_nothing_and_lands_nothing_twice() {
         "some kill hit a build: {phases:?}"
     );
 }
+
+/// The soak: `kill -9` at 50 random moments of a run with changes arriving throughout and a
+/// channel following master (builds, evaluations, landings and channel advances in flight),
+/// a restart after each. Nothing accepted is lost, nothing lands twice, master and the
+/// channel only ever point at tested commits, and the database stays intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_soak_at_fifty_random_moments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = BranchOpts {
+        batch_max: 3,
+        ..BranchOpts::default()
+    };
+    let mut h = harness(dir.path(), 40, 33, opts);
+    h.add_channel(&mergequeue::tools::harness::ChannelSpec::default())
+        .unwrap();
+    let initial = h.upstream_head("master").unwrap();
+    let leaves = h.set.healthy_leaves();
+    let n = leaves.len().min(10);
+    let version = common::never_built_version();
+    let mut heads = BTreeMap::new();
+    for (i, leaf) in leaves.iter().take(n).enumerate() {
+        let (leaf, version) = (leaf.clone(), format!("{version}.{i}"));
+        let head = h
+            .change(&format!("s{i}"), &format!("soak change {i}"), |s| {
+                s.set_version(&leaf, &version)?;
+                s.set_sleep(&leaf, 0.5)?;
+                if i % 4 == 3 {
+                    s.break_build(&leaf)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        heads.insert(i, head);
+    }
+    let seed = fastrand::u64(..);
+    eprintln!("soak seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    h.start_server().await.unwrap();
+    let mut ids = vec![];
+    let mut next = 0;
+    let mut phases = BTreeMap::<String, usize>::new();
+    for kill in 0..50 {
+        // Changes keep arriving: two at the start, then one every fifth kill.
+        while next < n && (next < 2 || kill >= next * 5 - 8) {
+            let id = h
+                .submit(
+                    &format!("s{next}"),
+                    &format!("soak change {next}"),
+                    "normal",
+                )
+                .await
+                .unwrap()["id"]
+                .as_u64()
+                .unwrap();
+            ids.push((next, id));
+            next += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..1200))).await;
+        if let Ok(q) = h
+            .client
+            .ok(Method::GET, "/api/v1/repos/pkgs/queue", None)
+            .await
+        {
+            let p = q["branches"][0]["testing"][0]["phase"]
+                .as_str()
+                .unwrap_or("idle")
+                .to_string();
+            *phases.entry(p).or_default() += 1;
+        }
+        h.stop_server(true).unwrap();
+        assert_target_tested(&h, &initial);
+        assert_channel_on_master(&h);
+        h.start_server().await.unwrap();
+        for (i, id) in &ids {
+            h.change_status(*id)
+                .await
+                .unwrap_or_else(|e| panic!("change {i} (#{id}) lost after kill {kill}: {e}"));
+        }
+    }
+    eprintln!("phases at the kills: {phases:?}");
+    let all: Vec<u64> = ids.iter().map(|(_, id)| *id).collect();
+    let done = h.wait_final(&all, LONG).await.unwrap();
+    for ((i, _), c) in ids.iter().zip(&done) {
+        let want = if i % 4 == 3 { "rejected" } else { "merged" };
+        assert_eq!(state(c), want, "change {i}: {c}");
+    }
+    assert_target_tested(&h, &initial);
+    let master = h.upstream_head("master").unwrap();
+    let parents = git(
+        &h.upstream,
+        &["log", "--format=%P", &format!("{initial}..{master}")],
+    )
+    .unwrap();
+    for (i, _) in &ids {
+        let head = &heads[i];
+        let times = parents.split_whitespace().filter(|p| *p == head).count();
+        assert_eq!(
+            times,
+            usize::from(i % 4 != 3),
+            "change {i} merged {times} times"
+        );
+    }
+    h.stop_server(false).unwrap();
+    let db = rusqlite::Connection::open(h.state_dir.join("mergequeue.sqlite")).unwrap();
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    assert!(
+        phases.keys().filter(|p| *p != "idle").count() >= 2,
+        "the kills hit too few phases: {phases:?}"
+    );
+}
+
+/// The channel's target, when it exists, is a commit of master's history (only tested
+/// commits are; `assert_target_tested` covers master itself).
+fn assert_channel_on_master(h: &Harness) {
+    let Ok(chan) = h.upstream_head("unstable") else {
+        return;
+    };
+    let master = h.upstream_head("master").unwrap();
+    assert!(
+        git(
+            &h.upstream,
+            &["merge-base", "--is-ancestor", &chan, &master]
+        )
+        .is_ok(),
+        "the channel {chan} is not on master {master}"
+    );
+}

@@ -3,7 +3,7 @@
 //! builders), invariants checked after every step. A failing seed is printed; replay it
 //! with `mergequeue simulate --scenario scenarios/small.toml --faults --seed N`.
 
-use mergequeue::sim::{simulate, simulate_with, to_json, Scenario};
+use mergequeue::sim::{simulate, simulate_with, to_json, Scenario, SimOptions};
 
 fn small() -> Scenario {
     Scenario::load(std::path::Path::new(concat!(
@@ -115,7 +115,11 @@ fn crash_loop_on_the_real_sqlite_store() {
     let (mut crashes, mut failed) = (0, vec![]);
     for seed in 1..=seeds {
         let db = dir.path().join(format!("seed-{seed}.sqlite"));
-        let r = simulate_with(&sc, seed, "mergequeue", true, Some(&db)).unwrap();
+        let opts = SimOptions {
+            sqlite: Some(db.clone()),
+            ..SimOptions::default()
+        };
+        let r = simulate_with(&sc, seed, "mergequeue", true, &opts).unwrap();
         crashes += r.crashes;
         // Same run as on the in-memory model: the store changes nothing about decisions.
         let m = simulate(&sc, seed, "mergequeue", true).unwrap();
@@ -138,4 +142,24 @@ fn crash_loop_on_the_real_sqlite_store() {
     eprintln!("{seeds} seeds on SQLite: {crashes} crashes restored from the store");
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     assert!(crashes > 20, "faults were not exercised");
+}
+
+/// Pruning finished things from memory changes no decision: runs that keep 16 final
+/// changes and candidates in memory and runs that keep everything give the same report,
+/// byte for byte, with and without faults.
+#[test]
+fn pruning_memory_changes_no_decision() {
+    let sc = small();
+    for seed in 1..=40 {
+        for faults in [false, true] {
+            let run = |keep| {
+                let opts = SimOptions {
+                    keep_final: Some(keep),
+                    ..SimOptions::default()
+                };
+                to_json(&[simulate_with(&sc, seed, "mergequeue", faults, &opts).unwrap()])
+            };
+            assert_eq!(run(16), run(usize::MAX), "seed {seed}, faults {faults}");
+        }
+    }
 }

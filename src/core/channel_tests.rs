@@ -168,6 +168,7 @@ fn channel_config(look_back: bool, min_interval_ms: Millis) -> CoreConfig {
                 artifacts: true,
             },
         )]),
+        keep_final: CoreConfig::default().keep_final,
     }
 }
 

@@ -91,6 +91,10 @@ pub struct CoreConfig {
     /// How often a held lane (required jobs fail on its target itself) reads its
     /// target, to test again as soon as someone pushes a fix outside the queue.
     pub target_poll_ms: Millis,
+    /// Final changes and finished candidates kept in memory (the most recent ones), for the
+    /// pages and answers about recent results; older ones are only in the database. Live
+    /// state (queued and testing changes, candidates in flight) is always kept.
+    pub keep_final: usize,
 }
 
 /// Counts one more consecutive failure of `key`; returns the count (1 the first time).
@@ -124,6 +128,7 @@ impl Default for CoreConfig {
             probe_delay_ms: 30_000,
             channels: BTreeMap::new(),
             target_poll_ms: 60_000,
+            keep_final: 1_000,
         }
     }
 }
@@ -160,6 +165,8 @@ pub struct Core {
     builds: builds::Builds,
     gating: channel::Gating,
     fx: effects::Effects,
+    /// Changes and candidates in memory beyond which the next input prunes (`prune`).
+    prune_at: usize,
 }
 
 impl Core {
@@ -197,6 +204,7 @@ impl Core {
             gating,
             fx,
             config,
+            prune_at: 0,
         }
     }
 
@@ -225,6 +233,7 @@ impl Core {
             cx.set_state(id, ChangeState::Queued, None, now);
         }
         core.tick(now);
+        core.prune_if_due();
         core
     }
 
@@ -415,6 +424,60 @@ impl Core {
         }
         self.fx.fire(now);
         self.tick(now);
+        self.prune_if_due();
+    }
+
+    /// Prunes once memory holds `keep_final` more changes and candidates than after the
+    /// last prune: amortised, each input costs O(1) for it.
+    fn prune_if_due(&mut self) {
+        if self.queue.changes.len() + self.cands.by_id.len() > self.prune_at {
+            self.prune();
+            let held = self.queue.changes.len() + self.cands.by_id.len();
+            self.prune_at = held + self.config.keep_final.max(64);
+        }
+    }
+
+    /// Drops from memory the final changes and finished candidates beyond the
+    /// `keep_final` most recent of each (by id, which grows with time). Kept whatever
+    /// their age: a change some candidate in flight still holds, and a finished candidate
+    /// a probe or a follow-up in flight refers to. Everything dropped is in the database
+    /// already: it was recorded when it became final.
+    fn prune(&mut self) {
+        let keep = self.config.keep_final;
+        let live: Vec<&Candidate> = self
+            .cands
+            .by_id
+            .values()
+            .filter(|c| c.phase != Phase::Done)
+            .collect();
+        let mut needed: std::collections::BTreeSet<CandId> =
+            live.iter().filter_map(|c| c.follow_up_of).collect();
+        needed.extend(self.cands.probes.values().copied());
+        needed.extend(self.cands.in_flight.values().copied());
+        let held: std::collections::BTreeSet<ChangeId> = live
+            .iter()
+            .flat_map(|c| c.changes.iter().copied())
+            .collect();
+        let done: Vec<CandId> = self
+            .cands
+            .by_id
+            .values()
+            .filter(|c| c.phase == Phase::Done && !needed.contains(&c.id))
+            .map(|c| c.id)
+            .collect();
+        for id in &done[..done.len().saturating_sub(keep)] {
+            self.cands.by_id.remove(id);
+        }
+        let fin: Vec<ChangeId> = self
+            .queue
+            .changes
+            .values()
+            .filter(|c| c.state.is_final() && !held.contains(&c.id))
+            .map(|c| c.id)
+            .collect();
+        for id in &fin[..fin.len().saturating_sub(keep)] {
+            self.queue.changes.remove(id);
+        }
     }
 
     fn handle_candidate(&mut self, input: CandidateInput, now: Millis) {

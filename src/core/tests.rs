@@ -326,6 +326,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         probe_delay_ms: 30_000,
         target_poll_ms: 60_000,
         channels: BTreeMap::new(),
+        keep_final: CoreConfig::default().keep_final,
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Config {
     pub ui: Ui,
     #[serde(default)]
     pub http: Http,
+    #[serde(default)]
+    pub retention: Retention,
     /// How often a held lane (required jobs fail on its target itself) reads its target,
     /// to test again once a fix was pushed outside the queue.
     #[serde(default = "default_target_poll")]
@@ -109,6 +111,63 @@ impl Default for Http {
             header_timeout_secs: default_header_timeout(),
             body_timeout_secs: default_body_timeout(),
             max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+/// How long finished things are kept (docs/configuration.md `[retention]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Final changes and finished candidates held in memory (the most recent ones).
+    #[serde(default = "default_keep_in_memory")]
+    pub keep_in_memory: usize,
+    /// Final changes, and candidates finished, older than this are deleted.
+    #[serde(default = "default_changes_days")]
+    pub changes_days: u64,
+    /// Build attempts and their log files older than this are deleted.
+    #[serde(default = "default_attempts_days")]
+    pub attempts_days: u64,
+    /// Stored evaluations older than this are deleted (the commits are re-evaluated
+    /// if they are ever tested again).
+    #[serde(default = "default_evaluations_days")]
+    pub evaluations_days: u64,
+    /// Events older than this are deleted.
+    #[serde(default = "default_events_days")]
+    pub events_days: u64,
+    /// Seconds between two prunes of the database.
+    #[serde(default = "default_prune_interval")]
+    pub prune_interval_secs: u64,
+}
+
+fn default_keep_in_memory() -> usize {
+    CoreConfig::default().keep_final
+}
+fn default_changes_days() -> u64 {
+    90
+}
+fn default_attempts_days() -> u64 {
+    30
+}
+fn default_evaluations_days() -> u64 {
+    14
+}
+fn default_events_days() -> u64 {
+    30
+}
+fn default_prune_interval() -> u64 {
+    3600
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_in_memory: default_keep_in_memory(),
+            changes_days: default_changes_days(),
+            attempts_days: default_attempts_days(),
+            evaluations_days: default_evaluations_days(),
+            events_days: default_events_days(),
+            prune_interval_secs: default_prune_interval(),
         }
     }
 }
@@ -466,13 +525,17 @@ impl Config {
         }
         let h = &self.http;
         for (key, v) in [
-            ("max_connections", h.max_connections as u64),
-            ("header_timeout_secs", h.header_timeout_secs),
-            ("body_timeout_secs", h.body_timeout_secs),
-            ("max_body_bytes", h.max_body_bytes as u64),
+            ("http.max_connections", h.max_connections as u64),
+            ("http.header_timeout_secs", h.header_timeout_secs),
+            ("http.body_timeout_secs", h.body_timeout_secs),
+            ("http.max_body_bytes", h.max_body_bytes as u64),
+            (
+                "retention.prune_interval_secs",
+                self.retention.prune_interval_secs,
+            ),
         ] {
             if v == 0 {
-                return Err((None, format!("[http] {key} must be at least 1")));
+                return Err((None, format!("{key} must be at least 1")));
             }
         }
         let mut channels = std::collections::BTreeSet::new();
@@ -609,6 +672,7 @@ impl Config {
             failure_retries: self.dispatch.failure_retries,
             quarantine_after: self.dispatch.quarantine_after,
             probe_delay_ms: self.dispatch.probe_delay_secs as Millis * 1000,
+            keep_final: self.retention.keep_in_memory,
         }
     }
 

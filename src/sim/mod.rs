@@ -53,25 +53,37 @@ pub struct SimArgs {
 
 /// Runs one policy; the report says whether an invariant broke.
 pub fn simulate(sc: &Scenario, seed: u64, policy: &str, faults: bool) -> anyhow::Result<Report> {
-    simulate_with(sc, seed, policy, faults, None)
+    simulate_with(sc, seed, policy, faults, &SimOptions::default())
 }
 
-/// [`simulate`], with mergequeue's records written to the real SQLite store at `sqlite` (a
-/// new file) and every restart after a crash restored from it.
+/// How mergequeue itself is run in a simulation (the defaults are `simulate`'s).
+#[derive(Debug, Default, Clone)]
+pub struct SimOptions {
+    /// Write the records to the real SQLite store at this (new) file, and restore every
+    /// restart after a crash from it.
+    pub sqlite: Option<std::path::PathBuf>,
+    /// Final changes and finished candidates the core keeps in memory (default: few, so
+    /// that pruning runs often).
+    pub keep_final: Option<usize>,
+}
+
+/// [`simulate`] with [`SimOptions`].
 pub fn simulate_with(
     sc: &Scenario,
     seed: u64,
     policy: &str,
     faults: bool,
-    sqlite: Option<&std::path::Path>,
+    opts: &SimOptions,
 ) -> anyhow::Result<Report> {
     let nlanes = sc.lanes.len();
-    let mut queue: Box<dyn engine::Queue> = match (policy, sqlite) {
-        ("mergequeue", Some(path)) => {
-            Box::new(mq::CoreQueue::on_sqlite(mq::core_config(sc, None), path)?)
-        }
+    let mut cfg = mq::core_config(sc, None);
+    if let Some(k) = opts.keep_final {
+        cfg.keep_final = k;
+    }
+    let mut queue: Box<dyn engine::Queue> = match (policy, &opts.sqlite) {
+        ("mergequeue", Some(path)) => Box::new(mq::CoreQueue::on_sqlite(cfg, path)?),
         (_, Some(_)) => anyhow::bail!("only the mergequeue policy runs on a SQLite store"),
-        ("mergequeue", None) => Box::new(mq::CoreQueue::new(mq::core_config(sc, None))),
+        ("mergequeue", None) => Box::new(mq::CoreQueue::new(cfg)),
         ("one-at-a-time", None) => Box::new(mq::CoreQueue::new(mq::core_config(sc, Some(1)))),
         ("bors", None) => Box::new(policy::Baseline::new(policy::Kind::Bors, nlanes)),
         ("github", None) => Box::new(policy::Baseline::new(policy::Kind::Github, nlanes)),

@@ -90,6 +90,9 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
                 )
             })
             .collect(),
+        // Few finished things in memory, so every run prunes often; decisions must not
+        // depend on it (tests/sim.rs compares with everything kept).
+        keep_final: 16,
         ..CoreConfig::default()
     }
 }
@@ -645,7 +648,14 @@ impl CoreQueue {
                 }
             },
         };
-        let n = self.core.changes().count();
+        let n = self.db.changes.len();
+        if let Some(c) = self
+            .core
+            .changes()
+            .find(|c| self.db.changes.get(&c.id) != Some(*c))
+        {
+            env.violate(format!("#{} after restart differs from the database", c.id));
+        }
         if n != self.submitted {
             env.violate(format!(
                 "{} accepted changes, {n} after restart: an accepted change was lost",
@@ -773,11 +783,26 @@ impl Queue for CoreQueue {
                 ));
             }
         }
-        env.m.extra_builds = self.core.candidates().map(|c| c.extra_builds as u64).sum();
+        // The database holds every change and candidate; the core only the live and the
+        // most recent final ones, which must agree with it.
+        env.m.extra_builds = self
+            .db
+            .candidates
+            .values()
+            .map(|c| c.extra_builds as u64)
+            .sum();
         for c in self.core.changes() {
             if self.db.changes.get(&c.id) != Some(c) {
                 env.violate(format!("#{}: the database disagrees with the core", c.id));
             }
+        }
+        let live = |c: &&crate::core::change::Change| !c.state.is_final();
+        for c in self.db.changes.values().filter(live) {
+            if self.core.change(c.id) != Some(c) {
+                env.violate(format!("#{}: live in the database, not in the core", c.id));
+            }
+        }
+        for c in self.db.changes.values() {
             let Some(idx) = idx_of_ref(&c.git_ref) else {
                 continue;
             };
