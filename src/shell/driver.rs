@@ -97,7 +97,9 @@ impl Driver {
         std::fs::create_dir_all(&config.state_dir)?;
         let store = Store::open(&config.db_path())?;
         let now = now_ms();
-        let core = store.snapshot()?.restore(config.core_config(), now);
+        let core = store
+            .snapshot(config.retention.keep_in_memory)?
+            .restore(config.core_config(), now);
         let mut repos = BTreeMap::new();
         for r in &config.repos {
             let mirror = Mirror::open(&config.state_dir, r.name.get_ref(), &r.url)?;
@@ -166,6 +168,8 @@ impl Driver {
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         self.flush()?;
+        let pruner = tokio::spawn(prune_periodically(self.config.clone()));
+        let _stop_pruner = AbortOnDrop(pruner);
         loop {
             while let Some(input) = self.local.pop_front() {
                 self.core.handle(input, now_ms());
@@ -207,7 +211,12 @@ impl Driver {
             Msg::Cancel { repo, id, reply } => {
                 let r = match self.core.change(id) {
                     Some(c) if c.repo == repo => self.core.cancel(id, now),
-                    _ => Err(Refusal::UnknownChange),
+                    Some(_) => Err(Refusal::UnknownChange),
+                    // Final long ago (no longer in memory): too late, not unknown.
+                    None => match self.store.change(id)? {
+                        Some(c) if c.repo == repo => Err(Refusal::TooLate(c.state)),
+                        _ => Err(Refusal::UnknownChange),
+                    },
                 };
                 self.flush()?;
                 let _ = reply.send(r);
@@ -578,6 +587,40 @@ impl EvalJob {
                     .await?,
             ),
         })
+    }
+}
+
+/// Aborts a task when dropped (the pruner ends with the driver).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Deletes what `[retention]` no longer keeps, every `prune_interval_secs`, on a connection
+/// of its own in a blocking thread: the engine's task never waits for it beyond one batch.
+async fn prune_periodically(config: Config) {
+    let every = Duration::from_secs(config.retention.prune_interval_secs);
+    loop {
+        let c = config.clone();
+        let started = std::time::Instant::now();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut store = Store::open(&c.db_path())?;
+            store.prune(now_ms(), &c.retention, &c.state_dir.join("logs"))
+        })
+        .await;
+        match res {
+            Ok(Ok(p)) if p.total() > 0 => log::info!(
+                "retention: deleted {} changes, {} candidates, {} attempts ({} log files), {} evaluations, {} events, {} memo rows, {} channel advances in {:?}",
+                p.changes, p.candidates, p.attempts, p.log_files, p.evaluations, p.events, p.memo, p.channel_advances, started.elapsed()
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::warn!("retention: {e}"),
+            Err(e) => log::warn!("retention: {e}"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -100,7 +100,14 @@ pub(crate) fn candidate_json(k: &crate::core::Candidate) -> Value {
 pub fn answer(config: &Config, core: &Core, store: &Store, q: Query, now: Millis) -> Option<Reply> {
     Some(match q {
         Query::Change { repo, id } => {
-            let c = core.change(id).filter(|c| c.repo == repo)?;
+            // A final change the engine no longer holds is answered from the database.
+            let Some(c) = core.change(id) else {
+                let c = store.change(id).ok()??;
+                return (c.repo == repo).then(|| Reply::Json(change_json(&c, None)));
+            };
+            if c.repo != repo {
+                return None;
+            }
             let cand = core.candidates().filter(|k| k.changes.contains(&id)).last();
             Reply::Json(change_json(c, cand))
         }
@@ -163,7 +170,9 @@ pub fn answer(config: &Config, core: &Core, store: &Store, q: Query, now: Millis
 fn metrics(config: &Config, core: &Core, store: &Store, now: Millis) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    out.push_str("# HELP mergequeue_changes_total Changes by state.\n# TYPE mergequeue_changes_total gauge\n");
+    // From the database, not the engine's memory, which holds recent final changes only.
+    let counts = store.change_counts().unwrap_or_default();
+    out.push_str("# HELP mergequeue_changes_total Changes by state (stored, within retention).\n# TYPE mergequeue_changes_total gauge\n");
     for s in [
         ChangeState::Queued,
         ChangeState::Testing,
@@ -171,7 +180,10 @@ fn metrics(config: &Config, core: &Core, store: &Store, now: Millis) -> String {
         ChangeState::Rejected,
         ChangeState::Cancelled,
     ] {
-        let n = core.changes().filter(|c| c.state == s).count();
+        let n = counts
+            .iter()
+            .find(|(state, _)| state == s.as_str())
+            .map_or(0, |(_, n)| *n);
         let _ = writeln!(
             out,
             "mergequeue_changes_total{{state=\"{}\"}} {n}",
@@ -236,7 +248,7 @@ fn metrics(config: &Config, core: &Core, store: &Store, now: Millis) -> String {
     }
     let _ = writeln!(out, "# HELP mergequeue_flaky_derivations_total Derivations that failed and later built unchanged.\n# TYPE mergequeue_flaky_derivations_total counter\nmergequeue_flaky_derivations_total {}", store.flaky_count().unwrap_or(0));
     out.push_str("# HELP mergequeue_attribution_extra_builds_total Builds spent on attribution beyond the batches' own.\n# TYPE mergequeue_attribution_extra_builds_total counter\n");
-    let extra: u64 = core.candidates().map(|k| k.extra_builds as u64).sum();
+    let extra = store.extra_builds_total().unwrap_or(0);
     let _ = writeln!(out, "mergequeue_attribution_extra_builds_total {extra}");
     channel_metrics(core, now, &mut out);
     out
@@ -474,7 +486,18 @@ fn evaluation(core: &Core, store: &Store, commit: &str) -> Option<Evaluation> {
 /// (added and changed jobs, recomputed from the stored evaluations of base and commit),
 /// `none` when neither is known (still preparing or evaluating).
 pub fn candidate_detail(core: &Core, store: &Store, repo: &str, id: u64) -> Option<Value> {
-    let k = core.candidate(id).filter(|k| k.repo == repo)?;
+    // An old candidate the engine no longer holds is answered from the database.
+    let stored;
+    let k = match core.candidate(id) {
+        Some(k) => k,
+        None => {
+            stored = store.candidate(id).ok()??;
+            &stored
+        }
+    };
+    if k.repo != repo {
+        return None;
+    }
     let mut v = candidate_json(k);
     let (rebuild, source): (Vec<Value>, &str) = if !k.targets.is_empty() {
         let jobs = k

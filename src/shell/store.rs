@@ -130,6 +130,12 @@ pub fn migrations() -> Migrations<'static> {
         M::up(
             "UPDATE changes SET submitted_at = submitted_at * 1000, updated_at = updated_at * 1000;",
         ),
+        // v6: what retention deletes by age is found by index.
+        M::up(
+            "CREATE INDEX events_at ON events(at);
+            CREATE INDEX attempts_finished ON attempts(finished_at);
+            CREATE INDEX evaluations_created ON evaluations(created_at);",
+        ),
     ])
 }
 
@@ -255,12 +261,44 @@ impl Store {
         Ok(())
     }
 
+    /// Every stored change.
     pub fn changes(&self) -> Result<Vec<Change>, StoreError> {
-        let mut st = self.conn.prepare(
+        self.changes_where("1", [])
+    }
+
+    /// Stored changes per state (within retention), from the state index.
+    pub fn change_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM changes GROUP BY state")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Attribution's extra builds over the stored candidates (within retention).
+    pub fn extra_builds_total(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(extra_builds), 0) FROM candidates",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// One change, whether or not the engine still holds it in memory.
+    pub fn change(&self, id: u64) -> Result<Option<Change>, StoreError> {
+        Ok(self.changes_where("id = ?1", [id as i64])?.pop())
+    }
+
+    fn changes_where<P: rusqlite::Params>(
+        &self,
+        cond: &str,
+        params: P,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, target, git_ref, submitted_head, head, title, author, priority, state, reason,
-             landed_commit, submitted_at, updated_at FROM changes ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
+             landed_commit, submitted_at, updated_at FROM changes WHERE {cond} ORDER BY id"
+        ))?;
+        let rows = st.query_map(params, |r| {
             Ok((
                 Change {
                     id: r.get(0)?,
@@ -294,12 +332,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Every stored candidate.
     pub fn candidates(&self) -> Result<Vec<Candidate>, StoreError> {
-        let mut st = self.conn.prepare(
+        self.candidates_where("1", [])
+    }
+
+    /// One candidate, whether or not the engine still holds it in memory.
+    pub fn candidate(&self, id: u64) -> Result<Option<Candidate>, StoreError> {
+        Ok(self.candidates_where("id = ?1", [id as i64])?.pop())
+    }
+
+    fn candidates_where<P: rusqlite::Params>(
+        &self,
+        cond: &str,
+        params: P,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, branch, changes, base, merged, phase, follow_up_of, builds, extra_builds,
-             created_at, last_build_at, finished_at, summary FROM candidates ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
+             created_at, last_build_at, finished_at, summary FROM candidates WHERE {cond} ORDER BY id"
+        ))?;
+        let rows = st.query_map(params, |r| {
             Ok((
                 r.get::<_, u64>(0)?,
                 r.get::<_, String>(1)?,
@@ -443,11 +495,27 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
-    /// Everything the core is restored from, as the engine's last committed step left it.
-    pub fn snapshot(&self) -> Result<crate::core::Snapshot, StoreError> {
+    /// Everything the core is restored from, as the engine's last committed step left it:
+    /// the live changes and candidates, and the `keep_final` most recent final ones of each
+    /// (the core holds no more; see `CoreConfig::keep_final`), so that a restart after a
+    /// year of service reads what it needs, not the year.
+    pub fn snapshot(&self, keep_final: usize) -> Result<crate::core::Snapshot, StoreError> {
+        let keep = keep_final.min(i64::MAX as usize) as i64;
+        let changes = self.changes_where(
+            "state IN ('queued', 'testing') OR id IN (SELECT id FROM changes
+             WHERE state NOT IN ('queued', 'testing') ORDER BY id DESC LIMIT ?1)",
+            [keep],
+        )?;
+        // A finished candidate that a live one follows up stays, as the core keeps it.
+        let candidates = self.candidates_where(
+            "phase != 'done'
+             OR id IN (SELECT follow_up_of FROM candidates WHERE phase != 'done')
+             OR id IN (SELECT id FROM candidates WHERE phase = 'done' ORDER BY id DESC LIMIT ?1)",
+            [keep],
+        )?;
         Ok(crate::core::Snapshot {
-            changes: self.changes()?.into_iter().map(|c| (c.id, c)).collect(),
-            candidates: self.candidates()?.into_iter().map(|k| (k.id, k)).collect(),
+            changes: changes.into_iter().map(|c| (c.id, c)).collect(),
+            candidates: candidates.into_iter().map(|k| (k.id, k)).collect(),
             memo: self.memo()?.into_iter().collect(),
             channels: self
                 .channels()?
@@ -522,6 +590,9 @@ impl Store {
 }
 
 /// SQLite rows of channels (schema v4).
+/// Deleting what retention no longer keeps.
+pub mod retention;
+
 mod channel_rows {
     use rusqlite::{params, Connection};
 

@@ -630,7 +630,7 @@ impl CoreQueue {
         env.pool.abort_stale(self.epoch);
         self.core = match &self.sqlite {
             None => self.db.restore(self.cfg.clone(), env.now),
-            Some(store) => match store.snapshot() {
+            Some(store) => match store.snapshot(usize::MAX) {
                 Ok(stored) => {
                     // What SQLite gives back is what was written, row for row.
                     let same = |a: &Snapshot, b: &Snapshot| {
