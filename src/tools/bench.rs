@@ -36,6 +36,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 100)]
         packages: usize,
     },
+    /// The coordinator under load (real server): submissions per second, API read
+    /// latency and RSS with N queued changes, then RSS and database size as M more pass
+    /// through under retention.
+    Load {
+        #[arg(long, default_value_t = 10_000)]
+        queued: usize,
+        #[arg(long, default_value_t = 100_000)]
+        through: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
     /// The web UI's queue page rendered from a queue of N changes (docs/ui.md).
     Ui {
         #[arg(long, default_value_t = 10_000)]
@@ -139,6 +150,17 @@ pub async fn run(which: Bench) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Bench::Landing { changes, packages } => landing(changes, packages).await,
+        Bench::Load {
+            queued,
+            through,
+            clients,
+        } => {
+            print!(
+                "{}",
+                crate::tools::bench_load::run(queued, through, clients).await?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Bench::Ui { changes, runs } => {
             println!("{}", crate::shell::api::ui::bench::run(changes, runs)?);
             Ok(ExitCode::SUCCESS)

@@ -383,6 +383,11 @@ required = [{required}]
     }
 
     /// Stops the server: `SIGKILL` when `kill`, else `SIGTERM` and wait.
+    /// The PID of the running server, if any.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|c| c.id())
+    }
+
     pub fn stop_server(&mut self, kill: bool) -> anyhow::Result<()> {
         if let Some(mut child) = self.server.take() {
             let sig = if kill { libc::SIGKILL } else { libc::SIGTERM };

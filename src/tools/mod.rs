@@ -3,6 +3,7 @@
 //! `crate::core` and `crate::shell`.
 
 pub mod bench;
+pub mod bench_load;
 pub mod demo;
 pub mod fixture;
 pub mod harness;
