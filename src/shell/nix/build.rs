@@ -501,6 +501,11 @@ pub fn classify(drv: &str, exit_code: Option<i32>, log: &str) -> (OutcomeClass, 
     let nix_build_failure = matches!(exit_code, Some(c) if (100..=111).contains(&c));
     for l in &errors {
         if let Some((d, timed_out)) = failed_drv_in(l) {
+            // SIGKILL from outside the build (the OOM killer, a dying daemon taking its
+            // builder with it, an operator) says nothing the package can be blamed for.
+            if d == drv && l.contains("due to signal 9") {
+                return (OutcomeClass::Infrastructure, None);
+            }
             if d == drv {
                 let class = if timed_out {
                     OutcomeClass::TimedOut
@@ -645,6 +650,12 @@ error: interrupted by the user
             OutcomeClass::Infrastructure
         );
         assert_eq!(classify(FAIL, None, "").0, OutcomeClass::Infrastructure);
+        let killed = format!("error: builder for '{FAIL}' failed due to signal 9 (Killed)\n");
+        assert_eq!(
+            classify(FAIL, Some(1), &killed).0,
+            OutcomeClass::Infrastructure,
+            "a SIGKILLed builder is never the package's failure"
+        );
         let eof = format!("building '{FAIL}' on 'ssh-ng://b1'...\nerror: unexpected end-of-file\n");
         assert_eq!(
             classify(FAIL, Some(1), &eof).0,
