@@ -308,18 +308,6 @@ pub struct Repo {
     pub allowed_uris: Vec<String>,
 }
 
-impl Repo {
-    /// What this repo's evaluated code may reach.
-    pub fn eval_sandbox(&self, nix: &NixConfig) -> crate::shell::nix::eval::EvalSandbox {
-        crate::shell::nix::eval::EvalSandbox {
-            restrict: nix.restrict_eval,
-            nix_path: self.nix_path.clone(),
-            allowed_uris: self.allowed_uris.clone(),
-            import_from_derivation: nix.allow_import_from_derivation,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Branch {

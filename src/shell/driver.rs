@@ -112,7 +112,7 @@ impl Driver {
                     eval: Arc::new(NixEval {
                         nix_args: config.nix_args(),
                         evaluator: config.nix.evaluator,
-                        sandbox: r.eval_sandbox(&config.nix),
+                        sandbox: eval_sandbox(r, &config.nix),
                     }),
                 },
             );
@@ -587,6 +587,19 @@ impl EvalJob {
                     .await?,
             ),
         })
+    }
+}
+
+/// What a repo's evaluated code may reach (docs/security.md).
+fn eval_sandbox(
+    r: &crate::shell::config::Repo,
+    nix: &crate::shell::config::NixConfig,
+) -> crate::shell::nix::eval::EvalSandbox {
+    crate::shell::nix::eval::EvalSandbox {
+        restrict: nix.restrict_eval,
+        nix_path: r.nix_path.clone(),
+        allowed_uris: r.allowed_uris.clone(),
+        import_from_derivation: nix.allow_import_from_derivation,
     }
 }
 
