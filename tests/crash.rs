@@ -109,14 +109,8 @@ async fn kill_9_at_many_points_loses_nothing_and_lands_nothing_twice() {
     }
     assert_target_tested(&h, &initial);
     // Each landed change's head is merged into master exactly once.
-    let master = h.upstream_head("master").unwrap();
-    let parents = git(
-        &h.upstream,
-        &["log", "--format=%P", &format!("{initial}..{master}")],
-    )
-    .unwrap();
     for (i, head) in &heads {
-        let n = parents.split_whitespace().filter(|p| p == head).count();
+        let n = times_merged(&h, &initial, head);
         assert_eq!(
             n,
             if *i == 3 { 0 } else { 1 },
@@ -124,6 +118,7 @@ async fn kill_9_at_many_points_loses_nothing_and_lands_nothing_twice() {
         );
     }
     // Master is still a fast-forward of the initial commit.
+    let master = h.upstream_head("master").unwrap();
     assert!(git(
         &h.upstream,
         &["merge-base", "--is-ancestor", &initial, &master]
@@ -221,15 +216,8 @@ async fn kill_9_soak_at_fifty_random_moments() {
         assert_eq!(state(c), want, "change {i}: {c}");
     }
     assert_target_tested(&h, &initial);
-    let master = h.upstream_head("master").unwrap();
-    let parents = git(
-        &h.upstream,
-        &["log", "--format=%P", &format!("{initial}..{master}")],
-    )
-    .unwrap();
     for (i, _) in &ids {
-        let head = &heads[i];
-        let times = parents.split_whitespace().filter(|p| *p == head).count();
+        let times = times_merged(&h, &initial, &heads[i]);
         assert_eq!(
             times,
             usize::from(i % 4 != 3),
@@ -248,6 +236,17 @@ async fn kill_9_soak_at_fifty_random_moments() {
         phases.contains_key("building"),
         "no kill hit a build: {phases:?}"
     );
+}
+
+/// How many merge commits on master since `initial` have `head` as a parent.
+fn times_merged(h: &Harness, initial: &str, head: &str) -> usize {
+    let master = h.upstream_head("master").unwrap();
+    let parents = git(
+        &h.upstream,
+        &["log", "--format=%P", &format!("{initial}..{master}")],
+    )
+    .unwrap();
+    parents.split_whitespace().filter(|p| *p == head).count()
 }
 
 /// The channel's target, when it exists, is a commit of master's history (only tested
