@@ -279,6 +279,18 @@ async fn every_route_answers_and_bad_input_is_refused() {
     // One page of the queue, and a candidate that does not exist.
     let page = r.get("/api/v1/repos/pkgs/queue?limit=1&offset=0").await;
     assert_eq!(page.status, StatusCode::OK, "{:?}", page.json());
+    // Every answer is one page: 100 by default, at most 1000.
+    let limit = |path: &'static str| {
+        let r = &r;
+        async move { r.get(path).await.json()["branches"][0]["limit"].clone() }
+    };
+    assert_eq!(limit("/api/v1/repos/pkgs/queue").await, json!(100));
+    assert_eq!(limit("/api/v1/repos/pkgs/queue?limit=7").await, json!(7));
+    assert_eq!(limit("/api/v1/repos/pkgs/queue?limit=50000").await, json!(1000));
+    assert_eq!(
+        r.get("/api/v1/repos/pkgs/queue?limit=-1").await.status,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(
         r.get("/api/v1/repos/pkgs/candidates/99999").await.status,
         StatusCode::NOT_FOUND

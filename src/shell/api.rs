@@ -18,7 +18,9 @@ use crate::core::change::{ChangeState, Priority};
 use crate::core::{Refusal, Submission};
 use crate::shell::config::Config;
 use crate::shell::driver::{Handle, Msg};
-use crate::shell::status::{change_json, Query, Reply};
+use crate::shell::status::{
+    self, candidate, change_json, Query, Reply, StoreFacts, QUEUE_PAGE_DEFAULT,
+};
 
 /// The web UI: HTML pages on the same router, beside the JSON API.
 pub mod ui;
@@ -132,10 +134,82 @@ impl SubmitBody {
 }
 
 impl Api {
+    /// Answers `q`: what lives in memory from the driver task, what lives in the database
+    /// from a read-only connection off it, so readers never hold up the single writer.
     pub(crate) async fn ask(&self, q: Query) -> Option<Reply> {
+        match q {
+            Query::Change { repo, id } => {
+                let q = Query::Change {
+                    repo: repo.clone(),
+                    id,
+                };
+                match self.ask_driver(q, StoreFacts::default()).await {
+                    Some(r) => Some(r),
+                    None => self.ask_store(Query::StoredChange { repo, id }).await,
+                }
+            }
+            Query::Candidate { repo, id } => self.candidate(repo, id).await,
+            q @ (Query::Events { .. }
+            | Query::Attempts { .. }
+            | Query::Log { .. }
+            | Query::StoredChange { .. }) => self.ask_store(q).await,
+            q if StoreFacts::needed(&q) => {
+                let (facts, q) = self
+                    .driver
+                    .reader
+                    .read(move |s| Ok((StoreFacts::read(s, &q)?, q)))
+                    .await
+                    .map_err(|e| log::warn!("reading the database for a query: {e}"))
+                    .ok()?;
+                self.ask_driver(q, facts).await
+            }
+            q => self.ask_driver(q, StoreFacts::default()).await,
+        }
+    }
+
+    async fn ask_driver(&self, q: Query, facts: StoreFacts) -> Option<Reply> {
         let (reply, rx) = oneshot::channel();
-        self.driver.tx.send(Msg::Query { q, reply }).await.ok()?;
+        let msg = Msg::Query { q, facts, reply };
+        self.driver.tx.send(msg).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    async fn ask_store(&self, q: Query) -> Option<Reply> {
+        self.driver
+            .reader
+            .read(move |s| Ok(status::from_store(s, q).ok().flatten()))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The candidate page's answer in the steps of [`status::candidate`].
+    async fn candidate(&self, repo: String, id: crate::core::CandId) -> Option<Reply> {
+        let q = Query::Candidate {
+            repo: repo.clone(),
+            id,
+        };
+        let Some(Reply::CandidateCore(parts)) = self.ask_driver(q, StoreFacts::default()).await
+        else {
+            return None;
+        };
+        let reader = &self.driver.reader;
+        let rebuild = reader
+            .read(move |s| candidate::rebuild_jobs(s, *parts, &repo, id))
+            .await
+            .ok()??;
+        let drvs = rebuild.drvs();
+        let Some(Reply::JobStates(states)) = self
+            .ask_driver(Query::JobStates { drvs }, StoreFacts::default())
+            .await
+        else {
+            return None;
+        };
+        let v = reader
+            .read(move |s| candidate::assemble(s, &rebuild, &states))
+            .await
+            .ok()?;
+        Some(Reply::Json(v))
     }
 
     /// Reads a JSON body within `[http]`'s size and time limits: too large is 413, too
@@ -255,28 +329,28 @@ impl Api {
                 }
                 let repo = repo.to_string();
                 match (&method, rest) {
-                    (&Method::GET, ["queue"]) => match query_param(&query, "limit") {
-                        None => self.ask(Query::Queue { repo }).await,
-                        Some(limit) => {
-                            let num = |v: Option<String>| v.map_or(Some(0), |v| v.parse().ok());
-                            let (Some(limit), Some(offset)) =
-                                (num(Some(limit)), num(query_param(&query, "offset")))
-                            else {
-                                return error(
-                                    StatusCode::BAD_REQUEST,
-                                    "offset and limit must be numbers",
-                                );
-                            };
-                            let branch = query_param(&query, "branch");
-                            let q = Query::QueuePage {
-                                repo,
-                                branch,
-                                offset,
-                                limit,
-                            };
-                            self.ask(q).await
-                        }
-                    },
+                    (&Method::GET, ["queue"]) => {
+                        // Always one page: `limit` defaults to QUEUE_PAGE_DEFAULT.
+                        let num = |name, default| {
+                            query_param(&query, name).map_or(Some(default), |v| v.parse().ok())
+                        };
+                        let (Some(limit), Some(offset)) =
+                            (num("limit", QUEUE_PAGE_DEFAULT), num("offset", 0))
+                        else {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "offset and limit must be numbers",
+                            );
+                        };
+                        let branch = query_param(&query, "branch");
+                        let q = Query::QueuePage {
+                            repo,
+                            branch,
+                            offset,
+                            limit,
+                        };
+                        self.ask(q).await
+                    }
                     (&Method::GET, ["candidates"]) => self.ask(Query::Candidates { repo }).await,
                     (&Method::GET, ["candidates", id]) => match id.parse() {
                         Ok(id) => self.ask(Query::Candidate { repo, id }).await,
@@ -331,6 +405,11 @@ impl Api {
         };
         match reply {
             Some(Reply::Json(v)) => json_resp(StatusCode::OK, v),
+            // Steps of the candidate page, consumed by `Api::ask`; never routed.
+            Some(Reply::CandidateCore(_) | Reply::JobStates(_)) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal reply reached the router",
+            ),
             Some(Reply::Text(t)) => Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(Full::new(Bytes::from(t)))

@@ -4,7 +4,7 @@
 //! transaction, then perform its effects, whose results come back as messages.
 
 use crate::core::{BuildInput, CandidateInput, QueueInput};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,8 +19,8 @@ use crate::shell::config::Config;
 use crate::shell::git::Mirror;
 use crate::shell::nix::build::NixBuilder;
 use crate::shell::nix::eval::NixEval;
-use crate::shell::status::{Query, Reply};
-use crate::shell::store::Store;
+use crate::shell::status::{Query, Reply, StoreFacts};
+use crate::shell::store::{Reader, Store};
 
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -40,6 +40,8 @@ pub enum Msg {
     },
     Query {
         q: Query,
+        /// What the query needs of the database, read before it was sent.
+        facts: StoreFacts,
         reply: oneshot::Sender<Option<Reply>>,
     },
     Input(Input),
@@ -74,6 +76,8 @@ struct RepoShell {
 #[derive(Clone)]
 pub struct Handle {
     pub tx: mpsc::Sender<Msg>,
+    /// Read-only database connections, for answers that need no engine state.
+    pub reader: Reader,
 }
 
 pub struct Driver {
@@ -84,12 +88,11 @@ pub struct Driver {
     builders: BTreeMap<String, Arc<NixBuilder>>,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
-    /// Inputs produced synchronously (e.g. a stored evaluation), fed before new messages.
-    local: VecDeque<Input>,
     /// Derivations to inspect, gathered over one step.
     inspect: Vec<String>,
     tmp: PathBuf,
     channels: BTreeMap<String, Arc<crate::shell::channel::ChannelShell>>,
+    reader: Reader,
 }
 
 impl Driver {
@@ -139,6 +142,7 @@ impl Driver {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let (tx, rx) = mpsc::channel(1024);
+        let reader = Reader::new(&config.db_path());
         Ok(Driver {
             config,
             core,
@@ -147,16 +151,17 @@ impl Driver {
             builders,
             tx,
             rx,
-            local: VecDeque::new(),
             inspect: vec![],
             tmp,
             channels,
+            reader,
         })
     }
 
     pub fn handle(&self) -> Handle {
         Handle {
             tx: self.tx.clone(),
+            reader: self.reader.clone(),
         }
     }
 
@@ -171,10 +176,6 @@ impl Driver {
         let pruner = tokio::spawn(prune_periodically(self.config.clone()));
         let _stop_pruner = AbortOnDrop(pruner);
         loop {
-            while let Some(input) = self.local.pop_front() {
-                self.core.handle(input, now_ms());
-                self.flush()?;
-            }
             let wake = self.core.next_wakeup();
             let sleep = async {
                 match wake {
@@ -221,8 +222,8 @@ impl Driver {
                 self.flush()?;
                 let _ = reply.send(r);
             }
-            Msg::Query { q, reply } => {
-                let _ = reply.send(self.answer(q));
+            Msg::Query { q, facts, reply } => {
+                let _ = reply.send(self.answer(q, &facts));
             }
             Msg::Input(input) => {
                 self.core.handle(input, now);
@@ -329,15 +330,7 @@ impl Driver {
                     Input::Candidate(CandidateInput::Prepared { cand, result })
                 });
             }
-            Command::Evaluate { repo, commit } => {
-                if let Some(eval) = self.store.get_eval(&commit)? {
-                    self.local.push_back(Input::Build(BuildInput::Evaluated {
-                        eval: Arc::new(eval),
-                    }));
-                    return Ok(());
-                }
-                self.spawn_eval(repo, commit);
-            }
+            Command::Evaluate { repo, commit } => self.spawn_eval(repo, commit),
             Command::Probe {
                 probe,
                 repo,
@@ -509,13 +502,28 @@ impl Driver {
         }
     }
 
-    /// Evaluates the jobset at `commit`. An evaluation that could not run (checkout failed,
-    /// evaluator missing or killed, disk full: see `NixEval::evaluate`) is reported as
-    /// `Input::EvalFailed`, for the core to retry; only real evaluations reach the store.
+    /// Evaluates the jobset at `commit`, unless the store already holds its evaluation
+    /// (read off this task: a Nixpkgs evaluation is tens of megabytes). An evaluation that
+    /// could not run (checkout failed, evaluator missing or killed, disk full: see
+    /// `NixEval::evaluate`) is reported as `Input::EvalFailed`, for the core to retry; only
+    /// real evaluations reach the store.
     fn spawn_eval(&self, repo: String, commit: String) {
         let job = self.evaluator(&repo);
         let tx = self.tx.clone();
+        let reader = self.reader.clone();
         tokio::spawn(async move {
+            let wanted = commit.clone();
+            match reader.read(move |s| s.get_eval(&wanted)).await {
+                Ok(Some(eval)) => {
+                    let eval = Arc::new(eval);
+                    let input = Input::Build(BuildInput::Evaluated { eval });
+                    let _ = tx.send(Msg::Input(input)).await;
+                    return;
+                }
+                Ok(None) => {}
+                // Evaluating again is always correct, only slower.
+                Err(e) => log::warn!("[{repo}] reading the evaluation of {commit}: {e}"),
+            }
             let msg = match job.run(&commit, None).await {
                 Ok(Evaled::Full(eval)) => Msg::Evaluated {
                     repo,
@@ -536,8 +544,8 @@ impl Driver {
         });
     }
 
-    fn answer(&self, q: Query) -> Option<Reply> {
-        crate::shell::status::answer(&self.config, &self.core, &self.store, q, now_ms())
+    fn answer(&self, q: Query, facts: &StoreFacts) -> Option<Reply> {
+        crate::shell::status::answer(&self.config, &self.core, q, facts, now_ms())
     }
 }
 

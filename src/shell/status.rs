@@ -1,23 +1,25 @@
 //! Answers to read-only queries (changes, queues, candidates, builders, events) and the
-//! Prometheus metrics, computed on the driver task from the core's state and the store.
+//! Prometheus metrics. What lives in memory is answered on the driver task ([`answer`],
+//! which is given no database connection); what lives in the database is read off it
+//! ([`from_store`], [`StoreFacts`], [`candidate`]), so the single writer never waits on a
+//! log, a stored evaluation or an aggregate.
+
+/// The candidate page's answer, in steps on and off the driver task.
+pub mod candidate;
 
 use serde_json::{json, Value};
 
 use crate::core::change::{Change, ChangeId, ChangeState};
-use crate::core::evaluation::{diff, Evaluation, JobKey};
 use crate::core::outcome::OutcomeClass;
 use crate::core::{Core, Millis};
 use crate::shell::config::Config;
-use crate::shell::store::Store;
+use crate::shell::store::{Store, StoreError};
 
 /// Read-only questions the HTTP layer asks; answered from the core's state.
 pub enum Query {
     Change {
         repo: String,
         id: ChangeId,
-    },
-    Queue {
-        repo: String,
     },
     Candidates {
         repo: String,
@@ -50,11 +52,91 @@ pub enum Query {
     Channels {
         name: Option<String>,
     },
+    /// A change as the database holds it (after `Change` found none in memory).
+    StoredChange {
+        repo: String,
+        id: ChangeId,
+    },
+    /// What the driver knows of these derivations' builds (the candidate page).
+    JobStates {
+        drvs: Vec<String>,
+    },
 }
 
 pub enum Reply {
     Json(serde_json::Value),
     Text(String),
+    /// `Query::Candidate` as the driver answers it: see [`candidate`].
+    CandidateCore(Box<candidate::CandidateCore>),
+    /// `Query::JobStates`.
+    JobStates(std::collections::BTreeMap<String, candidate::JobState>),
+}
+
+/// The database's part of `/metrics` and the builder views, read off the driver task.
+#[derive(Debug, Default)]
+pub struct StoreFacts {
+    change_counts: Vec<(String, u64)>,
+    attempt_counts: Vec<(String, String, u64)>,
+    flaky: u64,
+    extra_builds: u64,
+}
+
+impl StoreFacts {
+    /// What `q` needs of the database (nothing for most queries).
+    pub fn read(store: &Store, q: &Query) -> Result<StoreFacts, StoreError> {
+        Ok(match q {
+            Query::Metrics => StoreFacts {
+                change_counts: store.change_counts()?,
+                attempt_counts: store.attempt_counts()?,
+                flaky: store.flaky_count()?,
+                extra_builds: store.extra_builds_total()?,
+            },
+            Query::Builders | Query::Implementations => StoreFacts {
+                attempt_counts: store.attempt_counts()?,
+                ..StoreFacts::default()
+            },
+            _ => StoreFacts::default(),
+        })
+    }
+
+    /// Whether `q` needs [`StoreFacts::read`] before the driver answers it.
+    pub fn needed(q: &Query) -> bool {
+        matches!(q, Query::Metrics | Query::Builders | Query::Implementations)
+    }
+}
+
+/// Answers the queries that need nothing but the database; `Err` gives back the others.
+pub fn from_store(store: &Store, q: Query) -> Result<Option<Reply>, Query> {
+    Ok(match q {
+        Query::Events { after } => store.events_after(after, 500).ok().map(|events| {
+            Reply::Json(Value::Array(
+                events
+                    .into_iter()
+                    .map(|(id, at, repo, text)| json!({ "id": id, "at": at, "repo": repo, "text": text }))
+                    .collect(),
+            ))
+        }),
+        Query::Attempts { drv } => store.attempts_of(&drv).ok().map(|attempts| {
+            Reply::Json(Value::Array(
+                attempts
+                    .into_iter()
+                    .map(|a| json!({"id": a.id, "drv": a.drv, "builder": a.builder, "class": a.class, "duration_ms": a.duration_ms, "log": format!("/api/v1/attempts/{}/log", a.id)}))
+                    .collect(),
+            ))
+        }),
+        Query::Log { attempt } => (|| {
+            let a = store.attempt(attempt).ok()??;
+            Some(Reply::Text(read_log(a.log_path.as_deref()?).ok()?))
+        })(),
+        // A final change the engine no longer holds.
+        Query::StoredChange { repo, id } => store
+            .change(id)
+            .ok()
+            .flatten()
+            .filter(|c| c.repo == repo)
+            .map(|c| Reply::Json(change_json(&c, None))),
+        q => return Err(q),
+    })
 }
 
 pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Value {
@@ -95,23 +177,25 @@ pub(crate) fn candidate_json(k: &crate::core::Candidate) -> Value {
     })
 }
 
-/// Answers a query from the driver's state (runs on the driver task).
-/// Answers `q` as of `now` (for ages).
-pub fn answer(config: &Config, core: &Core, store: &Store, q: Query, now: Millis) -> Option<Reply> {
+/// Answers `q` as of `now` (for ages) from the driver's memory and `facts`, which the
+/// caller read off the driver task (see [`StoreFacts::needed`]). `None`: not found, or a
+/// query only [`from_store`] answers.
+pub fn answer(
+    config: &Config,
+    core: &Core,
+    q: Query,
+    facts: &StoreFacts,
+    now: Millis,
+) -> Option<Reply> {
     Some(match q {
         Query::Change { repo, id } => {
-            // A final change the engine no longer holds is answered from the database.
-            let Some(c) = core.change(id) else {
-                let c = store.change(id).ok()??;
-                return (c.repo == repo).then(|| Reply::Json(change_json(&c, None)));
-            };
+            let c = core.change(id)?;
             if c.repo != repo {
                 return None;
             }
             let cand = core.candidates().filter(|k| k.changes.contains(&id)).last();
             Reply::Json(change_json(c, cand))
         }
-        Query::Queue { repo } => Reply::Json(queue_json(config, core, &repo, None)?),
         Query::Candidates { repo } => Reply::Json(Value::Array(
             core.candidates()
                 .filter(|k| k.repo == repo)
@@ -127,51 +211,33 @@ pub fn answer(config: &Config, core: &Core, store: &Store, q: Query, now: Millis
             config,
             core,
             &repo,
-            Some(QueuePaging {
+            QueuePaging {
                 branch: branch.as_deref(),
                 offset,
-                limit,
-            }),
+                limit: limit.min(QUEUE_PAGE_MAX),
+            },
         )?),
-        Query::Candidate { repo, id } => {
-            Reply::Json(candidate_detail(core, store, &repo, id)?)
+        Query::Candidate { id, .. } => {
+            Reply::CandidateCore(Box::new(candidate::core_parts(core, id)))
         }
-        Query::Events { after } => {
-            let events = store.events_after(after, 500).ok()?;
-            Reply::Json(Value::Array(
-                events
-                    .into_iter()
-                    .map(|(id, at, repo, text)| json!({ "id": id, "at": at, "repo": repo, "text": text }))
-                    .collect(),
-            ))
-        }
-        Query::Builders => Reply::Json(builders_json(core, store)),
-        Query::Implementations => Reply::Json(implementations_json(core, store)),
-        Query::Attempts { drv } => Reply::Json(Value::Array(
-            store
-                .attempts_of(&drv)
-                .ok()?
-                .into_iter()
-                .map(|a| json!({"id": a.id, "drv": a.drv, "builder": a.builder, "class": a.class, "duration_ms": a.duration_ms, "log": format!("/api/v1/attempts/{}/log", a.id)}))
-                .collect(),
-        )),
-        Query::Log { attempt } => {
-            let a = store.attempt(attempt).ok()??;
-            Reply::Text(read_log(a.log_path.as_deref()?).ok()?)
-        }
-        Query::Metrics => Reply::Text(metrics(config, core, store, now)),
+        Query::JobStates { drvs } => Reply::JobStates(candidate::job_states(core, &drvs)),
+        Query::Builders => Reply::Json(builders_json(core, facts)),
+        Query::Implementations => Reply::Json(implementations_json(core, facts)),
+        Query::Metrics => Reply::Text(metrics(config, core, facts, now)),
         Query::Channels { name: None } => Reply::Json(channels_json(config, core, now)),
-        Query::Channels { name: Some(n) } => {
-            Reply::Json(channel_json(config, core, &n, now)?)
-        }
+        Query::Channels { name: Some(n) } => Reply::Json(channel_json(config, core, &n, now)?),
+        Query::Events { .. }
+        | Query::Attempts { .. }
+        | Query::Log { .. }
+        | Query::StoredChange { .. } => return None,
     })
 }
 
-fn metrics(config: &Config, core: &Core, store: &Store, now: Millis) -> String {
+fn metrics(config: &Config, core: &Core, facts: &StoreFacts, now: Millis) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     // From the database, not the engine's memory, which holds recent final changes only.
-    let counts = store.change_counts().unwrap_or_default();
+    let counts = &facts.change_counts;
     out.push_str("# HELP mergequeue_changes_total Changes by state (stored, within retention).\n# TYPE mergequeue_changes_total gauge\n");
     for s in [
         ChangeState::Queued,
@@ -203,7 +269,7 @@ fn metrics(config: &Config, core: &Core, store: &Store, now: Millis) -> String {
         }
     }
     out.push_str("# HELP mergequeue_builds_total Build attempts by outcome class.\n# TYPE mergequeue_builds_total counter\n");
-    let counts = store.attempt_counts().unwrap_or_default();
+    let counts = &facts.attempt_counts;
     for c in OutcomeClass::ALL {
         let n: u64 = counts
             .iter()
@@ -246,9 +312,9 @@ fn metrics(config: &Config, core: &Core, store: &Store, now: Millis) -> String {
             b.health.as_str()
         );
     }
-    let _ = writeln!(out, "# HELP mergequeue_flaky_derivations_total Derivations that failed and later built unchanged.\n# TYPE mergequeue_flaky_derivations_total counter\nmergequeue_flaky_derivations_total {}", store.flaky_count().unwrap_or(0));
+    let _ = writeln!(out, "# HELP mergequeue_flaky_derivations_total Derivations that failed and later built unchanged.\n# TYPE mergequeue_flaky_derivations_total counter\nmergequeue_flaky_derivations_total {}", facts.flaky);
     out.push_str("# HELP mergequeue_attribution_extra_builds_total Builds spent on attribution beyond the batches' own.\n# TYPE mergequeue_attribution_extra_builds_total counter\n");
-    let extra = store.extra_builds_total().unwrap_or(0);
+    let extra = facts.extra_builds;
     let _ = writeln!(out, "mergequeue_attribution_extra_builds_total {extra}");
     channel_metrics(core, now, &mut out);
     out
@@ -272,8 +338,8 @@ fn attempts_by_class(
 }
 
 /// Each builder's state, identity and attempts by outcome class.
-fn builders_json(core: &Core, store: &Store) -> Value {
-    let counts = store.attempt_counts().unwrap_or_default();
+fn builders_json(core: &Core, facts: &StoreFacts) -> Value {
+    let counts = &facts.attempt_counts;
     let sched = core.scheduler();
     let builders: Vec<Value> = sched
         .builders()
@@ -291,7 +357,7 @@ fn builders_json(core: &Core, store: &Store) -> Value {
                 "version": b.version,
                 "consecutive_infrastructure_failures": b.consecutive_infra,
                 "last_error": b.last_error,
-                "attempts": attempts_by_class(&counts, |x| x == b.spec.id),
+                "attempts": attempts_by_class(counts, |x| x == b.spec.id),
             })
         })
         .collect();
@@ -299,8 +365,8 @@ fn builders_json(core: &Core, store: &Store) -> Value {
 }
 
 /// Attempts by outcome class per implementation (Nix, Lix, ...), with its builders.
-fn implementations_json(core: &Core, store: &Store) -> Value {
-    let counts = store.attempt_counts().unwrap_or_default();
+fn implementations_json(core: &Core, facts: &StoreFacts) -> Value {
+    let counts = &facts.attempt_counts;
     let sched = core.scheduler();
     let mut impls: Vec<String> = sched.builders().map(implementation).collect();
     impls.sort();
@@ -313,7 +379,7 @@ fn implementations_json(core: &Core, store: &Store) -> Value {
                 .filter(|b| implementation(b) == i)
                 .map(|b| &b.spec.id)
                 .collect();
-            let attempts = attempts_by_class(&counts, |x| ids.iter().any(|id| *id == x));
+            let attempts = attempts_by_class(counts, |x| ids.iter().any(|id| *id == x));
             (i, json!({ "builders": ids, "attempts": attempts }))
         })
         .collect();
@@ -424,127 +490,10 @@ fn channel_metrics(core: &Core, now: Millis, out: &mut String) {
     out.push_str(&blk);
 }
 
-// ---------------------------------------------------------------------------------------
-// The JSON views the pages need that no earlier query answered, computed on the driver
-// task like every other answer: a candidate with its rebuild set, each job's build state
-// and builder (`Query::Candidate`, `GET /api/v1/repos/{repo}/candidates/{id}`), and one
-// page of a queue (`Query::QueuePage`, `GET /api/v1/repos/{repo}/queue?limit=N`), so a
-// queue of ten thousand changes is not turned into JSON to show fifty.
-// ---------------------------------------------------------------------------------------
-
-/// One job of the rebuild set and what became of its build.
-fn job(core: &Core, store: &Store, key: &JobKey, drv: &str, base_drv: Option<&str>) -> Value {
-    let sched = core.scheduler();
-    let attempts = store.attempts_of(drv).unwrap_or_default();
-    let last = attempts.last();
-    let (state, builder) = match (core.memo(drv), sched.running_on(drv), sched.step(drv)) {
-        (_, Some(b), _) => ("building".to_string(), Some(b.to_string())),
-        (_, None, Some(_)) => ("queued".to_string(), None),
-        (Some(m), None, None) => (
-            m.class.as_str().to_string(),
-            last.map(|a| a.builder.clone()),
-        ),
-        (None, None, None) => match last {
-            // An infrastructure outcome is never remembered: say what the last try was.
-            Some(a) => (a.class.clone(), Some(a.builder.clone())),
-            None => ("not built".to_string(), None),
-        },
-    };
-    // What the base's version of the job did: a failure here that also fails there is
-    // not newly broken.
-    let base_state = base_drv.map(|b| core.memo(b).map_or("not built", |m| m.class.as_str()));
-    let failing = !matches!(
-        state.as_str(),
-        "success" | "building" | "queued" | "not built"
-    );
-    let newly_broken = failing && base_state.is_none_or(|b| b == "success");
-    json!({
-        "attr": key.attr,
-        "system": key.system,
-        "drv": drv,
-        "base_drv": base_drv,
-        "base_state": base_state,
-        "newly_broken": newly_broken,
-        "state": state,
-        "builder": builder,
-        "attempts": attempts.len(),
-        "log": last.map(|a| format!("/api/v1/attempts/{}/log", a.id)),
-    })
-}
-
-fn evaluation(core: &Core, store: &Store, commit: &str) -> Option<Evaluation> {
-    match core.evaluation(commit) {
-        Some(e) => Some((**e).clone()),
-        None => store.get_eval(commit).ok().flatten(),
-    }
-}
-
-/// A candidate as `/candidates` lists it, plus `rebuild` (its jobs, each with `state`:
-/// an outcome class, `building`, `queued` or `not built`, and `builder`), `builds_done`,
-/// `builds_to_do`, and `rebuild_source`: `live` while the candidate is in flight (its
-/// verdict's own targets, the required jobs included), `evaluations` once it is done
-/// (added and changed jobs, recomputed from the stored evaluations of base and commit),
-/// `none` when neither is known (still preparing or evaluating).
-pub fn candidate_detail(core: &Core, store: &Store, repo: &str, id: u64) -> Option<Value> {
-    // An old candidate the engine no longer holds is answered from the database.
-    let stored;
-    let k = match core.candidate(id) {
-        Some(k) => k,
-        None => {
-            stored = store.candidate(id).ok()??;
-            &stored
-        }
-    };
-    if k.repo != repo {
-        return None;
-    }
-    let mut v = candidate_json(k);
-    let (rebuild, source): (Vec<Value>, &str) = if !k.targets.is_empty() {
-        let jobs = k
-            .targets
-            .iter()
-            .map(|t| job(core, store, &t.key, &t.drv, t.base_drv.as_deref()))
-            .collect();
-        (jobs, "live")
-    } else {
-        let evals =
-            k.base.as_deref().zip(k.commit()).and_then(|(b, c)| {
-                Some((evaluation(core, store, b)?, evaluation(core, store, c)?))
-            });
-        match evals {
-            Some((base, new)) => {
-                let d = diff(&base, &new);
-                let jobs = d
-                    .rebuild_set()
-                    .filter_map(|key| {
-                        let drv = new.get(key)?.job()?.drv_path.clone();
-                        let base_drv = base
-                            .get(key)
-                            .and_then(|r| r.job())
-                            .map(|j| j.drv_path.as_str());
-                        Some(job(core, store, key, &drv, base_drv))
-                    })
-                    .collect();
-                (jobs, "evaluations")
-            }
-            None => (vec![], "none"),
-        }
-    };
-    let to_do = rebuild
-        .iter()
-        .filter(|j| {
-            matches!(
-                j["state"].as_str(),
-                Some("building" | "queued" | "not built")
-            )
-        })
-        .count();
-    v["builds_done"] = json!(rebuild.len() - to_do);
-    v["builds_to_do"] = json!(to_do);
-    v["rebuild_source"] = json!(source);
-    v["rebuild"] = Value::Array(rebuild);
-    Some(v)
-}
+/// Queued changes per page when the client names no `limit`.
+pub const QUEUE_PAGE_DEFAULT: usize = 100;
+/// The largest page: a queue of ten thousand changes is never turned into JSON at once.
+pub const QUEUE_PAGE_MAX: usize = 1000;
 
 /// One page of a queue: `limit` changes from `offset` of `branch` (every branch when
 /// `None`; the others start at 0).
@@ -554,14 +503,9 @@ pub struct QueuePaging<'a> {
     pub limit: usize,
 }
 
-/// `/queue`'s answer: per branch its candidates in flight and its queued changes, all of
-/// them, or with `paging` one page of them plus `queued_total` and `offset`.
-pub fn queue_json(
-    config: &Config,
-    core: &Core,
-    repo: &str,
-    paging: Option<QueuePaging>,
-) -> Option<Value> {
+/// `/queue`'s answer: per branch its candidates in flight and one page of its queued
+/// changes, with `queued_total`, `offset` and `limit`.
+pub fn queue_json(config: &Config, core: &Core, repo: &str, p: QueuePaging) -> Option<Value> {
     let r = config.repo(repo)?;
     let branches: Vec<Value> = r
         .branches
@@ -574,10 +518,6 @@ pub fn queue_json(
                 .map(candidate_json)
                 .collect();
             let all = core.queue(repo, name);
-            let Some(p) = &paging else {
-                let queued: Vec<Value> = all.iter().map(|c| change_json(c, None)).collect();
-                return json!({ "branch": name, "testing": testing, "queued": queued });
-            };
             let from = if p.branch.is_none_or(|x| x == name) {
                 p.offset.min(all.len())
             } else {
@@ -588,7 +528,7 @@ pub fn queue_json(
                 .map(|c| change_json(c, None))
                 .collect();
             json!({ "branch": name, "testing": testing, "queued": queued,
-                    "queued_total": all.len(), "offset": from })
+                    "queued_total": all.len(), "offset": from, "limit": p.limit })
         })
         .collect();
     Some(json!({ "repo": repo, "branches": branches }))

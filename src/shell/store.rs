@@ -593,6 +593,10 @@ impl Store {
 /// Deleting what retention no longer keeps.
 pub mod retention;
 
+/// Read-only connections used off the driver task.
+pub mod reader;
+pub use reader::Reader;
+
 mod channel_rows {
     use rusqlite::{params, Connection};
 

@@ -98,20 +98,27 @@ pub async fn run(queued: usize, through: usize, clients: usize) -> anyhow::Resul
     // 2. Reads with the queue full, while another client keeps submitting.
     let reads = [
         "/api/v1/repos/pkgs/queue?limit=50".to_string(),
+        // The default page (100) and the largest (1000).
+        "/api/v1/repos/pkgs/queue".to_string(),
+        "/api/v1/repos/pkgs/queue?limit=1000".to_string(),
         format!("/api/v1/repos/pkgs/changes/{}", ids[ids.len() / 2]),
+        "/api/v1/events".to_string(),
         "/metrics".to_string(),
+        "/".to_string(),
     ];
     let bg = {
         let listen = h.listen.clone();
         let token = h.token.clone();
         tokio::spawn(async move {
             let c = crate::shell::client::ApiClient::new(&listen, Some(token));
+            let t = Instant::now();
             for i in 0..400 {
                 let body = serde_json::json!({"ref": "load", "target": "master", "title": format!("bg {i}")});
                 let _ = c
                     .ok(Method::POST, "/api/v1/repos/pkgs/changes", Some(body))
                     .await;
             }
+            400.0 / t.elapsed().as_secs_f64()
         })
     };
     let reader = crate::shell::client::ApiClient::new(&h.listen, None);
@@ -128,7 +135,10 @@ pub async fn run(queued: usize, through: usize, clients: usize) -> anyhow::Resul
             pct(&mut ms, 0.99)
         ));
     }
-    bg.await?;
+    let bg_rate = bg.await?;
+    out.push_str(&format!(
+        "one client submitting while those reads ran: {bg_rate:.0} submissions per second\n"
+    ));
     out.push_str(&format!(
         "server RSS with {queued} queued: {:.1} MB\n",
         rss_mb(pid)

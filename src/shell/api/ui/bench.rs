@@ -48,7 +48,7 @@ fn median(mut times: Vec<f64>) -> (f64, f64, f64) {
 
 /// From the state to the page, as a request for `/repos/pkgs` does it: a real core
 /// holding `n` submitted changes (one batch in flight), the driver's answers to the
-/// `Queue` and `Candidates` queries, then the rendering. Nothing is built or fetched.
+/// `QueuePage` and `Candidates` queries, then the rendering. Nothing is built or fetched.
 fn from_state(n: usize, runs: usize) -> anyhow::Result<String> {
     use crate::core::change::Priority;
     use crate::core::{Core, Submission};
@@ -60,7 +60,6 @@ fn from_state(n: usize, runs: usize) -> anyhow::Result<String> {
         dir.path().display().to_string()
     );
     let config = crate::shell::config::Config::parse(&toml, "bench.toml")?;
-    let store = crate::shell::store::Store::open(&config.db_path())?;
     let mut core = Core::new(config.core_config());
     let now = 1_800_000_000_000;
     for i in 0..n {
@@ -83,7 +82,7 @@ fn from_state(n: usize, runs: usize) -> anyhow::Result<String> {
         // The commands would go to git and SQLite; here they are dropped.
         let _ = core.take_commands();
     }
-    let ask = |q| match crate::shell::status::answer(&config, &core, &store, q, now) {
+    let ask = |q| match crate::shell::status::answer(&config, &core, q, &Default::default(), now) {
         Some(Reply::Json(v)) => v,
         _ => Value::Null,
     };

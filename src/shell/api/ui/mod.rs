@@ -168,7 +168,14 @@ async fn overview(api: &Api, now: i64) -> Resp {
     let mut queues = vec![];
     for r in &api.config.repos {
         let repo = r.name.get_ref().clone();
-        if let Some(q) = ask(api, Query::Queue { repo }).await {
+        // Counts only (`queued_total`): no queued change is turned into JSON here.
+        let q = Query::QueuePage {
+            repo,
+            branch: None,
+            offset: 0,
+            limit: 0,
+        };
+        if let Some(q) = ask(api, q).await {
             queues.push(q);
         }
     }

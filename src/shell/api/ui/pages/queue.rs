@@ -36,7 +36,7 @@ pub fn overview(now_ms: i64, queues: &[Value], channels: &Value, builders: &Valu
                                     }
                                     @if list(b, "testing").is_empty() { span.muted { "idle" } }
                                 }
-                                td.num { (list(b, "queued").len()) }
+                                td.num { (u(b, "queued_total").unwrap_or(0)) }
                             }
                         }
                     }
