@@ -286,7 +286,10 @@ async fn every_route_answers_and_bad_input_is_refused() {
     };
     assert_eq!(limit("/api/v1/repos/pkgs/queue").await, json!(100));
     assert_eq!(limit("/api/v1/repos/pkgs/queue?limit=7").await, json!(7));
-    assert_eq!(limit("/api/v1/repos/pkgs/queue?limit=50000").await, json!(1000));
+    assert_eq!(
+        limit("/api/v1/repos/pkgs/queue?limit=50000").await,
+        json!(1000)
+    );
     assert_eq!(
         r.get("/api/v1/repos/pkgs/queue?limit=-1").await.status,
         StatusCode::BAD_REQUEST

@@ -17,9 +17,13 @@ mod channel;
 #[cfg(test)]
 mod channel_tests;
 mod channel_types;
+pub mod commands;
+#[cfg(test)]
+mod commands_tests;
 mod effects;
 pub mod evaluation;
 mod evidence;
+pub mod forge;
 mod messages;
 pub mod outcome;
 mod queue;

@@ -9,6 +9,7 @@ pub mod channel;
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod forge;
 pub mod git;
 pub mod nix;
 pub mod refname;
