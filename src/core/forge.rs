@@ -62,3 +62,38 @@ pub enum ForgeEvent {
         action: String,
     },
 }
+
+impl ForgeEvent {
+    /// One line for the events log; `None` for events the queue ignores.
+    pub fn summary(&self) -> Option<String> {
+        Some(match self {
+            ForgeEvent::PullRequest { action, pr, sender } => {
+                let what = match action {
+                    PullAction::Opened => "opened".to_string(),
+                    PullAction::Pushed => format!("pushed to {}", short(&pr.head_sha)),
+                    PullAction::Closed if pr.merged => "merged".to_string(),
+                    PullAction::Closed => "closed".to_string(),
+                    PullAction::Reopened => "reopened".to_string(),
+                    PullAction::Labeled(l) => format!("labeled {l:?}"),
+                    PullAction::Unlabeled(l) => format!("unlabeled {l:?}"),
+                    PullAction::Other(_) => return None,
+                };
+                format!("forge: pull request #{} {what} by {sender}", pr.number)
+            }
+            ForgeEvent::Comment { pr, author, .. } => {
+                format!("forge: comment by {author} on pull request #{pr}")
+            }
+            ForgeEvent::MergeGroupRequested(g) => {
+                format!("forge: merge group {} requested checks", short(&g.head_sha))
+            }
+            ForgeEvent::MergeGroupDestroyed(g) => {
+                format!("forge: merge group {} destroyed", short(&g.head_sha))
+            }
+            ForgeEvent::Ignored { .. } => return None,
+        })
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}

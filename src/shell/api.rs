@@ -25,6 +25,9 @@ use crate::shell::status::{
 /// The web UI: HTML pages on the same router, beside the JSON API.
 pub mod ui;
 
+/// Webhook deliveries from forges.
+mod forge;
+
 pub struct Api {
     pub config: Config,
     pub token: Option<String>,
@@ -322,6 +325,10 @@ impl Api {
                         return error(StatusCode::NOT_FOUND, format!("unknown channel {name:?}"))
                     }
                 }
+            }
+            (&Method::POST, ["api", "v1", "forge", repo, "webhook"]) => {
+                let repo = repo.to_string();
+                return self.webhook(req, &repo).await;
             }
             (_, ["api", "v1", "repos", repo, rest @ ..]) => {
                 if self.config.repo(repo).is_none() {

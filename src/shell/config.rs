@@ -9,6 +9,10 @@ use toml::Spanned;
 
 use crate::core::{ChannelConfig, CoreConfig, LaneConfig, Millis, RepoConfig};
 
+/// `[repos.forge]`.
+pub mod forge;
+pub use forge::{ForgeConfig, ForgeKind, ForgeMode};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -89,6 +93,14 @@ pub struct Http {
     /// Largest request body accepted (413 beyond).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Largest webhook delivery accepted (413 beyond; the next resync catches up). Pull
+    /// request payloads carry the description and are larger than API requests.
+    #[serde(default = "default_max_webhook")]
+    pub max_webhook_bytes: usize,
+}
+
+fn default_max_webhook() -> usize {
+    1024 * 1024
 }
 
 fn default_max_connections() -> usize {
@@ -111,6 +123,7 @@ impl Default for Http {
             header_timeout_secs: default_header_timeout(),
             body_timeout_secs: default_body_timeout(),
             max_body_bytes: default_max_body(),
+            max_webhook_bytes: default_max_webhook(),
         }
     }
 }
@@ -135,9 +148,17 @@ pub struct Retention {
     /// Events older than this are deleted.
     #[serde(default = "default_events_days")]
     pub events_days: u64,
+    /// Webhook delivery ids older than this are forgotten (a redelivery after that is
+    /// processed again; GitHub redelivers at most 3 days back).
+    #[serde(default = "default_deliveries_days")]
+    pub deliveries_days: u64,
     /// Seconds between two prunes of the database.
     #[serde(default = "default_prune_interval")]
     pub prune_interval_secs: u64,
+}
+
+fn default_deliveries_days() -> u64 {
+    7
 }
 
 fn default_keep_in_memory() -> usize {
@@ -167,6 +188,7 @@ impl Default for Retention {
             attempts_days: default_attempts_days(),
             evaluations_days: default_evaluations_days(),
             events_days: default_events_days(),
+            deliveries_days: default_deliveries_days(),
             prune_interval_secs: default_prune_interval(),
         }
     }
@@ -306,6 +328,9 @@ pub struct Repo {
     /// URL prefixes the jobset may fetch during evaluation (`fetchTarball` and friends).
     #[serde(default)]
     pub allowed_uris: Vec<String>,
+    /// Pull requests on GitHub, Gitea or Forgejo (`docs/forge.md`).
+    #[serde(default)]
+    pub forge: Option<ForgeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -478,6 +503,9 @@ impl Config {
                     "repo name must be non-empty and contain no '/'".into(),
                 ));
             }
+            if let Some(f) = &repo.forge {
+                f.validate()?;
+            }
             let mut branches = std::collections::BTreeSet::new();
             for b in &repo.branches {
                 if !branches.insert(b.name.get_ref()) {
@@ -517,6 +545,7 @@ impl Config {
             ("http.header_timeout_secs", h.header_timeout_secs),
             ("http.body_timeout_secs", h.body_timeout_secs),
             ("http.max_body_bytes", h.max_body_bytes as u64),
+            ("http.max_webhook_bytes", h.max_webhook_bytes as u64),
             (
                 "retention.prune_interval_secs",
                 self.retention.prune_interval_secs,

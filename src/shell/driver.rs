@@ -54,6 +54,13 @@ pub enum Msg {
     },
     Built(BuildReport),
     /// Liveness check for the systemd watchdog.
+    /// A verified webhook delivery: `Ok(true)` when new, `Ok(false)` for a duplicate.
+    Delivery {
+        repo: String,
+        delivery: crate::shell::forge::webhook::Delivery,
+        event: crate::core::forge::ForgeEvent,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
     Ping {
         reply: oneshot::Sender<()>,
     },
@@ -241,6 +248,21 @@ impl Driver {
                 };
                 self.core.handle(input, now);
                 self.flush()?;
+            }
+            Msg::Delivery {
+                repo,
+                delivery,
+                event,
+                reply,
+            } => {
+                let new = self
+                    .store
+                    .record_delivery(&repo, &delivery.id, &delivery.event, now)
+                    .map_err(|e| e.to_string());
+                if let Ok(true) = new {
+                    self.on_forge_event(&repo, event, now)?;
+                }
+                let _ = reply.send(new);
             }
             Msg::Ping { reply } => {
                 let _ = reply.send(());
@@ -544,6 +566,25 @@ impl Driver {
         });
     }
 
+    /// A new webhook delivery: what it says goes to the events log.
+    fn on_forge_event(
+        &mut self,
+        repo: &str,
+        event: crate::core::forge::ForgeEvent,
+        now: Millis,
+    ) -> anyhow::Result<()> {
+        let Some(text) = event.summary() else {
+            return Ok(());
+        };
+        let record = Record::Event {
+            at: now,
+            repo: repo.to_string(),
+            text,
+        };
+        self.store.apply(&[&record])?;
+        Ok(())
+    }
+
     fn answer(&self, q: Query, facts: &StoreFacts) -> Option<Reply> {
         crate::shell::status::answer(&self.config, &self.core, q, facts, now_ms())
     }
@@ -665,7 +706,7 @@ pub fn load_token(config: &Config) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn read_secret(p: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_secret(p: &Path) -> anyhow::Result<String> {
     // A file named by the unit's credentials wins over the literal path: with
     // LoadCredential the original path is not readable by the service user.
     let name = p
@@ -678,6 +719,6 @@ fn read_secret(p: &Path) -> anyhow::Result<String> {
         crate::shell::systemd::credential(&name).unwrap_or_else(|| p.to_path_buf())
     };
     let t = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read the API token: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the secret: {e}", path.display()))?;
     Ok(t.trim().to_string())
 }

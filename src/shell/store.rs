@@ -136,6 +136,17 @@ pub fn migrations() -> Migrations<'static> {
             CREATE INDEX attempts_finished ON attempts(finished_at);
             CREATE INDEX evaluations_created ON evaluations(created_at);",
         ),
+        // v7: webhook deliveries seen, so a redelivery is not processed twice.
+        M::up(
+            "CREATE TABLE deliveries (
+                repo TEXT NOT NULL,
+                id TEXT NOT NULL,
+                event TEXT NOT NULL,
+                at INTEGER NOT NULL,
+                PRIMARY KEY (repo, id)
+            );
+            CREATE INDEX deliveries_at ON deliveries(at);",
+        ),
     ])
 }
 
@@ -572,6 +583,21 @@ impl Store {
             .prepare("SELECT builder, class, COUNT(*) FROM attempts GROUP BY builder, class ORDER BY builder, class")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Remembers a webhook delivery; `false` when it was seen before (a duplicate).
+    pub fn record_delivery(
+        &mut self,
+        repo: &str,
+        id: &str,
+        event: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO deliveries (repo, id, event, at) VALUES (?1, ?2, ?3, ?4)",
+            params![repo, id, event, now],
+        )?;
+        Ok(n == 1)
     }
 
     pub fn events_after(

@@ -8,31 +8,13 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::core::forge::{ForgeEvent, MergeGroup, PullAction, PullRequest};
+pub use crate::shell::config::ForgeKind;
 
-/// Which forge sent a delivery, and so which headers carry what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ForgeKind {
-    Github,
-    Gitea,
-    Forgejo,
-}
-
-impl ForgeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ForgeKind::Github => "github",
-            ForgeKind::Gitea => "gitea",
-            ForgeKind::Forgejo => "forgejo",
-        }
-    }
-
-    fn prefix(self) -> &'static str {
-        match self {
-            ForgeKind::Github => "x-github-",
-            ForgeKind::Gitea => "x-gitea-",
-            ForgeKind::Forgejo => "x-forgejo-",
-        }
+fn header_prefix(kind: ForgeKind) -> &'static str {
+    match kind {
+        ForgeKind::Github => "x-github-",
+        ForgeKind::Gitea => "x-gitea-",
+        ForgeKind::Forgejo => "x-forgejo-",
     }
 }
 
@@ -103,7 +85,7 @@ pub fn verify(
     mac.verify_slice(&sig)
         .map_err(|_| WebhookError::BadSignature)?;
     let header = |suffix: &str| {
-        let name = format!("{}{suffix}", kind.prefix());
+        let name = format!("{}{suffix}", header_prefix(kind));
         headers
             .get(&name)
             .map(str::to_string)

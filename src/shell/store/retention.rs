@@ -32,6 +32,7 @@ pub struct Pruned {
     pub events: usize,
     pub memo: usize,
     pub channel_advances: usize,
+    pub deliveries: usize,
 }
 
 impl Pruned {
@@ -43,6 +44,7 @@ impl Pruned {
             + self.events
             + self.memo
             + self.channel_advances
+            + self.deliveries
     }
 }
 
@@ -94,6 +96,11 @@ impl Store {
             "DELETE FROM memo WHERE drv IN (SELECT drv FROM memo
              WHERE expires_at IS NOT NULL AND expires_at < ?1 LIMIT ?2)",
             now,
+        )?;
+        p.deliveries = self.delete_batched(
+            "DELETE FROM deliveries WHERE rowid IN
+             (SELECT rowid FROM deliveries WHERE at < ?1 LIMIT ?2)",
+            cutoff(now, r.deliveries_days),
         )?;
         let (attempts, files) = self.prune_attempts(cutoff(now, r.attempts_days), logs_dir)?;
         p.attempts = attempts;
