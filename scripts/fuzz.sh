@@ -13,7 +13,7 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "cargo fuzz needs a nightly toolchain: rustup toolchain install nightly" >&2
   exit 1
 fi
-for t in config machines nix_eval_jobs_line api_body refname webhook commands; do
+for t in config machines nix_eval_jobs_line api_body refname webhook commands derivation; do
   mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
   cargo +nightly fuzz run "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
     -max_total_time="$SECS" -max_len=4096 -timeout=10 -rss_limit_mb=1024

@@ -1,0 +1,23 @@
+//! What mergequeue reads from Nix about derivations and builds: `nix show-derivation` JSON,
+//! `nix --version` lines, build logs classified into outcomes, and the log tails kept.
+//! Any input: no panic, and the tail stays within its bounds.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use mergequeue::shell::builder::{parse_show_derivation, parse_version_line};
+use mergequeue::shell::nix::build::{classify, tail_of};
+use mergequeue::shell::nix::output::{clean_message, truncate};
+
+fuzz_target!(|data: &[u8]| {
+    for (drv, info) in parse_show_derivation(data) {
+        assert!(!info.features.iter().any(|f| f.contains(char::is_whitespace)), "{drv}");
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = parse_version_line(&text);
+    let code = data.first().map(|&b| b as i32 - 128);
+    let _ = classify("/nix/store/aaaa-x.drv", code, &text);
+    let tail = tail_of(&text, 20, 512);
+    assert!(tail.len() <= 512, "tail of {} bytes", tail.len());
+    let _ = clean_message(&text);
+    // At most 100 bytes and the ellipsis (3 bytes).
+    assert!(truncate(&text, 100).len() <= 103);
+});
