@@ -569,6 +569,8 @@ fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec
                     title: format!("{:?}", case.changes[i]),
                     author: "alice".into(),
                     priority: Priority::Normal,
+                    pr: None,
+                    approver: None,
                 },
                 run.now,
             )

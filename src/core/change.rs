@@ -98,6 +98,12 @@ pub struct Change {
     /// Milliseconds since the epoch, like every time in the core.
     pub submitted_at: Millis,
     pub updated_at: Millis,
+    /// The pull request it came from, on the repository's forge.
+    #[serde(default)]
+    pub pr: Option<u64>,
+    /// Who approved it (on the forge; `r=NAME` approves in NAME's name).
+    #[serde(default)]
+    pub approver: Option<String>,
 }
 
 impl Change {

@@ -97,3 +97,112 @@ impl ForgeEvent {
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
+
+/// What a user may do in the repository, as the forge's collaborator-permission endpoint
+/// answers (`admin`, `maintain`, `write`, `triage`, `read`, `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    Admin,
+    Maintain,
+    Write,
+    Triage,
+    Read,
+    None,
+}
+
+impl Permission {
+    pub fn parse(s: &str) -> Permission {
+        match s {
+            "admin" | "owner" => Permission::Admin,
+            "maintain" => Permission::Maintain,
+            "write" => Permission::Write,
+            "triage" => Permission::Triage,
+            "read" => Permission::Read,
+            _ => Permission::None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Admin => "admin",
+            Permission::Maintain => "maintain",
+            Permission::Write => "write",
+            Permission::Triage => "triage",
+            Permission::Read => "read",
+            Permission::None => "none",
+        }
+    }
+
+    /// Approving, cancelling, prioritising and retrying need write access or more.
+    pub fn may_approve(self) -> bool {
+        matches!(
+            self,
+            Permission::Admin | Permission::Maintain | Permission::Write
+        )
+    }
+}
+
+/// What the shell learned from the forge, for the core to decide on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgeInput {
+    /// A comment's commands, with the pull request as it is now and the commenter's
+    /// permission, both read from the forge when the comment arrived.
+    Commands {
+        repo: String,
+        pr: PullRequest,
+        author: String,
+        permission: Permission,
+        commands:
+            Vec<Result<crate::core::commands::BotCommand, crate::core::commands::CommandError>>,
+    },
+    /// Something happened to a pull request (a push, closing, reopening).
+    Pull {
+        repo: String,
+        action: PullAction,
+        pr: PullRequest,
+    },
+}
+
+/// A commit status's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusState {
+    Pending,
+    Success,
+    Failure,
+    Error,
+}
+
+/// What mergequeue tells the forge. Stored in the outbox with the step that decided it,
+/// delivered (and retried) by the shell until the forge took it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ForgeCommand {
+    Status {
+        sha: String,
+        state: StatusState,
+        /// At most 140 characters (GitHub's limit).
+        description: String,
+    },
+    Comment {
+        pr: u64,
+        body: String,
+    },
+    /// After the push that landed it: Gitea and Forgejo are told (`manually-merged`);
+    /// GitHub sees it by itself.
+    MarkMerged {
+        pr: u64,
+        sha: String,
+    },
+}
+
+/// `s` cut to GitHub's 140 characters for a status description.
+pub fn status_description(s: &str) -> String {
+    const MAX: usize = 140;
+    if s.chars().count() <= MAX {
+        return s.to_string();
+    }
+    let cut: String = s.chars().take(MAX - 1).collect();
+    format!("{cut}…")
+}

@@ -39,6 +39,11 @@ pub enum Record {
         channel: String,
         advance: Advance,
     },
+    /// Something to tell the repository's forge, kept in the outbox until delivered.
+    Forge {
+        repo: String,
+        command: crate::core::forge::ForgeCommand,
+    },
 }
 
 /// Effects for the shell. Each is idempotent and carries the id its result refers to.
@@ -335,4 +340,7 @@ pub struct Submission {
     pub title: String,
     pub author: String,
     pub priority: Priority,
+    /// The pull request it comes from, when it came from the forge.
+    pub pr: Option<u64>,
+    pub approver: Option<String>,
 }

@@ -26,6 +26,9 @@ mod evidence;
 pub mod forge;
 mod messages;
 pub mod outcome;
+mod pulls;
+#[cfg(test)]
+mod pulls_tests;
 mod queue;
 pub mod scheduler;
 mod snapshot;
@@ -171,6 +174,7 @@ pub struct Core {
     fx: effects::Effects,
     /// Changes and candidates in memory beyond which the next input prunes (`prune`).
     prune_at: usize,
+    pulls: pulls::Pulls,
 }
 
 impl Core {
@@ -209,6 +213,7 @@ impl Core {
             fx,
             config,
             prune_at: 0,
+            pulls: pulls::Pulls::default(),
         }
     }
 
@@ -271,7 +276,9 @@ impl Core {
 
     /// Drains the commands produced so far.
     pub fn take_commands(&mut self) -> Vec<Command> {
-        self.fx.take()
+        let mut cmds = self.fx.take();
+        self.pull_answers(&mut cmds);
+        cmds
     }
 
     pub fn next_wakeup(&self) -> Option<Millis> {
@@ -352,6 +359,16 @@ impl Core {
     /// Cancels a queued or testing change. A change whose candidate is already being
     /// landed cannot be cancelled: it may already be on the target.
     pub fn cancel(&mut self, id: ChangeId, now: Millis) -> Result<Change, Refusal> {
+        self.cancel_with(id, "cancelled by request", now)
+    }
+
+    /// [`Core::cancel`], saying why.
+    pub fn cancel_with(
+        &mut self,
+        id: ChangeId,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Change, Refusal> {
         let change = self.queue.changes.get(&id).ok_or(Refusal::UnknownChange)?;
         match change.state {
             ChangeState::Queued => {}
@@ -371,14 +388,33 @@ impl Core {
         self.queue.set_state(
             id,
             ChangeState::Cancelled,
-            Some("cancelled by request".into()),
+            Some(reason.to_string()),
             now,
             &mut self.fx,
         );
         let repo = self.queue.changes[&id].repo.clone();
-        self.fx.event(now, &repo, format!("cancelled #{id}"));
+        self.fx
+            .event(now, &repo, format!("cancelled #{id}: {reason}"));
         self.tick(now);
         Ok(self.queue.changes[&id].clone())
+    }
+
+    /// Moves a queued change to another priority class (a testing one keeps its place in
+    /// its candidate; the new priority counts if it is queued again).
+    pub fn set_priority(&mut self, id: ChangeId, priority: change::Priority, now: Millis) {
+        let Some(c) = self.queue.changes.get_mut(&id) else {
+            return;
+        };
+        if c.state.is_final() || c.priority == priority {
+            return;
+        }
+        c.priority = priority;
+        c.updated_at = now;
+        let (repo, rec) = (c.repo.clone(), Record::Change(c.clone()));
+        self.fx.record(rec);
+        self.fx
+            .event(now, &repo, format!("#{id} is now {}", priority.as_str()));
+        self.tick(now);
     }
 
     /// Takes a builder out of service (running builds finish) or puts it back.

@@ -89,6 +89,8 @@ impl Queue {
             landed_commit: None,
             submitted_at: now,
             updated_at: now,
+            pr: s.pr,
+            approver: s.approver,
         };
         fx.event(
             now,
@@ -265,6 +267,8 @@ mod tests {
             title: "t".into(),
             author: "a".into(),
             priority: prio,
+            pr: None,
+            approver: None,
         };
         q.submit(cfg, s, now, &mut Effects::default()).unwrap().id
     }

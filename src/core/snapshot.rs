@@ -31,7 +31,8 @@ impl Snapshot {
             Record::Memo { drv, memo } => {
                 self.memo.insert(drv.clone(), memo.clone());
             }
-            Record::Event { .. } => {}
+            // The outbox is the shell's to deliver; nothing restored reads it.
+            Record::Event { .. } | Record::Forge { .. } => {}
             Record::BuilderDrained { builder, drained } => {
                 if *drained {
                     self.drained.insert(builder.clone());

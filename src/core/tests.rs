@@ -362,6 +362,8 @@ impl Sim {
                     title: format!("change {head}"),
                     author: "alice".into(),
                     priority,
+                    pr: None,
+                    approver: None,
                 },
                 self.now,
             )

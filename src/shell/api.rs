@@ -480,6 +480,8 @@ impl Api {
             title: b.title,
             author: b.author,
             priority,
+            pr: None,
+            approver: None,
         };
         let (reply, rx) = oneshot::channel();
         if self

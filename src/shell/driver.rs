@@ -319,6 +319,9 @@ impl Driver {
                 | Record::BuilderDrained { .. }
                 | Record::Channel(_)
                 | Record::ChannelAdvance { .. } => {}
+                Record::Forge { repo, command } => log::debug!(
+                    repo = repo.as_str(); "[{repo}] to the forge: {command:?}"
+                ),
             }
         }
         for cmd in cmds {

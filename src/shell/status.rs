@@ -156,6 +156,8 @@ pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Va
         "submitted_at": c.submitted_at,
         "updated_at": c.updated_at,
         "candidate": candidate.map(|k| k.id),
+        "pr": c.pr,
+        "approver": c.approver,
     })
 }
 

@@ -147,6 +147,20 @@ pub fn migrations() -> Migrations<'static> {
             );
             CREATE INDEX deliveries_at ON deliveries(at);",
         ),
+        // v8: changes from pull requests; what mergequeue still has to tell the forge.
+        M::up(
+            "ALTER TABLE changes ADD COLUMN pr INTEGER;
+            ALTER TABLE changes ADD COLUMN approver TEXT;
+            CREATE INDEX changes_pr ON changes(repo, pr);
+            CREATE TABLE forge_outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                repo TEXT NOT NULL,
+                command TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_at INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT
+            );",
+        ),
     ])
 }
 
@@ -201,8 +215,8 @@ impl Store {
                 Record::Change(c) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO changes (id, repo, target, git_ref, submitted_head, head, title, author,
-                         priority, state, reason, landed_commit, submitted_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                         priority, state, reason, landed_commit, submitted_at, updated_at, pr, approver)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                         params![
                             c.id,
                             c.repo,
@@ -217,7 +231,9 @@ impl Store {
                             c.reason,
                             c.landed_commit,
                             c.submitted_at,
-                            c.updated_at
+                            c.updated_at,
+                            c.pr,
+                            c.approver
                         ],
                     )?;
                 }
@@ -266,6 +282,12 @@ impl Store {
                 Record::ChannelAdvance { channel, advance } => {
                     channel_rows::put_advance(&tx, channel, advance)?
                 }
+                Record::Forge { repo, command } => {
+                    tx.execute(
+                        "INSERT INTO forge_outbox (repo, command) VALUES (?1, ?2)",
+                        params![repo, serde_json::to_string(command).expect("serialisable")],
+                    )?;
+                }
             }
         }
         tx.commit()?;
@@ -307,7 +329,7 @@ impl Store {
     ) -> Result<Vec<Change>, StoreError> {
         let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, target, git_ref, submitted_head, head, title, author, priority, state, reason,
-             landed_commit, submitted_at, updated_at FROM changes WHERE {cond} ORDER BY id"
+             landed_commit, submitted_at, updated_at, pr, approver FROM changes WHERE {cond} ORDER BY id"
         ))?;
         let rows = st.query_map(params, |r| {
             Ok((
@@ -326,6 +348,8 @@ impl Store {
                     landed_commit: r.get(11)?,
                     submitted_at: r.get(12)?,
                     updated_at: r.get(13)?,
+                    pr: r.get(14)?,
+                    approver: r.get(15)?,
                 },
                 r.get::<_, String>(8)?,
                 r.get::<_, String>(9)?,

@@ -245,7 +245,7 @@ impl CoreQueue {
                     return false;
                 }
             }
-            Record::ChannelAdvance { .. } => {}
+            Record::ChannelAdvance { .. } | Record::Forge { .. } => {}
             Record::Event { text, .. } => {
                 if std::env::var_os("MQ_SIM_DEBUG").is_some() {
                     eprintln!("[{:8.3} h] {text}", env.now as f64 / 3.6e6);
@@ -677,6 +677,8 @@ impl Queue for CoreQueue {
             title: format!("p{}: update", ch.root),
             author: "sim".into(),
             priority: Priority::Normal,
+            pr: None,
+            approver: None,
         };
         match self.core.submit(s, env.now) {
             Ok(_) => self.submitted += 1,

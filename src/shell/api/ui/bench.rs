@@ -76,6 +76,8 @@ fn from_state(n: usize, runs: usize) -> anyhow::Result<String> {
                 Priority::Normal,
                 Priority::Low,
             ][i % 4],
+            pr: None,
+            approver: None,
         };
         core.submit(sub, now + i as i64)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
