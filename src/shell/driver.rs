@@ -22,6 +22,9 @@ use crate::shell::nix::eval::NixEval;
 use crate::shell::status::{Query, Reply, StoreFacts};
 use crate::shell::store::{Reader, Store};
 
+/// The driver's forge side.
+mod forge;
+
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -61,6 +64,8 @@ pub enum Msg {
         event: crate::core::forge::ForgeEvent,
         reply: oneshot::Sender<Result<bool, String>>,
     },
+    /// What the forge said, read and typed by the shell, for the core.
+    Forge(crate::core::forge::ForgeInput),
     Ping {
         reply: oneshot::Sender<()>,
     },
@@ -100,6 +105,8 @@ pub struct Driver {
     tmp: PathBuf,
     channels: BTreeMap<String, Arc<crate::shell::channel::ChannelShell>>,
     reader: Reader,
+    /// Per repository with `[repos.forge]`: its API client and bot.
+    forges: BTreeMap<String, forge::ForgeShell>,
 }
 
 impl Driver {
@@ -150,6 +157,7 @@ impl Driver {
         std::fs::create_dir_all(&tmp)?;
         let (tx, rx) = mpsc::channel(1024);
         let reader = Reader::new(&config.db_path());
+        let forges = forge::open(&config)?;
         Ok(Driver {
             config,
             core,
@@ -162,6 +170,7 @@ impl Driver {
             tmp,
             channels,
             reader,
+            forges,
         })
     }
 
@@ -182,6 +191,7 @@ impl Driver {
         self.flush()?;
         let pruner = tokio::spawn(prune_periodically(self.config.clone()));
         let _stop_pruner = AbortOnDrop(pruner);
+        let _stop_outbox = self.spawn_outbox().map(AbortOnDrop);
         loop {
             let wake = self.core.next_wakeup();
             let sleep = async {
@@ -263,6 +273,10 @@ impl Driver {
                     self.on_forge_event(&repo, event, now)?;
                 }
                 let _ = reply.send(new);
+            }
+            Msg::Forge(input) => {
+                self.core.forge(input, now);
+                self.flush()?;
             }
             Msg::Ping { reply } => {
                 let _ = reply.send(());
@@ -567,25 +581,6 @@ impl Driver {
             };
             let _ = tx.send(msg).await;
         });
-    }
-
-    /// A new webhook delivery: what it says goes to the events log.
-    fn on_forge_event(
-        &mut self,
-        repo: &str,
-        event: crate::core::forge::ForgeEvent,
-        now: Millis,
-    ) -> anyhow::Result<()> {
-        let Some(text) = event.summary() else {
-            return Ok(());
-        };
-        let record = Record::Event {
-            at: now,
-            repo: repo.to_string(),
-            text,
-        };
-        self.store.apply(&[&record])?;
-        Ok(())
     }
 
     fn answer(&self, q: Query, facts: &StoreFacts) -> Option<Reply> {

@@ -1,0 +1,247 @@
+//! The forge's REST API, the calls mergequeue makes (`docs/forge.md`): read a pull
+//! request, a user's permission, the token's own login; post a commit status, a comment,
+//! and (Gitea, Forgejo) mark a pull request merged. HTTPS with rustls and the system's
+//! certificate authorities (`SSL_CERT_FILE` is honoured).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::core::forge::{ForgeCommand, Permission, PullRequest, StatusState};
+use crate::shell::config::{ForgeConfig, ForgeKind};
+
+/// Longest wait for one forge request.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    #[error("{method} {url}: {status}: {body}")]
+    Status {
+        method: Method,
+        url: String,
+        status: StatusCode,
+        body: String,
+        /// `Retry-After`, or the wait until `X-RateLimit-Reset` when the limit is spent.
+        retry_after: Option<Duration>,
+    },
+    #[error("{method} {url}: {msg}")]
+    Transport {
+        method: Method,
+        url: String,
+        msg: String,
+    },
+    #[error("{0}")]
+    Shape(String),
+}
+
+impl ForgeError {
+    /// How long the forge asked to be left alone, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ForgeError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+pub struct ForgeClient {
+    kind: ForgeKind,
+    api_url: String,
+    repository: String,
+    token: Option<String>,
+    http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl ForgeClient {
+    pub fn new(cfg: &ForgeConfig, token: Option<String>) -> std::io::Result<ForgeClient> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(ForgeClient {
+            kind: cfg.kind,
+            api_url: cfg.api_url.get_ref().trim_end_matches('/').to_string(),
+            repository: cfg.repository.get_ref().clone(),
+            token,
+            http: Client::builder(TokioExecutor::new()).build(https),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ForgeError> {
+        let url = format!("{}{path}", self.api_url);
+        let transport = |msg: String| ForgeError::Transport {
+            method: method.clone(),
+            url: url.clone(),
+            msg,
+        };
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header("user-agent", "mergequeue")
+            .header("accept", "application/json");
+        if let Some(t) = &self.token {
+            // GitHub takes `Bearer`; Gitea and Forgejo document `token`.
+            let auth = match self.kind {
+                ForgeKind::Github => format!("Bearer {t}"),
+                ForgeKind::Gitea | ForgeKind::Forgejo => format!("token {t}"),
+            };
+            req = req.header("authorization", auth);
+        }
+        let bytes = match &body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                serde_json::to_vec(b).expect("json")
+            }
+            None => vec![],
+        };
+        let req = req
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| transport(e.to_string()))?;
+        let resp = tokio::time::timeout(TIMEOUT, self.http.request(req))
+            .await
+            .map_err(|_| transport(format!("no answer within {TIMEOUT:?}")))?
+            .map_err(|e| transport(e.to_string()))?;
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers(), status);
+        let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| transport("body too slow".into()))?
+            .map_err(|e| transport(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(ForgeError::Status {
+                method,
+                url,
+                status,
+                body: crate::shell::nix::output::truncate(&String::from_utf8_lossy(&body), 500),
+                retry_after,
+            });
+        }
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&body).map_err(|e| ForgeError::Shape(format!("{url}: {e}")))
+    }
+
+    fn repo_path(&self, rest: &str) -> String {
+        format!("/repos/{}{rest}", self.repository)
+    }
+
+    /// The pull request as it is now.
+    pub async fn pull(&self, number: u64) -> Result<PullRequest, ForgeError> {
+        let v = self
+            .call(
+                Method::GET,
+                &self.repo_path(&format!("/pulls/{number}")),
+                None,
+            )
+            .await?;
+        crate::shell::forge::webhook::pull_request(&v).map_err(|e| ForgeError::Shape(e.to_string()))
+    }
+
+    /// What `user` may do in the repository.
+    pub async fn permission(&self, user: &str) -> Result<Permission, ForgeError> {
+        let v = self
+            .call(
+                Method::GET,
+                &self.repo_path(&format!("/collaborators/{user}/permission")),
+                None,
+            )
+            .await?;
+        // `role_name` says `maintain` where `permission` says `write` (GitHub).
+        let p = v["role_name"]
+            .as_str()
+            .filter(|r| *r == "maintain")
+            .or_else(|| v["permission"].as_str())
+            .unwrap_or("none");
+        Ok(Permission::parse(p))
+    }
+
+    /// The token's own login: comments by it are the bot's own.
+    pub async fn whoami(&self) -> Result<String, ForgeError> {
+        let v = self.call(Method::GET, "/user", None).await?;
+        v["login"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ForgeError::Shape("/user has no login".into()))
+    }
+
+    /// Performs one outbox command.
+    pub async fn deliver(&self, cmd: &ForgeCommand, context: &str) -> Result<(), ForgeError> {
+        match cmd {
+            ForgeCommand::Status {
+                sha,
+                state,
+                description,
+            } => {
+                let state = match state {
+                    StatusState::Pending => "pending",
+                    StatusState::Success => "success",
+                    StatusState::Failure => "failure",
+                    StatusState::Error => "error",
+                };
+                let body =
+                    json!({ "state": state, "description": description, "context": context });
+                self.call(
+                    Method::POST,
+                    &self.repo_path(&format!("/statuses/{sha}")),
+                    Some(body),
+                )
+                .await?;
+            }
+            ForgeCommand::Comment { pr, body } => {
+                let body = json!({ "body": body });
+                self.call(
+                    Method::POST,
+                    &self.repo_path(&format!("/issues/{pr}/comments")),
+                    Some(body),
+                )
+                .await?;
+            }
+            ForgeCommand::MarkMerged { pr, sha } => {
+                // GitHub marks a pull request merged when its head reaches the base.
+                if self.kind != ForgeKind::Github {
+                    let body = json!({ "Do": "manually-merged", "MergeCommitID": sha });
+                    self.call(
+                        Method::POST,
+                        &self.repo_path(&format!("/pulls/{pr}/merge")),
+                        Some(body),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The wait a 429 or a rate-limited 403 asks for.
+fn retry_after(h: &hyper::HeaderMap, status: StatusCode) -> Option<Duration> {
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+    if let Some(secs) = get("retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs));
+    }
+    let limited = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::FORBIDDEN && get("x-ratelimit-remaining") == Some("0"));
+    if !limited {
+        return None;
+    }
+    let reset = get("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
+}

@@ -1,0 +1,333 @@
+//! Pull requests drive the queue, end to end: the real binary, real git and nix, and a
+//! stateful fake Gitea on loopback (the forge cannot run here). A maintainer's `r+` in a
+//! signed webhook comment queues the pull request's head; it is built and lands; the forge
+//! is told (pending, then success statuses, a landing comment, `manually-merged`), although
+//! it answered 502 for a while. A commenter without write access is refused on the pull
+//! request and nothing is queued. A push after approval removes the approval.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::harness;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use mergequeue::shell::forge::webhook::sign;
+use mergequeue::tools::harness::{git, BranchOpts, Harness};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SECRET: &str = "e2e webhook secret";
+
+/// The fake forge's state: pull requests, permissions, and every request it was sent.
+#[derive(Default)]
+struct Forge {
+    pulls: BTreeMap<u64, Value>,
+    permissions: BTreeMap<String, &'static str>,
+    requests: Vec<(String, String, Value)>,
+    /// Answer this many writes with 502 first (an outage).
+    fail_writes: usize,
+}
+
+type Shared = Arc<Mutex<Forge>>;
+
+async fn serve_forge(state: Shared) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        let (method, path) =
+                            (req.method().to_string(), req.uri().path().to_string());
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let (status, answer) =
+                            answer(&state, &method, &path, auth.as_deref(), body);
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(answer.to_string())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/api/v1")
+}
+
+/// Gitea's answers, in the shapes of its API description (`/api/v1`).
+fn answer(
+    state: &Shared,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let mut f = state.lock().unwrap();
+    if auth != Some("token forge-token") {
+        return (401, json!({"message": "token is required"}));
+    }
+    let rest = path.strip_prefix("/api/v1/repos/nix/pkgs").unwrap_or("");
+    let parts: Vec<&str> = rest.split('/').skip(1).collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["pulls", n]) => match n.parse().ok().and_then(|n: u64| f.pulls.get(&n)) {
+            Some(p) => (200, p.clone()),
+            None => (404, json!({"message": "not found"})),
+        },
+        ("GET", ["collaborators", user, "permission"]) => {
+            let p = f.permissions.get(*user).copied().unwrap_or("none");
+            (
+                200,
+                json!({"permission": p, "role_name": p, "user": {"login": user}}),
+            )
+        }
+        ("POST", ["statuses", _] | ["issues", _, "comments"] | ["pulls", _, "merge"]) => {
+            if f.fail_writes > 0 {
+                f.fail_writes -= 1;
+                return (502, json!({"message": "bad gateway"}));
+            }
+            f.requests.push((method.into(), rest.into(), body));
+            (201, json!({}))
+        }
+        _ => (404, json!({"message": format!("no route {method} {path}")})),
+    }
+}
+
+fn pull_json(number: u64, head: &str) -> Value {
+    json!({
+        "number": number, "state": "open", "title": format!("pull request {number}"),
+        "user": {"login": "alice"}, "merged": false,
+        "head": {"sha": head, "ref": format!("pr-{number}")}, "base": {"ref": "master"}
+    })
+}
+
+async fn deliver(h: &Harness, event: &str, id: &str, body: &Value) -> u16 {
+    let body = serde_json::to_vec(body).unwrap();
+    let sig = sign(SECRET.as_bytes(), &body);
+    let req = format!(
+        "POST /api/v1/forge/pkgs/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nX-Gitea-Event: {event}\r\nX-Gitea-Delivery: {id}\r\nX-Gitea-Signature: {sig}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(&h.listen).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn comment(pr: u64, user: &str, text: &str) -> Value {
+    json!({"action": "created", "is_pull": true,
+           "issue": {"number": pr, "pull_request": {"merged": false}},
+           "comment": {"id": 1, "body": text, "user": {"login": user}},
+           "sender": {"login": user}})
+}
+
+/// Waits until `done` holds of the forge's requests.
+async fn wait_for(state: &Shared, what: &str, done: impl Fn(&[(String, String, Value)]) -> bool) {
+    let t = Instant::now();
+    while !done(&state.lock().unwrap().requests) {
+        assert!(
+            t.elapsed() < common::LONG,
+            "timed out waiting for {what}; the forge saw {:#?}",
+            state.lock().unwrap().requests
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let state: Shared = Arc::default();
+    let api_url = serve_forge(state.clone()).await;
+    let (secret_file, token_file) = (
+        dir.path().join("webhook-secret"),
+        dir.path().join("forge-token"),
+    );
+    std::fs::write(&secret_file, SECRET).unwrap();
+    std::fs::write(&token_file, "forge-token\n").unwrap();
+    let opts = BranchOpts {
+        extra_toml: format!(
+            "[repos.forge]\nkind = \"gitea\"\napi_url = {api_url:?}\nrepository = \"nix/pkgs\"\n\
+             token_file = {:?}\nwebhook_secret_file = {:?}\n",
+            token_file.display().to_string(),
+            secret_file.display().to_string()
+        ),
+        ..BranchOpts::default()
+    };
+    let mut h = harness(dir.path(), 12, 3, opts);
+    // Pull requests 7 and 8, published as the forge publishes them: refs/pull/N/head.
+    let head7 = h
+        .change("pr-7", "zlib: bump", |s| s.bump("zlib").map(|_| ()))
+        .unwrap();
+    let head8 = h
+        .change("pr-8", "another", |s| s.bump("zlib").map(|_| ()))
+        .unwrap();
+    for (n, head) in [(7, &head7), (8, &head8)] {
+        git(
+            &h.upstream,
+            &["update-ref", &format!("refs/pull/{n}/head"), head],
+        )
+        .unwrap();
+    }
+    {
+        let mut f = state.lock().unwrap();
+        f.pulls.insert(7, pull_json(7, &head7));
+        f.pulls.insert(8, pull_json(8, &head8));
+        f.permissions.insert("bob".into(), "write");
+        f.permissions.insert("carol".into(), "read");
+        f.fail_writes = 3;
+    }
+    h.start_server().await.unwrap();
+
+    // Someone without write access: one reply, nothing queued.
+    assert_eq!(
+        deliver(
+            &h,
+            "issue_comment",
+            "c-1",
+            &comment(8, "carol", "@mergequeue r+")
+        )
+        .await,
+        202
+    );
+    wait_for(&state, "the refusal", |r| {
+        r.iter().any(|(_, p, b)| {
+            p == "/issues/8/comments" && b["body"].as_str().unwrap_or("").contains("write access")
+        })
+    })
+    .await;
+
+    // A maintainer approves #7: it lands, and the forge hears all of it despite the 502s.
+    assert_eq!(
+        deliver(
+            &h,
+            "issue_comment",
+            "c-2",
+            &comment(7, "bob", "Thanks!\n@mergequeue r+")
+        )
+        .await,
+        202
+    );
+    let t = Instant::now();
+    let landed = loop {
+        let (_, c) = h
+            .client
+            .call(hyper::Method::GET, "/api/v1/repos/pkgs/changes/1", None)
+            .await
+            .unwrap();
+        if c["state"] == "merged" {
+            break c;
+        }
+        assert!(c["state"] != "rejected", "{c}");
+        assert!(t.elapsed() < common::LONG, "not landed: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (landed["pr"].as_u64(), landed["ref"].as_str()),
+        (Some(7), Some("refs/pull/7/head"))
+    );
+    assert_eq!(landed["approver"], "bob");
+    let master = h.upstream_head("master").unwrap();
+    assert_eq!(landed["landed_commit"].as_str(), Some(master.as_str()));
+    wait_for(&state, "the landing answers", |r| {
+        r.iter().any(|(_, p, _)| p == "/pulls/7/merge")
+    })
+    .await;
+    let reqs = state.lock().unwrap().requests.clone();
+    let on7: Vec<&(String, String, Value)> = reqs
+        .iter()
+        .filter(|(_, p, _)| p.contains(&head7) || p.contains("/7/"))
+        .collect();
+    let states: Vec<&str> = on7
+        .iter()
+        .filter(|(_, p, _)| p.starts_with("/statuses/"))
+        .map(|(_, _, b)| b["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"pending"), "{on7:#?}");
+    assert_eq!(states.last(), Some(&"success"), "{on7:#?}");
+    assert!(on7
+        .iter()
+        .all(|(_, p, b)| !p.starts_with("/statuses/") || b["context"] == "mergequeue"));
+    assert!(on7.iter().any(
+        |(_, p, b)| p == "/issues/7/comments" && b["body"].as_str().unwrap().contains(&master)
+    ));
+    let merge = on7.iter().find(|(_, p, _)| p == "/pulls/7/merge").unwrap();
+    assert_eq!(
+        merge.2,
+        json!({"Do": "manually-merged", "MergeCommitID": master})
+    );
+    // Nothing else was queued: carol's command did nothing.
+    let (status, _) = h
+        .client
+        .call(hyper::Method::GET, "/api/v1/repos/pkgs/changes/2", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+
+    // #8 approved, then pushed to: the approval is removed, on the pull request too.
+    assert_eq!(
+        deliver(
+            &h,
+            "issue_comment",
+            "c-3",
+            &comment(8, "bob", "@mergequeue r+")
+        )
+        .await,
+        202
+    );
+    let t = Instant::now();
+    while h
+        .client
+        .call(hyper::Method::GET, "/api/v1/repos/pkgs/changes/2", None)
+        .await
+        .unwrap()
+        .0
+        != 200
+    {
+        assert!(t.elapsed() < common::LONG);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new8 = "8".repeat(40);
+    let push = json!({"action": "synchronized", "number": 8, "pull_request": pull_json(8, &new8), "sender": {"login": "alice"}});
+    assert_eq!(deliver(&h, "pull_request", "p-1", &push).await, 202);
+    let c = h.wait_final(&[2], common::LONG).await.unwrap();
+    assert_eq!(c[0]["state"], "cancelled", "{}", c[0]);
+    wait_for(&state, "the unapproval", |r| {
+        r.iter()
+            .any(|(_, p, b)| p == &format!("/statuses/{new8}") && b["state"] == "error")
+            && r.iter().any(|(_, p, b)| {
+                p == "/issues/8/comments"
+                    && b["body"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("approval is removed")
+            })
+    })
+    .await;
+    h.stop_server(false).unwrap();
+}
