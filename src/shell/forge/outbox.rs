@@ -144,9 +144,15 @@ pub async fn run(db: std::path::PathBuf, forges: BTreeMap<String, Outbound>, eve
         }
     };
     loop {
-        if let Err(e) = deliver_due(&mut store, &forges, crate::shell::driver::now_ms()).await {
+        if let Err(e) = deliver_due(&mut store, &forges, now_ms()).await {
             log::warn!("forge outbox: {e}");
         }
         tokio::time::sleep(every).await;
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
