@@ -275,6 +275,27 @@ async fn every_route_answers_and_bad_input_is_refused() {
     let cancelled = r.call(Method::DELETE, &path, Some(&token), "").await;
     assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.json());
     assert_eq!(cancelled.json()["state"], "cancelled");
+    // The change list, newest first, by state.
+    let list = r.get("/api/v1/repos/pkgs/changes?state=cancelled").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.json()[0]["id"].as_u64(), Some(id), "{:?}", list.json());
+    let queued = r
+        .get("/api/v1/repos/pkgs/changes?state=queued")
+        .await
+        .json();
+    assert!(queued
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["state"] == "queued"));
+    assert_eq!(
+        r.get("/api/v1/repos/pkgs/changes?state=done").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        r.get("/api/v1/repos/pkgs/changes?limit=x").await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // One page of the queue, and a candidate that does not exist.
     let page = r.get("/api/v1/repos/pkgs/queue?limit=1&offset=0").await;

@@ -155,7 +155,8 @@ impl Api {
             q @ (Query::Events { .. }
             | Query::Attempts { .. }
             | Query::Log { .. }
-            | Query::StoredChange { .. }) => self.ask_store(q).await,
+            | Query::StoredChange { .. }
+            | Query::Changes { .. }) => self.ask_store(q).await,
             q if StoreFacts::needed(&q) => {
                 let (facts, q) = self
                     .driver
@@ -369,6 +370,38 @@ impl Api {
                         }
                     },
                     (&Method::POST, ["changes"]) => return self.submit(req, repo).await,
+                    (&Method::GET, ["changes"]) => {
+                        let state = match query_param(&query, "state") {
+                            None => None,
+                            Some(s) => match ChangeState::parse(&s) {
+                                Some(s) => Some(s),
+                                None => {
+                                    return error(
+                                        StatusCode::BAD_REQUEST,
+                                        format!("state {s:?} is not queued, testing, merged, rejected or cancelled"),
+                                    )
+                                }
+                            },
+                        };
+                        let num = |name, default| {
+                            query_param(&query, name).map_or(Some(default), |v| v.parse().ok())
+                        };
+                        let (Some(limit), Some(offset)) =
+                            (num("limit", QUEUE_PAGE_DEFAULT), num("offset", 0))
+                        else {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "offset and limit must be numbers",
+                            );
+                        };
+                        let q = Query::Changes {
+                            repo,
+                            state,
+                            limit,
+                            offset,
+                        };
+                        self.ask_store(q).await
+                    }
                     (&Method::GET, ["changes", id]) => match id.parse() {
                         Ok(id) => self.ask(Query::Change { repo, id }).await,
                         Err(_) => {

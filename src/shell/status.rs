@@ -52,6 +52,13 @@ pub enum Query {
     Channels {
         name: Option<String>,
     },
+    /// A page of a repo's changes, newest first (from the database, which holds them all).
+    Changes {
+        repo: String,
+        state: Option<ChangeState>,
+        limit: usize,
+        offset: usize,
+    },
     /// A change as the database holds it (after `Change` found none in memory).
     StoredChange {
         repo: String,
@@ -128,6 +135,15 @@ pub fn from_store(store: &Store, q: Query) -> Result<Option<Reply>, Query> {
             let a = store.attempt(attempt).ok()??;
             Some(Reply::Text(read_log(a.log_path.as_deref()?).ok()?))
         })(),
+        Query::Changes {
+            repo,
+            state,
+            limit,
+            offset,
+        } => store
+            .changes_page(&repo, state.map(|s| s.as_str()), limit.min(QUEUE_PAGE_MAX), offset)
+            .ok()
+            .map(|cs| Reply::Json(Value::Array(cs.iter().map(|c| change_json(c, None)).collect()))),
         // A final change the engine no longer holds.
         Query::StoredChange { repo, id } => store
             .change(id)
@@ -231,7 +247,8 @@ pub fn answer(
         Query::Events { .. }
         | Query::Attempts { .. }
         | Query::Log { .. }
-        | Query::StoredChange { .. } => return None,
+        | Query::StoredChange { .. }
+        | Query::Changes { .. } => return None,
     })
 }
 

@@ -322,6 +322,23 @@ impl Store {
         Ok(self.changes_where("id = ?1", [id as i64])?.pop())
     }
 
+    /// One page of a repo's stored changes, newest first, of one `state` or all.
+    pub fn changes_page(
+        &self,
+        repo: &str,
+        state: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut page = self.changes_where(
+            "id IN (SELECT id FROM changes WHERE repo = ?1 AND (?2 IS NULL OR state = ?2)
+                    ORDER BY id DESC LIMIT ?3 OFFSET ?4)",
+            params![repo, state, limit as i64, offset as i64],
+        )?;
+        page.reverse();
+        Ok(page)
+    }
+
     fn changes_where<P: rusqlite::Params>(
         &self,
         cond: &str,
