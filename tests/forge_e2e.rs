@@ -29,6 +29,8 @@ struct Forge {
     pulls: BTreeMap<u64, Value>,
     permissions: BTreeMap<String, &'static str>,
     requests: Vec<(String, String, Value)>,
+    /// Comments, as `GET …/issues/comments` lists them.
+    comments: Vec<Value>,
     /// Answer this many writes with 502 first (an outage).
     fail_writes: usize,
 }
@@ -48,6 +50,7 @@ async fn serve_forge(state: Shared) -> String {
                     async move {
                         let (method, path) =
                             (req.method().to_string(), req.uri().path().to_string());
+                        let query = req.uri().query().unwrap_or("").to_string();
                         let auth = req
                             .headers()
                             .get("authorization")
@@ -55,7 +58,7 @@ async fn serve_forge(state: Shared) -> String {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                         let (status, answer) =
-                            answer(&state, &method, &path, auth.as_deref(), body);
+                            answer(&state, &method, &path, &query, auth.as_deref(), body);
                         Ok::<_, std::convert::Infallible>(
                             Response::builder()
                                 .status(status)
@@ -79,6 +82,7 @@ fn answer(
     state: &Shared,
     method: &str,
     path: &str,
+    query: &str,
     auth: Option<&str>,
     body: Value,
 ) -> (u16, Value) {
@@ -93,6 +97,40 @@ fn answer(
             Some(p) => (200, p.clone()),
             None => (404, json!({"message": "not found"})),
         },
+        // One page of everything (page 1; the lists here are short).
+        ("GET", ["pulls"]) => {
+            let open: Vec<Value> = f
+                .pulls
+                .values()
+                .filter(|p| p["state"] == "open")
+                .cloned()
+                .collect();
+            (
+                200,
+                Value::Array(if param(query, "page") == "1" {
+                    open
+                } else {
+                    vec![]
+                }),
+            )
+        }
+        ("GET", ["issues", "comments"]) => {
+            let since = param(query, "since");
+            let list: Vec<Value> = f
+                .comments
+                .iter()
+                .filter(|c| c["created_at"].as_str().unwrap() >= since.as_str())
+                .cloned()
+                .collect();
+            (
+                200,
+                Value::Array(if param(query, "page") == "1" {
+                    list
+                } else {
+                    vec![]
+                }),
+            )
+        }
         ("GET", ["collaborators", user, "permission"]) => {
             let p = f.permissions.get(*user).copied().unwrap_or("none");
             (
@@ -110,6 +148,13 @@ fn answer(
         }
         _ => (404, json!({"message": format!("no route {method} {path}")})),
     }
+}
+
+fn param(query: &str, name: &str) -> String {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 fn pull_json(number: u64, head: &str) -> Value {
@@ -139,10 +184,11 @@ async fn deliver(h: &Harness, event: &str, id: &str, body: &Value) -> u16 {
         .unwrap_or(0)
 }
 
-fn comment(pr: u64, user: &str, text: &str) -> Value {
+/// A new comment (ids are unique on a forge: a comment seen again is not acted on again).
+fn comment(id: u64, pr: u64, user: &str, text: &str) -> Value {
     json!({"action": "created", "is_pull": true,
            "issue": {"number": pr, "pull_request": {"merged": false}},
-           "comment": {"id": 1, "body": text, "user": {"login": user}},
+           "comment": {"id": id, "body": text, "user": {"login": user}},
            "sender": {"login": user}})
 }
 
@@ -210,7 +256,7 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
             &h,
             "issue_comment",
             "c-1",
-            &comment(8, "carol", "@mergequeue r+")
+            &comment(101, 8, "carol", "@mergequeue r+")
         )
         .await,
         202
@@ -228,7 +274,7 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
             &h,
             "issue_comment",
             "c-2",
-            &comment(7, "bob", "Thanks!\n@mergequeue r+")
+            &comment(102, 7, "bob", "Thanks!\n@mergequeue r+")
         )
         .await,
         202
@@ -295,7 +341,7 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
             &h,
             "issue_comment",
             "c-3",
-            &comment(8, "bob", "@mergequeue r+")
+            &comment(103, 8, "bob", "@mergequeue r+")
         )
         .await,
         202
@@ -329,5 +375,56 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
             })
     })
     .await;
+
+    // While mergequeue is down, #8 gets a new head and bob approves it. The resync after
+    // the restart finds the comment and acts on it, once.
+    h.stop_server(false).unwrap();
+    let head8b = h
+        .change("pr-8b", "another, again", |s| s.bump("zlib").map(|_| ()))
+        .unwrap();
+    git(&h.upstream, &["update-ref", "refs/pull/8/head", &head8b]).unwrap();
+    {
+        let mut f = state.lock().unwrap();
+        f.pulls.insert(8, pull_json(8, &head8b));
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        f.comments.push(json!({
+            "id": 500, "body": "@mergequeue r+", "user": {"login": "bob"}, "created_at": now,
+            "issue_url": "http://forge/api/v1/repos/nix/pkgs/issues/8",
+            "pull_request_url": "http://forge/nix/pkgs/pulls/8"
+        }));
+    }
+    h.start_server().await.unwrap();
+    let t = Instant::now();
+    let c = loop {
+        let (status, c) = h
+            .client
+            .call(hyper::Method::GET, "/api/v1/repos/pkgs/changes/3", None)
+            .await
+            .unwrap();
+        if status == 200 {
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the missed comment was not acted on"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (c["pr"].as_u64(), c["head"].as_str()),
+        (Some(8), Some(head8b.as_str()))
+    );
+    let c = h.wait_final(&[3], common::LONG).await.unwrap();
+    assert_eq!(c[0]["state"], "merged", "{}", c[0]);
+    // Another restart reads the same comment again (the resync overlaps): nothing new.
+    h.stop_server(false).unwrap();
+    h.start_server().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, _) = h
+        .client
+        .call(hyper::Method::GET, "/api/v1/repos/pkgs/changes/4", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "the missed comment was acted on twice");
     h.stop_server(false).unwrap();
 }

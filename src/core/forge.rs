@@ -162,6 +162,12 @@ pub enum ForgeInput {
         action: PullAction,
         pr: PullRequest,
     },
+    /// Every open pull request, read in full at a resync: what the queue holds of the
+    /// others was closed, and a moved head was pushed to, while nobody was listening.
+    Open {
+        repo: String,
+        open: Vec<PullRequest>,
+    },
 }
 
 /// A commit status's state.

@@ -68,36 +68,7 @@ impl Core {
                 }
             }
             ForgeInput::Pull { repo, action, pr } => match action {
-                PullAction::Pushed => {
-                    let Some(c) = self.pull_change(&repo, pr.number) else {
-                        return;
-                    };
-                    if c.head == pr.head_sha {
-                        return;
-                    }
-                    let reason = format!(
-                        "new commits were pushed ({}): the approval is removed; approve again to queue it",
-                        super::change::short(&pr.head_sha)
-                    );
-                    if self.cancel_with(c.id, &reason, now).is_ok() {
-                        self.answer(
-                            &repo,
-                            ForgeCommand::Status {
-                                sha: pr.head_sha.clone(),
-                                state: StatusState::Error,
-                                description: status_description(&reason),
-                            },
-                        );
-                        let body = format!("#{} {reason}.", c.id);
-                        self.answer(
-                            &repo,
-                            ForgeCommand::Comment {
-                                pr: pr.number,
-                                body,
-                            },
-                        );
-                    }
-                }
+                PullAction::Pushed => self.pushed(&repo, &pr, now),
                 PullAction::Closed if !pr.merged => {
                     if let Some(c) = self.pull_change(&repo, pr.number) {
                         let _ = self.cancel_with(c.id, "the pull request was closed", now);
@@ -106,6 +77,55 @@ impl Core {
                 // Reopening does not approve again; labels are not read yet.
                 _ => {}
             },
+            ForgeInput::Open { repo, open } => {
+                let active: Vec<Change> = self
+                    .queue
+                    .changes
+                    .values()
+                    .filter(|c| c.repo == repo && c.pr.is_some() && !c.state.is_final())
+                    .cloned()
+                    .collect();
+                for c in active {
+                    match open.iter().find(|p| Some(p.number) == c.pr) {
+                        Some(p) => self.pushed(&repo, p, now),
+                        None => {
+                            let _ = self.cancel_with(c.id, "the pull request was closed", now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pull request's head is `pr.head_sha` now: an approval of another head is void.
+    fn pushed(&mut self, repo: &str, pr: &PullRequest, now: Millis) {
+        let Some(c) = self.pull_change(repo, pr.number) else {
+            return;
+        };
+        if c.head == pr.head_sha {
+            return;
+        }
+        let reason = format!(
+            "new commits were pushed ({}): the approval is removed; approve again to queue it",
+            super::change::short(&pr.head_sha)
+        );
+        if self.cancel_with(c.id, &reason, now).is_ok() {
+            self.answer(
+                repo,
+                ForgeCommand::Status {
+                    sha: pr.head_sha.clone(),
+                    state: StatusState::Error,
+                    description: status_description(&reason),
+                },
+            );
+            let body = format!("#{} {reason}.", c.id);
+            self.answer(
+                repo,
+                ForgeCommand::Comment {
+                    pr: pr.number,
+                    body,
+                },
+            );
         }
     }
 

@@ -237,6 +237,42 @@ fn closing_cancels_and_reopening_does_not_approve_again() {
 }
 
 #[test]
+fn a_resync_cancels_what_was_closed_and_unapproves_what_moved() {
+    let mut c = core();
+    say(&mut c, &pr(1), "bob", Permission::Write, "@mergequeue r+");
+    let mut other = pr(1);
+    other.number = 9;
+    say(&mut c, &other, "bob", Permission::Write, "@mergequeue r+");
+    let ids: Vec<u64> = c.changes().map(|ch| ch.id).collect();
+    // #7 was closed while nobody listened; #9 was pushed to.
+    let mut moved = pr(5);
+    moved.number = 9;
+    c.forge(
+        ForgeInput::Open {
+            repo: "pkgs".into(),
+            open: vec![moved.clone()],
+        },
+        3_000,
+    );
+    let out = forge_out(&mut c);
+    for id in ids {
+        assert_eq!(c.change(id).unwrap().state, ChangeState::Cancelled);
+    }
+    assert!(comments(&out)
+        .iter()
+        .any(|b| b.contains("approval is removed")));
+    // The same list again changes nothing.
+    c.forge(
+        ForgeInput::Open {
+            repo: "pkgs".into(),
+            open: vec![moved],
+        },
+        4_000,
+    );
+    assert!(forge_out(&mut c).is_empty());
+}
+
+#[test]
 fn cancel_retry_and_priority() {
     let mut c = core();
     let out = say(&mut c, &pr(1), "bob", Permission::Write, "@mergequeue r-");

@@ -66,6 +66,14 @@ pub enum Msg {
     },
     /// What the forge said, read and typed by the shell, for the core.
     Forge(crate::core::forge::ForgeInput),
+    /// A comment a resync found (posted while mergequeue was not listening).
+    MissedComment {
+        repo: String,
+        pr: u64,
+        comment_id: u64,
+        author: String,
+        body: String,
+    },
     Ping {
         reply: oneshot::Sender<()>,
     },
@@ -192,6 +200,7 @@ impl Driver {
         let pruner = tokio::spawn(prune_periodically(self.config.clone()));
         let _stop_pruner = AbortOnDrop(pruner);
         let _stop_outbox = self.spawn_outbox().map(AbortOnDrop);
+        let _stop_resyncs: Vec<_> = self.spawn_resyncs().into_iter().map(AbortOnDrop).collect();
         loop {
             let wake = self.core.next_wakeup();
             let sleep = async {
@@ -274,6 +283,13 @@ impl Driver {
                 }
                 let _ = reply.send(new);
             }
+            Msg::MissedComment {
+                repo,
+                pr,
+                comment_id,
+                author,
+                body,
+            } => self.on_comment(&repo, pr, comment_id, author, body, now)?,
             Msg::Forge(input) => {
                 self.core.forge(input, now);
                 self.flush()?;

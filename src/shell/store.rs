@@ -161,6 +161,18 @@ pub fn migrations() -> Migrations<'static> {
                 last_error TEXT
             );",
         ),
+        // v9: comments acted on (a webhook and a resync may both bring one), and how far
+        // each forge's comments were read at the last resync.
+        M::up(
+            "CREATE TABLE forge_comments (
+                repo TEXT NOT NULL,
+                id INTEGER NOT NULL,
+                at INTEGER NOT NULL,
+                PRIMARY KEY (repo, id)
+            );
+            CREATE INDEX forge_comments_at ON forge_comments(at);
+            CREATE TABLE forge_sync (repo TEXT PRIMARY KEY, since INTEGER NOT NULL);",
+        ),
     ])
 }
 
@@ -624,6 +636,35 @@ impl Store {
             .prepare("SELECT builder, class, COUNT(*) FROM attempts GROUP BY builder, class ORDER BY builder, class")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Remembers a comment acted on; `false` when it was seen before.
+    pub fn comment_seen(&mut self, repo: &str, id: u64, now: Millis) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO forge_comments (repo, id, at) VALUES (?1, ?2, ?3)",
+            params![repo, id as i64, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Where the last resync of `repo`'s comments ended (milliseconds).
+    pub fn sync_since(&self, repo: &str) -> Result<Option<Millis>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT since FROM forge_sync WHERE repo = ?1",
+                [repo],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_sync_since(&self, repo: &str, since: Millis) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO forge_sync (repo, since) VALUES (?1, ?2)",
+            params![repo, since],
+        )?;
+        Ok(())
     }
 
     /// Remembers a webhook delivery; `false` when it was seen before (a duplicate).

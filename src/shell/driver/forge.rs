@@ -18,6 +18,7 @@ pub(super) struct ForgeShell {
     client: Arc<ForgeClient>,
     bot: String,
     context: String,
+    resync: Duration,
 }
 
 /// A client per repository with `[repos.forge]`.
@@ -42,6 +43,7 @@ pub(super) fn open(config: &Config) -> anyhow::Result<BTreeMap<String, ForgeShel
                 client: Arc::new(client),
                 bot: f.bot.get_ref().clone(),
                 context: f.status_context.clone(),
+                resync: Duration::from_secs(*f.resync_secs.get_ref()),
             },
         );
     }
@@ -88,9 +90,9 @@ impl Driver {
             };
             self.store.apply(&[&record])?;
         }
-        let Some(f) = self.forges.get(repo) else {
+        if !self.forges.contains_key(repo) {
             return Ok(());
-        };
+        }
         match event {
             ForgeEvent::PullRequest { action, pr, .. } => {
                 let input = ForgeInput::Pull {
@@ -102,36 +104,11 @@ impl Driver {
                 self.flush()?;
             }
             ForgeEvent::Comment {
-                pr, author, body, ..
-            } => {
-                // The bot's own comments (a GitHub App comments as `NAME[bot]`).
-                let own = author.eq_ignore_ascii_case(&f.bot)
-                    || author.eq_ignore_ascii_case(&format!("{}[bot]", f.bot));
-                let commands = commands::parse(&body, &f.bot);
-                if own || commands.is_empty() {
-                    return Ok(());
-                }
-                let (client, tx, repo) = (f.client.clone(), self.tx.clone(), repo.to_string());
-                tokio::spawn(async move {
-                    // Asked when the command arrives, never cached: access can be revoked.
-                    let facts = tokio::try_join!(client.pull(pr), client.permission(&author));
-                    match facts {
-                        Ok((pr, permission)) => {
-                            let input = ForgeInput::Commands {
-                                repo,
-                                pr,
-                                author,
-                                permission,
-                                commands,
-                            };
-                            let _ = tx.send(Msg::Forge(input)).await;
-                        }
-                        Err(e) => log::warn!(
-                            "[{repo}] commands of {author} on #{pr} not acted on: cannot read the forge: {e}"
-                        ),
-                    }
-                });
-            }
+                pr,
+                comment_id,
+                author,
+                body,
+            } => self.on_comment(repo, pr, comment_id, author, body, now)?,
             // merge-group mode is not built yet.
             ForgeEvent::MergeGroupRequested(_)
             | ForgeEvent::MergeGroupDestroyed(_)
@@ -139,4 +116,128 @@ impl Driver {
         }
         Ok(())
     }
+
+    /// A comment, from a webhook or a resync: acted on once (by its id), unless it is the
+    /// bot's own or holds no command; its pull request and the commenter's permission are
+    /// read from the forge first, off this task.
+    pub(super) fn on_comment(
+        &mut self,
+        repo: &str,
+        pr: u64,
+        comment_id: u64,
+        author: String,
+        body: String,
+        now: Millis,
+    ) -> anyhow::Result<()> {
+        let Some(f) = self.forges.get(repo) else {
+            return Ok(());
+        };
+        // The bot's own comments (a GitHub App comments as `NAME[bot]`).
+        let own = author.eq_ignore_ascii_case(&f.bot)
+            || author.eq_ignore_ascii_case(&format!("{}[bot]", f.bot));
+        let commands = commands::parse(&body, &f.bot);
+        if own || commands.is_empty() {
+            return Ok(());
+        }
+        // Id 0: a forge that gave none (some review events); only its delivery id counts.
+        if comment_id != 0 && !self.store.comment_seen(repo, comment_id, now)? {
+            return Ok(());
+        }
+        let (client, tx, repo) = (f.client.clone(), self.tx.clone(), repo.to_string());
+        tokio::spawn(async move {
+            // Asked when the command arrives, never cached: access can be revoked.
+            let facts = tokio::try_join!(client.pull(pr), client.permission(&author));
+            match facts {
+                Ok((pr, permission)) => {
+                    let input = ForgeInput::Commands {
+                        repo,
+                        pr,
+                        author,
+                        permission,
+                        commands,
+                    };
+                    let _ = tx.send(Msg::Forge(input)).await;
+                }
+                Err(e) => log::warn!(
+                    "[{repo}] commands of {author} on #{pr} not acted on: cannot read the forge: {e}"
+                ),
+            }
+        });
+        Ok(())
+    }
+
+    /// The resync tasks: at start and every `resync_secs`, per repository with a forge.
+    pub(super) fn spawn_resyncs(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.forges
+            .iter()
+            .map(|(repo, f)| {
+                let (repo, client, every) = (repo.clone(), f.client.clone(), f.resync);
+                let (tx, db) = (self.tx.clone(), self.config.db_path());
+                tokio::spawn(resync_forever(repo, client, every, tx, db))
+            })
+            .collect()
+    }
+}
+
+/// Reconciles the queue with the forge: the open pull requests in full (closed ones and
+/// moved heads), then the comments made since the last resync (missed while down). The
+/// first resync of a repository reads no old comments: an `r+` from before mergequeue was
+/// set up is not executed.
+async fn resync_forever(
+    repo: String,
+    client: Arc<ForgeClient>,
+    every: Duration,
+    tx: tokio::sync::mpsc::Sender<Msg>,
+    db: std::path::PathBuf,
+) {
+    // Its own connection: the resync's bookmark is nobody else's business.
+    let mut store = match crate::shell::store::Store::open(&db) {
+        Ok(s) => s,
+        Err(e) => return log::error!("[{repo}] resync: {e}"),
+    };
+    loop {
+        let started = super::now_ms();
+        match resync_once(&repo, &client, &tx, &mut store).await {
+            Ok(()) => {
+                if let Err(e) = store.set_sync_since(&repo, started) {
+                    log::warn!("[{repo}] resync: {e}");
+                }
+            }
+            Err(e) => log::warn!("[{repo}] resync with the forge failed, next in {every:?}: {e}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn resync_once(
+    repo: &str,
+    client: &ForgeClient,
+    tx: &tokio::sync::mpsc::Sender<Msg>,
+    store: &mut crate::shell::store::Store,
+) -> anyhow::Result<()> {
+    let open = client.open_pulls().await?;
+    let numbers: std::collections::BTreeSet<u64> = open.iter().map(|p| p.number).collect();
+    let input = ForgeInput::Open {
+        repo: repo.to_string(),
+        open,
+    };
+    tx.send(Msg::Forge(input)).await?;
+    let Some(since) = store.sync_since(repo)? else {
+        return Ok(());
+    };
+    // A minute of overlap: clocks differ; comment ids make seeing one twice harmless.
+    let from = std::time::UNIX_EPOCH + Duration::from_millis((since - 60_000).max(0) as u64);
+    for (pr, comment_id, author, body) in client.comments_since(from).await? {
+        if numbers.contains(&pr) {
+            let msg = Msg::MissedComment {
+                repo: repo.to_string(),
+                pr,
+                comment_id,
+                author,
+                body,
+            };
+            tx.send(msg).await?;
+        }
+    }
+    Ok(())
 }

@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 use crate::core::forge::{ForgeCommand, Permission, PullRequest, StatusState};
 use crate::shell::config::{ForgeConfig, ForgeKind};
 
+/// Items per page of a list.
+const PAGE: usize = 50;
+
 /// Longest wait for one forge request.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -149,6 +152,69 @@ impl ForgeClient {
             )
             .await?;
         crate::shell::forge::webhook::pull_request(&v).map_err(|e| ForgeError::Shape(e.to_string()))
+    }
+
+    /// Every open pull request (pages of 50: GitHub reads `per_page`, Gitea `limit`).
+    pub async fn open_pulls(&self) -> Result<Vec<PullRequest>, ForgeError> {
+        let mut out = vec![];
+        for page in 1..=400 {
+            let path = format!("/pulls?state=open&per_page={PAGE}&limit={PAGE}&page={page}");
+            let v = self.call(Method::GET, &self.repo_path(&path), None).await?;
+            let items = v
+                .as_array()
+                .ok_or_else(|| ForgeError::Shape(format!("{path}: not a list")))?;
+            for p in items {
+                out.push(
+                    crate::shell::forge::webhook::pull_request(p)
+                        .map_err(|e| ForgeError::Shape(e.to_string()))?,
+                );
+            }
+            if items.len() < PAGE {
+                return Ok(out);
+            }
+        }
+        Err(ForgeError::Shape(
+            "more than 20,000 open pull requests".into(),
+        ))
+    }
+
+    /// Comments on the repository's issues and pull requests made since `since`:
+    /// (number, comment id, author, body).
+    pub async fn comments_since(
+        &self,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<(u64, u64, String, String)>, ForgeError> {
+        let since = humantime::format_rfc3339_seconds(since);
+        let mut out = vec![];
+        for page in 1..=400 {
+            let path =
+                format!("/issues/comments?since={since}&per_page={PAGE}&limit={PAGE}&page={page}");
+            let v = self.call(Method::GET, &self.repo_path(&path), None).await?;
+            let items = v
+                .as_array()
+                .ok_or_else(|| ForgeError::Shape(format!("{path}: not a list")))?;
+            for c in items {
+                // `…/issues/N` (GitHub, Gitea) or `…/pulls/N` (Gitea, on pull requests).
+                let number = ["pull_request_url", "issue_url"]
+                    .iter()
+                    .filter_map(|k| c[*k].as_str())
+                    .filter_map(|u| u.rsplit('/').next()?.parse().ok())
+                    .next();
+                let (Some(number), Some(id), Some(author)) =
+                    (number, c["id"].as_u64(), c["user"]["login"].as_str())
+                else {
+                    continue;
+                };
+                let body = c["body"].as_str().unwrap_or("").to_string();
+                out.push((number, id, author.to_string(), body));
+            }
+            if items.len() < PAGE {
+                return Ok(out);
+            }
+        }
+        Err(ForgeError::Shape(
+            "more than 20,000 comments since the last resync".into(),
+        ))
     }
 
     /// What `user` may do in the repository.

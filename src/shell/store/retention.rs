@@ -102,6 +102,11 @@ impl Store {
              (SELECT rowid FROM deliveries WHERE at < ?1 LIMIT ?2)",
             cutoff(now, r.deliveries_days),
         )?;
+        p.deliveries += self.delete_batched(
+            "DELETE FROM forge_comments WHERE rowid IN
+             (SELECT rowid FROM forge_comments WHERE at < ?1 LIMIT ?2)",
+            cutoff(now, r.deliveries_days),
+        )?;
         let (attempts, files) = self.prune_attempts(cutoff(now, r.attempts_days), logs_dir)?;
         p.attempts = attempts;
         p.log_files = files;
