@@ -123,7 +123,8 @@ impl Sshd {
     /// process tree has a command line containing `marker` (e.g. `sleep 6`).
     pub fn daemons_running(&self, marker: &str) -> Vec<u32> {
         let Some(pid) = self.pid else { return vec![] };
-        let daemons: Vec<u32> = descendants(pid)
+        let tree = process_tree();
+        let daemons: Vec<u32> = descendants_in(&tree, pid)
             .into_iter()
             .filter(|p| cmdline(*p).contains("nix-daemon"))
             .collect();
@@ -131,8 +132,16 @@ impl Sshd {
         daemons
             .iter()
             .copied()
-            .filter(|p| !descendants(*p).iter().any(|c| daemons.contains(c)))
-            .filter(|p| descendants(*p).iter().any(|c| cmdline(*c).contains(marker)))
+            .filter(|p| {
+                !descendants_in(&tree, *p)
+                    .iter()
+                    .any(|c| daemons.contains(c))
+            })
+            .filter(|p| {
+                descendants_in(&tree, *p)
+                    .iter()
+                    .any(|c| cmdline(*c).contains(marker))
+            })
             .collect()
     }
 }
@@ -149,8 +158,11 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = vec![];
+/// Every process's children, from one pass over `/proc`. One pass per question: a
+/// pass per process made a poll take seconds on a loaded machine, long enough to miss a
+/// six-second build.
+fn process_tree() -> std::collections::HashMap<u32, Vec<u32>> {
+    let mut tree: std::collections::HashMap<u32, Vec<u32>> = Default::default();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -160,26 +172,29 @@ fn children(pid: u32) -> Vec<u32> {
         };
         // The parent is the second field after the parenthesised command name.
         let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        if after
+        if let Some(parent) = after
             .split_whitespace()
             .nth(1)
             .and_then(|x| x.parse::<u32>().ok())
-            == Some(pid)
         {
-            out.push(p);
+            tree.entry(parent).or_default().push(p);
+        }
+    }
+    tree
+}
+
+fn descendants_in(tree: &std::collections::HashMap<u32, Vec<u32>>, pid: u32) -> Vec<u32> {
+    let mut out = vec![];
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for &c in tree.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            out.push(c);
+            todo.push(c);
         }
     }
     out
 }
 
 pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = vec![];
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for c in children(p) {
-            out.push(c);
-            todo.push(c);
-        }
-    }
-    out
+    descendants_in(&process_tree(), pid)
 }
