@@ -230,8 +230,13 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
     let head7 = h
         .change("pr-7", "zlib: bump", |s| s.bump("zlib").map(|_| ()))
         .unwrap();
+    let slow_leaf = h.set.healthy_leaves()[0].clone();
     let head8 = h
-        .change("pr-8", "another", |s| s.bump("zlib").map(|_| ()))
+        // A slow build never built before: #8 is still testing when the push arrives.
+        .change("pr-8", "another", |s| {
+            s.set_version(&slow_leaf, &common::never_built_version())?;
+            s.set_sleep(&slow_leaf, 30.0)
+        })
         .unwrap();
     for (n, head) in [(7, &head7), (8, &head8)] {
         git(
