@@ -18,8 +18,7 @@ use hyper::{Request, Response};
 use mergequeue::shell::forge::webhook::sign;
 use mergequeue::tools::harness::{git, BranchOpts, Harness};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const SECRET: &str = "e2e webhook secret";
 
@@ -173,15 +172,9 @@ async fn deliver(h: &Harness, event: &str, id: &str, body: &Value) -> u16 {
          Content-Length: {}\r\nX-Gitea-Event: {event}\r\nX-Gitea-Delivery: {id}\r\nX-Gitea-Signature: {sig}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let mut s = TcpStream::connect(&h.listen).await.unwrap();
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(&body).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(&body);
+    common::raw(&h.listen, &bytes).await.0
 }
 
 /// A new comment (ids are unique on a forge: a comment seen again is not acted on again).

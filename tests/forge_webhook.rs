@@ -12,8 +12,6 @@ use hyper::Method;
 use mergequeue::shell::forge::webhook::sign;
 use mergequeue::tools::harness::BranchOpts;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A request's extra headers.
 type Headers = Vec<(String, String)>;
@@ -30,22 +28,10 @@ async fn post(addr: &str, path: &str, headers: &[(String, String)], body: &[u8])
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
-        .await
-        .expect("answered within 20 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let (status, body) = common::raw(addr, &bytes).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// The headers `kind` sends for a delivery of `event` with id `id`, signed over `body`.

@@ -7,34 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::harness;
+use common::{harness, raw};
 use hyper::Method;
 use mergequeue::tools::harness::BranchOpts;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Sends `raw` and reads the answer until the server closes: (status, body).
-async fn raw(addr: &str, raw: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
-        .await
-        .expect("the server answers within 20 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 fn post(path: &str, token: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(

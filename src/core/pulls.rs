@@ -38,32 +38,17 @@ impl Core {
                     return;
                 }
                 if !permission.may_approve() {
-                    let body = format!(
-                        "@{author}: commands need write access to this repository; you have {}. Nothing was done.",
+                    let text = format!(
+                        "commands need write access to this repository; you have {}. Nothing was done.",
                         permission.as_str()
                     );
-                    self.answer(
-                        &repo,
-                        ForgeCommand::Comment {
-                            pr: pr.number,
-                            body,
-                        },
-                    );
+                    self.reply(&repo, pr.number, &author, &text);
                     return;
                 }
                 for c in commands {
                     match c {
                         Ok(c) => self.command(&repo, &pr, &author, c, now),
-                        Err(e) => {
-                            let body = format!("@{author}: {e}");
-                            self.answer(
-                                &repo,
-                                ForgeCommand::Comment {
-                                    pr: pr.number,
-                                    body,
-                                },
-                            );
-                        }
+                        Err(e) => self.reply(&repo, pr.number, &author, &e.to_string()),
                     }
                 }
             }
@@ -139,6 +124,12 @@ impl Core {
             .cloned()
     }
 
+    /// A comment addressed to `author` on the pull request.
+    fn reply(&mut self, repo: &str, pr: u64, author: &str, text: &str) {
+        let body = format!("@{author}: {text}");
+        self.answer(repo, ForgeCommand::Comment { pr, body });
+    }
+
     fn answer(&mut self, repo: &str, command: ForgeCommand) {
         self.fx.record(Record::Forge {
             repo: repo.to_string(),
@@ -147,16 +138,7 @@ impl Core {
     }
 
     fn command(&mut self, repo: &str, pr: &PullRequest, author: &str, c: BotCommand, now: Millis) {
-        let reply = |core: &mut Core, text: String| {
-            let body = format!("@{author}: {text}");
-            core.answer(
-                repo,
-                ForgeCommand::Comment {
-                    pr: pr.number,
-                    body,
-                },
-            );
-        };
+        let reply = |core: &mut Core, text: String| core.reply(repo, pr.number, author, &text);
         let active = self.pull_change(repo, pr.number);
         match c {
             BotCommand::Approve {
@@ -203,16 +185,7 @@ impl Core {
         active: Option<Change>,
         now: Millis,
     ) {
-        let reply = |core: &mut Core, text: String| {
-            let body = format!("@{author}: {text}");
-            core.answer(
-                repo,
-                ForgeCommand::Comment {
-                    pr: pr.number,
-                    body,
-                },
-            );
-        };
+        let reply = |core: &mut Core, text: String| core.reply(repo, pr.number, author, &text);
         if !pr.open {
             return reply(
                 self,

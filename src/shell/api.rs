@@ -224,31 +224,36 @@ impl Api {
         B: Body,
         B::Error: Into<BoxError>,
     {
-        let limit = self.config.http.max_body_bytes;
-        let wait = std::time::Duration::from_secs(self.config.http.body_timeout_secs);
-        let read = http_body_util::Limited::new(req.into_body(), limit).collect();
-        let body = match tokio::time::timeout(wait, read).await {
-            Err(_) => {
-                return Err(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the body did not arrive within {wait:?}"),
-                ))
-            }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is larger than {limit} bytes"),
-                ))
-            }
-            Ok(Err(e)) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read body: {e}"),
-                ))
-            }
-            Ok(Ok(b)) => b.to_bytes(),
-        };
+        let body = self
+            .read_body(req.into_body(), self.config.http.max_body_bytes)
+            .await?;
         parse_json(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))
+    }
+
+    /// Reads a body within `limit` bytes and `[http] body_timeout_secs`: too large is 413,
+    /// too slow 408, a broken one 400.
+    async fn read_body<B>(&self, body: B, limit: usize) -> Result<Bytes, Resp>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        let wait = std::time::Duration::from_secs(self.config.http.body_timeout_secs);
+        let read = http_body_util::Limited::new(body, limit).collect();
+        match tokio::time::timeout(wait, read).await {
+            Err(_) => Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {wait:?}"),
+            )),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {limit} bytes"),
+            )),
+            Ok(Err(e)) => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read body: {e}"),
+            )),
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+        }
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -338,17 +343,9 @@ impl Api {
                 let repo = repo.to_string();
                 match (&method, rest) {
                     (&Method::GET, ["queue"]) => {
-                        // Always one page: `limit` defaults to QUEUE_PAGE_DEFAULT.
-                        let num = |name, default| {
-                            query_param(&query, name).map_or(Some(default), |v| v.parse().ok())
-                        };
-                        let (Some(limit), Some(offset)) =
-                            (num("limit", QUEUE_PAGE_DEFAULT), num("offset", 0))
-                        else {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                "offset and limit must be numbers",
-                            );
+                        let (limit, offset) = match paging(&query) {
+                            Ok(p) => p,
+                            Err(e) => return error(StatusCode::BAD_REQUEST, e),
                         };
                         let branch = query_param(&query, "branch");
                         let q = Query::QueuePage {
@@ -383,16 +380,9 @@ impl Api {
                                 }
                             },
                         };
-                        let num = |name, default| {
-                            query_param(&query, name).map_or(Some(default), |v| v.parse().ok())
-                        };
-                        let (Some(limit), Some(offset)) =
-                            (num("limit", QUEUE_PAGE_DEFAULT), num("offset", 0))
-                        else {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                "offset and limit must be numbers",
-                            );
+                        let (limit, offset) = match paging(&query) {
+                            Ok(p) => p,
+                            Err(e) => return error(StatusCode::BAD_REQUEST, e),
                         };
                         let q = Query::Changes {
                             repo,
@@ -620,6 +610,15 @@ pub fn check_submit_body(body: &[u8]) -> Result<(String, Priority), String> {
 }
 
 /// The first value of `name` in a query string, percent-decoded.
+/// `limit` (default `QUEUE_PAGE_DEFAULT`) and `offset` (default 0) of a list request.
+fn paging(query: &str) -> Result<(usize, usize), &'static str> {
+    let num = |name, default| query_param(query, name).map_or(Some(default), |v| v.parse().ok());
+    match (num("limit", QUEUE_PAGE_DEFAULT), num("offset", 0)) {
+        (Some(limit), Some(offset)) => Ok((limit, offset)),
+        _ => Err("offset and limit must be numbers"),
+    }
+}
+
 fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)

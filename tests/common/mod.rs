@@ -37,6 +37,29 @@ pub fn harness(dir: &std::path::Path, packages: usize, seed: u64, opts: BranchOp
 
 pub mod sshd;
 
+/// Sends `raw` and reads the answer until the server closes: (status, body).
+pub async fn raw(addr: &str, raw: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("the server answers within 20 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 pub const LONG: Duration = Duration::from_secs(300);
 
 /// A package version no earlier run on this machine built: outputs already valid in the

@@ -3,7 +3,6 @@
 //! header, else 401 and nothing changes. A delivery seen before is answered 200 and not
 //! processed again; a new one 202, as soon as its id is stored (the work happens after).
 
-use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::{Request, StatusCode};
 use serde_json::json;
@@ -37,24 +36,12 @@ impl Api {
             None => return error(StatusCode::UNAUTHORIZED, "no webhook secret is configured"),
         };
         let (parts, body) = req.into_parts();
-        let limit = self.config.http.max_webhook_bytes;
-        let wait = std::time::Duration::from_secs(self.config.http.body_timeout_secs);
-        let read = http_body_util::Limited::new(body, limit).collect();
-        let body = match tokio::time::timeout(wait, read).await {
-            Err(_) => {
-                return error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the body did not arrive within {wait:?}"),
-                )
-            }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the delivery is larger than {limit} bytes"),
-                )
-            }
-            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
-            Ok(Ok(b)) => b.to_bytes(),
+        let body = match self
+            .read_body(body, self.config.http.max_webhook_bytes)
+            .await
+        {
+            Ok(b) => b,
+            Err(resp) => return resp,
         };
         let delivery = match webhook::verify(forge.kind, secret.as_bytes(), &parts.headers, &body) {
             Ok(d) => d,
