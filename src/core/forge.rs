@@ -26,6 +26,8 @@ pub enum PullAction {
     Reopened,
     Labeled(String),
     Unlabeled(String),
+    /// The labels it carries now (Gitea and Forgejo say which changed no other way).
+    LabelsSet(Vec<String>),
     /// Edited, assigned and the rest: nothing the queue acts on.
     Other(String),
 }
@@ -76,6 +78,7 @@ impl ForgeEvent {
                     PullAction::Reopened => "reopened".to_string(),
                     PullAction::Labeled(l) => format!("labeled {l:?}"),
                     PullAction::Unlabeled(l) => format!("unlabeled {l:?}"),
+                    PullAction::LabelsSet(ls) => format!("labels set to {ls:?}"),
                     PullAction::Other(_) => return None,
                 };
                 format!("forge: pull request #{} {what} by {sender}", pr.number)

@@ -66,6 +66,11 @@ pub enum Msg {
     },
     /// What the forge said, read and typed by the shell, for the core.
     Forge(crate::core::forge::ForgeInput),
+    /// The forge's name for the token mergequeue uses.
+    ForgeLogin {
+        repo: String,
+        login: String,
+    },
     /// A comment a resync found (posted while mergequeue was not listening).
     MissedComment {
         repo: String,
@@ -115,6 +120,8 @@ pub struct Driver {
     reader: Reader,
     /// Per repository with `[repos.forge]`: its API client and bot.
     forges: BTreeMap<String, forge::ForgeShell>,
+    /// Pull requests seen carrying their repository's `queue_label` (Gitea, Forgejo).
+    labelled: std::collections::BTreeSet<(String, u64)>,
 }
 
 impl Driver {
@@ -179,6 +186,7 @@ impl Driver {
             channels,
             reader,
             forges,
+            labelled: Default::default(),
         })
     }
 
@@ -290,6 +298,7 @@ impl Driver {
                 author,
                 body,
             } => self.on_comment(&repo, pr, comment_id, author, body, now)?,
+            Msg::ForgeLogin { repo, login } => self.on_login(&repo, login),
             Msg::Forge(input) => {
                 self.core.forge(input, now);
                 self.flush()?;

@@ -7,18 +7,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Driver, Msg};
-use crate::core::commands;
-use crate::core::forge::{ForgeEvent, ForgeInput};
+use crate::core::commands::{self, BotCommand};
+use crate::core::forge::{ForgeEvent, ForgeInput, PullAction};
 use crate::core::{Millis, Record};
 use crate::shell::config::Config;
+use crate::shell::forge::app::{AppAuth, Auth};
 use crate::shell::forge::client::ForgeClient;
 use crate::shell::forge::outbox::{self, Outbound};
 
 pub(super) struct ForgeShell {
     client: Arc<ForgeClient>,
     bot: String,
+    /// The token's own login as the forge answered (`GET /user`, or `SLUG[bot]` for a
+    /// GitHub App), once known: its comments are the bot's own too.
+    login: Option<String>,
     context: String,
     resync: Duration,
+    queue_label: Option<String>,
 }
 
 /// A client per repository with `[repos.forge]`.
@@ -26,24 +31,27 @@ pub(super) fn open(config: &Config) -> anyhow::Result<BTreeMap<String, ForgeShel
     let mut out = BTreeMap::new();
     for r in &config.repos {
         let Some(f) = &r.forge else { continue };
-        anyhow::ensure!(
-            f.app_id.is_none(),
-            "repo {:?}: GitHub App authentication (app_id) is not implemented yet; give token_file",
-            r.name.get_ref()
-        );
-        let token = match &f.token_file {
-            Some(p) => Some(super::read_secret(p)?),
-            None => None,
+        let auth = match (&f.token_file, &f.app_id, &f.app_private_key_file) {
+            (Some(p), _, _) => Auth::Token(super::read_secret(p)?),
+            (None, Some(id), Some(key)) => {
+                let pem = super::read_secret(key)?;
+                let app = AppAuth::new(*id.get_ref(), pem.as_bytes(), f.installation_id)
+                    .map_err(|e| anyhow::anyhow!("repo {:?}: {e}", r.name.get_ref()))?;
+                Auth::App(Box::new(app))
+            }
+            _ => Auth::None,
         };
-        let client = ForgeClient::new(f, token)
+        let client = ForgeClient::new(f, auth)
             .map_err(|e| anyhow::anyhow!("repo {:?}: forge client: {e}", r.name.get_ref()))?;
         out.insert(
             r.name.get_ref().clone(),
             ForgeShell {
                 client: Arc::new(client),
                 bot: f.bot.get_ref().clone(),
+                login: None,
                 context: f.status_context.clone(),
                 resync: Duration::from_secs(*f.resync_secs.get_ref()),
+                queue_label: f.queue_label.clone(),
             },
         );
     }
@@ -93,7 +101,28 @@ impl Driver {
         if !self.forges.contains_key(repo) {
             return Ok(());
         }
+        let event = self.label_change(repo, event);
         match event {
+            ForgeEvent::PullRequest {
+                action: PullAction::Labeled(label) | PullAction::Unlabeled(label),
+                ..
+            } if Some(&label) != self.forges[repo].queue_label.as_ref() => {}
+            ForgeEvent::PullRequest {
+                action: action @ (PullAction::Labeled(_) | PullAction::Unlabeled(_)),
+                pr,
+                sender,
+            } => {
+                // The queue label is an approval (or its withdrawal) by whoever set it, with
+                // the same permission check as a comment's `r+` (or `r-`).
+                let command = match action {
+                    PullAction::Labeled(_) => BotCommand::Approve {
+                        approvers: vec![],
+                        priority: None,
+                    },
+                    _ => BotCommand::Cancel,
+                };
+                self.on_commands(repo, pr.number, sender, vec![Ok(command)]);
+            }
             ForgeEvent::PullRequest { action, pr, .. } => {
                 let input = ForgeInput::Pull {
                     repo: repo.to_string(),
@@ -117,6 +146,43 @@ impl Driver {
         Ok(())
     }
 
+    /// Gitea's and Forgejo's `label_updated` carries the new label set: the queue label
+    /// appearing is `Labeled`, disappearing (from a set seen with it) is `Unlabeled`.
+    /// What was seen is kept in memory; after a restart a set without the label cancels
+    /// nothing.
+    fn label_change(&mut self, repo: &str, event: ForgeEvent) -> ForgeEvent {
+        let ForgeEvent::PullRequest {
+            action: PullAction::LabelsSet(labels),
+            pr,
+            sender,
+        } = event
+        else {
+            return event;
+        };
+        let Some(label) = self.forges.get(repo).and_then(|f| f.queue_label.clone()) else {
+            return ForgeEvent::PullRequest {
+                action: PullAction::LabelsSet(labels),
+                pr,
+                sender,
+            };
+        };
+        let key = (repo.to_string(), pr.number);
+        let now = labels.contains(&label);
+        let before = self.labelled.contains(&key);
+        let action = match (before, now) {
+            (false, true) => {
+                self.labelled.insert(key);
+                PullAction::Labeled(label)
+            }
+            (true, false) => {
+                self.labelled.remove(&key);
+                PullAction::Unlabeled(label)
+            }
+            _ => PullAction::LabelsSet(labels),
+        };
+        ForgeEvent::PullRequest { action, pr, sender }
+    }
+
     /// A comment, from a webhook or a resync: acted on once (by its id), unless it is the
     /// bot's own or holds no command; its pull request and the commenter's permission are
     /// read from the forge first, off this task.
@@ -134,7 +200,10 @@ impl Driver {
         };
         // The bot's own comments (a GitHub App comments as `NAME[bot]`).
         let own = author.eq_ignore_ascii_case(&f.bot)
-            || author.eq_ignore_ascii_case(&format!("{}[bot]", f.bot));
+            || author.eq_ignore_ascii_case(&format!("{}[bot]", f.bot))
+            || f.login
+                .as_ref()
+                .is_some_and(|l| author.eq_ignore_ascii_case(l));
         let commands = commands::parse(&body, &f.bot);
         if own || commands.is_empty() {
             return Ok(());
@@ -143,6 +212,22 @@ impl Driver {
         if comment_id != 0 && !self.store.comment_seen(repo, comment_id, now)? {
             return Ok(());
         }
+        self.on_commands(repo, pr, author, commands);
+        Ok(())
+    }
+
+    /// Commands on pull request `pr`: the pull request and the author's permission are read
+    /// from the forge, off this task, then the core decides.
+    fn on_commands(
+        &self,
+        repo: &str,
+        pr: u64,
+        author: String,
+        commands: Vec<Result<BotCommand, commands::CommandError>>,
+    ) {
+        let Some(f) = self.forges.get(repo) else {
+            return;
+        };
         let (client, tx, repo) = (f.client.clone(), self.tx.clone(), repo.to_string());
         tokio::spawn(async move {
             // Asked when the command arrives, never cached: access can be revoked.
@@ -163,7 +248,14 @@ impl Driver {
                 ),
             }
         });
-        Ok(())
+    }
+
+    /// The token's own login, learned by the resync task.
+    pub(super) fn on_login(&mut self, repo: &str, login: String) {
+        if let Some(f) = self.forges.get_mut(repo) {
+            log::info!("[{repo}] the forge knows mergequeue as {login:?}");
+            f.login = Some(login);
+        }
     }
 
     /// The resync tasks: at start and every `resync_secs`, per repository with a forge.
@@ -195,7 +287,22 @@ async fn resync_forever(
         Ok(s) => s,
         Err(e) => return log::error!("[{repo}] resync: {e}"),
     };
+    let mut login_known = false;
     loop {
+        if !login_known {
+            match client.whoami().await {
+                Ok(login) => {
+                    login_known = true;
+                    let _ = tx
+                        .send(Msg::ForgeLogin {
+                            repo: repo.clone(),
+                            login,
+                        })
+                        .await;
+                }
+                Err(e) => log::warn!("[{repo}] cannot read the bot's own login: {e}"),
+            }
+        }
         let started = super::now_ms();
         match resync_once(&repo, &client, &tx, &mut store).await {
             Ok(()) => {

@@ -57,12 +57,12 @@ pub struct ForgeClient {
     kind: ForgeKind,
     api_url: String,
     repository: String,
-    token: Option<String>,
+    auth: super::app::Auth,
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl ForgeClient {
-    pub fn new(cfg: &ForgeConfig, token: Option<String>) -> std::io::Result<ForgeClient> {
+    pub fn new(cfg: &ForgeConfig, auth: super::app::Auth) -> std::io::Result<ForgeClient> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()?
             .https_or_http()
@@ -72,7 +72,7 @@ impl ForgeClient {
             kind: cfg.kind,
             api_url: cfg.api_url.get_ref().trim_end_matches('/').to_string(),
             repository: cfg.repository.get_ref().clone(),
-            token,
+            auth,
             http: Client::builder(TokioExecutor::new()).build(https),
         })
     }
@@ -82,6 +82,34 @@ impl ForgeClient {
         method: Method,
         path: &str,
         body: Option<Value>,
+    ) -> Result<Value, ForgeError> {
+        use super::app::Auth;
+        let auth = match &self.auth {
+            Auth::None => None,
+            // GitHub takes `Bearer`; Gitea and Forgejo document `token`.
+            Auth::Token(t) => Some(match self.kind {
+                ForgeKind::Github => format!("Bearer {t}"),
+                ForgeKind::Gitea | ForgeKind::Forgejo => format!("token {t}"),
+            }),
+            Auth::App(app) => {
+                let t = app
+                    .token(&self.repository, |m, p, jwt| async move {
+                        self.send(m, &p, None, Some(format!("Bearer {jwt}"))).await
+                    })
+                    .await?;
+                Some(format!("Bearer {t}"))
+            }
+        };
+        self.send(method, path, body, auth).await
+    }
+
+    /// One request with the given `Authorization` header.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        auth: Option<String>,
     ) -> Result<Value, ForgeError> {
         let url = format!("{}{path}", self.api_url);
         let transport = |msg: String| ForgeError::Transport {
@@ -94,12 +122,7 @@ impl ForgeClient {
             .uri(&url)
             .header("user-agent", "mergequeue")
             .header("accept", "application/json");
-        if let Some(t) = &self.token {
-            // GitHub takes `Bearer`; Gitea and Forgejo document `token`.
-            let auth = match self.kind {
-                ForgeKind::Github => format!("Bearer {t}"),
-                ForgeKind::Gitea | ForgeKind::Forgejo => format!("token {t}"),
-            };
+        if let Some(auth) = auth {
             req = req.header("authorization", auth);
         }
         let bytes = match &body {
@@ -235,8 +258,17 @@ impl ForgeClient {
         Ok(Permission::parse(p))
     }
 
-    /// The token's own login: comments by it are the bot's own.
+    /// The token's own login: comments by it are the bot's own. A GitHub App comments as
+    /// `SLUG[bot]`, its slug read from `GET /app`.
     pub async fn whoami(&self) -> Result<String, ForgeError> {
+        if let super::app::Auth::App(app) = &self.auth {
+            let jwt = format!("Bearer {}", app.jwt()?);
+            let v = self.send(Method::GET, "/app", None, Some(jwt)).await?;
+            return v["slug"]
+                .as_str()
+                .map(|s| format!("{s}[bot]"))
+                .ok_or_else(|| ForgeError::Shape("/app has no slug".into()));
+        }
         let v = self.call(Method::GET, "/user", None).await?;
         v["login"]
             .as_str()

@@ -152,6 +152,15 @@ pub fn parse(event: &str, body: &[u8]) -> Result<ForgeEvent, WebhookError> {
                 "reopened" => PullAction::Reopened,
                 "labeled" => PullAction::Labeled(label()),
                 "unlabeled" => PullAction::Unlabeled(label()),
+                // Gitea and Forgejo name no label: the pull request carries its new set.
+                "label_updated" | "label_cleared" => PullAction::LabelsSet(
+                    v["pull_request"]["labels"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|l| l["name"].as_str().map(str::to_string))
+                        .collect(),
+                ),
                 other => PullAction::Other(other.to_string()),
             };
             ForgeEvent::PullRequest { action, pr, sender }
