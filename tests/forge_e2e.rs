@@ -1,5 +1,5 @@
 //! Pull requests drive the queue, end to end: the real binary, real git and nix, and a
-//! stateful fake Gitea on loopback (the forge cannot run here). A maintainer's `r+` in a
+//! stateful fake Gitea on loopback (`tools::fakeforge`; the forge cannot run here). A maintainer's `r+` in a
 //! signed webhook comment queues the pull request's head; it is built and lands; the forge
 //! is told (pending, then success statuses, a landing comment, `manually-merged`), although
 //! it answered 502 for a while. A commenter without write access is refused on the pull
@@ -7,161 +7,25 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::harness;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
 use mergequeue::shell::forge::webhook::sign;
+use mergequeue::tools::fakeforge::{FakeForge, Shape};
 use mergequeue::tools::harness::{git, BranchOpts, Harness};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 const SECRET: &str = "e2e webhook secret";
 
-/// The fake forge's state: pull requests, permissions, and every request it was sent.
-#[derive(Default)]
-struct Forge {
-    pulls: BTreeMap<u64, Value>,
-    permissions: BTreeMap<String, &'static str>,
-    requests: Vec<(String, String, Value)>,
-    /// Comments, as `GET …/issues/comments` lists them.
-    comments: Vec<Value>,
-    /// Answer this many writes with 502 first (an outage).
-    fail_writes: usize,
-}
-
-type Shared = Arc<Mutex<Forge>>;
-
-async fn serve_forge(state: Shared) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let state = state.clone();
-                    async move {
-                        let (method, path) =
-                            (req.method().to_string(), req.uri().path().to_string());
-                        let query = req.uri().query().unwrap_or("").to_string();
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .map(|v| v.to_str().unwrap().to_string());
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        let (status, answer) =
-                            answer(&state, &method, &path, &query, auth.as_deref(), body);
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(answer.to_string())))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}/api/v1")
-}
-
-/// Gitea's answers, in the shapes of its API description (`/api/v1`).
-fn answer(
-    state: &Shared,
-    method: &str,
-    path: &str,
-    query: &str,
-    auth: Option<&str>,
-    body: Value,
-) -> (u16, Value) {
-    let mut f = state.lock().unwrap();
-    if auth != Some("token forge-token") {
-        return (401, json!({"message": "token is required"}));
-    }
-    let rest = path.strip_prefix("/api/v1/repos/nix/pkgs").unwrap_or("");
-    let parts: Vec<&str> = rest.split('/').skip(1).collect();
-    match (method, parts.as_slice()) {
-        ("GET", ["pulls", n]) => match n.parse().ok().and_then(|n: u64| f.pulls.get(&n)) {
-            Some(p) => (200, p.clone()),
-            None => (404, json!({"message": "not found"})),
-        },
-        // One page of everything (page 1; the lists here are short).
-        ("GET", ["pulls"]) => {
-            let open: Vec<Value> = f
-                .pulls
-                .values()
-                .filter(|p| p["state"] == "open")
-                .cloned()
-                .collect();
-            (
-                200,
-                Value::Array(if param(query, "page") == "1" {
-                    open
-                } else {
-                    vec![]
-                }),
-            )
-        }
-        ("GET", ["issues", "comments"]) => {
-            let since = param(query, "since");
-            let list: Vec<Value> = f
-                .comments
-                .iter()
-                .filter(|c| c["created_at"].as_str().unwrap() >= since.as_str())
-                .cloned()
-                .collect();
-            (
-                200,
-                Value::Array(if param(query, "page") == "1" {
-                    list
-                } else {
-                    vec![]
-                }),
-            )
-        }
-        ("GET", ["collaborators", user, "permission"]) => {
-            let p = f.permissions.get(*user).copied().unwrap_or("none");
-            (
-                200,
-                json!({"permission": p, "role_name": p, "user": {"login": user}}),
-            )
-        }
-        ("POST", ["statuses", _] | ["issues", _, "comments"] | ["pulls", _, "merge"]) => {
-            if f.fail_writes > 0 {
-                f.fail_writes -= 1;
-                return (502, json!({"message": "bad gateway"}));
-            }
-            f.requests.push((method.into(), rest.into(), body));
-            (201, json!({}))
-        }
-        _ => (404, json!({"message": format!("no route {method} {path}")})),
-    }
-}
-
-fn param(query: &str, name: &str) -> String {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
-fn pull_json(number: u64, head: &str) -> Value {
-    json!({
-        "number": number, "state": "open", "title": format!("pull request {number}"),
-        "user": {"login": "alice"}, "merged": false,
-        "head": {"sha": head, "ref": format!("pr-{number}")}, "base": {"ref": "master"}
-    })
+/// The fake forge's requests under the repository, as (method, path under it, body).
+fn seen(f: &FakeForge) -> Vec<(String, String, Value)> {
+    f.requests()
+        .into_iter()
+        .filter_map(|r| {
+            let rest = r.path.strip_prefix("/repos/nix/pkgs")?.to_string();
+            Some((r.method, rest, r.body))
+        })
+        .collect()
 }
 
 async fn deliver(h: &Harness, event: &str, id: &str, body: &Value) -> u16 {
@@ -186,13 +50,13 @@ fn comment(id: u64, pr: u64, user: &str, text: &str) -> Value {
 }
 
 /// Waits until `done` holds of the forge's requests.
-async fn wait_for(state: &Shared, what: &str, done: impl Fn(&[(String, String, Value)]) -> bool) {
+async fn wait_for(f: &FakeForge, what: &str, done: impl Fn(&[(String, String, Value)]) -> bool) {
     let t = Instant::now();
-    while !done(&state.lock().unwrap().requests) {
+    while !done(&seen(f)) {
         assert!(
             t.elapsed() < common::LONG,
             "timed out waiting for {what}; the forge saw {:#?}",
-            state.lock().unwrap().requests
+            seen(f)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -201,8 +65,10 @@ async fn wait_for(state: &Shared, what: &str, done: impl Fn(&[(String, String, V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on_push() {
     let dir = tempfile::tempdir().unwrap();
-    let state: Shared = Arc::default();
-    let api_url = serve_forge(state.clone()).await;
+    let forge = FakeForge::start(Shape::Gitea, "nix/pkgs", "forge-token")
+        .await
+        .unwrap();
+    let api_url = forge.api_url.clone();
     let (secret_file, token_file) = (
         dir.path().join("webhook-secret"),
         dir.path().join("forge-token"),
@@ -238,14 +104,11 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
         )
         .unwrap();
     }
-    {
-        let mut f = state.lock().unwrap();
-        f.pulls.insert(7, pull_json(7, &head7));
-        f.pulls.insert(8, pull_json(8, &head8));
-        f.permissions.insert("bob".into(), "write");
-        f.permissions.insert("carol".into(), "read");
-        f.fail_writes = 3;
-    }
+    forge.open_pull(7, &head7, "master", "pull request 7", "alice");
+    forge.open_pull(8, &head8, "master", "pull request 8", "alice");
+    forge.set_permission("bob", "write");
+    forge.set_permission("carol", "read");
+    forge.state.lock().unwrap().fail_writes = 3;
     h.start_server().await.unwrap();
 
     // Someone without write access: one reply, nothing queued.
@@ -259,7 +122,7 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
         .await,
         202
     );
-    wait_for(&state, "the refusal", |r| {
+    wait_for(&forge, "the refusal", |r| {
         r.iter().any(|(_, p, b)| {
             p == "/issues/8/comments" && b["body"].as_str().unwrap_or("").contains("write access")
         })
@@ -298,11 +161,11 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
     assert_eq!(landed["approver"], "bob");
     let master = h.upstream_head("master").unwrap();
     assert_eq!(landed["landed_commit"].as_str(), Some(master.as_str()));
-    wait_for(&state, "the landing answers", |r| {
+    wait_for(&forge, "the landing answers", |r| {
         r.iter().any(|(_, p, _)| p == "/pulls/7/merge")
     })
     .await;
-    let reqs = state.lock().unwrap().requests.clone();
+    let reqs = seen(&forge);
     let on7: Vec<&(String, String, Value)> = reqs
         .iter()
         .filter(|(_, p, _)| p.contains(&head7) || p.contains("/7/"))
@@ -357,11 +220,13 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let new8 = "8".repeat(40);
-    let push = json!({"action": "synchronized", "number": 8, "pull_request": pull_json(8, &new8), "sender": {"login": "alice"}});
-    assert_eq!(deliver(&h, "pull_request", "p-1", &push).await, 202);
+    forge.push(8, &new8);
+    let (event, push) = forge.pull_event(8, "synchronize", "alice");
+    assert_eq!(push["action"], "synchronized");
+    assert_eq!(deliver(&h, &event, "p-1", &push).await, 202);
     let c = h.wait_final(&[2], common::LONG).await.unwrap();
     assert_eq!(c[0]["state"], "cancelled", "{}", c[0]);
-    wait_for(&state, "the unapproval", |r| {
+    wait_for(&forge, "the unapproval", |r| {
         r.iter()
             .any(|(_, p, b)| p == &format!("/statuses/{new8}") && b["state"] == "error")
             && r.iter().any(|(_, p, b)| {
@@ -381,16 +246,8 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
         .change("pr-8b", "another, again", |s| s.bump("zlib").map(|_| ()))
         .unwrap();
     git(&h.upstream, &["update-ref", "refs/pull/8/head", &head8b]).unwrap();
-    {
-        let mut f = state.lock().unwrap();
-        f.pulls.insert(8, pull_json(8, &head8b));
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        f.comments.push(json!({
-            "id": 500, "body": "@mergequeue r+", "user": {"login": "bob"}, "created_at": now,
-            "issue_url": "http://forge/api/v1/repos/nix/pkgs/issues/8",
-            "pull_request_url": "http://forge/nix/pkgs/pulls/8"
-        }));
-    }
+    forge.push(8, &head8b);
+    forge.add_comment(8, "bob", "@mergequeue r+");
     h.start_server().await.unwrap();
     let t = Instant::now();
     let c = loop {

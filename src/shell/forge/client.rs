@@ -83,6 +83,29 @@ impl ForgeClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ForgeError> {
+        Ok(self.call_full(method, path, body).await?.0)
+    }
+
+    /// One page of a list, and whether another follows: the `Link` header's `rel="next"`
+    /// when the forge sends one (GitHub; Gitea too), else a full page.
+    async fn page(&self, path: &str) -> Result<(Vec<Value>, bool), ForgeError> {
+        let (v, headers) = self.call_full(Method::GET, path, None).await?;
+        let Value::Array(items) = v else {
+            return Err(ForgeError::Shape(format!("{path}: not a list")));
+        };
+        let more = match headers.get("link").and_then(|l| l.to_str().ok()) {
+            Some(link) => link.split(',').any(|l| l.contains("rel=\"next\"")),
+            None => items.len() >= PAGE,
+        };
+        Ok((items, more))
+    }
+
+    async fn call_full(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(Value, hyper::HeaderMap), ForgeError> {
         use super::app::Auth;
         let auth = match &self.auth {
             Auth::None => None,
@@ -94,7 +117,8 @@ impl ForgeClient {
             Auth::App(app) => {
                 let t = app
                     .token(&self.repository, |m, p, jwt| async move {
-                        self.send(m, &p, None, Some(format!("Bearer {jwt}"))).await
+                        let auth = Some(format!("Bearer {jwt}"));
+                        Ok(self.send(m, &p, None, auth).await?.0)
                     })
                     .await?;
                 Some(format!("Bearer {t}"))
@@ -110,7 +134,7 @@ impl ForgeClient {
         path: &str,
         body: Option<Value>,
         auth: Option<String>,
-    ) -> Result<Value, ForgeError> {
+    ) -> Result<(Value, hyper::HeaderMap), ForgeError> {
         let url = format!("{}{path}", self.api_url);
         let transport = |msg: String| ForgeError::Transport {
             method: method.clone(),
@@ -140,7 +164,8 @@ impl ForgeClient {
             .map_err(|_| transport(format!("no answer within {TIMEOUT:?}")))?
             .map_err(|e| transport(e.to_string()))?;
         let status = resp.status();
-        let retry_after = retry_after(resp.headers(), status);
+        let headers = resp.headers().clone();
+        let retry_after = retry_after(&headers, status);
         let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
             .await
             .map_err(|_| transport("body too slow".into()))?
@@ -156,9 +181,11 @@ impl ForgeClient {
             });
         }
         if body.is_empty() {
-            return Ok(Value::Null);
+            return Ok((Value::Null, headers));
         }
-        serde_json::from_slice(&body).map_err(|e| ForgeError::Shape(format!("{url}: {e}")))
+        let v =
+            serde_json::from_slice(&body).map_err(|e| ForgeError::Shape(format!("{url}: {e}")))?;
+        Ok((v, headers))
     }
 
     fn repo_path(&self, rest: &str) -> String {
@@ -182,17 +209,14 @@ impl ForgeClient {
         let mut out = vec![];
         for page in 1..=400 {
             let path = format!("/pulls?state=open&per_page={PAGE}&limit={PAGE}&page={page}");
-            let v = self.call(Method::GET, &self.repo_path(&path), None).await?;
-            let items = v
-                .as_array()
-                .ok_or_else(|| ForgeError::Shape(format!("{path}: not a list")))?;
-            for p in items {
+            let (items, more) = self.page(&self.repo_path(&path)).await?;
+            for p in &items {
                 out.push(
                     crate::shell::forge::webhook::pull_request(p)
                         .map_err(|e| ForgeError::Shape(e.to_string()))?,
                 );
             }
-            if items.len() < PAGE {
+            if !more {
                 return Ok(out);
             }
         }
@@ -212,11 +236,8 @@ impl ForgeClient {
         for page in 1..=400 {
             let path =
                 format!("/issues/comments?since={since}&per_page={PAGE}&limit={PAGE}&page={page}");
-            let v = self.call(Method::GET, &self.repo_path(&path), None).await?;
-            let items = v
-                .as_array()
-                .ok_or_else(|| ForgeError::Shape(format!("{path}: not a list")))?;
-            for c in items {
+            let (items, more) = self.page(&self.repo_path(&path)).await?;
+            for c in &items {
                 // `…/issues/N` (GitHub, Gitea) or `…/pulls/N` (Gitea, on pull requests).
                 let number = ["pull_request_url", "issue_url"]
                     .iter()
@@ -231,7 +252,7 @@ impl ForgeClient {
                 let body = c["body"].as_str().unwrap_or("").to_string();
                 out.push((number, id, author.to_string(), body));
             }
-            if items.len() < PAGE {
+            if !more {
                 return Ok(out);
             }
         }
@@ -263,7 +284,7 @@ impl ForgeClient {
     pub async fn whoami(&self) -> Result<String, ForgeError> {
         if let super::app::Auth::App(app) = &self.auth {
             let jwt = format!("Bearer {}", app.jwt()?);
-            let v = self.send(Method::GET, "/app", None, Some(jwt)).await?;
+            let (v, _) = self.send(Method::GET, "/app", None, Some(jwt)).await?;
             return v["slug"]
                 .as_str()
                 .map(|s| format!("{s}[bot]"))
