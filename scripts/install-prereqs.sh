@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what mergequeue runs: Nix (nix-bin), git, a static busybox (the offline
 # bootstrap of the generated package sets), OpenSSH (remote builders in tests) and
-# Chromium with ChromeDriver (the web UI's browser test).
+# Chromium with ChromeDriver (the web UI's browser test), Node.js with npm (Prism, the
+# forge contract check) and openssl (a GitHub App's key in that test).
 # Idempotent: does nothing when everything is present.
 set -eu
 
@@ -13,15 +14,17 @@ command -v git >/dev/null 2>&1 || need="$need git"
 command -v ssh >/dev/null 2>&1 || need="$need openssh-client"
 [ -x /usr/bin/chromium ] || need="$need chromium"
 [ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
+command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 
 if [ -z "$need" ]; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "mergequeue needs:$need" >&2
-  echo "Install them as root, e.g.: apt-get update && apt-get install -y nix-bin git busybox-static openssh-server openssh-client chromium chromium-driver" >&2
+  echo "Install them as root, e.g.: apt-get update && apt-get install -y nix-bin git busybox-static openssh-server openssh-client chromium chromium-driver nodejs npm openssl" >&2
   exit 1
 fi
 echo "installing:$need" >&2
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin git busybox-static openssh-server openssh-client chromium chromium-driver >&2
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin git busybox-static openssh-server openssh-client chromium chromium-driver nodejs npm openssl >&2

@@ -3,6 +3,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/install-prereqs.sh
+# Prism, which checks the forge client against GitHub's API description (tests/forge_contract.rs).
+bash scripts/forge-contract.sh prism >/dev/null
 export NIX_CONFIG="substituters ="
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings

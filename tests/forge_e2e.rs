@@ -10,7 +10,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::harness;
-use mergequeue::shell::forge::webhook::sign;
 use mergequeue::tools::fakeforge::{FakeForge, Shape};
 use mergequeue::tools::harness::{git, BranchOpts, Harness};
 use serde_json::{json, Value};
@@ -29,16 +28,15 @@ fn seen(f: &FakeForge) -> Vec<(String, String, Value)> {
 }
 
 async fn deliver(h: &Harness, event: &str, id: &str, body: &Value) -> u16 {
-    let body = serde_json::to_vec(body).unwrap();
-    let sig = sign(SECRET.as_bytes(), &body);
-    let req = format!(
-        "POST /api/v1/forge/pkgs/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nX-Gitea-Event: {event}\r\nX-Gitea-Delivery: {id}\r\nX-Gitea-Signature: {sig}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(&body);
-    common::raw(&h.listen, &bytes).await.0
+    common::webhook(
+        &h.listen,
+        "pkgs",
+        "gitea",
+        SECRET.as_bytes(),
+        (event, id),
+        body,
+    )
+    .await
 }
 
 /// A new comment (ids are unique on a forge: a comment seen again is not acted on again).

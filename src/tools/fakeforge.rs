@@ -129,7 +129,34 @@ impl FakeForge {
         p["head"]["ref"] = json!(format!("pr-{number}"));
         p["base"]["ref"] = json!(base);
         p["labels"] = json!([]);
+        // GitHub's own example of a pull request breaks its schema here (a team without
+        // `type`); nobody was asked to review.
+        p["requested_teams"] = json!([]);
+        p["requested_reviewers"] = json!([]);
         s.pulls.insert(number, p);
+    }
+
+    /// The labels pull request `number` carries, as label objects of the forge's shape.
+    pub fn set_labels(&self, number: u64, names: &[&str]) {
+        let mut s = self.state.lock().unwrap();
+        let one = template(&s, "webhook/pull_request.labeled")["label"].clone();
+        let labels: Vec<Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut l = if one.is_object() {
+                    one.clone()
+                } else {
+                    json!({})
+                };
+                l["name"] = json!(n);
+                l["id"] = json!(i + 1);
+                l
+            })
+            .collect();
+        if let Some(p) = s.pulls.get_mut(&number) {
+            p["labels"] = json!(labels);
+        }
     }
 
     /// New commits on pull request `number`.
@@ -509,6 +536,7 @@ fn answer(
             v["permission"] = json!(permission);
             v["role_name"] = json!(p);
             v["user"]["login"] = json!(user);
+            v["user"]["role_name"] = json!(p);
             reply(200, v)
         }
         ("POST", ["statuses", sha]) => write(s, |s| {

@@ -12,7 +12,7 @@ use crate::core::forge::{ForgeEvent, ForgeInput, PullAction};
 use crate::core::{Millis, Record};
 use crate::shell::config::Config;
 use crate::shell::forge::app::{AppAuth, Auth};
-use crate::shell::forge::client::ForgeClient;
+use crate::shell::forge::client::{retrying, ForgeClient};
 use crate::shell::forge::outbox::{self, Outbound};
 
 pub(super) struct ForgeShell {
@@ -231,7 +231,13 @@ impl Driver {
         let (client, tx, repo) = (f.client.clone(), self.tx.clone(), repo.to_string());
         tokio::spawn(async move {
             // Asked when the command arrives, never cached: access can be revoked.
-            let facts = tokio::try_join!(client.pull(pr), client.permission(&author));
+            // A forge that is down or rate-limited is waited for: the comment was taken
+            // (its id is recorded) and must not be lost.
+            let what = format!("[{repo}] reading #{pr} and {author}'s permission");
+            let facts = retrying(&what, || async {
+                tokio::try_join!(client.pull(pr), client.permission(&author))
+            })
+            .await;
             match facts {
                 Ok((pr, permission)) => {
                     let input = ForgeInput::Commands {
@@ -290,7 +296,7 @@ async fn resync_forever(
     let mut login_known = false;
     loop {
         if !login_known {
-            match client.whoami().await {
+            match retrying(&format!("[{repo}] the bot's own login"), || client.whoami()).await {
                 Ok(login) => {
                     login_known = true;
                     let _ = tx
@@ -322,7 +328,7 @@ async fn resync_once(
     tx: &tokio::sync::mpsc::Sender<Msg>,
     store: &mut crate::shell::store::Store,
 ) -> anyhow::Result<()> {
-    let open = client.open_pulls().await?;
+    let open = retrying(&format!("[{repo}] resync"), || client.open_pulls()).await?;
     let numbers: std::collections::BTreeSet<u64> = open.iter().map(|p| p.number).collect();
     let input = ForgeInput::Open {
         repo: repo.to_string(),

@@ -44,6 +44,18 @@ pub enum ForgeError {
 }
 
 impl ForgeError {
+    /// Whether the forge may accept the same request later: its own failures, timeouts,
+    /// and a spent rate limit (GitHub answers 403 or 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ForgeError::Status { status, .. } => {
+                status.is_server_error() || matches!(status.as_u16(), 403 | 408 | 429)
+            }
+            ForgeError::Transport { .. } => true,
+            ForgeError::Shape(_) => false,
+        }
+    }
+
     /// How long the forge asked to be left alone, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -51,6 +63,33 @@ impl ForgeError {
             _ => None,
         }
     }
+}
+
+/// Runs `call` until it succeeds, fails for good, or has failed transiently for about a
+/// quarter of an hour: waits double from one second to a minute, or are what the forge
+/// asked for (`Retry-After`, the rate limit's reset; at most ten minutes).
+pub async fn retrying<T, F, Fut>(what: &str, call: F) -> Result<T, ForgeError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ForgeError>>,
+{
+    let mut waited = Duration::ZERO;
+    for attempt in 0u32.. {
+        match call().await {
+            Err(e) if e.is_transient() && waited < Duration::from_secs(900) => {
+                let backoff = Duration::from_secs(1 << attempt.min(6)).min(Duration::from_secs(60));
+                let wait = e
+                    .retry_after()
+                    .unwrap_or(backoff)
+                    .min(Duration::from_secs(600));
+                log::warn!("{what}: {e}; again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                waited += wait;
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 pub struct ForgeClient {

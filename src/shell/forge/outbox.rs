@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::params;
 
-use super::client::{ForgeClient, ForgeError};
+use super::client::ForgeClient;
 use crate::core::forge::ForgeCommand;
 use crate::shell::store::{Store, StoreError};
 
@@ -72,17 +72,6 @@ impl Store {
     }
 }
 
-/// Whether the forge may accept the same request later.
-fn transient(e: &ForgeError) -> bool {
-    match e {
-        ForgeError::Status { status, .. } => {
-            status.is_server_error() || matches!(status.as_u16(), 403 | 408 | 429)
-        }
-        ForgeError::Transport { .. } => true,
-        ForgeError::Shape(_) => false,
-    }
-}
-
 /// One round: everything due, in order per repository; a repository's later rows wait
 /// while an earlier one fails, so a forge never sees `success` before `pending`.
 pub async fn deliver_due(
@@ -107,7 +96,7 @@ pub async fn deliver_due(
                 store.outbox_done(id)?;
                 delivered += 1;
             }
-            Err(e) if !transient(&e) && attempts + 1 >= REFUSED_TRIES => {
+            Err(e) if !e.is_transient() && attempts + 1 >= REFUSED_TRIES => {
                 log::warn!(
                     "[{repo}] giving up on a forge answer after {} tries: {e}",
                     attempts + 1
