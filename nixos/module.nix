@@ -250,6 +250,7 @@ let
     lib.optionalAttrs (cfg.apiTokenFile != null) { api-token = cfg.apiTokenFile; }
     // lib.optionalAttrs (cfg.gitSshKeyFile != null) { git-ssh-key = cfg.gitSshKeyFile; }
     // lib.listToAttrs (map (k: lib.nameValuePair (keyCredential k) k) builderKeys)
+    // forgeCredentials
     // cfg.credentials;
 
   # ---- settings ---------------------------------------------------------------
@@ -275,6 +276,144 @@ let
       };
     };
   };
+
+  # A repository's pull requests on GitHub, Gitea or Forgejo (docs/forge.md). The
+  # secrets are files outside the store, delivered as credentials named after the repo.
+  forgeModule = {
+    freeformType = format.type;
+    options = {
+      kind = mkOption {
+        type = types.enum [
+          "github"
+          "gitea"
+          "forgejo"
+        ];
+        description = "Which forge hosts the repository.";
+      };
+      api_url = mkOption {
+        type = types.str;
+        example = "https://codeberg.org/api/v1";
+        description = "GitHub: the REST root (`https://api.github.com`); Gitea and Forgejo: the `/api/v1` root.";
+      };
+      repository = mkOption {
+        type = types.strMatching "[^/]+/[^/]+";
+        example = "NixOS/nixpkgs";
+        description = "`OWNER/NAME` on the forge.";
+      };
+      bot = mkOption {
+        type = types.str;
+        default = "mergequeue";
+        description = "The login commands address (`@mergequeue r+`).";
+      };
+      tokenFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/forge-token";
+        description = ''
+          A Gitea/Forgejo token or a GitHub token, in a file outside the Nix store;
+          delivered as the credential `forge-REPO-token`. Give this or
+          {option}`appId` with {option}`appPrivateKeyFile`.
+        '';
+      };
+      webhookSecretFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/webhook-secret";
+        description = ''
+          The secret the forge signs webhook deliveries with, in a file outside the
+          Nix store; delivered as the credential `forge-REPO-webhook-secret`. Without it
+          every delivery is refused.
+        '';
+      };
+      appId = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 123456;
+        description = "A GitHub App's id: the App authenticates instead of a token.";
+      };
+      appPrivateKeyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/github-app.pem";
+        description = ''
+          The GitHub App's private key (PEM), in a file outside the Nix store;
+          delivered as the credential `forge-REPO-app-key`.
+        '';
+      };
+      installationId = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        description = "The App's installation; looked up from the repository when unset.";
+      };
+      queue_label = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "merge-queue";
+        description = "Adding this label (by a user with write access) queues a pull request; removing it cancels.";
+      };
+      resync_secs = mkOption {
+        type = types.ints.positive;
+        default = 300;
+        description = "Seconds between reconciliations of the open pull requests with the queue (also at start).";
+      };
+    };
+  };
+
+  forgeSecrets = [
+    {
+      option = "tokenFile";
+      key = "token_file";
+      suffix = "token";
+    }
+    {
+      option = "webhookSecretFile";
+      key = "webhook_secret_file";
+      suffix = "webhook-secret";
+    }
+    {
+      option = "appPrivateKeyFile";
+      key = "app_private_key_file";
+      suffix = "app-key";
+    }
+  ];
+
+  # name = path of every forge secret, for LoadCredential.
+  forgeCredentials = lib.listToAttrs (
+    lib.concatMap (
+      r:
+      lib.optionals (r.forge != null) (
+        lib.concatMap (
+          sec:
+          lib.optional (r.forge.${sec.option} != null) (
+            lib.nameValuePair "forge-${r.name}-${sec.suffix}" r.forge.${sec.option}
+          )
+        ) forgeSecrets
+      )
+    ) cfg.settings.repos
+  );
+
+  # The forge table as the binary reads it: secrets as credential paths.
+  renderForge =
+    name: f:
+    builtins.removeAttrs f (
+      map (sec: sec.option) forgeSecrets
+      ++ [
+        "appId"
+        "installationId"
+      ]
+    )
+    // lib.listToAttrs (
+      lib.concatMap (
+        sec:
+        lib.optional (f.${sec.option} != null) (
+          lib.nameValuePair sec.key "${credentialsDir}/forge-${name}-${sec.suffix}"
+        )
+      ) forgeSecrets
+    )
+    // lib.optionalAttrs (f.appId != null) { app_id = f.appId; }
+    // lib.optionalAttrs (f.installationId != null) { installation_id = f.installationId; };
+
+  renderRepo = r: r // { forge = if r.forge == null then null else renderForge r.name r.forge; };
 
   repoModule = {
     freeformType = format.type;
@@ -307,6 +446,11 @@ let
         type = types.listOf (types.submodule branchModule);
         default = [ ];
         description = "Branches with a merge queue. Empty for a repository that only feeds channels.";
+      };
+      forge = mkOption {
+        type = types.nullOr (types.submodule forgeModule);
+        default = null;
+        description = "Pull requests on GitHub, Gitea or Forgejo drive this repository's queue (docs/forge.md).";
       };
     };
   };
@@ -448,7 +592,7 @@ let
     };
   };
 
-  renderedSettings = dropNulls cfg.settings;
+  renderedSettings = dropNulls (cfg.settings // { repos = map renderRepo cfg.settings.repos; });
   generatedConfig = format.generate "mergequeue.toml" renderedSettings;
 
   # Build-time validation, following atticd's checkedConfigFile. check-config only
@@ -641,6 +785,20 @@ in
       )
       ++ lib.concatMap (k: absolutePathNotInStore "builder sshKey" k) builderKeys
       ++ lib.concatLists (lib.mapAttrsToList (n: f: absolutePathNotInStore "credentials.${n}" f) cfg.credentials)
+      ++ lib.concatLists (lib.mapAttrsToList (n: f: absolutePathNotInStore "the forge secret ${n}" f) forgeCredentials)
+      ++ lib.concatMap (
+        r:
+        lib.optionals (r.forge != null) [
+          {
+            assertion = lib.all (sec: !(r.forge ? ${sec.key})) forgeSecrets;
+            message = "services.mergequeue: repo ${r.name}: give the forge's secrets as tokenFile, webhookSecretFile and appPrivateKeyFile (delivered as credentials), not as settings.";
+          }
+          {
+            assertion = (r.forge.appId == null) == (r.forge.appPrivateKeyFile == null);
+            message = "services.mergequeue: repo ${r.name}: a GitHub App needs both forge.appId and forge.appPrivateKeyFile.";
+          }
+        ]
+      ) cfg.settings.repos
       ++ [
         {
           assertion = !(cfg.settings ? api_token_file);

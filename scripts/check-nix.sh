@@ -213,7 +213,7 @@ for name in positive + ["disabled", "builder-node"]:
         problem(f"{name}: failed assertions: {s['failedAssertions']}")
     if s.get("warnings"):
         problem(f"{name}: warnings: {s['warnings']}")
-for name in ["store-secret", "relative-key"]:
+for name in ["store-secret", "relative-key", "forge-secret-in-settings"]:
     if not scenarios[name]["failedAssertions"]:
         problem(f"{name}: expected a failed assertion")
 
@@ -246,6 +246,31 @@ for name in positive:
     settings = json.dumps(scenarios[name]["settings"])
     if "api_token" in settings or "vm-test-token" in settings:
         problem(f"{name}: a secret is in the rendered settings")
+
+# Forge secrets: credential paths in the settings, the files delivered by LoadCredential.
+creds = "/run/credentials/mergequeue.service"
+for name, repo, want in [
+    ("infra", "nixpkgs", {"token_file": ("token", "/var/lib/secrets/forge-token"),
+                          "webhook_secret_file": ("webhook-secret", "/var/lib/secrets/forge-webhook-secret")}),
+    ("github-app", "nixpkgs", {"app_private_key_file": ("app-key", "/run/keys/github-app.pem"),
+                               "webhook_secret_file": ("webhook-secret", "/run/keys/webhook-secret")}),
+]:
+    s = scenarios[name]
+    if s.get("failedAssertions"):
+        problem(f"{name}: failed assertions: {s['failedAssertions']}")
+    forge = next(r for r in s["settings"]["repos"] if r["name"] == repo)["forge"]
+    loaded = s["unit"]["serviceConfig"].get("LoadCredential", [])
+    for key_, (suffix, path) in want.items():
+        cred = f"forge-{repo}-{suffix}"
+        if forge.get(key_) != f"{creds}/{cred}":
+            problem(f"{name}: forge {key_} = {forge.get(key_)!r}, want the credential {cred}")
+        if f"{cred}:{path}" not in loaded:
+            problem(f"{name}: {cred} is not loaded from {path}: {loaded}")
+    for camel in ["tokenFile", "webhookSecretFile", "appPrivateKeyFile", "appId", "installationId"]:
+        if camel in forge:
+            problem(f"{name}: module option {camel} leaked into the settings")
+if scenarios["github-app"]["settings"]["repos"][0]["forge"].get("app_id") != 123456:
+    problem("github-app: app_id is not rendered")
 
 # openFirewall opens the port of settings.listen, and nothing without it.
 for name, want in [("infra", [8080]), ("community", []), ("basic", [])]:

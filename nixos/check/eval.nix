@@ -387,6 +387,49 @@ in
         };
       }
     ]);
+    # A GitHub App: its key is a credential, its id and installation rendered.
+    github-app = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          apiTokenFile = "/run/keys/api-token";
+          settings.repos = [
+            {
+              name = "nixpkgs";
+              url = "https://github.com/NixOS/nixpkgs.git";
+              forge = {
+                kind = "github";
+                api_url = "https://api.github.com";
+                repository = "NixOS/nixpkgs";
+                appId = 123456;
+                installationId = 7890;
+                appPrivateKeyFile = "/run/keys/github-app.pem";
+                webhookSecretFile = "/run/keys/webhook-secret";
+              };
+            }
+          ];
+        };
+      }
+    ]);
+    forge-secret-in-settings = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          settings.repos = [
+            {
+              name = "pkgs";
+              url = "file:///srv/pkgs.git";
+              forge = {
+                kind = "gitea";
+                api_url = "https://codeberg.org/api/v1";
+                repository = "a/b";
+                token_file = "/run/keys/token";
+              };
+            }
+          ];
+        };
+      }
+    ]);
     relative-key = summarize (evalSystem [
       {
         services.mergequeue = {

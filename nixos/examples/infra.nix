@@ -78,6 +78,15 @@
               batch_max = 32;
             }
           ];
+          # Pull requests on the team's Forgejo drive the queue: `@mergequeue r+`.
+          forge = {
+            kind = "forgejo";
+            api_url = "https://git.infra.example.org/api/v1";
+            repository = "infra/nixpkgs";
+            tokenFile = "/var/lib/secrets/forge-token";
+            webhookSecretFile = "/var/lib/secrets/forge-webhook-secret";
+            queue_label = "merge-queue";
+          };
         }
       ];
       channels = [
