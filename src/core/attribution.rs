@@ -648,7 +648,8 @@ impl Candidates {
                 format!("rejected {names}; the rest tested separately"),
                 now,
             );
-            for c in innocents {
+            // A merge group's innocents are GitHub's to retest.
+            for c in innocents.into_iter().filter(|_| cand.group.is_none()) {
                 cx.queue.test_alone(c);
                 cx.set_state(
                     c,
@@ -683,9 +684,10 @@ impl Candidates {
             );
         }
         self.finish(cx, id, format!("rejected {names}"), now);
-        if !innocents.is_empty() {
+        if !innocents.is_empty() && cand.group.is_none() {
             let root = cand.follow_up_of.unwrap_or(id);
-            self.start_candidate(cx, &cand.repo, &cand.branch, innocents, Some(root), now);
+            let (repo, branch) = (&cand.repo, &cand.branch);
+            self.start_candidate(cx, repo, branch, innocents, Some(root), None, now);
         }
     }
 }

@@ -500,7 +500,10 @@ impl Run {
             }),
             other @ (Command::PollSource { .. }
             | Command::AdvanceChannel { .. }
-            | Command::PublishArtifacts { .. }) => panic!("no channels here: {other:?}"),
+            | Command::PublishArtifacts { .. }
+            | Command::PrepareGroup { .. }) => {
+                panic!("no channels or merge groups here: {other:?}")
+            }
         })
     }
 

@@ -321,6 +321,7 @@ impl Run {
                 }),
             }),
             other @ (Command::Prepare { .. }
+            | Command::PrepareGroup { .. }
             | Command::Probe { .. }
             | Command::Land { .. }
             | Command::PollTarget { .. }) => {

@@ -165,6 +165,15 @@ pub enum ForgeInput {
         action: PullAction,
         pr: PullRequest,
     },
+    /// GitHub asks for a merge group's checks: its pull requests as the forge has them,
+    /// each with the group commit that adds it, oldest first.
+    MergeGroup {
+        repo: String,
+        group: MergeGroup,
+        prs: Vec<(PullRequest, String)>,
+    },
+    /// The merge group is gone.
+    MergeGroupDestroyed { head_sha: String },
     /// Every open pull request, read in full at a resync: what the queue holds of the
     /// others was closed, and a moved head was pushed to, while nobody was listening.
     Open {

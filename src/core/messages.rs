@@ -60,6 +60,13 @@ pub enum Command {
         branch: String,
         changes: Vec<(ChangeId, String)>,
     },
+    /// Fetch a merge group's head and report `CandidateInput::Prepared` with its chain
+    /// as the merge chain (GitHub made the commits; nothing is merged here).
+    PrepareGroup {
+        cand: CandId,
+        repo: String,
+        group: crate::core::groups::GroupRef,
+    },
     /// Evaluate the jobset at a commit (served from the evaluation store when known).
     Evaluate {
         repo: String,
@@ -131,6 +138,7 @@ impl Command {
         match self {
             Command::Record(r) => Some(r),
             Command::Prepare { .. }
+            | Command::PrepareGroup { .. }
             | Command::Evaluate { .. }
             | Command::Inspect { .. }
             | Command::Build { .. }
@@ -153,6 +161,7 @@ impl Command {
             | Command::PublishArtifacts { channel, .. } => Some(channel),
             Command::Record(_)
             | Command::Prepare { .. }
+            | Command::PrepareGroup { .. }
             | Command::Evaluate { .. }
             | Command::Inspect { .. }
             | Command::Build { .. }

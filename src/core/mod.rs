@@ -24,6 +24,7 @@ mod effects;
 pub mod evaluation;
 mod evidence;
 pub mod forge;
+pub mod groups;
 mod messages;
 pub mod outcome;
 mod pulls;
@@ -620,7 +621,7 @@ impl Core {
             match self.queue.next(&repo, &branch, lane, now) {
                 queue::Next::Test(ids) => {
                     let (cands, mut cx) = self.split();
-                    cands.start_candidate(&mut cx, &repo, &branch, ids, None, now);
+                    cands.start_candidate(&mut cx, &repo, &branch, ids, None, None, now);
                 }
                 queue::Next::Gather(until) => self.fx.wake(until),
                 queue::Next::Idle => {}

@@ -62,6 +62,10 @@ impl Core {
                 // Reopening does not approve again; labels are not read yet.
                 _ => {}
             },
+            ForgeInput::MergeGroup { repo, group, prs } => self.merge_group(&repo, group, prs, now),
+            ForgeInput::MergeGroupDestroyed { head_sha } => {
+                self.merge_group_destroyed(&head_sha, now)
+            }
             ForgeInput::Open { repo, open } => {
                 let active: Vec<Change> = self
                     .queue
@@ -244,7 +248,12 @@ impl Core {
         let changed: Vec<Change> = cmds
             .iter()
             .filter_map(|c| match c {
-                super::Command::Record(Record::Change(c)) if c.pr.is_some() => Some(c.clone()),
+                // A merge group's pull requests are answered on the group's head.
+                super::Command::Record(Record::Change(c))
+                    if c.pr.is_some() && !super::groups::is_group_ref(&c.git_ref) =>
+                {
+                    Some(c.clone())
+                }
                 _ => None,
             })
             .collect();

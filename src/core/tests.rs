@@ -290,6 +290,8 @@ struct Sim {
     steps: usize,
     /// Deliver every result twice (at-least-once delivery).
     duplicate: bool,
+    /// What the core told the forge, in order.
+    forge: Vec<crate::core::forge::ForgeCommand>,
 }
 
 fn config(batch_max: usize, delay: Millis) -> CoreConfig {
@@ -343,6 +345,7 @@ impl Sim {
             issued: vec![],
             steps: 0,
             duplicate: false,
+            forge: vec![],
         }
     }
 
@@ -383,6 +386,7 @@ impl Sim {
             match cmd {
                 Command::Record(r) => self.apply(r),
                 other @ (Command::Prepare { .. }
+                | Command::PrepareGroup { .. }
                 | Command::Evaluate { .. }
                 | Command::Inspect { .. }
                 | Command::Build { .. }
@@ -407,6 +411,7 @@ impl Sim {
                 assert!(memo.class.is_verdict(), "remembered {memo:?} for {drv}")
             }
             Record::Event { text, .. } => self.events.push(text.clone()),
+            Record::Forge { command, .. } => self.forge.push(command.clone()),
             _ => {}
         }
         self.db.apply(&r);
@@ -481,6 +486,18 @@ impl Sim {
                         heads,
                         merged,
                         conflicts,
+                        vanished: vec![],
+                    }),
+                })
+            }
+            Command::PrepareGroup { cand, group, .. } => {
+                Input::Candidate(CandidateInput::Prepared {
+                    cand,
+                    result: Ok(Prepared {
+                        base: group.base_sha,
+                        heads: vec![],
+                        merged: group.chain,
+                        conflicts: vec![],
                         vanished: vec![],
                     }),
                 })
@@ -691,6 +708,8 @@ fn without(ids: &[ChangeId], gone: &[ChangeId]) -> Vec<ChangeId> {
 // ---------------------------------------------------------------------------------------
 
 // Gated explicitly: tests/purity.rs accepts a test-only file only where it is declared so.
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod queue_tests;
 #[cfg(test)]

@@ -276,7 +276,9 @@ impl Candidates {
             return;
         }
         let repo = self.by_id[&id].repo.clone();
-        if blockers.is_empty() {
+        if blockers.is_empty() && self.by_id[&id].group.is_some() {
+            self.group_passed(cx, id, now);
+        } else if blockers.is_empty() {
             let cand = self.by_id.get_mut(&id).expect("known");
             cand.phase = Phase::Landing;
             let cand = cand.clone();

@@ -199,6 +199,7 @@ impl ChannelShell {
             }
             Command::Record(_)
             | Command::Prepare { .. }
+            | Command::PrepareGroup { .. }
             | Command::Evaluate { .. }
             | Command::Inspect { .. }
             | Command::Build { .. }

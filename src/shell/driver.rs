@@ -394,6 +394,12 @@ impl Driver {
                     Input::Candidate(CandidateInput::Prepared { cand, result })
                 });
             }
+            Command::PrepareGroup { cand, repo, group } => {
+                self.with_mirror(&repo, move |m| {
+                    let result = m.prepare_group(&group).map_err(|e| e.to_string());
+                    Input::Candidate(CandidateInput::Prepared { cand, result })
+                });
+            }
             Command::Evaluate { repo, commit } => self.spawn_eval(repo, commit),
             Command::Probe {
                 probe,

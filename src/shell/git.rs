@@ -172,6 +172,75 @@ impl Mirror {
         })
     }
 
+    /// Fetches a merge group's head ref and reads its first-parent history above
+    /// `base_sha`, oldest first, as (commit, message). The head must be `head_sha`.
+    pub fn group_chain(
+        &self,
+        head_ref: &str,
+        head_sha: &str,
+        base_sha: &str,
+    ) -> Result<Vec<(String, String)>, GitError> {
+        let local = format!("refs/mq/group/{head_sha}");
+        self.fetch(&[format!("+{}:{local}", full_ref(head_ref))])?;
+        let head = self.resolve(&local)?;
+        if head != head_sha {
+            return Err(GitError::Other(format!(
+                "{head_ref} is at {head}, not at the merge group's {head_sha}"
+            )));
+        }
+        let repo = self.repo()?;
+        let (base, mut at) = (
+            Oid::from_str(base_sha)?,
+            repo.find_commit(Oid::from_str(head_sha)?)?,
+        );
+        let mut chain = vec![];
+        while at.id() != base {
+            chain.push((at.id().to_string(), at.message().unwrap_or("").to_string()));
+            if chain.len() > 10_000 {
+                return Err(GitError::Other(format!(
+                    "{head_sha} is more than 10,000 first-parent commits above {base_sha}"
+                )));
+            }
+            at = at.parent(0).map_err(|_| {
+                GitError::Other(format!(
+                    "{base_sha} is not a first-parent ancestor of {head_sha}"
+                ))
+            })?;
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// A merge group as a prepared candidate: its commits are the merge chain. A head
+    /// ref that is gone (GitHub destroyed the group) vanishes every change.
+    pub fn prepare_group(
+        &self,
+        group: &crate::core::groups::GroupRef,
+    ) -> Result<Prepared, GitError> {
+        let vanished = match self.group_chain(&group.head_ref, &group.head_sha, &group.base_sha) {
+            Ok(_) => vec![],
+            Err(e) => match ls_remote(&self.url, &full_ref(&group.head_ref))? {
+                None => group
+                    .chain
+                    .iter()
+                    .map(|(c, _)| (*c, format!("{} no longer exists", group.head_ref)))
+                    .collect(),
+                Some(_) => return Err(e),
+            },
+        };
+        Ok(Prepared {
+            base: group.base_sha.clone(),
+            heads: vec![],
+            merged: if vanished.is_empty() {
+                group.chain.clone()
+            } else {
+                vec![]
+            },
+            conflicts: vec![],
+            vanished,
+        })
+    }
+
     /// The tip of `branch` on the remote, without fetching.
     pub fn remote_tip(&self, branch: &str) -> Result<String, GitError> {
         ls_remote(&self.url, &full_ref(branch))?

@@ -173,6 +173,8 @@ pub fn migrations() -> Migrations<'static> {
             CREATE INDEX forge_comments_at ON forge_comments(at);
             CREATE TABLE forge_sync (repo TEXT PRIMARY KEY, since INTEGER NOT NULL);",
         ),
+        // v10: a candidate that is a merge group of GitHub's merge queue.
+        M::up("ALTER TABLE candidates ADD COLUMN merge_group TEXT;"),
     ])
 }
 
@@ -252,8 +254,8 @@ impl Store {
                 Record::Candidate(c) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO candidates (id, repo, branch, changes, base, merged, phase, follow_up_of,
-                         builds, extra_builds, created_at, last_build_at, finished_at, summary)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                         builds, extra_builds, created_at, last_build_at, finished_at, summary, merge_group)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                         params![
                             c.id,
                             c.repo,
@@ -268,7 +270,10 @@ impl Store {
                             c.created_at,
                             c.last_build_at,
                             c.finished_at,
-                            c.summary
+                            c.summary,
+                            c.group
+                                .as_ref()
+                                .map(|g| serde_json::to_string(g).expect("serialisable"))
                         ],
                     )?;
                 }
@@ -413,7 +418,7 @@ impl Store {
     ) -> Result<Vec<Candidate>, StoreError> {
         let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, branch, changes, base, merged, phase, follow_up_of, builds, extra_builds,
-             created_at, last_build_at, finished_at, summary FROM candidates WHERE {cond} ORDER BY id"
+             created_at, last_build_at, finished_at, summary, merge_group FROM candidates WHERE {cond} ORDER BY id"
         ))?;
         let rows = st.query_map(params, |r| {
             Ok((
@@ -431,7 +436,10 @@ impl Store {
                     r.get::<_, Option<i64>>(11)?,
                     r.get::<_, Option<i64>>(12)?,
                 ),
-                r.get::<_, Option<String>>(13)?,
+                (
+                    r.get::<_, Option<String>>(13)?,
+                    r.get::<_, Option<String>>(14)?,
+                ),
             ))
         })?;
         let mut out = vec![];
@@ -447,7 +455,7 @@ impl Store {
                 follow_up_of,
                 (builds, extra),
                 (created, last, fin),
-                summary,
+                (summary, group),
             ) = row?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("candidate {id}: {what}"));
             out.push(Candidate {
@@ -465,6 +473,10 @@ impl Store {
                 last_build_at: last,
                 finished_at: fin,
                 summary,
+                group: match group {
+                    Some(g) => Some(serde_json::from_str(&g).map_err(|_| corrupt("merge_group"))?),
+                    None => None,
+                },
                 targets: vec![],
                 pending: Default::default(),
                 eval_blockers: vec![],

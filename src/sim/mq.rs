@@ -346,8 +346,8 @@ impl CoreQueue {
                 let d = env.secs(t.land_secs);
                 env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
             }
-            Command::PublishArtifacts { .. } => {
-                env.violate(format!("artifacts are not configured: {cmd:?}"))
+            Command::PublishArtifacts { .. } | Command::PrepareGroup { .. } => {
+                env.violate(format!("the simulated world has no {cmd:?}"))
             }
             Command::Record(_) => unreachable!("records are applied in pump"),
         }
@@ -585,9 +585,10 @@ impl CoreQueue {
                     result,
                 })
             }
-            Command::Build { .. } | Command::Record(_) | Command::PublishArtifacts { .. } => {
-                return None
-            }
+            Command::Build { .. }
+            | Command::Record(_)
+            | Command::PublishArtifacts { .. }
+            | Command::PrepareGroup { .. } => return None,
         })
     }
 

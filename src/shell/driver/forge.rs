@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::{Driver, Msg};
 use crate::core::commands::{self, BotCommand};
-use crate::core::forge::{ForgeEvent, ForgeInput, PullAction};
+use crate::core::forge::{ForgeEvent, ForgeInput, MergeGroup, PullAction};
+use crate::core::groups::group_pulls;
 use crate::core::{Millis, Record};
 use crate::shell::config::Config;
 use crate::shell::forge::app::{AppAuth, Auth};
@@ -24,6 +25,8 @@ pub(super) struct ForgeShell {
     context: String,
     resync: Duration,
     queue_label: Option<String>,
+    /// `mode = "merge-group"`: GitHub's merge queue lands; mergequeue checks its groups.
+    merge_group: bool,
 }
 
 /// A client per repository with `[repos.forge]`.
@@ -52,6 +55,7 @@ pub(super) fn open(config: &Config) -> anyhow::Result<BTreeMap<String, ForgeShel
                 context: f.status_context.clone(),
                 resync: Duration::from_secs(*f.resync_secs.get_ref()),
                 queue_label: f.queue_label.clone(),
+                merge_group: *f.mode.get_ref() == crate::shell::config::ForgeMode::MergeGroup,
             },
         );
     }
@@ -138,7 +142,16 @@ impl Driver {
                 author,
                 body,
             } => self.on_comment(repo, pr, comment_id, author, body, now)?,
-            // merge-group mode is not built yet.
+            ForgeEvent::MergeGroupRequested(group) if self.forges[repo].merge_group => {
+                self.on_merge_group(repo, group);
+            }
+            ForgeEvent::MergeGroupDestroyed(group) if self.forges[repo].merge_group => {
+                let input = ForgeInput::MergeGroupDestroyed {
+                    head_sha: group.head_sha,
+                };
+                self.core.forge(input, now);
+                self.flush()?;
+            }
             ForgeEvent::MergeGroupRequested(_)
             | ForgeEvent::MergeGroupDestroyed(_)
             | ForgeEvent::Ignored { .. } => {}
@@ -228,6 +241,10 @@ impl Driver {
         let Some(f) = self.forges.get(repo) else {
             return;
         };
+        if f.merge_group {
+            // GitHub's merge queue lands here: a pull request is queued there, not by us.
+            return log::info!("[{repo}] commands on #{pr} ignored: mode = \"merge-group\"");
+        }
         let (client, tx, repo) = (f.client.clone(), self.tx.clone(), repo.to_string());
         tokio::spawn(async move {
             // Asked when the command arrives, never cached: access can be revoked.
@@ -253,6 +270,44 @@ impl Driver {
                     "[{repo}] commands of {author} on #{pr} not acted on: cannot read the forge: {e}"
                 ),
             }
+        });
+    }
+
+    /// A merge group to check: its commits are fetched and read (which pull request each
+    /// adds), and the pull requests read from the forge, off this task.
+    fn on_merge_group(&self, repo: &str, group: MergeGroup) {
+        let (client, tx, repo) = (
+            self.forges[repo].client.clone(),
+            self.tx.clone(),
+            repo.to_string(),
+        );
+        let mirror = self.repos[&repo].mirror.clone();
+        tokio::spawn(async move {
+            let g = group.clone();
+            let chain = tokio::task::spawn_blocking(move || {
+                let m = mirror.lock().expect("mirror lock");
+                m.group_chain(&g.head_ref, &g.head_sha, &g.base_sha)
+                    .map_err(|e| e.to_string())
+                    .and_then(|chain| group_pulls(&chain, &g.head_ref))
+            })
+            .await;
+            let pulls = match chain {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    return log::warn!("[{repo}] merge group {} not checked: {e}", group.head_sha)
+                }
+                Err(e) => return log::error!("[{repo}] merge group: {e}"),
+            };
+            let mut prs = vec![];
+            for (n, commit) in pulls {
+                let what = format!("[{repo}] reading #{n} of merge group {}", group.head_sha);
+                match retrying(&what, || client.pull(n)).await {
+                    Ok(pr) => prs.push((pr, commit)),
+                    Err(e) => return log::warn!("{what}: {e}; not checked"),
+                }
+            }
+            let input = ForgeInput::MergeGroup { repo, group, prs };
+            let _ = tx.send(Msg::Forge(input)).await;
         });
     }
 
