@@ -411,3 +411,190 @@ fn githubs_webhook_examples_read_as_the_events_they_are() {
         assert!(ok, "{key} read as {got:?}");
     }
 }
+
+/// Builds GitHub's merge-group branch for `prs` (branch, number) on master in the
+/// harness's work tree: one merge commit per pull request, as GitHub's merge method
+/// writes them; pushed as `gh-readonly-queue/master/pr-N-BASE`. Returns (ref, head, base).
+fn merge_group_branch(h: &Harness, prs: &[(&str, u64)]) -> (String, String, String) {
+    let base = h.upstream_head("master").unwrap();
+    git(&h.work, &["fetch", "--quiet", "origin"]).unwrap();
+    git(
+        &h.work,
+        &["checkout", "--quiet", "-B", "group", "origin/master"],
+    )
+    .unwrap();
+    for (branch, n) in prs {
+        let msg = format!("Merge pull request #{n} from alice/{branch}");
+        git(
+            &h.work,
+            &[
+                "merge",
+                "--quiet",
+                "--no-ff",
+                "-m",
+                &msg,
+                &format!("origin/{branch}"),
+            ],
+        )
+        .unwrap();
+    }
+    let head = git(&h.work, &["rev-parse", "HEAD"]).unwrap();
+    let last = prs.last().unwrap().1;
+    let name = format!("gh-readonly-queue/master/pr-{last}-{base}");
+    git(
+        &h.work,
+        &[
+            "push",
+            "--quiet",
+            "--force",
+            "origin",
+            &format!("group:refs/heads/{name}"),
+        ],
+    )
+    .unwrap();
+    git(&h.work, &["checkout", "--quiet", "master"]).unwrap();
+    (format!("refs/heads/{name}"), head, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_group_mode_checks_githubs_groups_and_names_the_breaking_pull_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let forge = FakeForge::start(Shape::Github, "nix/pkgs", "gh-token")
+        .await
+        .unwrap();
+    forge.use_examples(
+        &contract("github-rest.json"),
+        &contract("github-webhooks.json"),
+    );
+    let prism = start_prism(&forge.api_url);
+    let (secret_file, token_file) = (dir.path().join("secret"), dir.path().join("token"));
+    std::fs::write(&secret_file, SECRET).unwrap();
+    std::fs::write(&token_file, "gh-token").unwrap();
+    let opts = BranchOpts {
+        extra_toml: format!(
+            "[repos.forge]\nkind = \"github\"\napi_url = {:?}\nrepository = \"nix/pkgs\"\n\
+             token_file = {:?}\nwebhook_secret_file = {:?}\nmode = \"merge-group\"\n",
+            prism.url,
+            token_file.display().to_string(),
+            secret_file.display().to_string()
+        ),
+        ..BranchOpts::default()
+    };
+    let mut h = harness(dir.path(), 12, 7, opts);
+    let good = h
+        .change("pr-41", "zlib: bump", |s| s.bump("zlib").map(|_| ()))
+        .unwrap();
+    // #42 adds a package that does not build: the group breaks, and only #42 is named.
+    let bad = h
+        .change("pr-42", "newpkg: init", |s| {
+            s.add_package("newpkg", &[])?;
+            s.break_build("newpkg")
+        })
+        .unwrap();
+    forge.open_pull(41, &good, "master", "zlib: bump", "alice");
+    forge.open_pull(42, &bad, "master", "newpkg: init", "bob");
+    h.start_server().await.unwrap();
+    let master = h.upstream_head("master").unwrap();
+    let group_event = |head_ref: &str, head: &str, base: &str, action: &str| {
+        let mut v = contract("github-webhooks.json")["merge_group.checks_requested"].clone();
+        v["action"] = action.into();
+        v["merge_group"]["head_ref"] = head_ref.into();
+        v["merge_group"]["head_sha"] = head.into();
+        v["merge_group"]["base_sha"] = base.into();
+        v["merge_group"]["base_ref"] = "refs/heads/master".into();
+        ("merge_group".to_string(), v)
+    };
+    let send = |event: (String, Value), id: String| {
+        let listen = h.listen.clone();
+        async move {
+            common::webhook(&listen, "pkgs", "github", SECRET, (&event.0, &id), &event.1).await
+        }
+    };
+    let final_status = |sha: String| {
+        let forge = &forge;
+        async move {
+            let t = Instant::now();
+            loop {
+                let last = forge
+                    .requests()
+                    .into_iter()
+                    .filter(|r| r.path == format!("/repos/nix/pkgs/statuses/{sha}"))
+                    .map(|r| r.body)
+                    .last();
+                if let Some(b) = last.filter(|b| b["state"] != "pending") {
+                    return b;
+                }
+                assert!(
+                    t.elapsed() < common::LONG,
+                    "no final status on {sha}: {:#?}",
+                    forge.requests()
+                );
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    };
+
+    // The group of #41 alone passes.
+    let (ref1, head1, base1) = merge_group_branch(&h, &[("pr-41", 41)]);
+    assert_eq!(
+        send(
+            group_event(&ref1, &head1, &base1, "checks_requested"),
+            "g-1".into()
+        )
+        .await,
+        202
+    );
+    let st = final_status(head1.clone()).await;
+    assert_eq!(st["state"], "success", "{st}");
+    assert_eq!(st["context"], "mergequeue");
+
+    // The group of #41 and #42 fails, naming #42; #41 is not blamed.
+    let (ref2, head2, base2) = merge_group_branch(&h, &[("pr-41", 41), ("pr-42", 42)]);
+    assert_eq!(
+        send(
+            group_event(&ref2, &head2, &base2, "checks_requested"),
+            "g-2".into()
+        )
+        .await,
+        202
+    );
+    let st = final_status(head2.clone()).await;
+    assert_eq!(st["state"], "failure", "{st}");
+    let text = st["description"].as_str().unwrap();
+    assert!(text.starts_with("broken by #42"), "{text}");
+    assert!(text.chars().count() <= 140);
+    let (_, changes) = h
+        .client
+        .call(
+            hyper::Method::GET,
+            "/api/v1/repos/pkgs/changes?limit=10",
+            None,
+        )
+        .await
+        .unwrap();
+    let of = |pr: u64, head: &str| -> Vec<String> {
+        changes
+            .as_array()
+            .or(changes["changes"].as_array())
+            .unwrap_or_else(|| panic!("{changes}"))
+            .iter()
+            .filter(|c| c["pr"] == pr && c["ref"] == head)
+            .map(|c| c["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(of(42, &ref2), vec!["rejected"], "{changes:#}");
+    assert_eq!(of(41, &ref2), vec!["cancelled"], "{changes:#}");
+    assert_eq!(of(41, &ref1), vec!["merged"], "{changes:#}");
+
+    // Nothing was pushed: GitHub lands merge groups; and nothing was said on the pull
+    // requests themselves.
+    assert_eq!(h.upstream_head("master").unwrap(), master);
+    assert!(!forge.requests().iter().any(|r| r.path.contains("/issues/")));
+    h.stop_server(false).unwrap();
+    let out = prism.output.lock().unwrap().clone();
+    let bad: Vec<&String> = out
+        .iter()
+        .filter(|l| l.contains("✖") || l.contains("iolation"))
+        .collect();
+    assert!(bad.is_empty(), "Prism objected: {bad:#?}");
+}

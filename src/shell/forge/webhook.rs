@@ -212,7 +212,11 @@ pub fn parse(event: &str, body: &[u8]) -> Result<ForgeEvent, WebhookError> {
                 head_sha: need(str_at(g, &["head_sha"]), "merge_group.head_sha")?.to_string(),
                 head_ref: str_at(g, &["head_ref"]).unwrap_or("").to_string(),
                 base_sha: need(str_at(g, &["base_sha"]), "merge_group.base_sha")?.to_string(),
-                base_ref: need(str_at(g, &["base_ref"]), "merge_group.base_ref")?.to_string(),
+                // GitHub names the branch in full (`refs/heads/main`); the queue by name.
+                base_ref: {
+                    let r = need(str_at(g, &["base_ref"]), "merge_group.base_ref")?;
+                    r.strip_prefix("refs/heads/").unwrap_or(r).to_string()
+                },
             };
             match action.as_str() {
                 "checks_requested" => ForgeEvent::MergeGroupRequested(group),
