@@ -518,9 +518,9 @@ async fn merge_group_mode_checks_githubs_groups_and_names_the_breaking_pull_requ
                 let last = forge
                     .requests()
                     .into_iter()
-                    .filter(|r| r.path == format!("/repos/nix/pkgs/statuses/{sha}"))
-                    .map(|r| r.body)
-                    .last();
+                    .rev()
+                    .find(|r| r.path == format!("/repos/nix/pkgs/statuses/{sha}"))
+                    .map(|r| r.body);
                 if let Some(b) = last.filter(|b| b["state"] != "pending") {
                     return b;
                 }
