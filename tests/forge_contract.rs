@@ -235,7 +235,11 @@ async fn a_github_app_drives_the_queue_and_every_call_keeps_githubs_contract() {
             s.set_sleep(&slow_leaf, 30.0)
         })
         .unwrap();
-    for (n, head) in [(7, &head7), (9, &head9), (10, &head7)] {
+    let broken = h.set.healthy_leaves()[1].clone();
+    let head11 = h
+        .change("pr-11", "breaks a leaf", |s| s.break_build(&broken))
+        .unwrap();
+    for (n, head) in [(7, &head7), (9, &head9), (10, &head7), (11, &head11)] {
         git(
             &h.upstream,
             &["update-ref", &format!("refs/pull/{n}/head"), head],
@@ -306,6 +310,31 @@ async fn a_github_app_drives_the_queue_and_every_call_keeps_githubs_contract() {
         "{cancelled}"
     );
 
+    // #11 breaks a package: rejected, with the reason in full on the pull request.
+    let c = forge.add_comment(11, "bob", "@mergequeue r+ p=high");
+    assert_eq!(send(forge.comment_event(11, c, "bob"), "d-6").await, 202);
+    let rejected = wait_state(&h, 3, "rejected").await;
+    assert_eq!(rejected["priority"], "high");
+    wait_for(&forge, "the rejection", |r| {
+        r.iter()
+            .any(|(_, p, b)| p == &format!("/statuses/{head11}") && b["state"] == "failure")
+            && comment_says(r, 11, "was rejected")
+    })
+    .await;
+    let comment = forge
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path.ends_with("/issues/11/comments"))
+        .unwrap();
+    let text = comment.body["body"].as_str().unwrap().to_string();
+    for part in [broken.as_str(), "/nix/store/", "log tail"] {
+        assert!(
+            text.contains(part),
+            "the rejection comment lacks {part:?}: {text}"
+        );
+    }
+
     // carol (read) labels #10: refused on the pull request; the App's own comment, even
     // one that reads like a command, is never acted on.
     let mut labeled = forge.pull_event(10, "labeled", "carol");
@@ -321,9 +350,10 @@ async fn a_github_app_drives_the_queue_and_every_call_keeps_githubs_contract() {
         202
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let four = change(&h, 4).await;
     assert!(
-        change(&h, 3).await.is_none(),
-        "a refused or own command queued something"
+        four.is_none(),
+        "a refused or own command queued something: {four:?}"
     );
 
     // Every call went through an installation token, and Prism found nothing to object to.
