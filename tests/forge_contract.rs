@@ -253,27 +253,26 @@ async fn a_github_app_drives_the_queue_and_every_call_keeps_githubs_contract() {
     forge.state.lock().unwrap().rate_limited = 2;
     h.start_server().await.unwrap();
     let send = |event: (String, Value), id: &'static str| {
-        let listen = h.listen.clone();
-        async move { common::webhook(&listen, "pkgs", "github", SECRET, (&event.0, id), &event.1).await }
+        let (listen, forge) = (h.listen.clone(), &forge);
+        async move {
+            forge
+                .deliver(&listen, "pkgs", SECRET, id, &event)
+                .await
+                .unwrap()
+        }
     };
 
     // A forged delivery: refused, nothing done.
     let c = forge.add_comment(7, "bob", "@mergequeue r+");
-    let (event, body) = forge.comment_event(7, c, "bob");
-    let forged = common::webhook(
-        &h.listen,
-        "pkgs",
-        "github",
-        b"wrong",
-        (&event, "d-0"),
-        &body,
-    )
-    .await;
-    assert_eq!(forged, 401);
+    let event = forge.comment_event(7, c, "bob");
+    let forged = forge
+        .deliver(&h.listen, "pkgs", b"wrong", "d-0", &event)
+        .await;
+    assert_eq!(forged.unwrap(), 401);
     assert!(change(&h, 1).await.is_none());
 
     // bob (maintain) approves #7 in a comment shaped like GitHub's own example: it lands.
-    assert_eq!(send((event, body), "d-1").await, 202);
+    assert_eq!(send(event, "d-1").await, 202);
     let landed = wait_state(&h, 1, "merged").await;
     assert_eq!(
         (landed["pr"].as_u64(), landed["approver"].as_str()),
@@ -535,9 +534,12 @@ async fn merge_group_mode_checks_githubs_groups_and_names_the_breaking_pull_requ
         ("merge_group".to_string(), v)
     };
     let send = |event: (String, Value), id: String| {
-        let listen = h.listen.clone();
+        let (listen, forge) = (h.listen.clone(), &forge);
         async move {
-            common::webhook(&listen, "pkgs", "github", SECRET, (&event.0, &id), &event.1).await
+            forge
+                .deliver(&listen, "pkgs", SECRET, &id, &event)
+                .await
+                .unwrap()
         }
     };
     let final_status = |sha: String| {

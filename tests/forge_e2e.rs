@@ -27,16 +27,11 @@ fn seen(f: &FakeForge) -> Vec<(String, String, Value)> {
         .collect()
 }
 
-async fn deliver(h: &Harness, event: &str, id: &str, body: &Value) -> u16 {
-    common::webhook(
-        &h.listen,
-        "pkgs",
-        "gitea",
-        SECRET.as_bytes(),
-        (event, id),
-        body,
-    )
-    .await
+async fn deliver(f: &FakeForge, h: &Harness, event: &str, id: &str, body: &Value) -> u16 {
+    let event = (event.to_string(), body.clone());
+    f.deliver(&h.listen, "pkgs", SECRET.as_bytes(), id, &event)
+        .await
+        .unwrap()
 }
 
 /// A new comment (ids are unique on a forge: a comment seen again is not acted on again).
@@ -112,6 +107,7 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
     // Someone without write access: one reply, nothing queued.
     assert_eq!(
         deliver(
+            &forge,
             &h,
             "issue_comment",
             "c-1",
@@ -130,6 +126,7 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
     // A maintainer approves #7: it lands, and the forge hears all of it despite the 502s.
     assert_eq!(
         deliver(
+            &forge,
             &h,
             "issue_comment",
             "c-2",
@@ -197,6 +194,7 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
     // #8 approved, then pushed to: the approval is removed, on the pull request too.
     assert_eq!(
         deliver(
+            &forge,
             &h,
             "issue_comment",
             "c-3",
@@ -221,7 +219,7 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
     forge.push(8, &new8);
     let (event, push) = forge.pull_event(8, "synchronize", "alice");
     assert_eq!(push["action"], "synchronized");
-    assert_eq!(deliver(&h, &event, "p-1", &push).await, 202);
+    assert_eq!(deliver(&forge, &h, &event, "p-1", &push).await, 202);
     let c = h.wait_final(&[2], common::LONG).await.unwrap();
     assert_eq!(c[0]["state"], "cancelled", "{}", c[0]);
     wait_for(&forge, "the unapproval", |r| {

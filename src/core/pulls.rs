@@ -261,6 +261,12 @@ impl Core {
             if self.pulls.posted.get(&c.id) == Some(&c.state) {
                 continue;
             }
+            // Queued and taken into a candidate in the same step: only the state it is in
+            // now is worth a status (its position is gone already).
+            let now_state = self.queue.changes.get(&c.id).map(|n| n.state);
+            if now_state.is_some_and(|s| s != c.state && !c.state.is_final()) {
+                continue;
+            }
             let pr = c.pr.expect("filtered");
             let status = |state, text: String| {
                 super::Command::Record(Record::Forge {

@@ -23,6 +23,10 @@ pub struct DemoArgs {
     /// Work in this directory instead of a temporary one (kept afterwards).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// The changes as pull requests on a local fake forge (Gitea's API), approved by
+    /// `@mergequeue r+` comments; prints what the forge shows afterwards.
+    #[arg(long)]
+    pub forge: bool,
 }
 
 struct Scripted {
@@ -53,8 +57,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         build_secs: (0.0, 0.3),
         ..Spec::default()
     };
+    let forge = match args.forge {
+        true => Some(crate::tools::demo_forge::start(&root).await?),
+        false => None,
+    };
     let opts = BranchOpts {
         batch_delay_secs: 2,
+        extra_toml: forge.as_ref().map(|f| f.toml.clone()).unwrap_or_default(),
         ..BranchOpts::default()
     };
     let bin = std::env::current_exe()?;
@@ -180,25 +189,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         h.listen,
         root.join("server.log").display()
     );
-    let mut ids = vec![];
-    for s in &script {
-        let v = h.submit(s.branch, &s.title, "normal").await?;
-        let id = v["id"].as_u64().context("submit returned no id")?;
-        println!("  submitted #{id} {}", s.title);
-        ids.push(id);
-    }
-    let cancel_id = ids[script
-        .iter()
-        .position(|s| s.expect == "cancelled")
-        .expect("scripted")];
-    h.client
-        .ok(
-            Method::DELETE,
-            &format!("/api/v1/repos/pkgs/changes/{cancel_id}"),
-            None,
-        )
-        .await?;
-    println!("  cancelled #{cancel_id}\n");
+    let ids = match &forge {
+        Some(f) => {
+            let list: Vec<_> = script
+                .iter()
+                .map(|s| (s.branch, s.title.clone(), s.expect))
+                .collect();
+            f.submit(&mut h, &list).await?
+        }
+        None => submit(&h, &script).await?,
+    };
 
     // Live progress from the event stream until every change is final.
     let mut after = 0;
@@ -303,6 +303,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             println!("    {l}");
         }
     }
+    if let Some(f) = &forge {
+        f.show(script.len()).await?;
+    }
     if args.keep {
         println!(
             "\nThe server keeps running at http://{0}; open the web UI at http://{0}/ or try:\n  curl http://{0}/api/v1/repos/pkgs/queue\n  curl http://{0}/metrics\n  export MERGEQUEUE_TOKEN={1}\n  {2} status --server {0} --repo pkgs 1\nPress Ctrl-C to stop.",
@@ -326,4 +329,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Submits the scripted changes over the API and cancels the one to withdraw.
+async fn submit(h: &Harness, script: &[Scripted]) -> anyhow::Result<Vec<u64>> {
+    let mut ids = vec![];
+    for s in script {
+        let v = h.submit(s.branch, &s.title, "normal").await?;
+        let id = v["id"].as_u64().context("submit returned no id")?;
+        println!("  submitted #{id} {}", s.title);
+        ids.push(id);
+    }
+    let cancel_id = ids[script
+        .iter()
+        .position(|s| s.expect == "cancelled")
+        .expect("scripted")];
+    h.client
+        .ok(
+            Method::DELETE,
+            &format!("/api/v1/repos/pkgs/changes/{cancel_id}"),
+            None,
+        )
+        .await?;
+    println!("  cancelled #{cancel_id}\n");
+    Ok(ids)
 }

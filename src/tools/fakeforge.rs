@@ -260,6 +260,44 @@ impl FakeForge {
         }
     }
 
+    /// Delivers a webhook to mergequeue at `listen` for `repo`, signed with `secret` the
+    /// way this forge signs (GitHub's `X-Hub-Signature-256: sha256=HEX`, Gitea's bare
+    /// hex); the answer's status.
+    pub async fn deliver(
+        &self,
+        listen: &str,
+        repo: &str,
+        secret: &[u8],
+        id: &str,
+        (event, body): &(String, Value),
+    ) -> std::io::Result<u16> {
+        let bytes = serde_json::to_vec(body)?;
+        let hex = crate::shell::forge::webhook::sign(secret, &bytes);
+        let (prefix, sig_header, sig) = match self.shape {
+            Shape::Github => ("GitHub", "x-hub-signature-256", format!("sha256={hex}")),
+            Shape::Gitea => ("Gitea", "x-gitea-signature", hex),
+        };
+        let stream = tokio::net::TcpStream::connect(listen).await?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let req = Request::post(format!("/api/v1/forge/{repo}/webhook"))
+            .header("host", listen)
+            .header("content-type", "application/json")
+            .header(format!("x-{}-event", prefix.to_lowercase()), event.as_str())
+            .header(format!("x-{}-delivery", prefix.to_lowercase()), id)
+            .header(sig_header, sig)
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(std::io::Error::other)?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(resp.status().as_u16())
+    }
+
     /// Every request sent so far.
     pub fn requests(&self) -> Vec<Seen> {
         self.state.lock().unwrap().requests.clone()

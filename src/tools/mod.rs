@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_load;
 pub mod demo;
+pub mod demo_forge;
 pub mod fakeforge;
 pub mod fixture;
 pub mod harness;

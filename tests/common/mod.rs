@@ -89,31 +89,3 @@ pub fn leaf_with_private_dep(h: &Harness) -> (String, String) {
     }
     panic!("no leaf with a private dependency in this package set");
 }
-
-/// Delivers a webhook to `repo`'s receiver, signed with `secret` the way `forge`
-/// (`github`, `gitea` or `forgejo`) signs it; the answer's status.
-pub async fn webhook(
-    listen: &str,
-    repo: &str,
-    forge: &str,
-    secret: &[u8],
-    (event, id): (&str, &str),
-    body: &Value,
-) -> u16 {
-    let body = serde_json::to_vec(body).unwrap();
-    let hex = mergequeue::shell::forge::webhook::sign(secret, &body);
-    let (prefix, sig) = match forge {
-        "github" => ("GitHub", format!("X-Hub-Signature-256: sha256={hex}")),
-        "gitea" => ("Gitea", format!("X-Gitea-Signature: {hex}")),
-        _ => ("Forgejo", format!("X-Forgejo-Signature: {hex}")),
-    };
-    let req = format!(
-        "POST /api/v1/forge/{repo}/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nX-{prefix}-Event: {event}\r\nX-{prefix}-Delivery: {id}\r\n{sig}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(&body);
-    raw(listen, &bytes).await.0
-}
