@@ -86,7 +86,7 @@ pub struct Candidate {
     /// A one-line summary once done ("landed abc", "rejected #3", ...).
     pub summary: Option<String>,
     /// A merge group of GitHub's merge queue: tested, answered with a status, never landed.
-    pub group: Option<super::groups::GroupRef>,
+    pub group: Option<super::forge::GroupRef>,
     pub(crate) targets: Vec<Target>,
     pub(crate) pending: BTreeSet<String>,
     pub(crate) eval_blockers: Vec<Blocker>,
@@ -287,7 +287,7 @@ impl Candidates {
         branch: &str,
         ids: Vec<ChangeId>,
         follow_up_of: Option<CandId>,
-        group: Option<super::groups::GroupRef>,
+        group: Option<super::forge::GroupRef>,
         now: Millis,
     ) {
         let id = self.next_cand;

@@ -41,6 +41,17 @@ pub struct MergeGroup {
     pub base_ref: String,
 }
 
+/// What a group candidate keeps of its merge group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    pub head_sha: String,
+    /// `refs/heads/gh-readonly-queue/BASE/pr-N-SHA`: fetched to test the group.
+    pub head_ref: String,
+    pub base_sha: String,
+    /// Each pull request's change with the group commit that adds it, oldest first.
+    pub chain: Vec<(crate::core::change::ChangeId, String)>,
+}
+
 /// One webhook delivery, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ForgeEvent {

@@ -5,23 +5,12 @@
 //! the answer is a commit status on the group's head. Nothing is pushed; a failed group
 //! is not retested here (GitHub forms new groups without the culprit).
 
-use serde::{Deserialize, Serialize};
-
 use super::candidate::{Candidates, Ctx, Phase};
 use super::change::{short, ChangeId, ChangeState, Priority};
-use super::forge::{status_description, ForgeCommand, MergeGroup, PullRequest, StatusState};
+use super::forge::{
+    status_description, ForgeCommand, GroupRef, MergeGroup, PullRequest, StatusState,
+};
 use super::{CandId, Command, Core, Millis, Record, Submission};
-
-/// What a group candidate keeps of its merge group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupRef {
-    pub head_sha: String,
-    /// `refs/heads/gh-readonly-queue/BASE/pr-N-SHA`: fetched to test the group.
-    pub head_ref: String,
-    pub base_sha: String,
-    /// Each pull request's change with the group commit that adds it, oldest first.
-    pub chain: Vec<(ChangeId, String)>,
-}
 
 /// The git ref of a change that is part of a merge group: its answers go to the group.
 pub fn is_group_ref(git_ref: &str) -> bool {

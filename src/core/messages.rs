@@ -65,7 +65,7 @@ pub enum Command {
     PrepareGroup {
         cand: CandId,
         repo: String,
-        group: crate::core::groups::GroupRef,
+        group: crate::core::forge::GroupRef,
     },
     /// Evaluate the jobset at a commit (served from the evaluation store when known).
     Evaluate {

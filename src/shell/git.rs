@@ -215,7 +215,7 @@ impl Mirror {
     /// ref that is gone (GitHub destroyed the group) vanishes every change.
     pub fn prepare_group(
         &self,
-        group: &crate::core::groups::GroupRef,
+        group: &crate::core::forge::GroupRef,
     ) -> Result<Prepared, GitError> {
         let vanished = match self.group_chain(&group.head_ref, &group.head_sha, &group.base_sha) {
             Ok(_) => vec![],
