@@ -183,6 +183,19 @@ async fn approve_land_and_the_forge_is_told_refuse_the_unauthorized_unapprove_on
         merge.2,
         json!({"Do": "manually-merged", "MergeCommitID": master})
     );
+    // The web UI's change page says who approved it and links the pull request.
+    let get = b"GET /repos/pkgs/changes/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (status, page) = common::raw(&h.listen, get).await;
+    assert_eq!(status, 200);
+    let web = api_url.trim_end_matches("/api/v1");
+    for part in [
+        format!("href=\"{web}/nix/pkgs/pulls/7\""),
+        "approved by bob".to_string(),
+        "commit status success".to_string(),
+    ] {
+        assert!(page.contains(&part), "the change page lacks {part:?}");
+    }
+
     // Nothing else was queued: carol's command did nothing.
     let (status, _) = h
         .client

@@ -94,6 +94,21 @@ fn default_context() -> String {
 type Invalid = (Option<std::ops::Range<usize>>, String);
 
 impl ForgeConfig {
+    /// Where a pull request's page is, with its number appended: the web root is the API
+    /// root without `/api/v1` (Gitea, Forgejo) or `/api/v3` (GitHub Enterprise), and
+    /// `https://github.com` for `https://api.github.com`.
+    pub fn pull_page_prefix(&self) -> String {
+        let api = self.api_url.get_ref().trim_end_matches('/');
+        let (web, pulls) = match self.kind {
+            ForgeKind::Github if api == "https://api.github.com" => ("https://github.com", "pull"),
+            ForgeKind::Github => (api.strip_suffix("/api/v3").unwrap_or(api), "pull"),
+            ForgeKind::Gitea | ForgeKind::Forgejo => {
+                (api.strip_suffix("/api/v1").unwrap_or(api), "pulls")
+            }
+        };
+        format!("{web}/{}/{pulls}/", self.repository.get_ref())
+    }
+
     /// The checks serde cannot make; the span points at the offending value.
     pub fn validate(&self) -> Result<(), Invalid> {
         let url = self.api_url.get_ref();
@@ -161,6 +176,37 @@ mod tests {
              [repos.forge]\n{forge}\n"
         );
         Config::parse(&text, "t.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pull_request_pages_are_found_from_the_api_root() {
+        for (kind, api, want) in [
+            (
+                "github",
+                "https://api.github.com",
+                "https://github.com/a/b/pull/",
+            ),
+            (
+                "github",
+                "https://ghe.example.org/api/v3/",
+                "https://ghe.example.org/a/b/pull/",
+            ),
+            (
+                "gitea",
+                "https://git.example.org/api/v1",
+                "https://git.example.org/a/b/pulls/",
+            ),
+            (
+                "forgejo",
+                "https://codeberg.org/api/v1",
+                "https://codeberg.org/a/b/pulls/",
+            ),
+        ] {
+            let text = format!("kind = {kind:?}\napi_url = {api:?}\nrepository = \"a/b\"");
+            let c = with_forge(&text).expect("valid");
+            let f = c.repos[0].forge.as_ref().expect("forge");
+            assert_eq!(f.pull_page_prefix(), want, "{api}");
+        }
     }
 
     #[test]

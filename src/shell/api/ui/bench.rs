@@ -107,6 +107,7 @@ fn from_state(n: usize, runs: usize) -> anyhow::Result<String> {
             candidates: &candidates,
             changes: &none,
             details: &none,
+            pulls: None,
         };
         let paging = Paging {
             branch: None,
@@ -144,6 +145,7 @@ fn render_only(n: usize, runs: usize) -> String {
         candidates: &candidates,
         changes: &changes,
         details: &details,
+        pulls: None,
     };
     let paging = Paging {
         branch: None,
@@ -179,6 +181,7 @@ mod tests {
             candidates: &c,
             changes: &none,
             details: &none,
+            pulls: None,
         };
         let page = super::Paging {
             branch: Some("master".into()),

@@ -244,6 +244,7 @@ async fn queue_page(api: &Api, repo: &str, query: &str, now: i64) -> Resp {
         candidates: &candidates,
         changes: &changes,
         details: &details,
+        pulls: pull_pages(api, &repo),
     };
     html(StatusCode::OK, pages::queue::queue(now, &view, &page))
 }
@@ -271,10 +272,17 @@ async fn change_page(api: &Api, repo: &str, id: u64, now: i64) -> Resp {
             logs.insert(drv, a);
         }
     }
+    let pulls = pull_pages(api, &repo);
     html(
         StatusCode::OK,
-        pages::change::change(now, &change, &candidates, &logs),
+        pages::change::change(now, &change, &candidates, &logs, pulls.as_deref()),
     )
+}
+
+/// The forge's pull-request page prefix of a repository with `[repos.forge]`.
+fn pull_pages(api: &Api, repo: &str) -> Option<String> {
+    let forge = api.config.repo(repo)?.forge.as_ref()?;
+    Some(forge.pull_page_prefix())
 }
 
 async fn candidate_page(api: &Api, repo: &str, id: u64, now: i64) -> Resp {

@@ -19,6 +19,7 @@ pub fn change(
     c: &Value,
     candidates: &Value,
     logs: &BTreeMap<String, Value>,
+    pulls: Option<&str>,
 ) -> Markup {
     let now_s = now_ms / 1000;
     let repo = s(c, "repo");
@@ -42,12 +43,17 @@ pub fn change(
             tr { th { "head" } td { code { (s(c, "head")) }
                 @if s(c, "head") != s(c, "submitted_head") { " (submitted at " code { (short(s(c, "submitted_head"))) } ")" } } }
             tr { th { "priority" } td { (s(c, "priority")) } }
-            tr { th { "forge status" } td.muted { "mergequeue reports to no forge yet." } }
+            @if u(c, "pr").is_some() {
+                tr { th { "pull request" } td { (super::queue::pull_link(c, pulls)) } }
+                tr { th { "approved by" } td { (s(c, "approver")) } }
+                tr { th { "forge status" } td { (forge_status(c)) } }
+            }
         }
         h2 { "Timeline" }
         ol.timeline {
-            li { (when(now_s, c["submitted_at"].as_i64().unwrap_or(0) / 1000)) " submitted by " (s(c, "author"))
-                 " (submitting is approving: mergequeue records no separate approval)" }
+            li { (when(now_s, c["submitted_at"].as_i64().unwrap_or(0) / 1000))
+                 @if u(c, "pr").is_some() { " approved by " (s(c, "approver")) " on the forge" }
+                 @else { " submitted over the API by " (s(c, "author")) " (submitting is approving)" } }
             @for k in &mine {
                 @let kid = u(k, "id").unwrap_or(0);
                 li {
@@ -171,4 +177,17 @@ pub fn candidate(now_ms: i64, repo: &str, k: &Value, changes: &BTreeMap<u64, Val
         },
         body,
     )
+}
+
+/// The commit status mergequeue posts for the change's state (`docs/forge.md`).
+fn forge_status(c: &Value) -> Markup {
+    let group = crate::core::groups::is_group_ref(s(c, "ref"));
+    let state = match s(c, "state") {
+        _ if group => "on the merge group's head, not the pull request",
+        "queued" | "testing" => "pending",
+        "merged" => "success",
+        "rejected" => "failure (with a comment giving the reason)",
+        _ => "error",
+    };
+    html! { "commit status " (state) }
 }

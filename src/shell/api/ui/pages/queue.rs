@@ -117,6 +117,8 @@ pub struct QueueView<'a> {
     pub candidates: &'a Value,
     pub changes: &'a BTreeMap<u64, Value>,
     pub details: &'a BTreeMap<u64, Value>,
+    /// The forge's pull-request page, the number to be appended (`[repos.forge]`).
+    pub pulls: Option<String>,
 }
 
 /// Which page of which branch's queued changes to show (others show their first page).
@@ -211,7 +213,7 @@ fn branch(
                 table.queue {
                     thead { tr {
                         th { "#" } th { "change" } th { "title" } th { "priority" } th { "age" }
-                        th { "author" } th { "ref" }
+                        th { "author" } th { "approver" } th { "ref" }
                     } }
                     tbody {
                         @for (i, c) in shown.iter().enumerate() {
@@ -222,7 +224,8 @@ fn branch(
                                 td { (s(c, "priority")) }
                                 td { @if let Some(t) = c["submitted_at"].as_i64() { (span(now_s - t / 1000)) } }
                                 td { (s(c, "author")) }
-                                td { code { (s(c, "ref")) } }
+                                td { (s(c, "approver")) }
+                                td { (pull_link(c, v.pulls.as_deref())) }
                             }
                         }
                     }
@@ -318,5 +321,14 @@ fn recent(now_s: i64, repo: &str, branch: &str, candidates: &Value) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// A change's pull request linked to its page on the forge, or its ref.
+pub fn pull_link(c: &Value, pulls: Option<&str>) -> Markup {
+    match (u(c, "pr"), pulls) {
+        (Some(n), Some(prefix)) => html! { a href={ (prefix) (n) } { "pull request #" (n) } },
+        (Some(n), None) => html! { "pull request #" (n) },
+        _ => html! { code { (s(c, "ref")) } },
     }
 }
