@@ -114,6 +114,13 @@ async fn fetch(url: &str) -> (u16, String, String) {
     (status, ct, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// GET a JSON answer that must be 200.
+async fn get_json(url: &str) -> serde_json::Value {
+    let (status, _, body) = fetch(url).await;
+    assert_eq!(status, 200, "{url}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 struct Visit<'a> {
     c: &'a Client,
     base: String,
@@ -371,7 +378,39 @@ async fn every_page_shows_a_live_run_in_a_real_browser() {
     let first = finals[1]["candidate"].as_u64().unwrap();
     v.page(
         &format!("/repos/pkgs/candidates/{first}"),
-        &["Rebuild set", bad, "failed"],
+        &["Rebuild set", bad, "failed", "base → commit"],
+        None,
+    )
+    .await;
+    // Its evaluation diff: the broken job newly failing, the JSON twin agreeing.
+    let cand = get_json(&format!("{}/api/v1/repos/pkgs/candidates/{first}", v.base)).await;
+    let (base, commit) = (
+        cand["base"].as_str().unwrap(),
+        cand["commit"].as_str().unwrap(),
+    );
+    let diff = get_json(&format!(
+        "{}/api/v1/repos/pkgs/compare?from={base}&to={commit}",
+        v.base
+    ))
+    .await;
+    let failing: Vec<&str> = diff["newly_failing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["attr"].as_str().unwrap())
+        .collect();
+    assert!(failing.contains(&bad.as_str()), "{diff:#}");
+    assert_eq!(diff["counts"]["newly_failing"], failing.len());
+    v.page(
+        &format!("/repos/pkgs/compare?from={base}&to={commit}"),
+        &[
+            "Newly failing (",
+            "Still failing (",
+            "Added (",
+            "Removed (",
+            "Changed (",
+            bad,
+        ],
         None,
     )
     .await;

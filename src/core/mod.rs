@@ -20,6 +20,7 @@ mod channel_types;
 pub mod commands;
 #[cfg(test)]
 mod commands_tests;
+pub mod compare;
 mod effects;
 pub mod evaluation;
 mod evidence;

@@ -156,6 +156,7 @@ impl Api {
             | Query::Attempts { .. }
             | Query::Log { .. }
             | Query::StoredChange { .. }
+            | Query::Compare { .. }
             | Query::Changes { .. }) => self.ask_store(q).await,
             q if StoreFacts::needed(&q) => {
                 let (facts, q) = self
@@ -357,6 +358,21 @@ impl Api {
                         self.ask(q).await
                     }
                     (&Method::GET, ["candidates"]) => self.ask(Query::Candidates { repo }).await,
+                    (&Method::GET, ["compare"]) => {
+                        let (Some(from), Some(to)) =
+                            (query_param(&query, "from"), query_param(&query, "to"))
+                        else {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "compare needs from=COMMIT and to=COMMIT".to_string(),
+                            );
+                        };
+                        let limit = match paging(&query) {
+                            Ok((limit, _)) => limit,
+                            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                        };
+                        self.ask(Query::Compare { from, to, limit }).await
+                    }
                     (&Method::GET, ["candidates", id]) => match id.parse() {
                         Ok(id) => self.ask(Query::Candidate { repo, id }).await,
                         Err(_) => {

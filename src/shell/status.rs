@@ -6,6 +6,8 @@
 
 /// The candidate page's answer, in steps on and off the driver task.
 pub mod candidate;
+/// Two evaluations compared (Hydra's tabs).
+pub mod compare;
 
 use serde_json::{json, Value};
 
@@ -58,6 +60,12 @@ pub enum Query {
         state: Option<ChangeState>,
         limit: usize,
         offset: usize,
+    },
+    /// Two stored evaluations compared, each tab cut to `limit` rows.
+    Compare {
+        from: String,
+        to: String,
+        limit: usize,
     },
     /// A change as the database holds it (after `Change` found none in memory).
     StoredChange {
@@ -144,6 +152,10 @@ pub fn from_store(store: &Store, q: Query) -> Result<Option<Reply>, Query> {
             .changes_page(&repo, state.map(|s| s.as_str()), limit.min(QUEUE_PAGE_MAX), offset)
             .ok()
             .map(|cs| Reply::Json(Value::Array(cs.iter().map(|c| change_json(c, None)).collect()))),
+        Query::Compare { from, to, limit } => compare::answer(store, &from, &to, limit)
+            .ok()
+            .flatten()
+            .map(Reply::Json),
         // A final change the engine no longer holds.
         Query::StoredChange { repo, id } => store
             .change(id)
@@ -248,6 +260,7 @@ pub fn answer(
         | Query::Attempts { .. }
         | Query::Log { .. }
         | Query::StoredChange { .. }
+        | Query::Compare { .. }
         | Query::Changes { .. } => return None,
     })
 }

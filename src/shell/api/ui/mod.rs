@@ -136,6 +136,31 @@ where
             Ok(id) => candidate_page(api, repo, id, now).await,
             Err(_) => not_found(&path),
         },
+        ["repos", repo, "compare"] if api.config.repo(repo).is_some() => {
+            let (Some(from), Some(to)) = (param(&query, "from"), param(&query, "to")) else {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    pages::ops::message("Two commits needed", "Give from=COMMIT and to=COMMIT."),
+                );
+            };
+            let limit = pages::compare::PER_TAB;
+            let q = Query::Compare {
+                from: from.clone(),
+                to: to.clone(),
+                limit,
+            };
+            match ask(api, q).await {
+                Some(v) => html(StatusCode::OK, pages::compare::compare(repo, &v)),
+                // A candidate still being evaluated links here too.
+                None => html(
+                    StatusCode::OK,
+                    pages::ops::message(
+                        "Not evaluated",
+                        &format!("No stored evaluation of {from} and {to} (one is not evaluated yet, or was pruned)."),
+                    ),
+                ),
+            }
+        }
         ["repos", repo, "broken"] if api.config.repo(repo).is_some() => {
             html(StatusCode::OK, pages::ops::broken(repo))
         }

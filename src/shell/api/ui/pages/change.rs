@@ -119,6 +119,9 @@ pub fn candidate(now_ms: i64, repo: &str, k: &Value, changes: &BTreeMap<u64, Val
             tr { th { "branch" } td { a href={ "/repos/" (seg(repo)) } { (s(k, "branch")) } } }
             tr { th { "base" } td { code { (s(k, "base")) } } }
             tr { th { "commit" } td { code { (s(k, "commit")) } } }
+            @if !s(k, "base").is_empty() && !s(k, "commit").is_empty() {
+                tr { th { "evaluation diff" } td { a href={ "/repos/" (seg(repo)) "/compare?from=" (seg(s(k, "base"))) "&to=" (seg(s(k, "commit"))) } { "base → commit" } } }
+            }
             @if let Some(f) = u(k, "follow_up_of") {
                 tr { th { "follow-up of" } td { a href={ "/repos/" (seg(repo)) "/candidates/" (f) } { "candidate " (f) } } }
             }

@@ -2,5 +2,6 @@
 //! time) to HTML, so a page can be rendered and measured without a server.
 
 pub mod change;
+pub mod compare;
 pub mod ops;
 pub mod queue;
