@@ -653,3 +653,65 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
         "error: builder failed"
     );
 }
+
+#[test]
+fn a_merge_group_candidate_round_trips_on_an_upgraded_database() {
+    use mergequeue::core::forge::{ForgeInput, MergeGroup, PullRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    v1_database(&path);
+    let mut store = Store::open(&path).unwrap();
+    let lane = LaneConfig {
+        batch_max: 4,
+        required: vec![],
+        batch_delay_ms: 0,
+        build_priority: None,
+    };
+    let mut cfg = CoreConfig::default();
+    cfg.repos.insert(
+        "pkgs".into(),
+        RepoConfig {
+            lanes: [("master".to_string(), lane)].into(),
+        },
+    );
+    let mut core = Core::new(cfg);
+    let pr = PullRequest {
+        number: 42,
+        head_sha: HEAD1.into(),
+        base_ref: "master".into(),
+        author: "alice".into(),
+        title: "zlib: 1.3".into(),
+        open: true,
+        merged: false,
+    };
+    let group = MergeGroup {
+        head_sha: M2.into(),
+        head_ref: format!("refs/heads/gh-readonly-queue/master/pr-42-{BASE}"),
+        base_sha: BASE.into(),
+        base_ref: "master".into(),
+    };
+    let input = ForgeInput::MergeGroup {
+        repo: "pkgs".into(),
+        group,
+        prs: vec![(pr, M2.into())],
+    };
+    core.forge(input, 1_700_000_000_000);
+    let records: Vec<Record> = core
+        .take_commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Record(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    store.apply(&records.iter().collect::<Vec<_>>()).unwrap();
+    let cand = core
+        .candidates()
+        .find(|c| c.group.is_some())
+        .expect("the group's candidate");
+    let row = store.candidate(cand.id).unwrap().expect("stored");
+    assert_eq!(row.group, cand.group);
+    let g = row.group.unwrap();
+    assert_eq!((g.head_sha.as_str(), g.base_sha.as_str()), (M2, BASE));
+    assert_eq!(g.chain.len(), 1);
+}

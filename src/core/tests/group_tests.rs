@@ -134,6 +134,28 @@ fn a_pull_request_adding_a_failing_package_is_named_and_nobody_else() {
 }
 
 #[test]
+fn a_group_in_flight_survives_a_restart() {
+    let mut w = world();
+    w.bad_tags.insert("bad".into());
+    let mut sim = Sim::new(config(8, 0), w);
+    let prs = vec![
+        (51, "h1".to_string(), Patch::alter("pkg1", "c1")),
+        (52, "h2".to_string(), Patch::alter("pkg2", "bad")),
+    ];
+    let head = group(&mut sim, &prs);
+    for _ in 0..3 {
+        sim.step();
+    }
+    sim.crash_and_restore();
+    sim.run();
+    let (state, text) = statuses(&sim, &head).pop().expect("a final status");
+    assert_eq!(state, StatusState::Failure);
+    assert!(text.starts_with("broken by #52"), "{text}");
+    assert_eq!(change_of_pr(&sim, 51).state, ChangeState::Cancelled);
+    assert_eq!(sim.lands(), 0);
+}
+
+#[test]
 fn a_destroyed_group_is_dropped() {
     let mut sim = Sim::new(config(8, 0), world());
     let prs = vec![(31, "h1".to_string(), Patch::alter("pkg1", "c1"))];
