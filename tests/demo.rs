@@ -1,20 +1,28 @@
 //! The README's first command, run the way a user runs it (smaller set to save time).
 
-#[test]
-fn the_demo_goes_as_expected() {
+/// Runs `mergequeue demo ARGS --dir TMP`; its output, once it went as expected.
+fn demo(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mergequeue"))
-        .args(["demo", "--packages", "150", "--dir"])
+        .arg("demo")
+        .args(args)
+        .arg("--dir")
         .arg(dir.path())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "demo failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("Demo went as expected."), "{text}");
+    text
+}
+
+#[test]
+fn the_demo_goes_as_expected() {
+    let text = demo(&["--packages", "150"]);
     assert!(
         text.contains("log tail:"),
         "a rejection quotes the log tail: {text}"
@@ -24,19 +32,7 @@ fn the_demo_goes_as_expected() {
 /// `demo --forge`: the same script as pull requests on the local fake forge.
 #[test]
 fn the_forge_demo_shows_what_the_forge_shows() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mergequeue"))
-        .args(["demo", "--forge", "--packages", "120", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("Demo went as expected."), "{text}");
+    let text = demo(&["--forge", "--packages", "120"]);
     let shown = text
         .split("What the forge shows")
         .nth(1)

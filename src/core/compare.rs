@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::evaluation::{Evaluation, JobKey, JobResult};
+use super::evaluation::{join, Evaluation, JobKey, JobResult, Joined};
 use super::outcome::OutcomeClass;
 
 /// What a job is on one side.
@@ -69,8 +69,6 @@ pub fn compare(
     built: &dyn Fn(&str) -> Option<OutcomeClass>,
 ) -> Comparison {
     let mut out = Comparison::default();
-    let (a, b) = (&old.jobs, &new.jobs);
-    let (mut i, mut j) = (0, 0);
     let drv = |r: &JobResult| match r {
         JobResult::Ok(job) => Some(job.drv_path.clone()),
         JobResult::Error(_) => None,
@@ -83,42 +81,30 @@ pub fn compare(
         old: o.map(|r| JobStatus::of(r, built)),
         new: n.map(|r| JobStatus::of(r, built)),
     };
-    // Both lists are sorted by key (evaluations keep them so): one merge-join.
-    while i < a.len() || j < b.len() {
-        let ord = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) => x.0.cmp(&y.0),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
+    for step in join(old, new) {
+        let r = match step {
+            Joined::Old(k, o) => {
+                out.removed.push(row(k, Some(o), None));
+                continue;
+            }
+            Joined::New(k, n) => {
+                out.added.push(row(k, None, Some(n)));
+                continue;
+            }
+            Joined::Both(k, o, n) => row(k, Some(o), Some(n)),
         };
-        match ord {
-            std::cmp::Ordering::Less => {
-                out.removed.push(row(&a[i].0, Some(&a[i].1), None));
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.added.push(row(&b[j].0, None, Some(&b[j].1)));
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                let r = row(&b[j].0, Some(&a[i].1), Some(&b[j].1));
-                if r.old_drv != r.new_drv {
-                    out.changed.push(r.clone());
-                }
-                let (o, n) = (r.old.expect("both"), r.new.expect("both"));
-                let tab = match (o.failing(), n.failing()) {
-                    _ if o == JobStatus::NotBuilt || n == JobStatus::NotBuilt => {
-                        &mut out.unfinished
-                    }
-                    (false, true) => &mut out.newly_failing,
-                    (true, false) => &mut out.newly_succeeding,
-                    (true, true) => &mut out.still_failing,
-                    (false, false) => &mut out.still_succeeding,
-                };
-                tab.push(r);
-                i += 1;
-                j += 1;
-            }
+        if r.old_drv != r.new_drv {
+            out.changed.push(r.clone());
         }
+        let (o, n) = (r.old.expect("both"), r.new.expect("both"));
+        let tab = match (o.failing(), n.failing()) {
+            _ if o == JobStatus::NotBuilt || n == JobStatus::NotBuilt => &mut out.unfinished,
+            (false, true) => &mut out.newly_failing,
+            (true, false) => &mut out.newly_succeeding,
+            (true, true) => &mut out.still_failing,
+            (false, false) => &mut out.still_succeeding,
+        };
+        tab.push(r);
     }
     out
 }

@@ -112,43 +112,52 @@ impl EvalDiff {
     }
 }
 
-/// Merge-join of two sorted job lists: O(n), no allocation beyond the result.
+/// One key of a merge-join of two evaluations' job lists.
+pub enum Joined<'a> {
+    Old(&'a JobKey, &'a JobResult),
+    New(&'a JobKey, &'a JobResult),
+    Both(&'a JobKey, &'a JobResult, &'a JobResult),
+}
+
+/// Walks both sorted job lists once, key by key: O(n), no allocation.
+pub fn join<'a>(old: &'a Evaluation, new: &'a Evaluation) -> impl Iterator<Item = Joined<'a>> {
+    let (a, b) = (&old.jobs, &new.jobs);
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let next = match (a.get(i), b.get(j)) {
+            (None, None) => return None,
+            (Some(x), Some(y)) if x.0 == y.0 => Joined::Both(&y.0, &x.1, &y.1),
+            (Some(x), Some(y)) if x.0 > y.0 => Joined::New(&y.0, &y.1),
+            (Some(x), _) => Joined::Old(&x.0, &x.1),
+            (None, Some(y)) => Joined::New(&y.0, &y.1),
+        };
+        match next {
+            Joined::Old(..) => i += 1,
+            Joined::New(..) => j += 1,
+            Joined::Both(..) => (i, j) = (i + 1, j + 1),
+        }
+        Some(next)
+    })
+}
+
+/// Jobs added, changed, removed and newly failing to evaluate, in one pass.
 pub fn diff(old: &Evaluation, new: &Evaluation) -> EvalDiff {
     let mut d = EvalDiff::default();
-    let (mut i, mut j) = (0, 0);
-    let (a, b) = (&old.jobs, &new.jobs);
-    while i < a.len() || j < b.len() {
-        let ord = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) => x.0.cmp(&y.0),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match ord {
-            std::cmp::Ordering::Less => {
-                d.removed.push(a[i].0.clone());
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                match &b[j].1 {
-                    JobResult::Ok(_) => d.added.push(b[j].0.clone()),
-                    JobResult::Error(_) => d.failing.push(b[j].0.clone()),
+    for step in join(old, new) {
+        match step {
+            Joined::Old(k, _) => d.removed.push(k.clone()),
+            Joined::New(k, JobResult::Ok(_)) => d.added.push(k.clone()),
+            Joined::New(k, JobResult::Error(_)) => d.failing.push(k.clone()),
+            Joined::Both(k, x, y) => match (x, y) {
+                (JobResult::Ok(x), JobResult::Ok(y)) if x.outputs != y.outputs => {
+                    d.changed.push(k.clone())
                 }
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                match (&a[i].1, &b[j].1) {
-                    (JobResult::Ok(x), JobResult::Ok(y)) if x.outputs != y.outputs => {
-                        d.changed.push(b[j].0.clone())
-                    }
-                    (JobResult::Ok(_), JobResult::Ok(_)) => {}
-                    // Newly evaluating: must be built to know it works.
-                    (JobResult::Error(_), JobResult::Ok(_)) => d.added.push(b[j].0.clone()),
-                    (JobResult::Ok(_), JobResult::Error(_)) => d.failing.push(b[j].0.clone()),
-                    (JobResult::Error(_), JobResult::Error(_)) => {}
-                }
-                i += 1;
-                j += 1;
-            }
+                (JobResult::Ok(_), JobResult::Ok(_)) => {}
+                // Newly evaluating: must be built to know it works.
+                (JobResult::Error(_), JobResult::Ok(_)) => d.added.push(k.clone()),
+                (JobResult::Ok(_), JobResult::Error(_)) => d.failing.push(k.clone()),
+                (JobResult::Error(_), JobResult::Error(_)) => {}
+            },
         }
     }
     d
