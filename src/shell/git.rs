@@ -71,6 +71,30 @@ pub fn ls_remote(url: &str, git_ref: &str) -> Result<Option<String>, GitError> {
         .map(|(sha, _)| sha.to_string()))
 }
 
+/// A git process killed mid-update (kill -9, power loss) leaves its `*.lock` files
+/// (`refs/…/NAME.lock`, `packed-refs.lock`, `shallow.lock`, …), and every later fetch into the
+/// same refs fails on them forever. Only this process uses the mirror and it runs no git
+/// command yet when it opens it, so any lock found then is stale.
+fn remove_stale_locks(dir: &Path) -> Result<(), GitError> {
+    let err = |e: std::io::Error| GitError::Other(format!("{}: {e}", dir.display()));
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(err)?;
+        // Objects are written to temporary files and renamed: no locks there.
+        if kind.is_dir() && entry.file_name() != "objects" {
+            remove_stale_locks(&path)?;
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+            log::warn!(
+                "removing a stale git lock left by an interrupted update: {}",
+                path.display()
+            );
+            std::fs::remove_file(&path).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
 impl Mirror {
     pub fn open(state_dir: &Path, name: &str, url: &str) -> Result<Mirror, GitError> {
         let path = state_dir.join("git").join(format!("{name}.git"));
@@ -79,6 +103,7 @@ impl Mirror {
                 .map_err(|e| GitError::Other(format!("{}: {e}", path.display())))?;
             Repository::init_bare(&path)?;
         }
+        remove_stale_locks(&path)?;
         Ok(Mirror {
             path,
             url: url.to_string(),
@@ -382,5 +407,27 @@ mod tests {
             .unwrap_err();
         let e = m.vanished("refs/heads/a", fetch_error).unwrap_err();
         assert!(e.to_string().contains("ls-remote"), "{e}");
+    }
+
+    #[test]
+    fn a_lock_left_by_a_killed_fetch_is_removed_when_the_mirror_opens() {
+        let state = tempfile::tempdir().unwrap();
+        let m = Mirror::open(state.path(), "r", "file:///nowhere").unwrap();
+        let locks = [
+            m.path.join("refs/mq/target/master.lock"),
+            m.path.join("packed-refs.lock"),
+            m.path.join("shallow.lock"),
+        ];
+        for l in &locks {
+            std::fs::create_dir_all(l.parent().unwrap()).unwrap();
+            std::fs::write(l, "").unwrap();
+        }
+        let kept = m.path.join("refs/mq/target/keep");
+        std::fs::write(&kept, "x").unwrap();
+        Mirror::open(state.path(), "r", "file:///nowhere").unwrap();
+        for l in &locks {
+            assert!(!l.exists(), "{} is still there", l.display());
+        }
+        assert!(kept.exists());
     }
 }
