@@ -207,32 +207,33 @@ impl Candidates {
     pub(crate) fn group_finished(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
         let cand = self.by_id[&id].clone();
         let Some(g) = &cand.group else { return };
-        let pr_of = |cx: &Ctx, c: &ChangeId| cx.queue.changes[c].pr.unwrap_or(0);
-        let culprits: Vec<(u64, String)> = cand
-            .changes
+        // The chain holds every change of the group (the candidate's own list is the same
+        // changes once prepared).
+        let change = |c: &ChangeId| &cx.queue.changes[c];
+        let passed = g
+            .chain
             .iter()
-            .chain(g.chain.iter().map(|(c, _)| c))
-            .filter(|c| cx.queue.changes[*c].state == ChangeState::Rejected)
-            .map(|c| {
-                (
-                    pr_of(cx, c),
-                    cx.queue.changes[c].reason.clone().unwrap_or_default(),
-                )
-            })
-            .collect();
-        let mut culprits = culprits;
-        culprits.dedup_by_key(|(n, _)| *n);
-        let summary = cand.summary.clone().unwrap_or_default();
-        let (state, text) = if summary.starts_with("passed") {
-            (
+            .all(|(c, _)| change(c).state == ChangeState::Merged);
+        let culprit = g
+            .chain
+            .iter()
+            .map(|(c, _)| change(c))
+            .find(|c| c.state == ChangeState::Rejected);
+        let (state, text) = match culprit {
+            _ if passed => (
                 StatusState::Success,
                 format!("built: {} pull requests", g.chain.len()),
-            )
-        } else if let Some((n, reason)) = culprits.first() {
-            let first = reason.lines().next().unwrap_or("rejected");
-            (StatusState::Failure, format!("broken by #{n}: {first}"))
-        } else {
-            (StatusState::Failure, format!("not passed: {summary}"))
+            ),
+            Some(c) => {
+                let reason = c.reason.as_deref().unwrap_or("");
+                let first = reason.lines().next().unwrap_or("rejected");
+                let n = c.pr.unwrap_or(0);
+                (StatusState::Failure, format!("broken by #{n}: {first}"))
+            }
+            None => {
+                let summary = cand.summary.clone().unwrap_or_default();
+                (StatusState::Failure, format!("not passed: {summary}"))
+            }
         };
         let open: Vec<ChangeId> = g
             .chain
