@@ -29,7 +29,7 @@ fn evaluation() -> Evaluation {
             JobResult::Ok(Job {
                 drv_path: format!("/nix/store/{h}-{attr}.drv"),
                 outputs: vec![("out".into(), format!("/nix/store/{h}-{attr}"))],
-                maintainers: vec!["alice".into()],
+                maintainers: vec![mergequeue::core::evaluation::Maintainer::handle("alice")],
             }),
         )
     };
@@ -419,6 +419,7 @@ fn core_restores_from_a_migrated_v1_database() {
                         required: vec![],
                         batch_delay_ms: 0,
                         build_priority: None,
+                        breakage: Default::default(),
                     },
                 )]),
             },
@@ -666,6 +667,7 @@ fn a_merge_group_candidate_round_trips_on_an_upgraded_database() {
         required: vec![],
         batch_delay_ms: 0,
         build_priority: None,
+        breakage: Default::default(),
     };
     let mut cfg = CoreConfig::default();
     cfg.repos.insert(

@@ -89,7 +89,14 @@ async fn finds_all_jobs_with_drv_outputs_and_maintainers() {
         );
         assert_eq!(j.outputs.len(), 1);
         assert_eq!(j.outputs[0].0, "out");
-        assert_eq!(&j.maintainers, &set.maintainers[name], "{name}");
+        let ids: Vec<&str> = j.maintainers.iter().map(|m| m.id()).collect();
+        assert_eq!(ids, set.maintainers[name], "{name}");
+        // Set-style maintainers keep their email; plain strings are handles only.
+        for m in &j.maintainers {
+            if let Some(e) = &m.email {
+                assert_eq!(e, &format!("{}@example.org", m.id()));
+            }
+        }
     }
     // Maintainers come both as strings and as { github = ...; } sets in the fixture.
     let files: String = set

@@ -107,6 +107,7 @@ impl Candidates {
             todo: order.into_iter().rev().collect(),
             search: None,
             culprits: BTreeMap::new(),
+            blamed: BTreeMap::new(),
             unexplained: vec![],
             pinned: BTreeSet::new(),
             deferred: vec![],
@@ -254,6 +255,20 @@ impl Candidates {
         }
     }
 
+    /// `broken` for the base's state of a blocker. A job that fails to evaluate on the
+    /// candidate but was a derivation on the base is broken there too when that
+    /// derivation fails to build (Hydra's "still failing", not newly broken).
+    fn broken_on_base(&self, cx: &Ctx, b: &Blocker, s: &JobState, now: Millis) -> Broken {
+        match (b, s) {
+            (Blocker::EvalError { .. }, JobState::Drv(d)) => match cx.builds.known(d, now) {
+                Some(m) if m.ok() => Broken::No,
+                Some(_) => Broken::Yes,
+                None => Broken::Build(d.clone()),
+            },
+            _ => self.broken(cx, b, s, now),
+        }
+    }
+
     /// Drives the attribution as far as the known results allow.
     fn attribute_next(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
         loop {
@@ -308,7 +323,7 @@ impl Candidates {
         let b = att.blockers[bi].clone();
         let n = cand.merged.len();
         let base_state = b.state(att.base.as_ref().expect("base probed"));
-        match self.broken(cx, &b, &base_state, now) {
+        match self.broken_on_base(cx, &b, &base_state, now) {
             Broken::Yes => {
                 // Just as broken without the batch: not the batch's doing.
                 let required = self.is_required(cx, id, &b);
@@ -337,7 +352,7 @@ impl Candidates {
                     .iter()
                     .filter_map(|&o| {
                         let ob = &att.blockers[o];
-                        match self.broken(cx, ob, &ob.state(att.base.as_ref()?), now) {
+                        match self.broken_on_base(cx, ob, &ob.state(att.base.as_ref()?), now) {
                             Broken::Build(d) => Some(d),
                             _ => None,
                         }
@@ -366,11 +381,11 @@ impl Candidates {
             .copied()
             .filter(|&i| self.broken(cx, &b, &states[i], now) == Broken::Yes)
             .collect();
+        let changes = cand.changes.clone();
         if culprits.is_empty() && self.explained(id, bi, &alters) {
             return Step::Done;
         }
         if !culprits.is_empty() {
-            let changes = cand.changes.clone();
             for i in culprits {
                 let how = match &states[i] {
                     JobState::Drv(d) if matches!(&b, Blocker::Build { drv, .. } if drv == d) => {
@@ -411,27 +426,46 @@ impl Candidates {
         Step::Done
     }
 
-    /// Whether a culprit already found explains a blocker: it alters the job (the
-    /// others are retested without it), or broke the dependency the job failed on.
-    fn explained(&self, id: CandId, bi: usize, alters: &[usize]) -> bool {
+    /// The culprits already found that explain a blocker (none: unexplained): they alter
+    /// the job (the others are retested without them), or broke the dependency the job
+    /// failed on.
+    fn explainers(&self, id: CandId, bi: usize, alters: &[usize]) -> Vec<ChangeId> {
         let cand = &self.by_id[&id];
         let att = cand.attribution.as_ref().expect("attributing");
-        if alters
+        let altering: Vec<ChangeId> = alters
             .iter()
-            .any(|&i| att.culprits.contains_key(&cand.changes[i]))
-        {
-            return true;
+            .map(|&i| cand.changes[i])
+            .filter(|c| att.culprits.contains_key(c))
+            .collect();
+        if !altering.is_empty() {
+            return altering;
         }
         let Blocker::Build {
             root_drv: Some(root),
             ..
         } = &att.blockers[bi]
         else {
-            return false;
+            return vec![];
         };
-        att.pinned
+        att.blamed
             .iter()
-            .any(|&o| matches!(&att.blockers[o], Blocker::Build { drv, .. } if drv == root))
+            .filter(|(_, bs)| {
+                bs.iter()
+                    .any(|&o| matches!(&att.blockers[o], Blocker::Build { drv, .. } if drv == root))
+            })
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// Whether a culprit already found explains a blocker; each explaining culprit is
+    /// answerable for the job too (a held change's grace covers it).
+    fn explained(&mut self, id: CandId, bi: usize, alters: &[usize]) -> bool {
+        let by = self.explainers(id, bi, alters);
+        let att = self.att(id);
+        for c in &by {
+            att.blamed.entry(*c).or_default().insert(bi);
+        }
+        !by.is_empty()
     }
 
     /// Asks for builds whose results decide a blocker; the blocker is looked at again
@@ -571,6 +605,7 @@ impl Candidates {
     fn blame(&mut self, id: CandId, bi: usize, change: ChangeId, reason: String) {
         let att = self.att(id);
         att.pinned.insert(bi);
+        att.blamed.entry(change).or_default().insert(bi);
         att.culprits
             .entry(change)
             .and_modify(|r| r.push_str(&format!("\n\n{reason}")))
@@ -597,9 +632,27 @@ impl Candidates {
     fn conclude(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
         let cand = self.by_id[&id].clone();
         let att = cand.attribution.clone().expect("attributing");
-        let culprits = att.culprits;
+        let mut culprits = att.culprits.clone();
+        // A held change past its grace period that broke only what it may break is no
+        // culprit: the verdict goes on and marks those jobs broken.
+        culprits.retain(|c, _| {
+            !att.blamed.get(c).is_some_and(|bs| {
+                bs.iter().all(|&bi| {
+                    att.blockers[bi]
+                        .key()
+                        .is_some_and(|k| self.permitted(cx, id, k, now))
+                })
+            })
+        });
+        let mut held = vec![];
         for (c, reason) in &culprits {
-            self.reject(cx, *c, reason.clone(), now);
+            match self.grace_breaks(cx, id, &att, *c) {
+                Some(breaks) => {
+                    self.hold_for_grace(cx, id, &att, *c, breaks, now);
+                    held.push(*c);
+                }
+                None => self.reject(cx, *c, reason.clone(), now),
+            }
         }
         let innocents: Vec<ChangeId> = cand
             .changes
@@ -607,11 +660,20 @@ impl Candidates {
             .copied()
             .filter(|c| !culprits.contains_key(c))
             .collect();
-        let names = culprits
-            .keys()
-            .map(|c| format!("#{c}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let list = |held_ones: bool| {
+            culprits
+                .keys()
+                .filter(|c| held.contains(c) == held_ones)
+                .map(|c| format!("#{c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        // "rejected #3", or "rejected #3; held #5" when the grace policy held some.
+        let names = match (list(false), list(true)) {
+            (r, h) if h.is_empty() => r,
+            (r, h) if r.is_empty() => format!("none; held {h}"),
+            (r, h) => format!("{r}; held {h}"),
+        };
         let base = short(cand.base.as_deref().unwrap_or("")).to_string();
         if culprits.is_empty() && !att.held.is_empty() {
             // Required jobs fail on the base itself: nobody in the batch is to blame and

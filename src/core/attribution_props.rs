@@ -320,6 +320,7 @@ fn config(batch_max: usize) -> CoreConfig {
                         required: vec![],
                         batch_delay_ms: 0,
                         build_priority: None,
+                        breakage: Default::default(),
                     },
                 )]),
             },
@@ -698,3 +699,6 @@ fn the_smallest_case_a_bump_and_a_new_failing_package() {
         run_case(&case).unwrap_or_else(|m| panic!("{m}"));
     }
 }
+
+#[path = "grace_props.rs"]
+mod grace_props;

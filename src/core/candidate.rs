@@ -87,6 +87,9 @@ pub struct Candidate {
     pub summary: Option<String>,
     /// A merge group of GitHub's merge queue: tested, answered with a status, never landed.
     pub group: Option<super::forge::GroupRef>,
+    /// Jobs this candidate, once landed, enters in the broken registry: held changes
+    /// allowed to break them after their grace period (`breakage.rs`).
+    pub marks: Vec<super::breakage::BrokenJob>,
     pub(crate) targets: Vec<Target>,
     pub(crate) pending: BTreeSet<String>,
     pub(crate) eval_blockers: Vec<Blocker>,
@@ -153,6 +156,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) queue: &'a mut Queue,
     pub(crate) builds: &'a mut Builds,
     pub(crate) fx: &'a mut Effects,
+    pub(crate) broken: &'a mut super::breakage::Registry,
 }
 
 impl Ctx<'_> {
@@ -311,6 +315,7 @@ impl Candidates {
             finished_at: None,
             summary: None,
             group,
+            marks: vec![],
             targets: vec![],
             pending: BTreeSet::new(),
             eval_blockers: vec![],
@@ -528,6 +533,7 @@ impl Candidates {
                     )
                 });
                 cx.queue.release(&(cand.repo.clone(), cand.branch.clone()));
+                self.landed_registry(cx, &cand, &commit, now);
                 cx.fx.event(
                     now,
                     &cand.repo,

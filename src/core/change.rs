@@ -104,6 +104,10 @@ pub struct Change {
     /// Who approved it (on the forge; `r=NAME` approves in NAME's name).
     #[serde(default)]
     pub approver: Option<String>,
+    /// Held by the grace policy: it newly breaks these unprotected jobs and is tested
+    /// again (alone, allowed to break them) once `until` passes (`docs/breakage.md`).
+    #[serde(default)]
+    pub held: Option<crate::core::breakage::Held>,
 }
 
 impl Change {

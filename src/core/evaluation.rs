@@ -21,7 +21,75 @@ pub struct Job {
     pub drv_path: String,
     /// (output name, store path), sorted by name.
     pub outputs: Vec<(String, String)>,
-    pub maintainers: Vec<String>,
+    pub maintainers: Vec<Maintainer>,
+}
+
+/// A maintainer from `meta.maintainers`: Nixpkgs' attribute sets (`github`, `email`,
+/// `name`, `matrix`) or a plain string, read as a forge handle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Maintainer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<String>,
+}
+
+impl Maintainer {
+    /// A plain-string maintainer: a forge handle.
+    pub fn handle(h: &str) -> Maintainer {
+        Maintainer {
+            github: Some(h.to_string()),
+            ..Maintainer::default()
+        }
+    }
+
+    /// Who this is, for deduplication, caps and opt-out: the handle, else the email,
+    /// else the name.
+    pub fn id(&self) -> &str {
+        self.github
+            .as_deref()
+            .or(self.email.as_deref())
+            .or(self.name.as_deref())
+            .unwrap_or("unknown")
+    }
+
+    /// Whether an opt-out entry (a handle or an email) names this maintainer.
+    pub fn is(&self, who: &str) -> bool {
+        self.github.as_deref() == Some(who) || self.email.as_deref() == Some(who)
+    }
+
+    /// A maintainer from one JSON value of `meta.maintainers`; `None` for anything else.
+    pub fn from_json(v: &serde_json::Value) -> Option<Maintainer> {
+        let text = |o: &serde_json::Map<String, serde_json::Value>, k: &str| {
+            o.get(k).and_then(|v| v.as_str()).map(str::to_string)
+        };
+        match v {
+            serde_json::Value::String(s) => Some(Maintainer::handle(s)),
+            serde_json::Value::Object(o) => {
+                let m = Maintainer {
+                    github: text(o, "github").or_else(|| text(o, "handle")),
+                    email: text(o, "email"),
+                    name: text(o, "name"),
+                    matrix: text(o, "matrix"),
+                };
+                (m != Maintainer::default()).then_some(m)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Stored evaluations hold maintainers as plain handles (before) or as objects.
+impl<'de> Deserialize<'de> for Maintainer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Maintainer::from_json(&v)
+            .ok_or_else(|| serde::de::Error::custom("a maintainer is a string or an object"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -112,6 +112,8 @@ pub(crate) struct Attribution {
     pub(crate) todo: Vec<usize>,
     pub(crate) search: Option<Search>,
     pub(crate) culprits: BTreeMap<ChangeId, String>,
+    /// The blockers each culprit is answerable for (blamed on it, or explained by it).
+    pub(crate) blamed: BTreeMap<ChangeId, BTreeSet<usize>>,
     /// Blockers nothing could be pinned on.
     pub(crate) unexplained: Vec<usize>,
     /// Blockers with a culprit.

@@ -39,6 +39,15 @@ pub enum Record {
         channel: String,
         advance: Advance,
     },
+    /// A job entered the broken registry (or its entry changed).
+    Broken(crate::core::breakage::BrokenJob),
+    /// A job left the broken registry: it builds again, or is gone.
+    Unbroken {
+        repo: String,
+        key: JobKey,
+    },
+    /// Something maintainers are to hear, kept until the notifier delivered it.
+    Notice(crate::core::breakage::Notice),
     /// Something to tell the repository's forge, kept in the outbox until delivered.
     Forge {
         repo: String,

@@ -10,6 +10,7 @@ mod attribution;
 #[cfg(test)]
 mod attribution_props;
 mod blocker;
+pub mod breakage;
 mod builds;
 mod candidate;
 pub mod change;
@@ -25,6 +26,7 @@ mod effects;
 pub mod evaluation;
 mod evidence;
 pub mod forge;
+mod grace;
 pub mod groups;
 mod messages;
 pub mod outcome;
@@ -72,6 +74,8 @@ pub struct LaneConfig {
     pub batch_delay_ms: Millis,
     /// Priority class of the lane's builds; `None`: the most urgent change's.
     pub build_priority: Option<crate::core::change::Priority>,
+    /// What a change that newly breaks jobs gets: rejected, or held and marked broken.
+    pub breakage: breakage::BreakagePolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +181,8 @@ pub struct Core {
     /// Changes and candidates in memory beyond which the next input prunes (`prune`).
     prune_at: usize,
     pulls: pulls::Pulls,
+    /// The broken registry (`breakage.rs`).
+    broken: breakage::Registry,
 }
 
 impl Core {
@@ -216,6 +222,7 @@ impl Core {
             config,
             prune_at: 0,
             pulls: pulls::Pulls::default(),
+            broken: breakage::Registry::default(),
         }
     }
 
@@ -257,6 +264,7 @@ impl Core {
                 queue: &mut self.queue,
                 builds: &mut self.builds,
                 fx: &mut self.fx,
+                broken: &mut self.broken,
             },
         )
     }
@@ -426,6 +434,16 @@ impl Core {
         }
         self.tick(now);
         true
+    }
+
+    /// Restores the broken registry after a restart (no record: it is already stored).
+    pub fn restore_broken(&mut self, jobs: Vec<breakage::BrokenJob>) {
+        self.broken = breakage::Registry::new(jobs);
+    }
+
+    /// The broken registry: every repository's broken jobs.
+    pub fn broken(&self) -> &breakage::Registry {
+        &self.broken
     }
 
     /// Restores an operator's drain after a restart (no record: it is already stored).
@@ -610,6 +628,7 @@ impl Core {
     /// Starts a candidate on every idle lane that has queued changes, moves the
     /// channels on and dispatches builds.
     fn tick(&mut self, now: Millis) {
+        self.queue.expire_holds(now);
         for (repo, branch) in self.lanes() {
             if self
                 .cands

@@ -286,6 +286,9 @@ impl Core {
             };
             let reason = c.reason.clone().unwrap_or_default();
             match c.state {
+                ChangeState::Queued if c.held.is_some() => {
+                    cmds.push(status(StatusState::Pending, reason.clone()));
+                }
                 ChangeState::Queued => {
                     let position = self
                         .queue

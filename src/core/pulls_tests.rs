@@ -14,6 +14,7 @@ fn core() -> Core {
         required: vec![],
         batch_delay_ms: 0,
         build_priority: None,
+        breakage: Default::default(),
     };
     let mut c = CoreConfig::default();
     c.repos.insert(

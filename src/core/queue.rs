@@ -17,6 +17,9 @@ pub(crate) struct Queue {
     solo: BTreeSet<ChangeId>,
     /// Lanes waiting because required jobs fail on the target itself.
     holds: BTreeMap<(String, String), Hold>,
+    /// Changes held by the grace policy, by the time they are tested again: the lane
+    /// wakes then.
+    grace: BTreeSet<(Millis, ChangeId)>,
 }
 
 /// A held lane waits until its target moves away from `base` (a fix pushed outside the
@@ -43,10 +46,29 @@ pub(crate) enum Next {
 
 impl Queue {
     pub(crate) fn new(changes: Vec<Change>) -> Queue {
+        let grace = changes
+            .iter()
+            .filter(|c| c.state == ChangeState::Queued)
+            .filter_map(|c| Some((c.held.as_ref()?.until, c.id)))
+            .collect();
         Queue {
             next_change: changes.iter().map(|c| c.id + 1).max().unwrap_or(1),
             changes: changes.into_iter().map(|c| (c.id, c)).collect(),
+            grace,
             ..Queue::default()
+        }
+    }
+
+    /// A change held by the grace policy until `until`: its lane wakes then.
+    pub(crate) fn held_until(&mut self, id: ChangeId, until: Millis) {
+        self.grace.insert((until, id));
+    }
+
+    /// Forgets the grace wake-ups that have come: those changes are ordinary queued
+    /// changes again (tested alone).
+    pub(crate) fn expire_holds(&mut self, now: Millis) {
+        while self.grace.first().is_some_and(|(t, _)| *t <= now) {
+            self.grace.pop_first();
         }
     }
 
@@ -91,6 +113,7 @@ impl Queue {
             updated_at: now,
             pr: s.pr,
             approver: s.approver,
+            held: None,
         };
         fx.event(
             now,
@@ -133,15 +156,19 @@ impl Queue {
         {
             return Next::Idle;
         }
-        let queue = self.lane(repo, branch);
+        // A change in its grace period waits; after it, it is tested alone (it may
+        // break exactly the jobs it was held for, and nothing else's verdict may ride on it).
+        let mut queue = self.lane(repo, branch);
+        queue.retain(|c| c.held.as_ref().is_none_or(|h| h.until <= now));
+        let alone = |c: &Change| self.solo.contains(&c.id) || c.held.is_some();
         let oldest = queue.iter().map(|c| c.submitted_at).min();
         // A change to be tested separately goes alone; a batch stops before one.
         let ids: Vec<ChangeId> = match queue.first() {
-            Some(c) if self.solo.contains(&c.id) => vec![c.id],
+            Some(c) if alone(c) => vec![c.id],
             Some(_) | None => queue
                 .iter()
                 .take(batch_max)
-                .take_while(|c| !self.solo.contains(&c.id))
+                .take_while(|c| !alone(c))
                 .map(|c| c.id)
                 .collect(),
         };
@@ -226,6 +253,7 @@ impl Queue {
                     .into_iter()
                     .chain([h.until])
             })
+            .chain(self.grace.first().map(|(t, _)| *t))
             .min()
     }
 
@@ -247,6 +275,7 @@ mod tests {
             required: vec![],
             batch_delay_ms: delay,
             build_priority: None,
+            breakage: Default::default(),
         };
         let mut c = CoreConfig::default();
         c.repos.insert(

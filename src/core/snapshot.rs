@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Advance, CandId, Candidate, ChannelState, Core, CoreConfig, Memo, Millis, Record};
+use crate::core::breakage::BrokenJob;
 use crate::core::change::{Change, ChangeId};
+use crate::core::evaluation::JobKey;
 
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -16,6 +18,8 @@ pub struct Snapshot {
     /// Each channel's row and its advances, oldest first.
     pub channels: BTreeMap<String, (ChannelState, Vec<Advance>)>,
     pub drained: BTreeSet<String>,
+    /// The broken registry, by repository and job.
+    pub broken: BTreeMap<(String, JobKey), BrokenJob>,
 }
 
 impl Snapshot {
@@ -32,7 +36,13 @@ impl Snapshot {
                 self.memo.insert(drv.clone(), memo.clone());
             }
             // The outbox is the shell's to deliver; nothing restored reads it.
-            Record::Event { .. } | Record::Forge { .. } => {}
+            Record::Event { .. } | Record::Forge { .. } | Record::Notice(_) => {}
+            Record::Broken(j) => {
+                self.broken.insert((j.repo.clone(), j.key()), j.clone());
+            }
+            Record::Unbroken { repo, key } => {
+                self.broken.remove(&(repo.clone(), key.clone()));
+            }
             Record::BuilderDrained { builder, drained } => {
                 if *drained {
                     self.drained.insert(builder.clone());
@@ -70,6 +80,7 @@ impl Snapshot {
         for b in &self.drained {
             core.set_drained(b);
         }
+        core.restore_broken(self.broken.values().cloned().collect());
         core
     }
 }

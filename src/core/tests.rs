@@ -304,6 +304,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         required: required.iter().map(|r| r.to_string()).collect(),
         batch_delay_ms: delay,
         build_priority: None,
+        breakage: Default::default(),
     };
     CoreConfig {
         repos: BTreeMap::from([(

@@ -85,7 +85,12 @@ impl Candidates {
                 Some(Target { key, drv, base_drv })
             })
             .collect();
-        if !blockers.is_empty() {
+        // A held change past its grace period may fail to evaluate these: the verdict
+        // marks them broken (`judge`) instead of failing on them.
+        let decisive = blockers
+            .iter()
+            .any(|b| b.key().is_none_or(|k| !self.permitted(cx, id, k, now)));
+        if decisive {
             // Fail fast: an evaluation error already decides the verdict. Find its cause
             // now; the follow-up candidate builds what the innocent changes need.
             let cand = self.by_id.get_mut(&id).expect("active");
@@ -190,7 +195,7 @@ impl Candidates {
         t: &Target,
         now: Millis,
     ) -> Option<&'c Memo> {
-        if self.by_id[&id].preexisting.contains(&t.key) {
+        if self.by_id[&id].preexisting.contains(&t.key) || self.permitted(cx, id, &t.key, now) {
             return None;
         }
         let m = cx.builds.known(&t.drv, now).filter(|m| !m.ok())?;
@@ -221,12 +226,18 @@ impl Candidates {
     pub(crate) fn judge(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
         let targets = self.by_id[&id].targets.clone();
         let pre = self.by_id[&id].preexisting.clone();
-        let mut blockers: Vec<Blocker> = self.by_id[&id]
-            .eval_blockers
-            .iter()
-            .filter(|b| b.key().is_none_or(|k| !pre.contains(k)))
-            .cloned()
-            .collect();
+        let repo = self.by_id[&id].repo.clone();
+        let mut marks = vec![];
+        let mut blockers: Vec<Blocker> = vec![];
+        for b in self.by_id[&id].eval_blockers.clone() {
+            match &b {
+                Blocker::EvalError { key, message } if self.permitted(cx, id, key, now) => {
+                    marks.push(self.mark_eval(cx, id, key, message));
+                }
+                b if b.key().is_some_and(|k| pre.contains(k)) => {}
+                b => blockers.push(b.clone()),
+            }
+        }
         let mut pending = BTreeSet::new();
         let mut dispatched: Vec<String> = vec![];
         let mut preexisting = 0;
@@ -243,6 +254,11 @@ impl Candidates {
             if m.ok() {
                 continue;
             }
+            if self.permitted(cx, id, &t.key, now) {
+                // A held change's grace period is over: it lands with this job broken.
+                marks.push(self.mark(cx, id, t, &m));
+                continue;
+            }
             if self.requires(cx, id, &t.key.attr) {
                 // A required job must build, whatever the base does; attribution tells
                 // whether the batch broke it or the target did (then the lane waits).
@@ -250,7 +266,8 @@ impl Candidates {
                 continue;
             }
             let base_fails = match &t.base_drv {
-                _ if pre.contains(&t.key) => true,
+                // In the broken registry: broken on the target already, it blocks no one.
+                _ if pre.contains(&t.key) || cx.broken.get(&repo, &t.key).is_some() => true,
                 None => false,
                 Some(b) if b == &t.drv => true,
                 Some(b) => match cx.builds.known(b, now) {
@@ -275,18 +292,24 @@ impl Candidates {
             self.by_id.get_mut(&id).expect("known").pending = pending;
             return;
         }
-        let repo = self.by_id[&id].repo.clone();
         if blockers.is_empty() && self.by_id[&id].group.is_some() {
             self.group_passed(cx, id, now);
         } else if blockers.is_empty() {
             let cand = self.by_id.get_mut(&id).expect("known");
             cand.phase = Phase::Landing;
+            let n_marks = marks.len();
+            cand.marks = marks;
             let cand = cand.clone();
-            let extra = if preexisting > 0 {
+            let mut extra = if preexisting > 0 {
                 format!(" ({preexisting} failures already on the base ignored)")
             } else {
                 String::new()
             };
+            if n_marks > 0 {
+                extra.push_str(&format!(
+                    " ({n_marks} jobs to be marked broken: grace period over)"
+                ));
+            }
             cx.fx.event(
                 now,
                 &repo,

@@ -12,6 +12,9 @@ use crate::core::{ChannelConfig, CoreConfig, LaneConfig, Millis, RepoConfig};
 /// `[repos.forge]`.
 pub mod forge;
 pub use forge::{ForgeConfig, ForgeKind, ForgeMode};
+pub mod notify;
+use crate::core::breakage::{Breakage, BreakagePolicy};
+pub use notify::{check_pattern, NotifyConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -70,6 +73,9 @@ pub struct Config {
     /// to test again once a fix was pushed outside the queue.
     #[serde(default = "default_target_poll")]
     pub target_poll_secs: u64,
+    /// Maintainer notifications: caps, opt-out, email and a generic webhook.
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 fn default_target_poll() -> u64 {
@@ -350,6 +356,28 @@ pub struct Branch {
     /// Default: that of the candidate's most urgent change.
     #[serde(default)]
     pub build_priority: Option<crate::core::change::Priority>,
+    /// `strict`: no change may newly break a job. `grace`: a change that newly breaks only
+    /// unprotected jobs (at most `max_newly_broken`) is held for `grace_secs`, its jobs'
+    /// maintainers are told, and then it lands with those jobs marked broken
+    /// (`docs/breakage.md`).
+    #[serde(default)]
+    pub breakage: Breakage,
+    /// Attribute patterns that can never be marked broken (`*` within a segment, `**`
+    /// across; a plain path covers everything under it). Required jobs always are.
+    #[serde(default)]
+    pub protected: Vec<Spanned<String>>,
+    #[serde(default = "default_grace_secs")]
+    pub grace_secs: u64,
+    #[serde(default = "default_max_newly_broken")]
+    pub max_newly_broken: Spanned<usize>,
+}
+
+fn default_grace_secs() -> u64 {
+    (BreakagePolicy::default().grace_ms / 1000) as u64
+}
+
+fn default_max_newly_broken() -> Spanned<usize> {
+    Spanned::new(0..0, BreakagePolicy::default().max_newly_broken)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -514,6 +542,18 @@ impl Config {
                         format!("duplicate branch {:?}", b.name.get_ref()),
                     ));
                 }
+                for p in &b.protected {
+                    if let Err(why) = check_pattern(p.get_ref()) {
+                        return Err((Some(p.span()), why));
+                    }
+                }
+                if *b.max_newly_broken.get_ref() == 0 {
+                    return Err((
+                        Some(b.max_newly_broken.span()),
+                        "max_newly_broken must be at least 1 (use breakage = \"strict\" to allow none)"
+                            .into(),
+                    ));
+                }
                 if *b.batch_max.get_ref() == 0 {
                     return Err((
                         Some(b.batch_max.span()),
@@ -522,6 +562,7 @@ impl Config {
                 }
             }
         }
+        self.notify.validate()?;
         for b in &self.builders {
             let uri = b.uri.get_ref();
             if uri != "local" && !uri.starts_with("ssh-ng://") && !uri.starts_with("ssh://") {
@@ -652,6 +693,16 @@ impl Config {
                                 required: b.required.clone(),
                                 batch_delay_ms: b.batch_delay_secs as Millis * 1000,
                                 build_priority: b.build_priority,
+                                breakage: BreakagePolicy {
+                                    mode: b.breakage,
+                                    protected: b
+                                        .protected
+                                        .iter()
+                                        .map(|p| p.get_ref().clone())
+                                        .collect(),
+                                    grace_ms: b.grace_secs as Millis * 1000,
+                                    max_newly_broken: *b.max_newly_broken.get_ref(),
+                                },
                             },
                         )
                     })

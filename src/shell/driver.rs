@@ -358,6 +358,15 @@ impl Driver {
                 | Record::BuilderDrained { .. }
                 | Record::Channel(_)
                 | Record::ChannelAdvance { .. } => {}
+                Record::Broken(j) => log::info!(
+                    repo = j.repo.as_str(); "[{}] marked broken: {} ({}) by #{}", j.repo, j.attr, j.system, j.broken_by
+                ),
+                Record::Unbroken { repo, key } => log::info!(
+                    repo = repo.as_str(); "[{repo}] no longer broken: {key}"
+                ),
+                Record::Notice(n) => log::debug!(
+                    repo = n.repo.as_str(); "[{}] notice {} for #{}", n.repo, n.event.as_str(), n.change
+                ),
                 Record::Forge { repo, command } => log::debug!(
                     repo = repo.as_str(); "[{repo}] to the forge: {command:?}"
                 ),

@@ -175,6 +175,35 @@ pub fn migrations() -> Migrations<'static> {
         ),
         // v10: a candidate that is a merge group of GitHub's merge queue.
         M::up("ALTER TABLE candidates ADD COLUMN merge_group TEXT;"),
+        // v11: the marking-broken policy: held changes, the jobs a landing marks broken,
+        // the broken registry, and the notices still to deliver and already sent.
+        M::up(
+            "ALTER TABLE changes ADD COLUMN held TEXT;
+            ALTER TABLE candidates ADD COLUMN marks TEXT;
+            CREATE TABLE broken (
+                repo TEXT NOT NULL,
+                attr TEXT NOT NULL,
+                system TEXT NOT NULL,
+                job TEXT NOT NULL,
+                PRIMARY KEY (repo, attr, system)
+            );
+            CREATE TABLE notices (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                notice TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_at INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT
+            );
+            CREATE TABLE notified (
+                maintainer TEXT NOT NULL,
+                event TEXT NOT NULL,
+                job TEXT NOT NULL,
+                root TEXT NOT NULL,
+                at INTEGER NOT NULL,
+                PRIMARY KEY (maintainer, event, job, root)
+            );
+            CREATE INDEX notified_at ON notified(maintainer, at);",
+        ),
     ])
 }
 
@@ -229,8 +258,8 @@ impl Store {
                 Record::Change(c) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO changes (id, repo, target, git_ref, submitted_head, head, title, author,
-                         priority, state, reason, landed_commit, submitted_at, updated_at, pr, approver)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                         priority, state, reason, landed_commit, submitted_at, updated_at, pr, approver, held)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                         params![
                             c.id,
                             c.repo,
@@ -247,15 +276,18 @@ impl Store {
                             c.submitted_at,
                             c.updated_at,
                             c.pr,
-                            c.approver
+                            c.approver,
+                            c.held
+                                .as_ref()
+                                .map(|h| serde_json::to_string(h).expect("serialisable"))
                         ],
                     )?;
                 }
                 Record::Candidate(c) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO candidates (id, repo, branch, changes, base, merged, phase, follow_up_of,
-                         builds, extra_builds, created_at, last_build_at, finished_at, summary, merge_group)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                         builds, extra_builds, created_at, last_build_at, finished_at, summary, merge_group, marks)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                         params![
                             c.id,
                             c.repo,
@@ -273,7 +305,9 @@ impl Store {
                             c.summary,
                             c.group
                                 .as_ref()
-                                .map(|g| serde_json::to_string(g).expect("serialisable"))
+                                .map(|g| serde_json::to_string(g).expect("serialisable")),
+                            (!c.marks.is_empty())
+                                .then(|| serde_json::to_string(&c.marks).expect("serialisable"))
                         ],
                     )?;
                 }
@@ -299,6 +333,9 @@ impl Store {
                 Record::ChannelAdvance { channel, advance } => {
                     channel_rows::put_advance(&tx, channel, advance)?
                 }
+                Record::Broken(job) => breakage::put(&tx, job)?,
+                Record::Unbroken { repo, key } => breakage::remove(&tx, repo, key)?,
+                Record::Notice(n) => breakage::enqueue(&tx, n)?,
                 Record::Forge { repo, command } => {
                     tx.execute(
                         "INSERT INTO forge_outbox (repo, command) VALUES (?1, ?2)",
@@ -363,7 +400,7 @@ impl Store {
     ) -> Result<Vec<Change>, StoreError> {
         let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, target, git_ref, submitted_head, head, title, author, priority, state, reason,
-             landed_commit, submitted_at, updated_at, pr, approver FROM changes WHERE {cond} ORDER BY id"
+             landed_commit, submitted_at, updated_at, pr, approver, held FROM changes WHERE {cond} ORDER BY id"
         ))?;
         let rows = st.query_map(params, |r| {
             Ok((
@@ -384,14 +421,20 @@ impl Store {
                     updated_at: r.get(13)?,
                     pr: r.get(14)?,
                     approver: r.get(15)?,
+                    held: None,
                 },
+                r.get::<_, Option<String>>(16)?,
                 r.get::<_, String>(8)?,
                 r.get::<_, String>(9)?,
             ))
         })?;
         let mut out = vec![];
         for row in rows {
-            let (mut c, prio, state) = row?;
+            let (mut c, held, prio, state) = row?;
+            c.held = held
+                .map(|h| serde_json::from_str(&h))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("change {}: held: {e}", c.id)))?;
             c.priority = Priority::parse(&prio)
                 .ok_or_else(|| StoreError::Corrupt(format!("priority {prio:?}")))?;
             c.state = ChangeState::parse(&state)
@@ -418,7 +461,7 @@ impl Store {
     ) -> Result<Vec<Candidate>, StoreError> {
         let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, branch, changes, base, merged, phase, follow_up_of, builds, extra_builds,
-             created_at, last_build_at, finished_at, summary, merge_group FROM candidates WHERE {cond} ORDER BY id"
+             created_at, last_build_at, finished_at, summary, merge_group, marks FROM candidates WHERE {cond} ORDER BY id"
         ))?;
         let rows = st.query_map(params, |r| {
             Ok((
@@ -439,6 +482,7 @@ impl Store {
                 (
                     r.get::<_, Option<String>>(13)?,
                     r.get::<_, Option<String>>(14)?,
+                    r.get::<_, Option<String>>(15)?,
                 ),
             ))
         })?;
@@ -455,7 +499,7 @@ impl Store {
                 follow_up_of,
                 (builds, extra),
                 (created, last, fin),
-                (summary, group),
+                (summary, group, marks),
             ) = row?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("candidate {id}: {what}"));
             out.push(Candidate {
@@ -476,6 +520,10 @@ impl Store {
                 group: match group {
                     Some(g) => Some(serde_json::from_str(&g).map_err(|_| corrupt("merge_group"))?),
                     None => None,
+                },
+                marks: match marks {
+                    Some(m) => serde_json::from_str(&m).map_err(|_| corrupt("marks"))?,
+                    None => vec![],
                 },
                 targets: vec![],
                 pending: Default::default(),
@@ -599,6 +647,11 @@ impl Store {
                 .map(|(c, a)| (c.name.clone(), (c, a)))
                 .collect(),
             drained: self.drained_builders()?.into_iter().collect(),
+            broken: self
+                .broken()?
+                .into_iter()
+                .map(|j| ((j.repo.clone(), j.key()), j))
+                .collect(),
         })
     }
 
@@ -711,6 +764,7 @@ impl Store {
 
 /// SQLite rows of channels (schema v4).
 /// Deleting what retention no longer keeps.
+pub mod breakage;
 pub mod retention;
 
 /// Read-only connections used off the driver task.

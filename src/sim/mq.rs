@@ -47,6 +47,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
                     required: l.required.clone(),
                     batch_delay_ms: (l.batch_delay_minutes * 60_000.0) as i64,
                     build_priority: l.build_priority,
+                    breakage: Default::default(),
                 },
             )
         })
@@ -245,7 +246,8 @@ impl CoreQueue {
                     return false;
                 }
             }
-            Record::ChannelAdvance { .. } | Record::Forge { .. } => {}
+            Record::ChannelAdvance { .. } | Record::Forge { .. } | Record::Notice(_) => {}
+            Record::Broken(_) | Record::Unbroken { .. } => {}
             Record::Event { text, .. } => {
                 if std::env::var_os("MQ_SIM_DEBUG").is_some() {
                     eprintln!("[{:8.3} h] {text}", env.now as f64 / 3.6e6);

@@ -101,7 +101,7 @@ pub fn synthetic_eval(n: usize, commit: &str, changed: f64, seed: u64) -> Evalua
             JobResult::Ok(Job {
                 drv_path: format!("/nix/store/{}-pkg-{i}-1.0.drv", hash(salt + 2)),
                 outputs,
-                maintainers: vec!["alice".into()],
+                maintainers: vec![crate::core::evaluation::Maintainer::handle("alice")],
             }),
         ));
     }

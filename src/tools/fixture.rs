@@ -353,10 +353,11 @@ pub fn generate(dir: &Path, spec: &Spec) -> io::Result<PackageSet> {
         String::from("# Maintainers of the generated package set (mergequeue fixture).\n{\n");
     for m in &spec.maintainers {
         mnt.push_str(&format!(
-            "  {} = {{ github = {}; name = {}; }};\n",
+            "  {} = {{ github = {}; name = {}; email = {}; }};\n",
             nix_str(m),
             nix_str(m),
-            nix_str(m)
+            nix_str(m),
+            nix_str(&format!("{m}@example.org"))
         ));
     }
     mnt.push_str("}\n");

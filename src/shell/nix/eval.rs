@@ -108,7 +108,7 @@ struct Row {
     #[serde(default)]
     outputs: BTreeMap<String, String>,
     #[serde(default)]
-    maintainers: Vec<String>,
+    maintainers: Vec<crate::core::evaluation::Maintainer>,
     #[serde(default)]
     error: bool,
     #[serde(default)]

@@ -183,15 +183,7 @@ pub fn parse_nix_eval_jobs_line(line: &str, default_system: &str) -> Option<(Job
         .and_then(|m| m.as_array())
         .map(|ms| {
             ms.iter()
-                .filter_map(|m| match m {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Object(o) => o
-                        .get("github")
-                        .and_then(|g| g.as_str())
-                        .or_else(|| o.get("name").and_then(|n| n.as_str()))
-                        .map(String::from),
-                    _ => None,
-                })
+                .filter_map(crate::core::evaluation::Maintainer::from_json)
                 .collect()
         })
         .unwrap_or_default();
@@ -222,7 +214,12 @@ mod tests {
         assert!(j.drv_path.ends_with("requests-2.31.0.drv"));
         assert_eq!(j.outputs[0].0, "dist");
         assert_eq!(j.outputs[1].0, "out");
-        assert_eq!(j.maintainers, vec!["fabaff", "someone"]);
+        let ids: Vec<&str> = j.maintainers.iter().map(|m| m.id()).collect();
+        assert_eq!(ids, vec!["fabaff", "someone"]);
+        assert_eq!(
+            j.maintainers[0].email.as_deref(),
+            Some("fabian@affolter-engineering.ch")
+        );
     }
 
     #[test]

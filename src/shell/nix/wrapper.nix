@@ -27,16 +27,19 @@ let
     else if (v.type or null) == "derivation" then "drv"
     else if (v.recurseForDerivations or false) == true then "rec"
     else "set";
-  maintainerName = m:
+  # A maintainer as Nixpkgs writes one (an attribute set) or a plain handle; only its
+  # string contact fields are kept.
+  maintainerOf = m:
     if builtins.isString m then m
     else if builtins.isAttrs m then
-      (let g = m.github or null; n = m.name or null; in
-       if builtins.isString g then g else if builtins.isString n then n else "unknown")
+      builtins.listToAttrs (builtins.concatMap
+        (k: if builtins.isString (m.${k} or null) then [ { name = k; value = m.${k}; } ] else [ ])
+        [ "github" "email" "name" "matrix" ])
     else "unknown";
   maintainersOf = d:
     let
       ms = (d.meta or { }).maintainers or [ ];
-      names = if builtins.isList ms then map maintainerName ms else [ ];
+      names = if builtins.isList ms then map maintainerOf ms else [ ];
       r = builtins.tryEval (builtins.deepSeq names names);
     in
     if r.success then r.value else [ ];
