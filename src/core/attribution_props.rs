@@ -700,5 +700,5 @@ fn the_smallest_case_a_bump_and_a_new_failing_package() {
     }
 }
 
-#[path = "grace_props.rs"]
+#[cfg(test)]
 mod grace_props;

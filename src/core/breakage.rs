@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::change::ChangeId;
+pub use super::change::Held;
 use super::evaluation::{attr_under, JobKey, Maintainer};
 use super::Millis;
 
@@ -88,14 +89,6 @@ fn segment_match(p: &[u8], s: &[u8]) -> bool {
         Some((b'*', rest)) => (0..=s.len()).any(|i| segment_match(rest, &s[i..])),
         Some((c, rest)) => s.first() == Some(c) && segment_match(rest, &s[1..]),
     }
-}
-
-/// A change held by the grace policy: queued, tested again alone once `until` passes,
-/// allowed then to break exactly `breaks`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Held {
-    pub until: Millis,
-    pub breaks: Vec<JobKey>,
 }
 
 /// A job in the broken registry.

@@ -107,7 +107,7 @@ pub struct Change {
     /// Held by the grace policy: it newly breaks these unprotected jobs and is tested
     /// again (alone, allowed to break them) once `until` passes (`docs/breakage.md`).
     #[serde(default)]
-    pub held: Option<crate::core::breakage::Held>,
+    pub held: Option<Held>,
 }
 
 impl Change {
@@ -115,6 +115,14 @@ impl Change {
     pub fn queue_key(&self) -> (Priority, i64, ChangeId) {
         (self.priority, self.submitted_at, self.id)
     }
+}
+
+/// A change held by the grace policy: queued, tested again alone once `until` passes,
+/// allowed then to break exactly `breaks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub until: Millis,
+    pub breaks: Vec<crate::core::evaluation::JobKey>,
 }
 
 /// A commit's abbreviation in messages: its first 12 hex digits.

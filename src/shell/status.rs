@@ -186,6 +186,7 @@ pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Va
         "candidate": candidate.map(|k| k.id),
         "pr": c.pr,
         "approver": c.approver,
+        "held": c.held,
     })
 }
 
