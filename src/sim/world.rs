@@ -667,7 +667,12 @@ impl World {
                 return Err(format!("change {x} landed twice"));
             }
             let ch = &self.changes[x];
-            if ch.breaks_eval || ch.eval_error || ch.conflict {
+            // A package that already failed on the branch and now fails to evaluate is
+            // still failing (Hydra's sense), not newly broken: the change may land.
+            let r = ch.root as usize;
+            let br = &self.branches[b];
+            let was_failing = self.graph.broken[r] || br.brk[r] > 0 || br.everr[r] > 0;
+            if ch.breaks_eval || (ch.eval_error && !was_failing) || ch.conflict {
                 return Err(format!(
                     "change {x} landed although it does not evaluate or merge"
                 ));
