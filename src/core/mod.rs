@@ -29,6 +29,7 @@ pub mod forge;
 mod grace;
 pub mod groups;
 mod messages;
+pub mod notify;
 pub mod outcome;
 mod pulls;
 #[cfg(test)]
