@@ -49,6 +49,8 @@ pub struct Sent {
 /// A mail to one maintainer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mail {
+    /// The maintainer's id (what the history rows name).
+    pub owner: String,
     pub to_name: Option<String>,
     pub to: String,
     pub subject: String,
@@ -65,6 +67,8 @@ pub struct Delivery {
     pub webhook: Option<String>,
     /// Maintainers notified (mentioned or mailed), by id.
     pub notified: Vec<String>,
+    /// Those of them mentioned in the comment: reached even when their mail fails.
+    pub mentioned: Vec<String>,
     /// Maintainers who would have been but are over the day's cap.
     pub capped: Vec<String>,
     /// Rows for the history, to store once delivered.
@@ -173,10 +177,15 @@ pub fn plan(
             d.capped.push(id.to_string());
         }
         let mut reached = false;
-        if !skip && !capped && has_forge && n.pr.is_some() && m.github.is_some()
+        if !skip
+            && !capped
+            && has_forge
+            && n.pr.is_some()
+            && m.github.is_some()
             && mentions.len() < p.max_mentions
         {
             mentions.push(format!("@{}", label.clone().unwrap_or_default()));
+            d.mentioned.push(id.to_string());
             reached = true;
         } else if let Some(l) = label {
             quiet.push(l);
@@ -246,7 +255,10 @@ fn job_line(p: &NotifyPolicy, j: &NoticeJob) -> String {
         line.push_str(&format!(", because its dependency {r} fails"));
     }
     if !j.drv.is_empty() {
-        line.push_str(&format!(", log: {}", log_url(p, j.root.as_ref().unwrap_or(&j.drv))));
+        line.push_str(&format!(
+            ", log: {}",
+            log_url(p, j.root.as_ref().unwrap_or(&j.drv))
+        ));
     }
     line
 }
@@ -265,7 +277,11 @@ fn comment(n: &Notice, p: &NotifyPolicy, mentions: &[String], quiet: &[String]) 
         s.push_str(&format!("\nMaintainers: {}", mentions.join(" ")));
     }
     if !quiet.is_empty() {
-        let sep = if mentions.is_empty() { "\nMaintainers" } else { ";" };
+        let sep = if mentions.is_empty() {
+            "\nMaintainers"
+        } else {
+            ";"
+        };
         s.push_str(&format!("{sep} (not pinged): {}", quiet.join(", ")));
     }
     s.push_str(&format!("\n\nDetails: {}\n", change_url(n, p)));
@@ -308,6 +324,7 @@ fn mail(n: &Notice, p: &NotifyPolicy, m: &Maintainer, to: &str, jobs: &[usize]) 
         change_url(n, p)
     ));
     Mail {
+        owner: m.id().to_string(),
         to_name: m.name.clone(),
         to: to.to_string(),
         subject,

@@ -358,6 +358,7 @@ impl Api {
                         self.ask(q).await
                     }
                     (&Method::GET, ["candidates"]) => self.ask(Query::Candidates { repo }).await,
+                    (&Method::GET, ["broken"]) => self.ask(Query::Broken { repo }).await,
                     (&Method::GET, ["compare"]) => {
                         let (Some(from), Some(to)) =
                             (query_param(&query, "from"), query_param(&query, "to"))

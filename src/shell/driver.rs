@@ -208,6 +208,14 @@ impl Driver {
         let pruner = tokio::spawn(prune_periodically(self.config.clone()));
         let _stop_pruner = AbortOnDrop(pruner);
         let _stop_outbox = self.spawn_outbox().map(AbortOnDrop);
+        let _stop_notifier = match crate::shell::notifier::Notifier::new(&self.config)? {
+            Some(n) => Some(AbortOnDrop(tokio::spawn(crate::shell::notifier::run(
+                self.config.db_path(),
+                n,
+                Duration::from_secs(1),
+            )))),
+            None => None,
+        };
         let _stop_resyncs: Vec<_> = self.spawn_resyncs().into_iter().map(AbortOnDrop).collect();
         loop {
             let wake = self.core.next_wakeup();

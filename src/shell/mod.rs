@@ -12,6 +12,7 @@ pub mod driver;
 pub mod forge;
 pub mod git;
 pub mod nix;
+pub mod notifier;
 pub mod refname;
 pub mod serve;
 pub mod status;

@@ -72,6 +72,10 @@ pub enum Query {
         repo: String,
         id: ChangeId,
     },
+    /// The broken registry of a repo (`docs/breakage.md`).
+    Broken {
+        repo: String,
+    },
     /// What the driver knows of these derivations' builds (the candidate page).
     JobStates {
         drvs: Vec<String>,
@@ -227,6 +231,10 @@ pub fn answer(
             let cand = core.candidates().filter(|k| k.changes.contains(&id)).last();
             Reply::Json(change_json(c, cand))
         }
+        Query::Broken { repo } => Reply::Json(
+            serde_json::to_value(core.broken().of(&repo).collect::<Vec<_>>())
+                .expect("serialisable"),
+        ),
         Query::Candidates { repo } => Reply::Json(Value::Array(
             core.candidates()
                 .filter(|k| k.repo == repo)

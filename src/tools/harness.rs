@@ -21,6 +21,8 @@ pub struct BranchOpts {
     pub max_jobs: usize,
     /// Replaces the `[[builders]]` section (default: the local store).
     pub builders_toml: Option<String>,
+    /// Appended to the `[[repos.branches]]` table (e.g. the breakage policy).
+    pub branch_toml: String,
     /// Appended to the config file.
     pub extra_toml: String,
     /// Extra environment for the server (e.g. `NIX_SSHOPTS`).
@@ -35,6 +37,7 @@ impl Default for BranchOpts {
             required: vec!["tested".into()],
             max_jobs: 4,
             builders_toml: None,
+            branch_toml: String::new(),
             extra_toml: String::new(),
             env: vec![],
         }
@@ -184,6 +187,7 @@ name = "master"
 batch_max = {batch_max}
 batch_delay_secs = {delay}
 required = [{required}]
+{branch}
 
 {builders}
 {extra}
@@ -197,6 +201,7 @@ required = [{required}]
                 "[[builders]]\nuri = \"local\"\nsystems = [\"x86_64-linux\"]\nmax_jobs = {}\n",
                 opts.max_jobs
             )),
+            branch = opts.branch_toml,
             extra = opts.extra_toml,
         );
         std::fs::write(&config_path, config)?;

@@ -35,6 +35,8 @@ pub fn harness(dir: &std::path::Path, packages: usize, seed: u64, opts: BranchOp
     .expect("harness")
 }
 
+pub mod hook;
+pub mod smtp;
 pub mod sshd;
 
 /// Sends `raw` and reads the answer until the server closes: (status, body).

@@ -24,6 +24,11 @@ fn person(i: usize, github: bool, email: bool) -> Maintainer {
     }
 }
 
+/// A job: (attribute, root, maintainers).
+type GenJob = (u8, Option<u8>, Vec<usize>);
+/// A notice: (minutes after the previous, event, pr, jobs).
+type GenNotice = (i64, u8, Option<u64>, Vec<GenJob>);
+
 #[derive(Debug, Clone)]
 struct Case {
     /// Per person: (has a handle, has an email).
@@ -33,8 +38,7 @@ struct Case {
     max_mentions: usize,
     forge: bool,
     mail: bool,
-    /// (minutes after the previous, event, pr, jobs: (attr, root, maintainers)).
-    notices: Vec<(i64, u8, Option<u64>, Vec<(u8, Option<u8>, Vec<usize>)>)>,
+    notices: Vec<GenNotice>,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -94,7 +98,11 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
             .iter()
             .map(|&i| {
                 // Opted out by handle when there is one, else by email, else by name.
-                who[i].github.clone().or(who[i].email.clone()).unwrap_or(format!("M {i}"))
+                who[i]
+                    .github
+                    .clone()
+                    .or(who[i].email.clone())
+                    .unwrap_or(format!("M {i}"))
             })
             .collect(),
         max_mentions: c.max_mentions,
@@ -139,7 +147,9 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
         order.sort_by_key(|&m| who[m].id().to_string());
         order.dedup();
         for m in order {
-            let mine: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].2.contains(&m)).collect();
+            let mine: Vec<usize> = (0..jobs.len())
+                .filter(|&i| jobs[i].2.contains(&m))
+                .collect();
             let fresh: Vec<usize> = mine
                 .iter()
                 .copied()
@@ -176,7 +186,10 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
             .filter_map(|id| who.iter().find(|w| w.id() == id))
             .filter_map(|w| if c.mail { w.email.clone() } else { None })
             .collect();
-        prop_assert_eq!(mailed, expect_mailed.iter().map(String::as_str).collect::<Vec<_>>());
+        prop_assert_eq!(
+            mailed,
+            expect_mailed.iter().map(String::as_str).collect::<Vec<_>>()
+        );
 
         // The comment pings no one opted out or capped, at most max_mentions people,
         // and only when some job is new to this pull request.

@@ -6,6 +6,7 @@ use rusqlite::{params, Transaction};
 use super::{Store, StoreError};
 use crate::core::breakage::{BrokenJob, Notice};
 use crate::core::evaluation::JobKey;
+use crate::core::forge::ForgeCommand;
 
 pub(super) fn put(tx: &Transaction, job: &BrokenJob) -> rusqlite::Result<()> {
     tx.execute(
@@ -43,16 +44,7 @@ pub struct Pending {
     pub attempts: u32,
 }
 
-/// One notification already sent to one maintainer about one job: what deduplication
-/// and the daily cap look at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sent {
-    pub maintainer: String,
-    pub event: String,
-    pub job: String,
-    pub root: String,
-    pub at: i64,
-}
+pub use crate::core::notify::Sent;
 
 impl Store {
     /// The broken registry, every repository's, by repository, attribute and system.
@@ -101,16 +93,32 @@ impl Store {
             .query_row("SELECT MIN(next_at) FROM notices", [], |r| r.get(0))?)
     }
 
-    /// A notice delivered (or given up): gone from the outbox, what it sent remembered.
-    pub fn notice_done(&mut self, id: i64, sent: &[Sent]) -> Result<(), StoreError> {
+    /// Part of a notice delivered: its pull-request comment handed to the forge outbox
+    /// and what was sent remembered, in one transaction, so a restart neither loses
+    /// the comment nor posts it twice. `done`: the notice leaves the outbox too.
+    pub fn notice_sent(
+        &mut self,
+        id: i64,
+        comment: Option<(&str, &ForgeCommand)>,
+        sent: &[Sent],
+        done: bool,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        if let Some((repo, cmd)) = comment {
+            tx.execute(
+                "INSERT INTO forge_outbox (repo, command) VALUES (?1, ?2)",
+                params![repo, serde_json::to_string(cmd).expect("serialisable")],
+            )?;
+        }
         for s in sent {
             tx.execute(
                 "INSERT OR REPLACE INTO notified (maintainer, event, job, root, at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![s.maintainer, s.event, s.job, s.root, s.at],
             )?;
         }
-        tx.execute("DELETE FROM notices WHERE id = ?1", params![id])?;
+        if done {
+            tx.execute("DELETE FROM notices WHERE id = ?1", params![id])?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -149,14 +157,5 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// Whether this maintainer was already told this about this job and root (ever).
-    pub fn was_notified(&self, s: &Sent) -> Result<bool, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM notified WHERE maintainer = ?1 AND event = ?2 AND job = ?3 AND root = ?4",
-            params![s.maintainer, s.event, s.job, s.root],
-            |r| r.get::<_, i64>(0),
-        )? > 0)
     }
 }
