@@ -5,7 +5,7 @@
 
 use crate::core::{BuildInput, CandidateInput, QueueInput};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -752,19 +752,4 @@ pub fn load_token(config: &Config) -> anyhow::Result<Option<String>> {
     }
 }
 
-pub(crate) fn read_secret(p: &Path) -> anyhow::Result<String> {
-    // A file named by the unit's credentials wins over the literal path: with
-    // LoadCredential the original path is not readable by the service user.
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let path = if p.exists() {
-        p.to_path_buf()
-    } else {
-        crate::shell::systemd::credential(&name).unwrap_or_else(|| p.to_path_buf())
-    };
-    let t = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read the secret: {e}", path.display()))?;
-    Ok(t.trim().to_string())
-}
+pub(crate) use crate::shell::systemd::read_secret;

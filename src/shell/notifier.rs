@@ -227,7 +227,7 @@ impl Notifier {
         if let Some(user) = &cfg.username {
             // Read at each mail: a rotated credential is picked up without a restart.
             let password = match &cfg.password_file {
-                Some(p) => crate::shell::driver::read_secret(p).map_err(|e| err(e.to_string()))?,
+                Some(p) => crate::shell::systemd::read_secret(p).map_err(|e| err(e.to_string()))?,
                 None => String::new(),
             };
             t = t.credentials(Credentials::new(user.clone(), password));
@@ -260,7 +260,7 @@ impl Notifier {
                 concat!("mergequeue/", env!("CARGO_PKG_VERSION")),
             );
         if let Some(p) = &cfg.secret_file {
-            let secret = crate::shell::driver::read_secret(p).map_err(|e| err(e.to_string()))?;
+            let secret = crate::shell::systemd::read_secret(p).map_err(|e| err(e.to_string()))?;
             req = req.header("x-mergequeue-signature", signature(secret.trim(), body));
         }
         let req = req

@@ -181,6 +181,24 @@ pub fn read_credential(name: &str) -> io::Result<Option<String>> {
     }
 }
 
+/// A secret file's contents, trimmed.
+pub(crate) fn read_secret(p: &std::path::Path) -> anyhow::Result<String> {
+    // A file named by the unit's credentials wins over the literal path: with
+    // LoadCredential the original path is not readable by the service user.
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = if p.exists() {
+        p.to_path_buf()
+    } else {
+        credential(&name).unwrap_or_else(|| p.to_path_buf())
+    };
+    let t = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the secret: {e}", path.display()))?;
+    Ok(t.trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
