@@ -27,4 +27,6 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 echo "installing:$need" >&2
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin git busybox-static openssh-server openssh-client chromium chromium-driver nodejs npm openssl >&2
+# Only what is missing: a Node.js from elsewhere conflicts with Debian's npm package.
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >&2

@@ -141,7 +141,9 @@ pub async fn probe(b: &NixBuilder) -> Result<BuilderIdentity, String> {
         "--store",
         store,
     ])
-    .args(&b.nix_args);
+    .args(&b.nix_args)
+    // A probe that times out must not leave its ssh behind, one per probe interval.
+    .kill_on_drop(true);
     b.ssh_env(&mut ping);
     let o = tokio::time::timeout(std::time::Duration::from_secs(60), ping.output())
         .await
@@ -166,7 +168,10 @@ pub async fn probe(b: &NixBuilder) -> Result<BuilderIdentity, String> {
     // implementation, and fall back to inferring it from the version number.
     if let Some(host) = ssh_host(store) {
         let mut ssh = Command::new("ssh");
-        ssh.args(ssh_opts(b)).arg(host).args(["nix", "--version"]);
+        ssh.args(ssh_opts(b))
+            .arg(host)
+            .args(["nix", "--version"])
+            .kill_on_drop(true);
         if let Ok(Ok(o)) =
             tokio::time::timeout(std::time::Duration::from_secs(30), ssh.output()).await
         {

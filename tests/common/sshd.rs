@@ -49,14 +49,22 @@ impl Sshd {
             .unwrap()
             .port();
         let store_root = root.join(format!("store-{alias}"));
+        // The sessions' HOME: the remote command runs through root's shell, and Debian's
+        // bash reads ~/.bashrc for ssh commands. A machine's own rc (pyenv's `init`, say,
+        // which waits up to 60 s on a stale rehash lock) must not decide whether a test
+        // builder answers.
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).unwrap();
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nSetEnv NIX_CONFIG=\"substituters =\"\n",
-                d = dir.display()
+                 PermitRootLogin prohibit-password\n\
+                 SetEnv NIX_CONFIG=\"substituters =\" HOME={h}\n",
+                d = dir.display(),
+                h = home.display()
             ),
         )
         .unwrap();
@@ -76,7 +84,41 @@ impl Sshd {
             pid: None,
         };
         s.resume();
+        s.answers(ssh_config);
         s
+    }
+
+    /// Fails the test at once, with both sides' logs, when a plain `ssh ALIAS true` does not
+    /// come back: a builder that never answers otherwise shows only as a timeout much later.
+    fn answers(&self, ssh_config: &Path) {
+        let mut child = Command::new("ssh")
+            .arg("-F")
+            .arg(ssh_config)
+            .args(["-o", "BatchMode=yes", "-v", &self.alias, "true"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ssh");
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "ssh {} true: {status:?} after {:?}\nssh -v:\n{}\nsshd.log:\n{}",
+            self.alias,
+            t.elapsed(),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+        );
     }
 
     pub fn uri(&self) -> String {
@@ -96,9 +138,14 @@ impl Sshd {
             .arg(self.dir.join("sshd.log")));
         let t = Instant::now();
         loop {
-            if let Ok(pid) = std::fs::read_to_string(self.dir.join("sshd.pid")) {
-                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    self.pid = pid.trim().parse().ok();
+            // sshd creates its pid file before it writes it: an empty read is "not yet",
+            // not "no pid" (which left the daemon unwatched and unstoppable).
+            let pid = std::fs::read_to_string(self.dir.join("sshd.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if speaks_ssh(self.port) {
+                    self.pid = Some(pid);
                     return;
                 }
             }
@@ -150,6 +197,18 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The port answers with an SSH banner: a bare connect would also succeed against
+/// another test's server that took the port first.
+fn speaks_ssh(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut banner = [0u8; 8];
+    s.read_exact(&mut banner).is_ok() && banner.starts_with(b"SSH-2.0-")
 }
 
 fn cmdline(pid: u32) -> String {
