@@ -35,6 +35,7 @@ mod pulls;
 #[cfg(test)]
 mod pulls_tests;
 mod queue;
+pub mod report;
 pub mod scheduler;
 mod snapshot;
 #[cfg(test)]

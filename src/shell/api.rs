@@ -157,6 +157,7 @@ impl Api {
             | Query::Log { .. }
             | Query::StoredChange { .. }
             | Query::Compare { .. }
+            | Query::Report { .. }
             | Query::Changes { .. }) => self.ask_store(q).await,
             q if StoreFacts::needed(&q) => {
                 let (facts, q) = self
@@ -373,6 +374,19 @@ impl Api {
                             Err(e) => return error(StatusCode::BAD_REQUEST, e),
                         };
                         self.ask(Query::Compare { from, to, limit }).await
+                    }
+                    (&Method::GET, ["candidates", id, "report"]) => {
+                        let Ok(id) = id.parse() else {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                format!("candidate id {id:?} is not a number"),
+                            );
+                        };
+                        let limit = match paging(&query) {
+                            Ok((limit, _)) => limit,
+                            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                        };
+                        self.ask(Query::Report { repo, id, limit }).await
                     }
                     (&Method::GET, ["candidates", id]) => match id.parse() {
                         Ok(id) => self.ask(Query::Candidate { repo, id }).await,

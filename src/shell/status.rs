@@ -8,6 +8,7 @@
 pub mod candidate;
 /// Two evaluations compared (Hydra's tabs).
 pub mod compare;
+pub mod report;
 
 use serde_json::{json, Value};
 
@@ -65,6 +66,12 @@ pub enum Query {
     Compare {
         from: String,
         to: String,
+        limit: usize,
+    },
+    /// A candidate's newly-broken report, each tab cut to `limit` rows.
+    Report {
+        repo: String,
+        id: u64,
         limit: usize,
     },
     /// A change as the database holds it (after `Change` found none in memory).
@@ -157,6 +164,10 @@ pub fn from_store(store: &Store, q: Query) -> Result<Option<Reply>, Query> {
             .ok()
             .map(|cs| Reply::Json(Value::Array(cs.iter().map(|c| change_json(c, None)).collect()))),
         Query::Compare { from, to, limit } => compare::answer(store, &from, &to, limit)
+            .ok()
+            .flatten()
+            .map(Reply::Json),
+        Query::Report { repo, id, limit } => report::answer(store, &repo, id, limit)
             .ok()
             .flatten()
             .map(Reply::Json),
@@ -270,6 +281,7 @@ pub fn answer(
         | Query::Log { .. }
         | Query::StoredChange { .. }
         | Query::Compare { .. }
+        | Query::Report { .. }
         | Query::Changes { .. } => return None,
     })
 }

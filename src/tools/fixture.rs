@@ -645,6 +645,17 @@ impl PackageSet {
         Ok(())
     }
 
+    /// Sets `meta.maintainers` of `name` to plain handles (changes no derivation).
+    pub fn set_maintainers(&mut self, name: &str, handles: &[&str]) -> io::Result<()> {
+        let ms: Vec<String> = handles.iter().map(|h| nix_str(h)).collect();
+        self.set_field(name, "maintainers", &format!("[ {} ]", ms.join(" ")))?;
+        self.maintainers.insert(
+            name.to_string(),
+            handles.iter().map(|h| h.to_string()).collect(),
+        );
+        Ok(())
+    }
+
     /// Deletes the file of `name` (reverse dependencies then fail to evaluate).
     pub fn remove_package(&mut self, name: &str) -> io::Result<()> {
         fs::remove_file(self.file(name))?;

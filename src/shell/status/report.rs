@@ -1,0 +1,76 @@
+//! `GET /api/v1/repos/{repo}/candidates/{id}/report`: a candidate's newly-broken report
+//! (`core::report`) from its stored evaluations (base and candidate commit) and the
+//! remembered builds. Off the driver, like the comparison it extends.
+
+use std::collections::BTreeMap;
+
+use rusqlite::OptionalExtension;
+use serde_json::{json, Value};
+
+use crate::core::evaluation::JobResult;
+use crate::core::outcome::OutcomeClass;
+use crate::core::report::{report, Remembered};
+use crate::shell::store::{Store, StoreError};
+
+/// The report, each tab cut to `limit` rows (`counts` has every tab's size). `None`: no
+/// such candidate in `repo`. A candidate whose evaluations are not stored (still
+/// evaluating, or deleted by retention) answers with `"evaluated": false` and no tabs.
+pub fn answer(
+    store: &Store,
+    repo: &str,
+    id: u64,
+    limit: usize,
+) -> Result<Option<Value>, StoreError> {
+    let Some(cand) = store.candidate(id)?.filter(|c| c.repo == repo) else {
+        return Ok(None);
+    };
+    let mut out = json!({
+        "candidate": cand.id,
+        "branch": cand.branch,
+        "changes": cand.changes,
+        "base": cand.base,
+        "commit": cand.commit(),
+        "limit": limit,
+    });
+    let evals = match (cand.base.as_deref(), cand.commit()) {
+        (Some(b), Some(c)) => (store.get_eval(b)?, store.get_eval(c)?),
+        _ => (None, None),
+    };
+    let (Some(base), Some(new)) = evals else {
+        out["evaluated"] = json!(false);
+        return Ok(Some(out));
+    };
+    let mut memo: BTreeMap<String, Remembered> = BTreeMap::new();
+    {
+        let mut st = store
+            .conn()
+            .prepare_cached("SELECT class, root_drv FROM memo WHERE drv = ?1")?;
+        for (_, r) in base.jobs.iter().chain(new.jobs.iter()) {
+            let JobResult::Ok(job) = r else { continue };
+            if memo.contains_key(&job.drv_path) {
+                continue;
+            }
+            let row: Option<(String, Option<String>)> = st
+                .query_row([&job.drv_path], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((class, root_drv)) = row {
+                if let Some(class) = OutcomeClass::parse(&class) {
+                    memo.insert(job.drv_path.clone(), Remembered { class, root_drv });
+                }
+            }
+        }
+    }
+    let r = report(&base, &new, &|d| memo.get(d).cloned());
+    out["evaluated"] = json!(true);
+    out["counts"] = json!({
+        "newly_failing": r.newly_failing.len(),
+        "newly_succeeding": r.newly_succeeding.len(),
+        "still_failing": r.still_failing.len(),
+    });
+    out["newly_failing"] = json!(r.newly_failing.iter().take(limit).collect::<Vec<_>>());
+    out["newly_succeeding"] = json!(r.newly_succeeding.iter().take(limit).collect::<Vec<_>>());
+    out["still_failing"] = json!(r.still_failing.iter().take(limit).collect::<Vec<_>>());
+    out["by_maintainer"] = json!(r.by_maintainer);
+    out["rebuilds"] = json!(r.rebuilds);
+    Ok(Some(out))
+}
