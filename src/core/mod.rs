@@ -41,6 +41,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 mod verdict;
+pub mod why;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
