@@ -4,7 +4,8 @@
 //! others depend on (rejected: newly breaking). The second report names the direct
 //! failure, its dependents as dependency failures with the direct one as their root, the
 //! fixed package as newly succeeding, everything grouped under the maintainers who can
-//! act, and the rebuild counts in Nixpkgs' buckets.
+//! act, and the rebuild counts in Nixpkgs' buckets; `…/why` says the dependents rebuild
+//! because the broken package changed.
 
 mod common;
 
@@ -121,6 +122,38 @@ async fn the_report_names_direct_failures_their_dependents_and_fixes() {
     );
     assert_eq!(r["counts"]["newly_failing"], want.len());
 
+    // Why things rebuild: P's dependents because P changed, P and Q on their own.
+    let (status, w) = get(&h, &format!("/api/v1/repos/pkgs/candidates/{cand}/why")).await;
+    assert_eq!(status, 200, "{w}");
+    assert_eq!(w["complete"], true, "{w:#}");
+    let causes = |attr: &str| -> Vec<(String, String)> {
+        let job = w["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["attr"] == attr)
+            .unwrap_or_else(|| panic!("{attr} not explained: {w:#}"));
+        job["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let kind = c["kind"].as_str().unwrap().to_string();
+                (kind, c["attr"].as_str().unwrap_or("").to_string())
+            })
+            .collect()
+    };
+    let own = |a: &str| vec![("derivation".to_string(), a.to_string())];
+    assert_eq!(causes(&p), own(&p), "{w:#}");
+    assert_eq!(causes(&q), own(&q), "{w:#}");
+    for d in &dependents {
+        assert_eq!(causes(d), own(&p), "{d}: {w:#}");
+    }
+    // P rebuilds the most: itself and both dependents (and the aggregate, if it holds them).
+    assert_eq!(w["top"][0]["attr"], p.as_str(), "{w:#}");
+    assert!(w["top"][0]["jobs"].as_u64().unwrap() >= 3, "{w:#}");
+    assert_eq!(w["changed_total"], w["explained"], "{w:#}");
+
     // #1's report: Q fails on both sides, nothing newly failing.
     let first = done_candidate(&h, 1).await;
     let (_, r1) = get(&h, &format!("/api/v1/repos/pkgs/candidates/{first}/report")).await;
@@ -131,6 +164,10 @@ async fn the_report_names_direct_failures_their_dependents_and_fixes() {
     let (status, e) = get(&h, "/api/v1/repos/pkgs/candidates/x/report").await;
     assert_eq!(status, 400, "{e}");
     let (status, _) = get(&h, "/api/v1/repos/pkgs/candidates/999/report").await;
+    assert_eq!(status, 404);
+    let (status, e) = get(&h, "/api/v1/repos/pkgs/candidates/x/why").await;
+    assert_eq!(status, 400, "{e}");
+    let (status, _) = get(&h, "/api/v1/repos/pkgs/candidates/999/why").await;
     assert_eq!(status, 404);
     h.stop_server(false).unwrap();
 }

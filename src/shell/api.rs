@@ -19,7 +19,7 @@ use crate::core::{Refusal, Submission};
 use crate::shell::config::Config;
 use crate::shell::driver::{Handle, Msg};
 use crate::shell::status::{
-    self, candidate, change_json, Query, Reply, StoreFacts, QUEUE_PAGE_DEFAULT,
+    self, candidate, change_json, Query, Reply, StoreFacts, QUEUE_PAGE_DEFAULT, QUEUE_PAGE_MAX,
 };
 
 /// The web UI: HTML pages on the same router, beside the JSON API.
@@ -375,6 +375,26 @@ impl Api {
                         };
                         self.ask(Query::Compare { from, to, limit }).await
                     }
+                    (&Method::GET, ["candidates", id, "why"]) => {
+                        let Ok(id) = id.parse() else {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                format!("candidate id {id:?} is not a number"),
+                            );
+                        };
+                        let limit = match paging(&query) {
+                            Ok((limit, _)) => limit,
+                            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                        };
+                        let nix_args = self.config.nix_args();
+                        let reader = &self.driver.reader;
+                        status::why::answer(reader, &nix_args, repo, id, limit)
+                            .await
+                            .map_err(|e| log::warn!("reading the database for a query: {e}"))
+                            .ok()
+                            .flatten()
+                            .map(Reply::Json)
+                    }
                     (&Method::GET, ["candidates", id, "report"]) => {
                         let Ok(id) = id.parse() else {
                             return error(
@@ -645,7 +665,7 @@ pub fn check_submit_body(body: &[u8]) -> Result<(String, Priority), String> {
 fn paging(query: &str) -> Result<(usize, usize), &'static str> {
     let num = |name, default| query_param(query, name).map_or(Some(default), |v| v.parse().ok());
     match (num("limit", QUEUE_PAGE_DEFAULT), num("offset", 0)) {
-        (Some(limit), Some(offset)) => Ok((limit, offset)),
+        (Some(limit), Some(offset)) => Ok((limit.min(QUEUE_PAGE_MAX), offset)),
         _ => Err("offset and limit must be numbers"),
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::process::Command;
 
 use crate::core::scheduler::StepInfo;
+use crate::core::why::DrvInputs;
 use crate::core::BuilderIdentity;
 use crate::shell::config::Config;
 use crate::shell::nix::build::NixBuilder;
@@ -36,6 +37,32 @@ pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<NixBuilder>>
     Ok(out)
 }
 
+/// `nix show-derivation` of some derivations: its JSON, or why it failed. Bounded in
+/// time: a hung daemon must not hold up whoever asked.
+async fn show_derivation(nix_args: &[String], drvs: &[String]) -> Result<Vec<u8>, String> {
+    let run = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "show-derivation",
+        ])
+        .args(nix_args)
+        .args(drvs)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(SHOW_TIMEOUT, run).await {
+        Ok(Ok(o)) if o.status.success() => Ok(o.stdout),
+        Ok(Ok(o)) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Ok(Err(e)) => Err(format!("cannot run nix: {e}")),
+        Err(_) => Err(format!(
+            "nix show-derivation gave no answer within {} s",
+            SHOW_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+const SHOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Reads derivations with `nix show-derivation` (in chunks).
 pub async fn inspect(
     nix_args: &[String],
@@ -43,19 +70,9 @@ pub async fn inspect(
 ) -> Vec<(String, Result<StepInfo, String>)> {
     let mut out = vec![];
     for chunk in drvs.chunks(200) {
-        let res = Command::new("nix")
-            .args([
-                "--extra-experimental-features",
-                "nix-command",
-                "show-derivation",
-            ])
-            .args(nix_args)
-            .args(chunk)
-            .output()
-            .await;
-        match res {
-            Ok(o) if o.status.success() => {
-                let parsed = parse_show_derivation(&o.stdout);
+        match show_derivation(nix_args, chunk).await {
+            Ok(stdout) => {
+                let parsed = parse_show_derivation(&stdout);
                 for d in chunk {
                     let info = parsed
                         .get(d)
@@ -64,16 +81,47 @@ pub async fn inspect(
                     out.push((d.clone(), info));
                 }
             }
-            other => {
-                let msg = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                out.extend(chunk.iter().map(|d| (d.clone(), Err(msg.clone()))));
-            }
+            Err(msg) => out.extend(chunk.iter().map(|d| (d.clone(), Err(msg.clone())))),
         }
     }
     out
+}
+
+/// The input derivations and sources of derivations (for [`crate::core::why`]).
+pub async fn read_inputs(
+    nix_args: &[String],
+    drvs: &[String],
+) -> Result<BTreeMap<String, DrvInputs>, String> {
+    let mut out = BTreeMap::new();
+    for chunk in drvs.chunks(200) {
+        let stdout = show_derivation(nix_args, chunk).await?;
+        out.extend(parse_inputs(&stdout));
+    }
+    Ok(out)
+}
+
+/// `nix show-derivation` JSON to input derivations and sources.
+pub fn parse_inputs(json: &[u8]) -> BTreeMap<String, DrvInputs> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(json) else {
+        return BTreeMap::new();
+    };
+    map.into_iter()
+        .map(|(drv, v)| {
+            let drvs = v["inputDrvs"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            let srcs = v["inputSrcs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (drv, DrvInputs { drvs, srcs })
+        })
+        .collect()
 }
 
 /// `nix show-derivation` JSON to step infos.

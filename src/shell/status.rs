@@ -9,6 +9,7 @@ pub mod candidate;
 /// Two evaluations compared (Hydra's tabs).
 pub mod compare;
 pub mod report;
+pub mod why;
 
 use serde_json::{json, Value};
 
