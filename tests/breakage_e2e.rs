@@ -16,7 +16,7 @@ use common::hook::Hook;
 use common::smtp::Smtp;
 use common::{harness, LONG};
 use mergequeue::tools::fakeforge::{FakeForge, Shape};
-use mergequeue::tools::harness::{git, BranchOpts, Harness};
+use mergequeue::tools::harness::{git, BranchOpts, ChannelSpec, Harness};
 use serde_json::{json, Value};
 
 const SECRET: &str = "e2e webhook secret";
@@ -101,6 +101,23 @@ async fn grace_holds_notifies_marks_broken_and_hears_the_fix() {
         ..BranchOpts::default()
     };
     let mut h = harness(dir.path(), 14, 5, opts);
+    // A channel over master publishes the registry with its artifacts.
+    let artifacts = dir.path().join("artifacts");
+    h.add_channel(&ChannelSpec {
+        artifacts_dir: Some(artifacts.clone()),
+        ..ChannelSpec::default()
+    })
+    .unwrap();
+    let published = async |h: &Harness| -> Value {
+        let master = h.upstream_head("master").unwrap();
+        h.wait_channel("unstable", LONG, |v| {
+            v["published"].as_str() == Some(master.as_str())
+        })
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(artifacts.join(&master).join("broken.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
     let gated = h.set.transitive_deps("tested");
     let (pkg, maintainers) = h
         .set
@@ -219,6 +236,8 @@ async fn grace_holds_notifies_marks_broken_and_hears_the_fix() {
         !rows[0]["log_tail"].as_str().unwrap().is_empty(),
         "{broken}"
     );
+    let shipped = published(&h).await;
+    assert_eq!(shipped, broken, "broken.json is the registry");
     until("the newly-broken mail", async || {
         (mails_about(&smtp, "broke 1 job") == want).then_some(())
     })
@@ -231,6 +250,11 @@ async fn grace_holds_notifies_marks_broken_and_hears_the_fix() {
     assert_eq!(c[0]["state"], "merged", "{}", c[0]);
     let broken = get(&h, "/api/v1/repos/pkgs/broken").await;
     assert_eq!(broken, json!([]));
+    assert_eq!(
+        published(&h).await,
+        json!([]),
+        "the fixed release ships no broken job"
+    );
     until("the fixed mail and webhook", async || {
         let fixed = mails_about(&smtp, "fixed 1 job") == want;
         let hooked = hook_events(&hook).iter().any(|e| e["event"] == "fixed");

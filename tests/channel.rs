@@ -113,6 +113,9 @@ async fn a_channel_advances_when_its_gate_passes() {
     assert_eq!(manifest["revision"], master.as_str());
     assert_eq!(manifest["gate"][0]["attr"], "tested");
     assert_eq!(manifest["gate"][0]["status"], "success");
+    // No job is marked broken: the registry published with it is empty.
+    assert_eq!(read("broken.json").trim(), "[]");
+    assert_eq!(manifest["broken_jobs"], 0);
     let prefix = format!("unstable-{}", &master[..12]);
     let entries = tar_xz_entries(&latest.join("nixexprs.tar.xz"));
     assert!(

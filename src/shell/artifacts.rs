@@ -1,6 +1,7 @@
 //! A channel's artifacts, as Nixpkgs publishes them: `git-revision`, `nixexprs.tar.xz`
 //! (the tree under one prefix, deterministic), `store-paths` and a JSON manifest of the
-//! gate, per revision, with `latest` pointing at the current one.
+//! gate, per revision, with `latest` pointing at the current one; `broken.json`, the
+//! broken registry of the channel's repository when the revision was published.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -10,23 +11,38 @@ use std::sync::Mutex;
 use git2::{ObjectType, Oid, TreeWalkMode, TreeWalkResult};
 use serde_json::{json, Value};
 
+use crate::core::breakage::BrokenJob;
 use crate::core::{GateJob, Millis};
 use crate::shell::git::Mirror;
 
 /// Published revisions kept in `artifacts_dir` besides the current one.
 pub const ARTIFACTS_KEEP: usize = 4;
 
-/// Publishes channel `name`'s artifacts for `rev` into `dir/REV/` (written in a
+/// What one channel release publishes.
+pub struct Release<'a> {
+    pub rev: &'a str,
+    /// When the channel advanced to `rev`.
+    pub at: Millis,
+    pub gate: &'a [GateJob],
+    /// The repository's broken registry when the release is written (`broken.json`).
+    pub broken: &'a [BrokenJob],
+}
+
+/// Publishes channel `name`'s artifacts for a release into `dir/REV/` (written in a
 /// temporary directory, then renamed) and points `dir/latest` at it (a symlink replaced
-/// by rename). Idempotent.
+/// by rename). Idempotent: a revision already published is not written again.
 pub fn publish(
     name: &str,
     mirror: &Mutex<Mirror>,
     dir: &Path,
-    rev: &str,
-    at: Millis,
-    gate: &[GateJob],
+    release: &Release,
 ) -> anyhow::Result<()> {
+    let &Release {
+        rev,
+        at,
+        gate,
+        broken,
+    } = release;
     std::fs::create_dir_all(dir)?;
     let final_dir = dir.join(rev);
     if !final_dir.join("manifest.json").exists() {
@@ -56,7 +72,9 @@ pub fn publish(
             "time": at / 1000,
             "gate": gate.iter().map(gate_job_json).collect::<Vec<_>>(),
             "store_paths": paths,
+            "broken_jobs": broken.len(),
         });
+        std::fs::write(t.join("broken.json"), serde_json::to_vec_pretty(broken)?)?;
         std::fs::write(
             t.join("manifest.json"),
             serde_json::to_vec_pretty(&manifest)?,

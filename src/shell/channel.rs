@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use git2::Oid;
 
+use crate::core::breakage::BrokenJob;
 use crate::core::{AdvanceResult, Command, GateJob, Input, Millis, SourcePoll};
 use crate::shell::git::{ls_remote, GitError, Mirror};
 
@@ -159,16 +160,29 @@ impl ChannelShell {
     }
 
     /// Publishes `rev`'s artifacts (nothing without an `artifacts_dir`).
-    pub fn publish(&self, rev: &str, at: Millis, gate: &[GateJob]) -> anyhow::Result<()> {
+    pub fn publish(
+        &self,
+        rev: &str,
+        at: Millis,
+        gate: &[GateJob],
+        broken: &[BrokenJob],
+    ) -> anyhow::Result<()> {
         let Some(dir) = &self.artifacts_dir else {
             return Ok(());
         };
-        crate::shell::artifacts::publish(&self.name, &self.mirror, dir, rev, at, gate)
+        let release = crate::shell::artifacts::Release {
+            rev,
+            at,
+            gate,
+            broken,
+        };
+        crate::shell::artifacts::publish(&self.name, &self.mirror, dir, &release)
     }
 
     /// Performs a channel command (blocking git work) and returns its result as an input.
-    /// `None` for a command that is not a channel's.
-    pub fn perform(&self, cmd: Command) -> Option<Input> {
+    /// `broken`: the repository's broken registry, published with artifacts. `None` for a
+    /// command that is not a channel's.
+    pub fn perform(&self, cmd: Command, broken: &[BrokenJob]) -> Option<Input> {
         Some(match cmd {
             Command::PollSource { channel } => Input::Channel(ChannelInput::SourcePolled {
                 channel,
@@ -190,7 +204,9 @@ impl ChannelShell {
                 at,
                 gate,
             } => {
-                let result = self.publish(&rev, at, &gate).map_err(|e| format!("{e:#}"));
+                let result = self
+                    .publish(&rev, at, &gate, broken)
+                    .map_err(|e| format!("{e:#}"));
                 Input::Channel(ChannelInput::ArtifactsPublished {
                     channel,
                     rev,

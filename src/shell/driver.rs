@@ -555,9 +555,19 @@ impl Driver {
                 let Some(shell) = shell else {
                     return Ok(());
                 };
+                // The broken registry as it stands when the artifacts are written goes
+                // with them (`broken.json`).
+                let broken = match &cmd {
+                    Command::PublishArtifacts { channel, .. } => self
+                        .core
+                        .channel(channel)
+                        .map(|c| self.core.broken().of(&c.config.repo).cloned().collect())
+                        .unwrap_or_default(),
+                    _ => vec![],
+                };
                 let tx = self.tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    if let Some(input) = shell.perform(cmd) {
+                    if let Some(input) = shell.perform(cmd, &broken) {
                         let _ = tx.blocking_send(Msg::Input(input));
                     }
                 });
