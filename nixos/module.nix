@@ -251,7 +251,26 @@ let
     // lib.optionalAttrs (cfg.gitSshKeyFile != null) { git-ssh-key = cfg.gitSshKeyFile; }
     // lib.listToAttrs (map (k: lib.nameValuePair (keyCredential k) k) builderKeys)
     // forgeCredentials
+    // notifyCredentials
     // cfg.credentials;
+
+  # The notifier's secrets (docs/breakage.md), delivered as credentials.
+  notifyCredentials =
+    lib.optionalAttrs (cfg.notify.smtpPasswordFile != null) { smtp-password = cfg.notify.smtpPasswordFile; }
+    // lib.optionalAttrs (cfg.notify.webhookSecretFile != null) {
+      notify-webhook-secret = cfg.notify.webhookSecretFile;
+    };
+
+  # settings.notify with the secrets as credential paths.
+  renderNotify =
+    n:
+    n
+    // lib.optionalAttrs (cfg.notify.smtpPasswordFile != null) {
+      email = (n.email or { }) // { password_file = "${credentialsDir}/smtp-password"; };
+    }
+    // lib.optionalAttrs (cfg.notify.webhookSecretFile != null) {
+      webhook = (n.webhook or { }) // { secret_file = "${credentialsDir}/notify-webhook-secret"; };
+    };
 
   # ---- settings ---------------------------------------------------------------
 
@@ -592,7 +611,11 @@ let
     };
   };
 
-  renderedSettings = dropNulls (cfg.settings // { repos = map renderRepo cfg.settings.repos; });
+  renderedSettings = dropNulls (
+    cfg.settings
+    // { repos = map renderRepo cfg.settings.repos; }
+    // lib.optionalAttrs (cfg.settings ? notify) { notify = renderNotify cfg.settings.notify; }
+  );
   generatedConfig = format.generate "mergequeue.toml" renderedSettings;
 
   # Build-time validation, following atticd's checkedConfigFile. check-config only
@@ -703,6 +726,31 @@ in
       '';
     };
 
+    notify = {
+      smtpPasswordFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/mergequeue-smtp-password";
+        description = ''
+          Password for the SMTP relay of {option}`settings.notify.email` (with its
+          `username`). An absolute path outside the Nix store, passed as the credential
+          `smtp-password` and rendered as `password_file`; read at each mail, so a
+          rotated password needs no restart.
+        '';
+      };
+      webhookSecretFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/mergequeue-notify-webhook";
+        description = ''
+          Secret that signs the notification webhook's bodies
+          (`X-Mergequeue-Signature: sha256=HMAC`, {option}`settings.notify.webhook`).
+          An absolute path outside the Nix store, passed as the credential
+          `notify-webhook-secret` and rendered as `secret_file`.
+        '';
+      };
+    };
+
     builders = mkOption {
       type = types.listOf (types.submodule builderModule);
       default = [ ];
@@ -786,6 +834,21 @@ in
       ++ lib.concatMap (k: absolutePathNotInStore "builder sshKey" k) builderKeys
       ++ lib.concatLists (lib.mapAttrsToList (n: f: absolutePathNotInStore "credentials.${n}" f) cfg.credentials)
       ++ lib.concatLists (lib.mapAttrsToList (n: f: absolutePathNotInStore "the forge secret ${n}" f) forgeCredentials)
+      ++ lib.concatLists (lib.mapAttrsToList (n: f: absolutePathNotInStore "notify secret ${n}" f) notifyCredentials)
+      ++ [
+        {
+          assertion = !(cfg.settings.notify.email or { } ? password_file) && !(cfg.settings.notify.webhook or { } ? secret_file);
+          message = "services.mergequeue: give the notifier's secrets as notify.smtpPasswordFile and notify.webhookSecretFile (delivered as credentials), not as settings.notify.*.";
+        }
+        {
+          assertion = cfg.notify.smtpPasswordFile == null || cfg.settings.notify.email or null != null;
+          message = "services.mergequeue: notify.smtpPasswordFile needs settings.notify.email (the relay it is for).";
+        }
+        {
+          assertion = cfg.notify.webhookSecretFile == null || cfg.settings.notify.webhook or null != null;
+          message = "services.mergequeue: notify.webhookSecretFile needs settings.notify.webhook (the hook it signs for).";
+        }
+      ]
       ++ lib.concatMap (
         r:
         lib.optionals (r.forge != null) [

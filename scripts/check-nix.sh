@@ -213,7 +213,8 @@ for name in positive + ["disabled", "builder-node"]:
         problem(f"{name}: failed assertions: {s['failedAssertions']}")
     if s.get("warnings"):
         problem(f"{name}: warnings: {s['warnings']}")
-for name in ["store-secret", "relative-key", "forge-secret-in-settings"]:
+for name in ["store-secret", "relative-key", "forge-secret-in-settings",
+             "notify-secret-in-settings", "notify-secret-without-relay"]:
     if not scenarios[name]["failedAssertions"]:
         problem(f"{name}: expected a failed assertion")
 
@@ -271,6 +272,21 @@ for name, repo, want in [
             problem(f"{name}: module option {camel} leaked into the settings")
 if scenarios["github-app"]["settings"]["repos"][0]["forge"].get("app_id") != 123456:
     problem("github-app: app_id is not rendered")
+
+# Notifier secrets: credential paths in settings.notify, the files loaded as credentials.
+s = scenarios["notify-secrets"]
+if s.get("failedAssertions"):
+    problem(f"notify-secrets: failed assertions: {s['failedAssertions']}")
+notify = s["settings"].get("notify", {})
+loaded = s["unit"]["serviceConfig"].get("LoadCredential", [])
+for table, key_, cred, path in [("email", "password_file", "smtp-password", "/run/keys/smtp-password"),
+                                ("webhook", "secret_file", "notify-webhook-secret", "/run/keys/notify-hook")]:
+    if notify.get(table, {}).get(key_) != f"{creds}/{cred}":
+        problem(f"notify-secrets: notify.{table}.{key_} = {notify.get(table, {}).get(key_)!r}, want the credential {cred}")
+    if f"{cred}:{path}" not in loaded:
+        problem(f"notify-secrets: {cred} is not loaded from {path}: {loaded}")
+if notify.get("email", {}).get("username") != "mergequeue" or notify.get("cap_per_maintainer_per_day") != 3:
+    problem(f"notify-secrets: the rest of settings.notify is lost: {notify}")
 
 # openFirewall opens the port of settings.listen, and nothing without it.
 for name, want in [("infra", [8080]), ("community", []), ("basic", [])]:

@@ -411,6 +411,46 @@ in
         };
       }
     ]);
+    # The notifier's SMTP password and webhook secret, delivered as credentials.
+    notify-secrets = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          apiTokenFile = "/run/keys/api-token";
+          notify.smtpPasswordFile = "/run/keys/smtp-password";
+          notify.webhookSecretFile = "/run/keys/notify-hook";
+          settings.notify = {
+            cap_per_maintainer_per_day = 3;
+            email = {
+              smtp = "smtp.example.org:587";
+              from = "mergequeue@example.org";
+              username = "mergequeue";
+            };
+            webhook.url = "https://chat.example.org/hook";
+          };
+        };
+      }
+    ]);
+    notify-secret-in-settings = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          settings.notify.email = {
+            smtp = "smtp.example.org:587";
+            from = "mergequeue@example.org";
+            password_file = "/run/keys/smtp-password";
+          };
+        };
+      }
+    ]);
+    notify-secret-without-relay = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          notify.smtpPasswordFile = "/run/keys/smtp-password";
+        };
+      }
+    ]);
     forge-secret-in-settings = summarize (evalSystem [
       {
         services.mergequeue = {
