@@ -236,6 +236,19 @@ async fn grace_holds_notifies_marks_broken_and_hears_the_fix() {
         !rows[0]["log_tail"].as_str().unwrap().is_empty(),
         "{broken}"
     );
+    // The registry's page names the job and the change that broke it.
+    let (status, page) = common::raw(
+        &h.listen,
+        b"GET /repos/pkgs/broken HTTP/1.1\r\nHost: mq\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&format!("<td>{pkg}</td>")), "{page}");
+    assert!(page.contains("/repos/pkgs/changes/1\""), "{page}");
+    assert!(
+        !page.contains("@example.org"),
+        "an address on a page: {page}"
+    );
     let shipped = published(&h).await;
     assert_eq!(shipped, broken, "broken.json is the registry");
     until("the newly-broken mail", async || {

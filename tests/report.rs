@@ -154,6 +154,22 @@ async fn the_report_names_direct_failures_their_dependents_and_fixes() {
     assert!(w["top"][0]["jobs"].as_u64().unwrap() >= 3, "{w:#}");
     assert_eq!(w["changed_total"], w["explained"], "{w:#}");
 
+    // The candidate page shows the report, escaped, with its JSON twins.
+    let get_page = format!(
+        "GET /repos/pkgs/candidates/{cand} HTTP/1.1\r\nHost: mq\r\nConnection: close\r\n\r\n"
+    );
+    let (status, page) = common::raw(&h.listen, get_page.as_bytes()).await;
+    assert_eq!(status, 200, "{page}");
+    for want in [
+        "Newly-broken report",
+        "lib-owner",
+        &p,
+        &format!("/api/v1/repos/pkgs/candidates/{cand}/report"),
+        &format!("/api/v1/repos/pkgs/candidates/{cand}/why"),
+    ] {
+        assert!(page.contains(want), "{want} not on the page: {page}");
+    }
+
     // #1's report: Q fails on both sides, nothing newly failing.
     let first = done_candidate(&h, 1).await;
     let (_, r1) = get(&h, &format!("/api/v1/repos/pkgs/candidates/{first}/report")).await;

@@ -162,7 +162,13 @@ where
             }
         }
         ["repos", repo, "broken"] if api.config.repo(repo).is_some() => {
-            html(StatusCode::OK, pages::ops::broken(repo))
+            let q = Query::Broken {
+                repo: repo.to_string(),
+            };
+            match ask(api, q).await {
+                Some(rows) => html(StatusCode::OK, pages::ops::broken(now, repo, &rows)),
+                None => not_found(&path),
+            }
         }
         ["builders"] => match ask(api, Query::Builders).await {
             Some(b) => html(
@@ -332,9 +338,15 @@ async fn candidate_page(api: &Api, repo: &str, id: u64, now: i64) -> Resp {
             changes.insert(cid, c);
         }
     }
+    let q = Query::Report {
+        repo: repo.clone(),
+        id,
+        limit: pages::change::REPORT_ROWS,
+    };
+    let report = ask(api, q).await;
     html(
         StatusCode::OK,
-        pages::change::candidate(now, &repo, &cand, &changes),
+        pages::change::candidate(now, &repo, &cand, &changes, report.as_ref()),
     )
 }
 

@@ -108,7 +108,16 @@ pub fn change(
 }
 
 /// `changes`: the candidate's changes by id.
-pub fn candidate(now_ms: i64, repo: &str, k: &Value, changes: &BTreeMap<u64, Value>) -> Markup {
+/// Rows per tab of the newly-broken report on the candidate page.
+pub const REPORT_ROWS: usize = 50;
+
+pub fn candidate(
+    now_ms: i64,
+    repo: &str,
+    k: &Value,
+    changes: &BTreeMap<u64, Value>,
+    report: Option<&Value>,
+) -> Markup {
     let now_s = now_ms / 1000;
     let id = u(k, "id").unwrap_or(0);
     let twin = format!("/api/v1/repos/{}/candidates/{id}", seg(repo));
@@ -141,6 +150,7 @@ pub fn candidate(now_ms: i64, repo: &str, k: &Value, changes: &BTreeMap<u64, Val
                 }
             }
         }
+        @if let Some(r) = report { (report_section(repo, id, r)) }
         h2 { "Rebuild set (" (jobs.len()) ")" }
         p.muted {
             @match s(k, "rebuild_source") {
@@ -180,6 +190,64 @@ pub fn candidate(now_ms: i64, repo: &str, k: &Value, changes: &BTreeMap<u64, Val
         },
         body,
     )
+}
+
+/// The candidate's newly-broken report (`docs/breakage.md`), with its JSON twins.
+fn report_section(repo: &str, id: u64, r: &Value) -> Markup {
+    let base = format!("/api/v1/repos/{}/candidates/{id}", seg(repo));
+    let tabs = [
+        ("newly_failing", "Newly failing"),
+        ("newly_succeeding", "Newly succeeding"),
+        ("still_failing", "Still failing"),
+    ];
+    html! {
+        h2 { "Newly-broken report" }
+        p.muted { "Per attribute and system, against the base, as Hydra counts it. "
+            a href={ (base) "/report" } { "JSON" } " · " a href={ (base) "/why" } { "why things rebuild (JSON)" } }
+        @if r["evaluated"] != true { p { "Not evaluated yet." } }
+        @else {
+            @if let Some(m) = r["rebuilds"].as_object() {
+                p { "Rebuilds: "
+                    @for (sys, x) in m { code { (sys) } " " (u(x, "count").unwrap_or(0)) " (" (s(x, "bucket")) ") " } }
+            }
+            @for (key, label) in tabs {
+                @let rows = list(r, key);
+                @let total = u(&r["counts"], key).unwrap_or(0);
+                h3 { (label) " (" (total) ")" }
+                @if !rows.is_empty() {
+                    table.jobs {
+                        thead { tr { th { "job" } th { "system" } th { "how" } th { "root" } th { "maintainers" } } }
+                        tbody {
+                            @for j in rows {
+                                tr {
+                                    td { (s(j, "attr")) }
+                                    td { (s(j, "system")) }
+                                    td { (s(j, "class")) }
+                                    td { @if j["root"].is_object() {
+                                        @let root = &j["root"];
+                                        @if s(root, "attr").is_empty() { code { (s(root, "drv").trim_start_matches("/nix/store/")) } }
+                                        @else { (s(root, "attr")) } } }
+                                    td { (crate::shell::api::ui::pages::ops::maintainers(&j["maintainers"])) }
+                                }
+                            }
+                        }
+                    }
+                    @if total > rows.len() as u64 { p.muted { (total - rows.len() as u64) " more in the JSON." } }
+                }
+            }
+            @if let Some(m) = r["by_maintainer"].as_object() {
+                @if !m.is_empty() {
+                    h3 { "By maintainer" }
+                    ul { @for (who, jobs) in m {
+                        // An address is not shown on a page; the JSON has it for tools.
+                        @let who = if who.contains('@') { format!("{}@…", who.split('@').next().unwrap_or("")) } else { who.clone() };
+                        li { strong { (who) } ": "
+                            (jobs.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+                    } }
+                }
+            }
+        }
+    }
 }
 
 /// The commit status mergequeue posts for the change's state (`docs/forge.md`).

@@ -225,23 +225,58 @@ pub fn events(events: &[Value], after: Option<i64>) -> Markup {
 }
 
 /// `/repos/{repo}/broken`: the product keeps no broken registry yet; the page says so.
-pub fn broken(repo: &str) -> Markup {
+/// The broken registry (`docs/breakage.md`): jobs a change was allowed to break under
+/// the `grace` policy, until they build again.
+pub fn broken(now_ms: i64, repo: &str, rows: &Value) -> Markup {
+    let now_s = now_ms / 1000;
+    let twin = format!("/api/v1/repos/{}/broken", seg(repo));
+    let rows = rows.as_array().map(Vec::as_slice).unwrap_or(&[]);
     let body = html! {
-        p { "The broken registry is empty: mergequeue does not keep one yet." }
-        p.muted {
-            "Jobs already failing on a branch are found per candidate (they do not block it) and "
-            "named in its reasons and events, but they are not collected in a registry. "
-            "The evaluation diff between two commits has no page yet either."
+        p { "The broken registry of " (repo) ": jobs marked broken when a change that broke them "
+            "landed after its grace period. They no longer block other changes; each leaves the "
+            "registry when it builds again. Channels publish it as " code { "broken.json" } "." }
+        @if rows.is_empty() { p { "Nothing is marked broken." } }
+        @else {
+            table.jobs {
+                thead { tr { th { "job" } th { "system" } th { "since" } th { "broken by" } th { "maintainers" } th { "derivation" } th { "log tail" } } }
+                tbody {
+                    @for r in rows {
+                        tr {
+                            td { (s(r, "attr")) }
+                            td { (s(r, "system")) }
+                            td { @if let Some(t) = r["since"].as_i64() { (utc(t / 1000)) " (" (when(now_s, t / 1000)) ")" } }
+                            td { @if let Some(c) = u(r, "broken_by") { a href={ "/repos/" (seg(repo)) "/changes/" (c) } { "#" (c) } } }
+                            td { (maintainers(&r["maintainers"])) }
+                            td { @let d = s(r, "drv");
+                                 @if d.is_empty() { span.muted { "does not evaluate" } }
+                                 @else { a href={ "/api/v1/attempts?drv=" (seg(d)) } { code { (d.trim_start_matches("/nix/store/")) } } } }
+                            td { pre.log { (s(r, "log_tail")) } }
+                        }
+                    }
+                }
+            }
         }
         p { a href={ "/repos/" (seg(repo)) } { "Back to the queue of " (repo) } }
     };
     frame(
         Page {
             title: &format!("Broken packages of {repo}"),
-            twin: None,
+            twin: Some(&twin),
         },
         body,
     )
+}
+
+/// Maintainers as `meta.maintainers` gives them: the forge handle, else the name. Never
+/// an address: the pages are public.
+pub fn maintainers(m: &Value) -> String {
+    m.as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|p| p["github"].as_str().or(p["name"].as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn not_found(path: &str) -> Markup {
