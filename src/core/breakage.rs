@@ -95,6 +95,11 @@ fn segment_match(p: &[u8], s: &[u8]) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokenJob {
     pub repo: String,
+    /// The branch it is broken on: only that branch's landings take it out, and only
+    /// that branch's candidates are spared its build. Empty in entries stored before
+    /// branches were kept (they apply to every branch, as then).
+    #[serde(default)]
+    pub branch: String,
     pub attr: String,
     pub system: String,
     pub drv: String,
@@ -106,6 +111,11 @@ pub struct BrokenJob {
 }
 
 impl BrokenJob {
+    /// Whether the entry concerns `branch`.
+    pub fn on(&self, branch: &str) -> bool {
+        self.branch.is_empty() || self.branch == branch
+    }
+
     pub fn key(&self) -> JobKey {
         JobKey {
             attr: self.attr.clone(),

@@ -38,6 +38,7 @@ impl Candidates {
         let cand = &self.by_id[&id];
         BrokenJob {
             repo: cand.repo.clone(),
+            branch: cand.branch.clone(),
             attr: t.key.attr.clone(),
             system: t.key.system.clone(),
             drv: t.drv.clone(),
@@ -53,6 +54,7 @@ impl Candidates {
         let cand = &self.by_id[&id];
         BrokenJob {
             repo: cand.repo.clone(),
+            branch: cand.branch.clone(),
             attr: key.attr.clone(),
             system: key.system.clone(),
             drv: String::new(),
@@ -179,11 +181,23 @@ impl Candidates {
         now: Millis,
     ) {
         for c in &cand.changes {
-            cx.queue.changes.get_mut(c).expect("known").held = None;
+            let ch = cx.queue.changes.get_mut(c).expect("known");
+            // Stored too: the change's record may already say merged with the hold on
+            // it, and a restart would bring the hold back (found by the simulator).
+            if ch.held.take().is_some() {
+                cx.fx.record(Record::Change(ch.clone()));
+            }
         }
         let eval = cx.builds.evals.get(commit).cloned();
         // Taken out first, so a job broken again by this very landing stays entered.
-        let entries: Vec<BrokenJob> = cx.broken.of(&cand.repo).cloned().collect();
+        // Another branch's landing says nothing of this one (staging builds what master
+        // has broken; found by the simulator).
+        let entries: Vec<BrokenJob> = cx
+            .broken
+            .of(&cand.repo)
+            .filter(|j| j.on(&cand.branch))
+            .cloned()
+            .collect();
         let mut fixed: Vec<NoticeJob> = vec![];
         for j in entries {
             let key = j.key();

@@ -267,7 +267,14 @@ impl Candidates {
             }
             let base_fails = match &t.base_drv {
                 // In the broken registry: broken on the target already, it blocks no one.
-                _ if pre.contains(&t.key) || cx.broken.get(&repo, &t.key).is_some() => true,
+                _ if pre.contains(&t.key)
+                    || cx
+                        .broken
+                        .get(&repo, &t.key)
+                        .is_some_and(|j| j.on(&self.by_id[&id].branch)) =>
+                {
+                    true
+                }
                 None => false,
                 Some(b) if b == &t.drv => true,
                 Some(b) => match cx.builds.known(b, now) {

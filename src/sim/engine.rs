@@ -108,6 +108,11 @@ pub trait Queue {
     }
     /// Final checks once the run ends.
     fn finish(&mut self, env: &mut Env);
+    /// What the marking-broken policy did, for a queue that runs one (`end`: the run's
+    /// last instant).
+    fn breakage(&self, _end: i64) -> Option<super::breakage::BreakageStats> {
+        None
+    }
 }
 
 impl<'a> Env<'a> {
@@ -217,6 +222,7 @@ pub fn run(
     queue: &mut dyn Queue,
 ) -> (Metrics, World, u64, u64) {
     let mut env = Env::new(sc, seed, faults);
+    env.world.marking_broken = queue.breakage(0).is_some();
     for i in 0..env.world.changes.len() {
         let t = env.world.changes[i].at;
         env.at(t, Ev::Arrive(i));

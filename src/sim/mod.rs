@@ -4,6 +4,7 @@
 //! a fault mode that crashes and restores the core and checks the invariants after every
 //! step. See docs/simulation.md.
 
+pub mod breakage;
 pub mod builders;
 pub mod engine;
 pub mod graph;
@@ -20,7 +21,13 @@ use std::process::ExitCode;
 pub use report::Report;
 pub use scenario::Scenario;
 
-pub const POLICIES: [&str; 4] = ["mergequeue", "one-at-a-time", "bors", "github"];
+pub const POLICIES: [&str; 5] = [
+    "mergequeue",
+    "mergequeue-grace",
+    "one-at-a-time",
+    "bors",
+    "github",
+];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimArgs {
@@ -30,7 +37,8 @@ pub struct SimArgs {
     /// Seed (default: the scenario's). The same scenario and seed give the same report.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// mergequeue (the real core), one-at-a-time, bors or github.
+    /// mergequeue (the real core), mergequeue-grace (the real core, every lane under the
+    /// scenario's `[breakage]` grace policy), one-at-a-time, bors or github.
     #[arg(long, default_value = "mergequeue")]
     pub policy: String,
     /// Run every policy on the same workload and seed and print the comparison table.
@@ -84,16 +92,31 @@ pub fn simulate_with(
         ("mergequeue", Some(path)) => Box::new(mq::CoreQueue::on_sqlite(cfg, path)?),
         (_, Some(_)) => anyhow::bail!("only the mergequeue policy runs on a SQLite store"),
         ("mergequeue", None) => Box::new(mq::CoreQueue::new(cfg)),
+        ("mergequeue-grace", None) => {
+            let mut cfg = cfg;
+            for repo in cfg.repos.values_mut() {
+                for lane in repo.lanes.values_mut() {
+                    lane.breakage = sc.breakage.policy();
+                }
+            }
+            Box::new(mq::CoreQueue::new(cfg))
+        }
         ("one-at-a-time", None) => Box::new(mq::CoreQueue::new(mq::core_config(sc, Some(1)))),
         ("bors", None) => Box::new(policy::Baseline::new(policy::Kind::Bors, nlanes)),
         ("github", None) => Box::new(policy::Baseline::new(policy::Kind::Github, nlanes)),
         (other, None) => anyhow::bail!("unknown policy {other:?} (one of {})", POLICIES.join(", ")),
     };
-    let faults = faults && matches!(policy, "mergequeue" | "one-at-a-time");
+    let faults = faults && matches!(policy, "mergequeue" | "mergequeue-grace" | "one-at-a-time");
     let (m, w, attempts, slot_ms) = engine::run(sc, seed, faults, queue.as_mut());
-    Ok(report::build(
-        sc, seed, policy, faults, &m, &w, attempts, slot_ms,
-    ))
+    let mut r = report::build(sc, seed, policy, faults, &m, &w, attempts, slot_ms);
+    r.breakage =
+        queue
+            .breakage((r.simulated_hours * 3.6e6) as i64)
+            .map(|b| breakage::BreakageStats {
+                world_marked_broken: w.marked_broken.len(),
+                ..b
+            });
+    Ok(r)
 }
 
 pub fn to_json(r: &[Report]) -> String {

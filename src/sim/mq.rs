@@ -116,6 +116,7 @@ pub struct CoreQueue {
     scopes: BTreeMap<String, Vec<usize>>,
     /// Each channel's target branch in the simulated remote.
     remote: BTreeMap<String, Option<u32>>,
+    breakage: super::breakage::Tracker,
 }
 
 impl CoreQueue {
@@ -132,6 +133,7 @@ impl CoreQueue {
         CoreQueue {
             sqlite: None,
             remote: cfg.channels.keys().map(|n| (n.clone(), None)).collect(),
+            breakage: Default::default(),
             core: Core::new(cfg.clone()),
             cfg,
             db: Snapshot::default(),
@@ -161,6 +163,7 @@ impl CoreQueue {
 
     fn apply(&mut self, env: &mut Env, r: Record) {
         if self.check(env, &r) {
+            self.breakage.record(env.now, &r);
             if let Some(store) = &mut self.sqlite {
                 if let Err(e) = store.apply(&[&r]) {
                     env.violate(format!("SQLite refused a record: {e}"));
@@ -296,7 +299,13 @@ impl CoreQueue {
             Command::Evaluate { commit, .. } => {
                 if let Some(c) = env.world.commit(commit) {
                     let b = env.world.branch_name(c).to_string();
-                    self.scopes.insert(commit.clone(), self.live(&b));
+                    let mut scope = self.live(&b);
+                    // Jobs in the broken registry stay in every evaluation (as in a full
+                    // one): absent from it, the core would take them for removed.
+                    scope.extend(env.world.marked_broken.iter().copied());
+                    scope.sort_unstable();
+                    scope.dedup();
+                    self.scopes.insert(commit.clone(), scope);
                 }
                 self.eval_queue.push_back(cmd);
                 self.start_evals(env);
@@ -670,6 +679,14 @@ impl CoreQueue {
 }
 
 impl Queue for CoreQueue {
+    fn breakage(&self, end: i64) -> Option<super::breakage::BreakageStats> {
+        let grace = self.cfg.repos.values().flat_map(|r| r.lanes.values());
+        grace
+            .into_iter()
+            .any(|l| l.breakage.mode == crate::core::breakage::Breakage::Grace)
+            .then(|| self.breakage.stats(end))
+    }
+
     fn arrive(&mut self, env: &mut Env, idx: usize) {
         let ch = &env.world.changes[idx];
         let s = Submission {

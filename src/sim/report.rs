@@ -68,6 +68,9 @@ pub struct Report {
     pub duplicated_build_results: u64,
     pub builder_kills: u64,
     pub violation: Option<String>,
+    /// What the marking-broken policy did (`mergequeue-grace` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakage: Option<super::breakage::BreakageStats>,
     pub samples: Vec<SamplePoint>,
     /// Sorted latencies (hours) of all landed changes, for the CDF.
     #[serde(skip)]
@@ -215,6 +218,7 @@ pub fn build(
         duplicated_build_results: m.duplicated_results,
         builder_kills: m.builder_kills,
         violation: m.violation.clone(),
+        breakage: None,
         samples,
         cdf_all: all,
         cdf_small: small,
@@ -262,6 +266,12 @@ pub fn table(r: &Report) -> String {
         "changes: {} accepted, {} landed, {} rejected for failures ({} of them falsely), {} for conflicts, {} not final at the end, {} regressions landed\n\n",
         r.accepted, r.landed, r.rejected_failure, r.false_rejections, r.rejected_conflict, r.not_final_at_end, r.regressions_landed
     );
+    if let Some(b) = &r.breakage {
+        s += &format!(
+            "marking broken: {} changes held, {} landed after the grace period with jobs marked broken; broken registry max {}, mean {:.1}, {} at the end; {} jobs fixed\n\n",
+            b.held, b.landed_marked_broken, b.registry_max, b.registry_mean, b.registry_end, b.fixed_jobs
+        );
+    }
     s += "latency accept -> landed (hours)   n      p50      p95      p99\n";
     for (k, p) in &r.latency_landed_hours {
         s += &pct_row(k, p);
@@ -367,6 +377,14 @@ pub fn compare(rs: &[Report]) -> String {
             r.false_rejections,
             util * 100.0
         );
+    }
+    for r in rs {
+        if let Some(b) = &r.breakage {
+            s += &format!(
+                "\n{}: {} changes held, {} landed after the grace period with jobs marked broken; broken registry max {}, mean {:.1}, {} at the end\n",
+                r.policy, b.held, b.landed_marked_broken, b.registry_max, b.registry_mean, b.registry_end
+            );
+        }
     }
     s += "\nlatencies in hours from accept to landed on the target, and to the channel (small changes of branches a channel follows; n/a: the baselines gate no channel); \"> end\" = not there before the run ended\n";
     s

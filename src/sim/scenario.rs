@@ -43,6 +43,9 @@ pub struct Scenario {
     pub baselines: Baselines,
     #[serde(default)]
     pub faults: Faults,
+    /// The `grace` policy of the `mergequeue-grace` run.
+    #[serde(default)]
+    pub breakage: super::breakage::GraceScenario,
     /// Queue depth and utilisation are sampled this often.
     #[serde(default = "ten")]
     pub sample_minutes: f64,

@@ -103,6 +103,11 @@ pub struct World {
     /// Spurious failures reported so far (a flaky base build can mask a regression).
     pub spurious: u64,
     pub regressions: Vec<usize>,
+    /// The queue runs the marking-broken policy: a change that breaks jobs other than
+    /// the required aggregate may land (after its grace period), with them marked
+    /// broken; it is counted in `marked_broken`, not as a regression.
+    pub marking_broken: bool,
+    pub marked_broken: Vec<usize>,
     // Scratch, indexed by package.
     mark: Vec<u32>,
     gen: u32,
@@ -248,6 +253,8 @@ impl World {
             evaluated: HashSet::new(),
             spurious: 0,
             regressions: vec![],
+            marking_broken: false,
+            marked_broken: vec![],
             mark: vec![0; n],
             gen: 0,
             acc: vec![(0, 0, 0); n],
@@ -672,12 +679,18 @@ impl World {
             let r = ch.root as usize;
             let br = &self.branches[b];
             let was_failing = self.graph.broken[r] || br.brk[r] > 0 || br.everr[r] > 0;
-            if ch.breaks_eval || (ch.eval_error && !was_failing) || ch.conflict {
+            let marked = self.marking_broken
+                && (ch.eval_error || ch.break_root.is_some())
+                && !self.graph.tested.is_some_and(|t| ch.breaks.contains(&t));
+            if marked {
+                self.marked_broken.push(x);
+            }
+            if ch.breaks_eval || (ch.eval_error && !was_failing && !marked) || ch.conflict {
                 return Err(format!(
                     "change {x} landed although it does not evaluate or merge"
                 ));
             }
-            if ch.break_root.is_some() {
+            if ch.break_root.is_some() && !marked {
                 if self.spurious == 0 {
                     return Err(format!(
                         "change {x} landed although it breaks p{} (no spurious failure could have masked it)",
