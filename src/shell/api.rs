@@ -376,14 +376,8 @@ impl Api {
                         self.ask(Query::Compare { from, to, limit }).await
                     }
                     (&Method::GET, ["candidates", id, "why"]) => {
-                        let Ok(id) = id.parse() else {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                format!("candidate id {id:?} is not a number"),
-                            );
-                        };
-                        let limit = match paging(&query) {
-                            Ok((limit, _)) => limit,
+                        let (id, limit) = match candidate_page(id, &query) {
+                            Ok(x) => x,
                             Err(e) => return error(StatusCode::BAD_REQUEST, e),
                         };
                         let nix_args = self.config.nix_args();
@@ -396,14 +390,8 @@ impl Api {
                             .map(Reply::Json)
                     }
                     (&Method::GET, ["candidates", id, "report"]) => {
-                        let Ok(id) = id.parse() else {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                format!("candidate id {id:?} is not a number"),
-                            );
-                        };
-                        let limit = match paging(&query) {
-                            Ok((limit, _)) => limit,
+                        let (id, limit) = match candidate_page(id, &query) {
+                            Ok(x) => x,
                             Err(e) => return error(StatusCode::BAD_REQUEST, e),
                         };
                         self.ask(Query::Report { repo, id, limit }).await
@@ -668,6 +656,15 @@ fn paging(query: &str) -> Result<(usize, usize), &'static str> {
         (Some(limit), Some(offset)) => Ok((limit.min(QUEUE_PAGE_MAX), offset)),
         _ => Err("offset and limit must be numbers"),
     }
+}
+
+/// A candidate id from the path and the `limit` of a list about it.
+fn candidate_page(id: &str, query: &str) -> Result<(u64, usize), String> {
+    let id = id
+        .parse()
+        .map_err(|_| format!("candidate id {id:?} is not a number"))?;
+    let (limit, _) = paging(query)?;
+    Ok((id, limit))
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {

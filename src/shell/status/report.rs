@@ -7,10 +7,42 @@ use std::collections::BTreeMap;
 use rusqlite::OptionalExtension;
 use serde_json::{json, Value};
 
-use crate::core::evaluation::JobResult;
+use crate::core::evaluation::{Evaluation, JobResult};
 use crate::core::outcome::OutcomeClass;
 use crate::core::report::{report, Remembered};
 use crate::shell::store::{Store, StoreError};
+
+/// A candidate's base's evaluation and its own.
+pub type BaseAndNew = (Evaluation, Evaluation);
+
+/// A candidate of `repo` as a JSON header (`evaluated` says whether both evaluations are
+/// stored) and its base's and its own evaluation. `None`: no such candidate.
+pub fn candidate_evals(
+    store: &Store,
+    repo: &str,
+    id: u64,
+) -> Result<Option<(Value, Option<BaseAndNew>)>, StoreError> {
+    let Some(cand) = store.candidate(id)?.filter(|c| c.repo == repo) else {
+        return Ok(None);
+    };
+    let mut head = json!({
+        "candidate": cand.id,
+        "branch": cand.branch,
+        "changes": cand.changes,
+        "base": cand.base,
+        "commit": cand.commit(),
+    });
+    let evals = match (cand.base.as_deref(), cand.commit()) {
+        (Some(b), Some(c)) => (store.get_eval(b)?, store.get_eval(c)?),
+        _ => (None, None),
+    };
+    let evals = match evals {
+        (Some(b), Some(n)) => Some((b, n)),
+        _ => None,
+    };
+    head["evaluated"] = json!(evals.is_some());
+    Ok(Some((head, evals)))
+}
 
 /// The report, each tab cut to `limit` rows (`counts` has every tab's size). `None`: no
 /// such candidate in `repo`. A candidate whose evaluations are not stored (still
@@ -21,23 +53,11 @@ pub fn answer(
     id: u64,
     limit: usize,
 ) -> Result<Option<Value>, StoreError> {
-    let Some(cand) = store.candidate(id)?.filter(|c| c.repo == repo) else {
+    let Some((mut out, evals)) = candidate_evals(store, repo, id)? else {
         return Ok(None);
     };
-    let mut out = json!({
-        "candidate": cand.id,
-        "branch": cand.branch,
-        "changes": cand.changes,
-        "base": cand.base,
-        "commit": cand.commit(),
-        "limit": limit,
-    });
-    let evals = match (cand.base.as_deref(), cand.commit()) {
-        (Some(b), Some(c)) => (store.get_eval(b)?, store.get_eval(c)?),
-        _ => (None, None),
-    };
-    let (Some(base), Some(new)) = evals else {
-        out["evaluated"] = json!(false);
+    out["limit"] = json!(limit);
+    let Some((base, new)) = evals else {
         return Ok(Some(out));
     };
     let mut memo: BTreeMap<String, Remembered> = BTreeMap::new();
@@ -61,7 +81,6 @@ pub fn answer(
         }
     }
     let r = report(&base, &new, &|d| memo.get(d).cloned());
-    out["evaluated"] = json!(true);
     out["counts"] = json!({
         "newly_failing": r.newly_failing.len(),
         "newly_succeeding": r.newly_succeeding.len(),

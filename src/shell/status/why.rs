@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::core::evaluation::{diff, JobResult};
 use crate::core::why::{explain, Cause, ChangedJob};
 use crate::shell::builder::read_inputs;
+use crate::shell::status::report::candidate_evals;
 use crate::shell::store::{Reader, Store, StoreError};
 
 /// At most this many changed jobs are walked (the first, by attribute), and at most this
@@ -29,22 +30,10 @@ pub struct Start {
 
 /// `None`: no such candidate in `repo`.
 pub fn start(store: &Store, repo: &str, id: u64) -> Result<Option<Start>, StoreError> {
-    let Some(cand) = store.candidate(id)?.filter(|c| c.repo == repo) else {
+    let Some((head, evals)) = candidate_evals(store, repo, id)? else {
         return Ok(None);
     };
-    let mut head = json!({
-        "candidate": cand.id,
-        "branch": cand.branch,
-        "changes": cand.changes,
-        "base": cand.base,
-        "commit": cand.commit(),
-    });
-    let evals = match (cand.base.as_deref(), cand.commit()) {
-        (Some(b), Some(c)) => (store.get_eval(b)?, store.get_eval(c)?),
-        _ => (None, None),
-    };
-    let (Some(base), Some(new)) = evals else {
-        head["evaluated"] = json!(false);
+    let Some((base, new)) = evals else {
         return Ok(Some(Start {
             head,
             jobs: vec![],
@@ -52,7 +41,6 @@ pub fn start(store: &Store, repo: &str, id: u64) -> Result<Option<Start>, StoreE
             attrs: BTreeMap::new(),
         }));
     };
-    head["evaluated"] = json!(true);
     let drv = |e: &crate::core::evaluation::Evaluation| -> BTreeMap<_, _> {
         e.jobs
             .iter()
