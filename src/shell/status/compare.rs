@@ -8,9 +8,38 @@ use rusqlite::OptionalExtension;
 use serde_json::{json, Value};
 
 use crate::core::compare::{compare, Row};
-use crate::core::evaluation::JobResult;
+use crate::core::evaluation::{Evaluation, JobResult};
 use crate::core::outcome::OutcomeClass;
+use crate::core::report::Remembered;
 use crate::shell::store::{Store, StoreError};
+
+/// What the memo holds of every derivation the two evaluations build (one query per
+/// distinct derivation, on the reader's connection).
+pub fn remembered(
+    store: &Store,
+    old: &Evaluation,
+    new: &Evaluation,
+) -> Result<BTreeMap<String, Remembered>, StoreError> {
+    let mut memo: BTreeMap<String, Remembered> = BTreeMap::new();
+    let mut st = store
+        .conn()
+        .prepare_cached("SELECT class, root_drv FROM memo WHERE drv = ?1")?;
+    for (_, r) in old.jobs.iter().chain(new.jobs.iter()) {
+        let JobResult::Ok(job) = r else { continue };
+        if memo.contains_key(&job.drv_path) {
+            continue;
+        }
+        let row: Option<(String, Option<String>)> = st
+            .query_row([&job.drv_path], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((class, root_drv)) = row {
+            if let Some(class) = OutcomeClass::parse(&class) {
+                memo.insert(job.drv_path.clone(), Remembered { class, root_drv });
+            }
+        }
+    }
+    Ok(memo)
+}
 
 /// The comparison, each tab cut to `limit` rows (`counts` has every tab's size); `None`
 /// when an evaluation of `from` or `to` is not stored.
@@ -23,23 +52,8 @@ pub fn answer(
     let (Some(old), Some(new)) = (store.get_eval(from)?, store.get_eval(to)?) else {
         return Ok(None);
     };
-    let mut verdicts: BTreeMap<String, OutcomeClass> = BTreeMap::new();
-    {
-        let mut st = store
-            .conn()
-            .prepare_cached("SELECT class FROM memo WHERE drv = ?1")?;
-        for (_, r) in old.jobs.iter().chain(new.jobs.iter()) {
-            let JobResult::Ok(job) = r else { continue };
-            if verdicts.contains_key(&job.drv_path) {
-                continue;
-            }
-            let class: Option<String> = st.query_row([&job.drv_path], |r| r.get(0)).optional()?;
-            if let Some(c) = class.as_deref().and_then(OutcomeClass::parse) {
-                verdicts.insert(job.drv_path.clone(), c);
-            }
-        }
-    }
-    let c = compare(&old, &new, &|d| verdicts.get(d).copied());
+    let verdicts = remembered(store, &old, &new)?;
+    let c = compare(&old, &new, &|d| verdicts.get(d).map(|m| m.class));
     let tabs: [(&str, &Vec<Row>); 8] = [
         ("newly_failing", &c.newly_failing),
         ("newly_succeeding", &c.newly_succeeding),

@@ -2,14 +2,11 @@
 //! (`core::report`) from its stored evaluations (base and candidate commit) and the
 //! remembered builds. Off the driver, like the comparison it extends.
 
-use std::collections::BTreeMap;
-
-use rusqlite::OptionalExtension;
 use serde_json::{json, Value};
 
-use crate::core::evaluation::{Evaluation, JobResult};
-use crate::core::outcome::OutcomeClass;
-use crate::core::report::{report, Remembered};
+use crate::core::evaluation::Evaluation;
+use crate::core::report::report;
+use crate::shell::status::compare::remembered;
 use crate::shell::store::{Store, StoreError};
 
 /// A candidate's base's evaluation and its own.
@@ -60,26 +57,7 @@ pub fn answer(
     let Some((base, new)) = evals else {
         return Ok(Some(out));
     };
-    let mut memo: BTreeMap<String, Remembered> = BTreeMap::new();
-    {
-        let mut st = store
-            .conn()
-            .prepare_cached("SELECT class, root_drv FROM memo WHERE drv = ?1")?;
-        for (_, r) in base.jobs.iter().chain(new.jobs.iter()) {
-            let JobResult::Ok(job) = r else { continue };
-            if memo.contains_key(&job.drv_path) {
-                continue;
-            }
-            let row: Option<(String, Option<String>)> = st
-                .query_row([&job.drv_path], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if let Some((class, root_drv)) = row {
-                if let Some(class) = OutcomeClass::parse(&class) {
-                    memo.insert(job.drv_path.clone(), Remembered { class, root_drv });
-                }
-            }
-        }
-    }
+    let memo = remembered(store, &base, &new)?;
     let r = report(&base, &new, &|d| memo.get(d).cloned());
     out["counts"] = json!({
         "newly_failing": r.newly_failing.len(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::core::evaluation::{diff, JobResult};
+use crate::core::evaluation::{diff, Evaluation, JobKey};
 use crate::core::why::{explain, Cause, ChangedJob};
 use crate::shell::builder::read_inputs;
 use crate::shell::status::report::candidate_evals;
@@ -41,30 +41,22 @@ pub fn start(store: &Store, repo: &str, id: u64) -> Result<Option<Start>, StoreE
             attrs: BTreeMap::new(),
         }));
     };
-    let drv = |e: &crate::core::evaluation::Evaluation| -> BTreeMap<_, _> {
-        e.jobs
-            .iter()
-            .filter_map(|(k, r)| match r {
-                JobResult::Ok(j) => Some((k.clone(), j.drv_path.clone())),
-                JobResult::Error(_) => None,
-            })
-            .collect()
-    };
-    let (old, now) = (drv(&base), drv(&new));
+    let drv = |e: &Evaluation, k: &JobKey| Some(e.get(k)?.job()?.drv_path.clone());
     let changed = diff(&base, &new).changed;
     let changed_total = changed.len();
     let jobs = changed
         .into_iter()
         .filter_map(|k| {
-            let (b, n) = (old.get(&k)?.clone(), now.get(&k)?.clone());
+            let (b, n) = (drv(&base, &k)?, drv(&new, &k)?);
             Some((k, b, n))
         })
         .take(JOBS_MAX)
         .collect();
-    let attrs = old
-        .into_iter()
-        .chain(now)
-        .map(|(k, d)| (d, k.attr))
+    let attrs = base
+        .jobs
+        .iter()
+        .chain(&new.jobs)
+        .filter_map(|(k, r)| Some((r.job()?.drv_path.clone(), k.attr.clone())))
         .collect();
     Ok(Some(Start {
         head,
