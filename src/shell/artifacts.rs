@@ -1,7 +1,7 @@
 //! A channel's artifacts, as Nixpkgs publishes them: `git-revision`, `nixexprs.tar.xz`
 //! (the tree under one prefix, deterministic), `store-paths` and a JSON manifest of the
 //! gate, per revision, with `latest` pointing at the current one; `broken.json`, the
-//! broken registry of the channel's repository when the revision was published.
+//! broken registry of the branch the channel follows when the revision was published.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -24,7 +24,7 @@ pub struct Release<'a> {
     /// When the channel advanced to `rev`.
     pub at: Millis,
     pub gate: &'a [GateJob],
-    /// The repository's broken registry when the release is written (`broken.json`).
+    /// The followed branch's broken registry when the release is written (`broken.json`).
     pub broken: &'a [BrokenJob],
 }
 

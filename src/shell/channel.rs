@@ -180,7 +180,7 @@ impl ChannelShell {
     }
 
     /// Performs a channel command (blocking git work) and returns its result as an input.
-    /// `broken`: the repository's broken registry, published with artifacts. `None` for a
+    /// `broken`: the followed branch's broken registry, published with artifacts. `None` for a
     /// command that is not a channel's.
     pub fn perform(&self, cmd: Command, broken: &[BrokenJob]) -> Option<Input> {
         Some(match cmd {

@@ -555,13 +555,16 @@ impl Driver {
                 let Some(shell) = shell else {
                     return Ok(());
                 };
-                // The broken registry as it stands when the artifacts are written goes
-                // with them (`broken.json`).
+                // The broken registry of the branch the channel follows, as it stands
+                // when the artifacts are written, goes with them (`broken.json`).
                 let broken = match &cmd {
                     Command::PublishArtifacts { channel, .. } => self
                         .core
                         .channel(channel)
-                        .map(|c| self.core.broken().of(&c.config.repo).cloned().collect())
+                        .map(|c| {
+                            let jobs = self.core.broken().of(&c.config.repo);
+                            jobs.filter(|j| j.on(&c.config.source)).cloned().collect()
+                        })
                         .unwrap_or_default(),
                     _ => vec![],
                 };

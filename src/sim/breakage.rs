@@ -60,8 +60,9 @@ pub struct BreakageStats {
     /// Held changes that landed with jobs marked broken.
     pub landed_marked_broken: usize,
     /// Changes the simulated world saw land although they break jobs (it allows this
-    /// for jobs outside the required aggregate only); agrees with the above unless
-    /// something landed that the policy did not hold.
+    /// for jobs outside the required aggregate only). At least the above: it also counts
+    /// a change whose package already failed and now fails to evaluate, which the core
+    /// rightly does not mark.
     pub world_marked_broken: usize,
     /// Jobs that left the registry because they built again.
     pub fixed_jobs: usize,
