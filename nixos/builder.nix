@@ -1,6 +1,8 @@
 # services.mergequeue-builder: makes a machine a remote builder for a mergequeue
 # coordinator: an SSH login the coordinator's key may use, trusted by the local
-# nix-daemon (it imports unsigned derivations), as hydra's builder module does.
+# nix-daemon (it imports unsigned derivations), as hydra's builder module does, and a
+# signing key for what it builds: the coordinator's service is not a trusted Nix user,
+# so its daemon imports the builder's outputs only with a signature it trusts.
 { config, lib, ... }:
 
 let
@@ -28,6 +30,22 @@ in
       example = [ "ssh-ed25519 AAAAC3Nza... mergequeue@coordinator" ];
       description = "Public keys allowed to log in as {option}`user`.";
     };
+
+    signingKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/mergequeue-builder/signing-key";
+      description = ''
+        Secret key (from `nix-store --generate-binary-cache-key NAME FILE FILE.pub`)
+        this machine's Nix signs every path it builds with (`secret-key-files`). An
+        absolute path outside the Nix store, readable by root. Give the public half to
+        the coordinator ({option}`services.mergequeue.builders.*.publicKey`): its
+        service is not a trusted Nix user, and its nix-daemon requires signatures it
+        trusts for what it imports. Without it, the coordinator cannot take the
+        outputs built here (it reports that as an infrastructure failure, never a
+        package's).
+      '';
+    };
   };
 
   config = mkIf cfg.enable {
@@ -35,6 +53,10 @@ in
       {
         assertion = cfg.authorizedKeys != [ ];
         message = "services.mergequeue-builder.authorizedKeys must list the coordinator's public key.";
+      }
+      {
+        assertion = cfg.signingKeyFile == null || !lib.hasPrefix builtins.storeDir cfg.signingKeyFile;
+        message = "services.mergequeue-builder.signingKeyFile must not be in the Nix store (it is world-readable there).";
       }
     ];
 
@@ -47,7 +69,13 @@ in
     };
     users.groups.${cfg.user} = { };
 
+    warnings = lib.optional (cfg.signingKeyFile == null) ''
+      services.mergequeue-builder.signingKeyFile is not set: paths built here carry no
+      signature, and a mergequeue coordinator (not a trusted Nix user) cannot import them.
+    '';
+
     nix.settings.trusted-users = [ cfg.user ];
+    nix.settings.secret-key-files = mkIf (cfg.signingKeyFile != null) [ cfg.signingKeyFile ];
     services.openssh.enable = true;
   };
 }

@@ -125,6 +125,20 @@ let
             it must be known through {option}`programs.ssh.knownHosts`.
           '';
         };
+        publicKey = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "builder1-1:uNmm7H1HL2T/84W0ZqEzM1RX3HtQmm1BDu3CacAoHMU=";
+          description = ''
+            Public half of the key the builder signs what it builds with
+            ({option}`services.mergequeue-builder.signingKeyFile` there). Added to
+            this machine's `trusted-public-keys`: the service is not a trusted Nix
+            user, so the local nix-daemon (`require-sigs = true`, the default)
+            imports the builder's outputs only with a signature it trusts. Without
+            it, every build on this builder ends as an infrastructure failure that
+            says so (docs/builders.md, "Trust and signing").
+          '';
+        };
         maxJobs = mkOption {
           type = types.ints.positive;
           default = 1;
@@ -204,6 +218,8 @@ let
           publicHostKey
           ;
         protocol = m.protocol or "ssh";
+        # nix.buildMachines has no signing key: trust it in nix.settings yourself.
+        publicKey = null;
         system = m.system or null;
         systems = m.systems or [ ];
         storeParameters = { };
@@ -239,6 +255,8 @@ let
     // lib.optionalAttrs (b.sshKey != null && !isLocal) {
       ssh_key = "${credentialsDir}/${keyCredential b.sshKey}";
     };
+
+  builderPublicKeys = lib.unique (lib.filter (k: k != null) (map (b: b.publicKey) allBuilders));
 
   builderKeys = lib.unique (
     lib.filter (k: k != null) (
@@ -893,8 +911,10 @@ in
     };
     users.groups = mkIf (cfg.group == "mergequeue") { mergequeue = { }; };
 
-    # Talk to the local nix-daemon as an allowed, not trusted, user.
+    # Talk to the local nix-daemon as an allowed, not trusted, user. Outputs fetched
+    # from builders import only with a signature the daemon trusts: the builders'.
     nix.settings.extra-allowed-users = [ cfg.user ];
+    nix.settings.extra-trusted-public-keys = mkIf (builderPublicKeys != [ ]) builderPublicKeys;
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ listenPort ];
 

@@ -295,6 +295,11 @@ for name, want in [("infra", [8080]), ("community", []), ("basic", [])]:
 
 if scenarios["builder-node"]["trusted"] != ["mergequeue-builder"]:
     problem("builder-node: the builder user is not a trusted nix user")
+if scenarios["builder-node"]["secretKeyFiles"] != ["/etc/nix/signing-key"]:
+    problem(f"builder-node: the builder does not sign what it builds: {scenarios['builder-node']['secretKeyFiles']}")
+signing_public = open("vm-tests/keys/signing.pub").read().strip()
+if scenarios["queue-coordinator-keys"] != [signing_public]:
+    problem(f"queue: the coordinator's daemon does not trust the builder's key: {scenarios['queue-coordinator-keys']}")
 
 # --- vm-tests/config/*.toml --------------------------------------------------------
 for name in ["basic", "basic-bad", "queue", "builder-crash", "channel"]:

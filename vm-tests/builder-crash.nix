@@ -22,6 +22,7 @@
               systems = [ common.system ];
               maxJobs = 1;
               publicHostKey = common.keys.hostPublicBase64;
+              publicKey = common.keys.signingPublic;
             }
           ];
           settings.repos = [

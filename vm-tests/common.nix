@@ -123,6 +123,11 @@ in
       services.mergequeue-builder = {
         enable = true;
         authorizedKeys = [ keys.clientPublic ];
+        signingKeyFile = "/etc/nix/signing-key";
+      };
+      environment.etc."nix/signing-key" = {
+        source = keys.signingPrivate;
+        mode = "0400";
       };
       nix.settings.substituters = pkgs.lib.mkForce [ ];
       virtualisation.memorySize = 1536;

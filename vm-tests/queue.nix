@@ -23,6 +23,7 @@
               systems = [ common.system ];
               maxJobs = 2;
               publicHostKey = common.keys.hostPublicBase64;
+              publicKey = common.keys.signingPublic;
             }
           ];
           settings.repos = [

@@ -375,7 +375,11 @@ in
         failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
         user = cfg.users.users.mergequeue-builder;
         trusted = cfg.nix.settings.trusted-users;
+        secretKeyFiles = cfg.nix.settings.secret-key-files or [ ];
+        warnings = cfg.warnings;
       };
+    # The coordinator's daemon trusts the builder's signing key.
+    queue-coordinator-keys = (vmTestNode ../../vm-tests/queue.nix "coordinator").config.nix.settings.extra-trusted-public-keys or [ ];
     infra = summarize (evalSystem [ examples.infra ]);
     community = summarize (evalSystem [ examples.community ]);
     # Negative cases: each must produce a failed assertion.

@@ -15,6 +15,8 @@
       {
         hostName = "build01.infra.example.org";
         sshUser = "mergequeue-builder";
+        # Its services.mergequeue-builder.signingKeyFile's public half.
+        publicKey = "build01.infra.example.org-1:ZwNGvWQOeFPup8JyGFpGCqL1PAy9wIqejH6+7VLDS9o=";
         sshKey = "/run/secrets/mergequeue/builder-key";
         systems = [
           "x86_64-linux"
@@ -33,6 +35,7 @@
       {
         hostName = "build02.infra.example.org";
         sshUser = "mergequeue-builder";
+        publicKey = "build02.infra.example.org-1:Pcg81WXoYMjGexcUyCeG1nAMGnBZSvRrz0o89KJ7cqA=";
         sshKey = "/run/secrets/mergequeue/builder-key";
         systems = [ "x86_64-linux" ];
         maxJobs = 8;
@@ -44,6 +47,7 @@
       {
         hostName = "arm01.infra.example.org";
         sshUser = "mergequeue-builder";
+        publicKey = "arm01.infra.example.org-1:7PumNX/BDnc9MApNjaH6o+wmkr7I1IMnO+/ea4jXwxU=";
         sshKey = "/run/secrets/mergequeue/builder-key";
         system = "aarch64-linux";
         maxJobs = 8;

@@ -88,6 +88,9 @@ pub struct Harness {
     pub env: Vec<(String, String)>,
     pub server: Option<Child>,
     pub client: ApiClient,
+    /// Runs the server as this (uid, gid) instead of the caller, as the NixOS module runs
+    /// it: an unprivileged user. The caller makes the root's files that user's.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Runs git with a fixed identity; fails with git's own message.
@@ -102,6 +105,9 @@ pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
             "user.email=demo@localhost",
             "-c",
             "init.defaultBranch=master",
+            // The tests' repositories may belong to the unprivileged user the server runs as.
+            "-c",
+            "safe.directory=*",
         ])
         .args(args)
         .output()
@@ -219,6 +225,7 @@ required = [{required}]
             env: opts.env.clone(),
             server: None,
             client,
+            run_as: None,
         })
     }
 
@@ -350,13 +357,18 @@ required = [{required}]
             .open(self.root.join("server.log"))?;
         // Its own process group, so that stopping it also ends the builds it started, as
         // systemd ends the service's whole cgroup.
-        let child = Command::new(&self.bin)
-            .process_group(0)
+        let mut cmd = Command::new(&self.bin);
+        cmd.process_group(0)
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
+            .stderr(Stdio::from(log));
+        if let Some((uid, gid)) = self.run_as {
+            // As root, std also clears the supplementary groups.
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
         self.server = Some(child);

@@ -26,6 +26,17 @@ fn run(cmd: &mut Command) {
 impl Sshd {
     /// Starts sshd for `alias`; writes the client side into `ssh_config` (appending).
     pub fn start(root: &Path, alias: &str, ssh_config: &Path) -> Sshd {
+        Sshd::start_with(root, alias, ssh_config, None)
+    }
+
+    /// As `start`, and the builder's Nix signs every path it builds with `secret_key`
+    /// (`secret-key-files`, as `services.mergequeue-builder.signingKeyFile` sets it).
+    pub fn start_with(
+        root: &Path,
+        alias: &str,
+        ssh_config: &Path,
+        secret_key: Option<&Path>,
+    ) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "sshd missing: run scripts/install-prereqs.sh as root"
@@ -55,6 +66,13 @@ impl Sshd {
         // builder answers.
         let home = dir.join("home");
         std::fs::create_dir_all(&home).unwrap();
+        // Settings of the remote `nix-daemon --stdio` (it reads its own, not the client's).
+        let nix_conf = dir.join("nix.conf");
+        let mut nix_settings = "substituters =\n".to_string();
+        if let Some(key) = secret_key {
+            nix_settings.push_str(&format!("secret-key-files = {}\n", key.display()));
+        }
+        std::fs::write(&nix_conf, nix_settings).unwrap();
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -62,8 +80,9 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nStrictModes no\n\
                  PermitRootLogin prohibit-password\n\
-                 SetEnv NIX_CONFIG=\"substituters =\" HOME={h}\n",
+                 SetEnv NIX_USER_CONF_FILES={c} HOME={h}\n",
                 d = dir.display(),
+                c = nix_conf.display(),
                 h = home.display()
             ),
         )

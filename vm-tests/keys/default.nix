@@ -3,6 +3,9 @@
 {
   clientPrivate = ./client;
   clientPublic = builtins.readFile ./client.pub;
+  # nix-store --generate-binary-cache-key: the builders sign what they build with it.
+  signingPrivate = ./signing;
+  signingPublic = builtins.readFile ./signing.pub;
   hostPrivate = ./host;
   hostPublic = builtins.readFile ./host.pub;
   # base64 -w0 host.pub, the form of nix.buildMachines.*.publicHostKey.

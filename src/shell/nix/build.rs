@@ -184,7 +184,7 @@ impl NixBuilder {
             if s.success() {
                 // Bring the outputs back: gates, channels and dependents built elsewhere need them.
                 if let Err(e) = self.copy_outputs_back(store, drv, &raw_path).await {
-                    status = Err(format!("transfer of the outputs from {store} failed: {e}"));
+                    status = Err(import_refused(store, &e));
                 }
             }
         }
@@ -344,6 +344,23 @@ impl Drop for ChildGuard {
 }
 
 /// Reads the classification lines and the tail of the raw log, then compresses it.
+/// The message for outputs that could not be brought back from `store`. A daemon that
+/// requires signatures refuses unsigned paths from a client it does not trust (the module's
+/// service user): `--no-check-sigs` only counts for trusted users. Say what to configure.
+fn import_refused(store: &str, err: &str) -> String {
+    if err.contains("lacks a valid signature") {
+        format!(
+            "outputs built on {store} cannot be imported: the local nix-daemon requires \
+             signatures it trusts and this service is not a trusted user. Have the builder sign \
+             what it builds (secret-key-files in its nix.conf; \
+             services.mergequeue-builder.signingKeyFile) and trust its key here \
+             (trusted-public-keys; services.mergequeue.builders.<name>.publicKey): {err}"
+        )
+    } else {
+        format!("transfer of the outputs from {store} failed: {err}")
+    }
+}
+
 async fn finish_log(raw_path: &Path, gz_path: &Path) -> (String, String) {
     let raw_for_scan = raw_path.to_path_buf();
     let scanned = tokio::task::spawn_blocking(move || scan_log(&raw_for_scan)).await;
