@@ -270,6 +270,7 @@ let
     // lib.listToAttrs (map (k: lib.nameValuePair (keyCredential k) k) builderKeys)
     // forgeCredentials
     // notifyCredentials
+    // lib.optionalAttrs (cfg.cache.secretKeyFile != null) { cache-key = cfg.cache.secretKeyFile; }
     // cfg.credentials;
 
   # The notifier's secrets (docs/breakage.md), delivered as credentials.
@@ -633,6 +634,9 @@ let
     cfg.settings
     // { repos = map renderRepo cfg.settings.repos; }
     // lib.optionalAttrs (cfg.settings ? notify) { notify = renderNotify cfg.settings.notify; }
+    // lib.optionalAttrs (cfg.settings ? cache && cfg.cache.secretKeyFile != null) {
+      cache = cfg.settings.cache // { secret_key_file = "${credentialsDir}/cache-key"; };
+    }
   );
   generatedConfig = format.generate "mergequeue.toml" renderedSettings;
 
@@ -769,6 +773,20 @@ in
       };
     };
 
+    cache.secretKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/mergequeue-cache-key";
+      description = ''
+        Signing key of the binary cache of {option}`settings.cache` (from
+        `nix-store --generate-binary-cache-key NAME FILE FILE.pub`): every uploaded path
+        carries its signature, and users trust its public half. An absolute path outside
+        the Nix store, passed as the credential `cache-key` and rendered as
+        `secret_key_file`. A `file://` cache under the state directory
+        (`file:///var/lib/mergequeue/cache`) is writable by the service as it is.
+      '';
+    };
+
     builders = mkOption {
       type = types.listOf (types.submodule builderModule);
       default = [ ];
@@ -853,10 +871,21 @@ in
       ++ lib.concatLists (lib.mapAttrsToList (n: f: absolutePathNotInStore "credentials.${n}" f) cfg.credentials)
       ++ lib.concatLists (lib.mapAttrsToList (n: f: absolutePathNotInStore "the forge secret ${n}" f) forgeCredentials)
       ++ lib.concatLists (lib.mapAttrsToList (n: f: absolutePathNotInStore "notify secret ${n}" f) notifyCredentials)
+      ++ lib.concatMap (f: absolutePathNotInStore "cache.secretKeyFile" f) (
+        lib.optional (cfg.cache.secretKeyFile != null) cfg.cache.secretKeyFile
+      )
       ++ [
         {
           assertion = !(cfg.settings.notify.email or { } ? password_file) && !(cfg.settings.notify.webhook or { } ? secret_file);
           message = "services.mergequeue: give the notifier's secrets as notify.smtpPasswordFile and notify.webhookSecretFile (delivered as credentials), not as settings.notify.*.";
+        }
+        {
+          assertion = !(cfg.settings.cache or { } ? secret_key_file);
+          message = "services.mergequeue: give the cache's signing key as cache.secretKeyFile (delivered as a credential), not as settings.cache.secret_key_file.";
+        }
+        {
+          assertion = (cfg.settings ? cache) == (cfg.cache.secretKeyFile != null);
+          message = "services.mergequeue: settings.cache (the binary cache) and cache.secretKeyFile (its signing key) go together.";
         }
         {
           assertion = cfg.notify.smtpPasswordFile == null || cfg.settings.notify.email or null != null;

@@ -214,7 +214,8 @@ for name in positive + ["disabled", "builder-node"]:
     if s.get("warnings"):
         problem(f"{name}: warnings: {s['warnings']}")
 for name in ["store-secret", "relative-key", "forge-secret-in-settings",
-             "notify-secret-in-settings", "notify-secret-without-relay"]:
+             "notify-secret-in-settings", "notify-secret-without-relay",
+             "cache-key-in-settings", "cache-without-key"]:
     if not scenarios[name]["failedAssertions"]:
         problem(f"{name}: expected a failed assertion")
 
@@ -287,6 +288,15 @@ for table, key_, cred, path in [("email", "password_file", "smtp-password", "/ru
         problem(f"notify-secrets: {cred} is not loaded from {path}: {loaded}")
 if notify.get("email", {}).get("username") != "mergequeue" or notify.get("cap_per_maintainer_per_day") != 3:
     problem(f"notify-secrets: the rest of settings.notify is lost: {notify}")
+
+s = scenarios["cache-key"]
+if s.get("failedAssertions"):
+    problem(f"cache-key: failed assertions: {s['failedAssertions']}")
+cache = s["settings"].get("cache", {})
+if cache != {"uri": "file:///var/lib/mergequeue/cache", "upload": "all", "secret_key_file": f"{creds}/cache-key"}:
+    problem(f"cache-key: settings.cache = {cache}, want the key as the credential cache-key")
+if "cache-key:/run/keys/cache-key" not in s["unit"]["serviceConfig"].get("LoadCredential", []):
+    problem(f"cache-key: cache-key is not loaded: {s['unit']['serviceConfig'].get('LoadCredential')}")
 
 # openFirewall opens the port of settings.listen, and nothing without it.
 for name, want in [("infra", [8080]), ("community", []), ("basic", [])]:

@@ -277,3 +277,159 @@ async fn as_an_untrusted_user_remote_outputs_import_signed_and_an_unsigned_build
     }
     drop(daemon);
 }
+
+/// The store paths of a channel release (`store-paths`).
+fn release_paths(artifacts: &Path, rev: &str) -> Vec<String> {
+    std::fs::read_to_string(artifacts.join(rev).join("store-paths"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// `nix store verify` of `paths` and their closures in `store`, trusting only `public`.
+fn verify(store: &str, public: &str, paths: &[String]) -> std::process::Output {
+    Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command"])
+        .args(["--option", "substituters", ""])
+        .args(["--option", "trusted-public-keys", public])
+        .args(["store", "verify", "--recursive", "--store", store])
+        .args(paths)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn as_an_untrusted_user_gated_closures_reach_a_signed_cache_before_the_channel_moves() {
+    common::require_tools();
+    assert!(
+        is_root(),
+        "this test starts a root nix-daemon and runs the service as nobody: run it as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let (secret, public) = signing_key(dir.path(), "deployed-cache-1");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let opts = BranchOpts {
+        env: daemon_env(&daemon, &home),
+        ..BranchOpts::default()
+    };
+    let mut h = harness(&dir.path().join("h"), 20, 6, opts);
+    let cache_dir = dir.path().join("cache");
+    let artifacts = dir.path().join("artifacts");
+    let cache_uri = format!("file://{}", cache_dir.display());
+    h.append_config(&format!(
+        "[cache]\nuri = {cache_uri:?}\nsecret_key_file = {:?}\n",
+        secret.display().to_string()
+    ))
+    .unwrap();
+    h.add_channel(&mergequeue::tools::harness::ChannelSpec {
+        artifacts_dir: Some(artifacts.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let leaf = h.set.healthy_leaves()[0].clone();
+    let version = never_built_version();
+    h.change("bump", "bump a leaf", |s| s.set_version(&leaf, &version))
+        .unwrap();
+    give_to_nobody(dir.path());
+    h.run_as = Some(NOBODY);
+    h.start_server().await.unwrap();
+    let id = h.submit("bump", "bump", "normal").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let done = h.wait_final(&[id], LONG).await.unwrap();
+    assert_eq!(state(&done[0]), "merged", "{}", done[0]);
+    let master = h.upstream_head("master").unwrap();
+    h.wait_channel("unstable", LONG, |v| {
+        v["rev"] == master.as_str() && v["published"] == master.as_str()
+    })
+    .await
+    .unwrap();
+    // The gate's closure is in the cache, signed with the cache's key, and the release
+    // says where to substitute from.
+    let paths = release_paths(&artifacts, &master);
+    assert!(!paths.is_empty());
+    let verified = verify(&cache_uri, &public, &paths);
+    assert!(verified.status.success(), "{verified:?}");
+    let (_, other) = signing_key(dir.path(), "someone-else-1");
+    let untrusted = verify(&cache_uri, &other, &paths);
+    assert!(
+        !untrusted.status.success(),
+        "the check is real: another key does not verify"
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(artifacts.join(&master).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["cache"]["uri"], cache_uri.as_str(), "{manifest}");
+    assert_eq!(
+        manifest["cache"]["public_key"],
+        public.as_str(),
+        "{manifest}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join(&master).join("binary-cache-url")).unwrap(),
+        cache_uri
+    );
+    // The landed commit's required job went up on landing too (the same `tested` here,
+    // so check the upload was asked for, in the server's log).
+    let log = std::fs::read_to_string(h.root.join("server.log")).unwrap_or_default();
+    assert!(
+        log.contains("cache: uploaded") && log.contains("(pkgs landed on master at"),
+        "the landing's upload is logged:\n{log}"
+    );
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_does_not_move_while_its_gate_cannot_reach_the_cache() {
+    common::require_tools();
+    assert!(
+        is_root(),
+        "this test starts a root nix-daemon: run it as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let (secret, _) = signing_key(dir.path(), "deployed-cache-2");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let opts = BranchOpts {
+        env: daemon_env(&daemon, &home),
+        ..BranchOpts::default()
+    };
+    let mut h = harness(&dir.path().join("h"), 12, 7, opts);
+    // A cache the service cannot write to.
+    h.append_config(&format!(
+        "[cache]\nuri = \"file:///proc/mergequeue-no-cache\"\nsecret_key_file = {:?}\n",
+        secret.display().to_string()
+    ))
+    .unwrap();
+    h.add_channel(&mergequeue::tools::harness::ChannelSpec::default())
+        .unwrap();
+    give_to_nobody(dir.path());
+    h.run_as = Some(NOBODY);
+    h.start_server().await.unwrap();
+    let t = Instant::now();
+    loop {
+        let events = h
+            .client
+            .ok(Method::GET, "/api/v1/events?after=0", None)
+            .await
+            .unwrap()
+            .to_string();
+        if events.contains("is not in the cache") {
+            break;
+        }
+        assert!(t.elapsed() < LONG, "no upload failure reported: {events}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v = h.channel("unstable").await.unwrap();
+    assert!(v["rev"].is_null(), "the channel did not move: {v}");
+    assert!(
+        h.upstream_head("unstable").is_err(),
+        "the target was not created"
+    );
+    drop(daemon);
+}

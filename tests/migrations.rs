@@ -434,6 +434,7 @@ fn core_restores_from_a_migrated_v1_database() {
         target_poll_ms: 60_000,
         channels: BTreeMap::new(),
         keep_final: CoreConfig::default().keep_final,
+        cache: None,
     };
     let mut core = Core::restore(
         config,
@@ -635,6 +636,7 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
             },
         )]),
         keep_final: CoreConfig::default().keep_final,
+        cache: None,
     };
     let mut core = Core::restore(config, vec![], vec![], vec![], loaded, 1_700_000_300_000);
     let cmds = core.take_commands();

@@ -435,6 +435,39 @@ in
         };
       }
     ]);
+    # The binary cache's signing key, delivered as a credential.
+    cache-key = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          apiTokenFile = "/run/keys/api-token";
+          cache.secretKeyFile = "/run/keys/cache-key";
+          settings.cache = {
+            uri = "file:///var/lib/mergequeue/cache";
+            upload = "all";
+          };
+        };
+      }
+    ]);
+    cache-key-in-settings = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          settings.cache = {
+            uri = "file:///var/lib/mergequeue/cache";
+            secret_key_file = "/run/keys/cache-key";
+          };
+        };
+      }
+    ]);
+    cache-without-key = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          settings.cache.uri = "file:///var/lib/mergequeue/cache";
+        };
+      }
+    ]);
     notify-secret-in-settings = summarize (evalSystem [
       {
         services.mergequeue = {

@@ -340,6 +340,12 @@ impl Builds {
             drv: drv.to_string(),
             memo,
         });
+        if class == OutcomeClass::Success && cfg.cache == Some(super::CacheUpload::All) {
+            fx.push(Command::Upload {
+                drvs: vec![drv.to_string()],
+                why: "built".into(),
+            });
+        }
     }
 
     /// A queued step that depends on the failed `root` is dependency-failed at once,

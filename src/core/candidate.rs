@@ -534,6 +534,7 @@ impl Candidates {
                 });
                 cx.queue.release(&(cand.repo.clone(), cand.branch.clone()));
                 self.landed_registry(cx, &cand, &commit, now);
+                upload_landed(cx, &cand, &commit);
                 cx.fx.event(
                     now,
                     &cand.repo,
@@ -669,5 +670,33 @@ impl Candidates {
         if self.by_id[&id].pending.is_empty() {
             self.judge(cx, id, now);
         }
+    }
+}
+
+/// Sends the landed commit's required jobs to the binary cache, when there is one: what
+/// users of the branch substitute first.
+fn upload_landed(cx: &mut Ctx, cand: &Candidate, commit: &str) {
+    if cx.cfg.cache.is_none() {
+        return;
+    }
+    let Some(eval) = cx.builds.evals.get(commit) else {
+        return;
+    };
+    let required = &cx.cfg.repos[&cand.repo].lanes[&cand.branch].required;
+    let drvs: Vec<String> = required
+        .iter()
+        .flat_map(|attr| eval.by_attr(attr))
+        .filter_map(|(_, r)| r.job().map(|j| j.drv_path.clone()))
+        .collect();
+    if !drvs.is_empty() {
+        cx.fx.push(Command::Upload {
+            drvs,
+            why: format!(
+                "{} landed on {} at {}",
+                cand.repo,
+                cand.branch,
+                short(commit)
+            ),
+        });
     }
 }

@@ -63,11 +63,7 @@ impl Gating {
             // An advance caught in flight is pushed again (idempotent); artifacts that
             // were not published yet are published again.
             if let Some(a) = ch.state.advancing.clone() {
-                cx.fx.push(Command::AdvanceChannel {
-                    channel: name.clone(),
-                    old: a.old,
-                    new: a.new,
-                });
+                cx.fx.push(advance_command(cx.cfg, &name, a));
             } else if ch.config.artifacts
                 && ch.state.rev.is_some()
                 && ch.state.published != ch.state.rev
@@ -601,11 +597,12 @@ impl Gating {
                 short(&new)
             ),
         );
-        cx.fx.push(Command::AdvanceChannel {
-            channel: name.to_string(),
-            old,
-            new,
-        });
+        let adv = self.channels[name]
+            .state
+            .advancing
+            .clone()
+            .expect("just set");
+        cx.fx.push(advance_command(cx.cfg, name, adv));
     }
 
     fn on_channel_advanced(
@@ -698,16 +695,9 @@ impl Gating {
                 );
             }
             AdvanceResult::Failed(msg) => {
-                self.channel_event(cx, name, now, format!("push failed, retrying: {msg}"));
+                self.channel_event(cx, name, now, format!("advance failed, retrying: {msg}"));
                 let retry = cx.cfg.retry_delay_ms;
-                cx.fx.later(
-                    now + retry,
-                    Command::AdvanceChannel {
-                        channel: name.to_string(),
-                        old: adv.old,
-                        new: adv.new,
-                    },
-                );
+                cx.fx.later(now + retry, advance_command(cx.cfg, name, adv));
             }
         }
     }
@@ -754,5 +744,20 @@ impl Gating {
                 }
             }
         }
+    }
+}
+
+/// The command that moves a channel to `adv.new`, uploading the gate's closures to the
+/// binary cache first when there is one.
+fn advance_command(cfg: &CoreConfig, name: &str, adv: Advancing) -> Command {
+    let upload = match cfg.cache {
+        Some(_) => adv.gate.iter().filter_map(|j| j.drv.clone()).collect(),
+        None => vec![],
+    };
+    Command::AdvanceChannel {
+        channel: name.to_string(),
+        old: adv.old,
+        new: adv.new,
+        upload,
     }
 }

@@ -128,6 +128,8 @@ struct Run {
     builds: Vec<String>,
     evals: Vec<String>,
     pushes: Vec<(Option<String>, String)>,
+    /// What each push asked to upload to the binary cache first.
+    uploads: Vec<Vec<String>>,
     published: Vec<String>,
     events: Vec<String>,
 }
@@ -169,6 +171,7 @@ fn channel_config(look_back: bool, min_interval_ms: Millis) -> CoreConfig {
             },
         )]),
         keep_final: CoreConfig::default().keep_final,
+        cache: None,
     }
 }
 
@@ -182,6 +185,7 @@ impl Run {
             builds: vec![],
             evals: vec![],
             pushes: vec![],
+            uploads: vec![],
             published: vec![],
             events: vec![],
         };
@@ -221,6 +225,7 @@ impl Run {
     fn perform(&mut self, cmd: Command) -> Option<Input> {
         let channel = "unstable".to_string();
         Some(match cmd {
+            Command::Upload { .. } => return None,
             Command::Record(r) => {
                 if let Record::Event { text, .. } = &r {
                     self.events.push(text.clone());
@@ -259,8 +264,11 @@ impl Run {
                     log_path: None,
                 }))
             }
-            Command::AdvanceChannel { old, new, .. } => {
+            Command::AdvanceChannel {
+                old, new, upload, ..
+            } => {
                 self.pushes.push((old.clone(), new.clone()));
+                self.uploads.push(upload.clone());
                 if let Some(s) = self.git.force_source.take() {
                     self.git.source = s;
                 }
@@ -618,6 +626,51 @@ fn min_interval_holds_an_advance() {
     assert_eq!(r.git.target.as_deref(), Some("c2"));
     let h = &r.ch().history;
     assert!(h[1].at - h[0].at >= 3_600_000);
+}
+
+#[test]
+fn with_a_cache_every_push_uploads_the_gate_first_even_after_a_crash() {
+    let mut g = Git::new();
+    g.commit("c1", "c0", &[("a", "1"), ("other", "1")]);
+    g.source = "c1".into();
+    let mut r = Run::new(channel_config(false, 0), g);
+    r.settle();
+    assert_eq!(r.uploads, vec![Vec::<String>::new()], "no cache, no upload");
+
+    let mut g = Git::new();
+    g.commit("c1", "c0", &[("a", "1"), ("other", "1")]);
+    g.source = "c1".into();
+    let cfg = CoreConfig {
+        cache: Some(crate::core::CacheUpload::Gated),
+        ..channel_config(false, 0)
+    };
+    let mut r = Run::new(cfg, g);
+    // Crash right after the advance was decided; the restored core asks again.
+    'outer: for _ in 0..100 {
+        for cmd in r.core.take_commands() {
+            if let Command::AdvanceChannel { .. } = cmd {
+                break 'outer;
+            }
+            r.now += 10;
+            if let Some(i) = r.perform(cmd) {
+                r.core.handle(i, r.now);
+            }
+        }
+    }
+    r.restore();
+    r.settle();
+    assert_eq!(r.git.target.as_deref(), Some("c1"));
+    let gate: Vec<String> = r.row().1[0]
+        .gate
+        .iter()
+        .filter_map(|j| j.drv.clone())
+        .collect();
+    assert_eq!(gate.len(), 2, "tested and a");
+    assert_eq!(
+        r.uploads,
+        vec![gate],
+        "the gate, and only the gate, goes up"
+    );
 }
 
 #[test]

@@ -127,10 +127,21 @@ pub enum Command {
     },
     /// Move a channel's target from `old` (`None`: create it) to `new`: a descendant
     /// only, still in the source, compare-and-swap on `old`. Reports `ChannelInput::Advanced`.
+    /// First the closures of `upload` (the gate's derivations' outputs; empty without a
+    /// cache) go to the binary cache: when that fails the target does not move and the
+    /// result is `AdvanceResult::Failed`, so a channel never points where its users find
+    /// no substitutes.
     AdvanceChannel {
         channel: String,
         old: Option<String>,
         new: String,
+        upload: Vec<String>,
+    },
+    /// Upload the closures of the outputs of `drvs` to the binary cache, signed. Best
+    /// effort: retried by the shell, nothing waits for it (`why` says what it is for).
+    Upload {
+        drvs: Vec<String>,
+        why: String,
     },
     /// Write a channel's artifacts for `rev` atomically; reports `ArtifactsPublished`.
     PublishArtifacts {
@@ -158,6 +169,7 @@ impl Command {
             | Command::PollTarget { .. }
             | Command::PollSource { .. }
             | Command::AdvanceChannel { .. }
+            | Command::Upload { .. }
             | Command::PublishArtifacts { .. } => None,
         }
     }
@@ -178,6 +190,7 @@ impl Command {
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }
             | Command::Land { .. }
+            | Command::Upload { .. }
             | Command::PollTarget { .. } => None,
         }
     }

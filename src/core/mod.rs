@@ -111,6 +111,18 @@ pub struct CoreConfig {
     /// pages and answers about recent results; older ones are only in the database. Live
     /// state (queued and testing changes, candidates in flight) is always kept.
     pub keep_final: usize,
+    /// What goes to the binary cache (`[cache]`); `None`: there is no cache.
+    pub cache: Option<CacheUpload>,
+}
+
+/// Which outputs the shell uploads to the binary cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUpload {
+    /// Closures of landed commits' required jobs and of channel gates: what users of the
+    /// branch and the channel substitute.
+    Gated,
+    /// Those, and every successful build.
+    All,
 }
 
 /// Counts one more consecutive failure of `key`; returns the count (1 the first time).
@@ -145,6 +157,7 @@ impl Default for CoreConfig {
             channels: BTreeMap::new(),
             target_poll_ms: 60_000,
             keep_final: 1_000,
+            cache: None,
         }
     }
 }

@@ -330,6 +330,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         target_poll_ms: 60_000,
         channels: BTreeMap::new(),
         keep_final: CoreConfig::default().keep_final,
+        cache: None,
     }
 }
 
@@ -386,6 +387,8 @@ impl Sim {
         for cmd in self.core.take_commands() {
             match cmd {
                 Command::Record(r) => self.apply(r),
+                // No binary cache in this world: the request is only noted.
+                c @ Command::Upload { .. } => self.issued.push((self.now, c)),
                 other @ (Command::Prepare { .. }
                 | Command::PrepareGroup { .. }
                 | Command::Evaluate { .. }
@@ -465,6 +468,7 @@ impl Sim {
         let w = &mut self.world;
         Some(match cmd {
             Command::Record(_) => unreachable!("records are applied in pump"),
+            Command::Upload { .. } => return None,
             Command::Prepare { cand, changes, .. } => {
                 let base = w.tip.clone();
                 let mut cur = base.clone();

@@ -26,6 +26,8 @@ pub struct Release<'a> {
     pub gate: &'a [GateJob],
     /// The followed branch's broken registry when the release is written (`broken.json`).
     pub broken: &'a [BrokenJob],
+    /// The binary cache holding the gate's closures: (URI, public key).
+    pub cache: Option<(&'a str, &'a str)>,
 }
 
 /// Publishes channel `name`'s artifacts for a release into `dir/REV/` (written in a
@@ -42,6 +44,7 @@ pub fn publish(
         at,
         gate,
         broken,
+        cache,
     } = release;
     std::fs::create_dir_all(dir)?;
     let final_dir = dir.join(rev);
@@ -73,7 +76,12 @@ pub fn publish(
             "gate": gate.iter().map(gate_job_json).collect::<Vec<_>>(),
             "store_paths": paths,
             "broken_jobs": broken.len(),
+            "cache": cache.map(|(uri, key)| json!({ "uri": uri, "public_key": key })),
         });
+        if let Some((uri, _)) = cache {
+            // What `nix-channel` reads to add the channel's cache as a substituter.
+            std::fs::write(t.join("binary-cache-url"), uri)?;
+        }
         std::fs::write(t.join("broken.json"), serde_json::to_vec_pretty(broken)?)?;
         std::fs::write(
             t.join("manifest.json"),

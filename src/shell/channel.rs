@@ -24,6 +24,9 @@ pub struct ChannelShell {
     /// Where the target branch lives: the channel's `remote`, else the repo's URL.
     pub target_url: String,
     pub artifacts_dir: Option<PathBuf>,
+    /// The binary cache the gate's closures are in: (URI, public key), named in the
+    /// artifacts so users know where to substitute from.
+    pub cache: Option<(String, String)>,
 }
 
 impl ChannelShell {
@@ -175,6 +178,7 @@ impl ChannelShell {
             at,
             gate,
             broken,
+            cache: self.cache.as_ref().map(|(u, k)| (u.as_str(), k.as_str())),
         };
         crate::shell::artifacts::publish(&self.name, &self.mirror, dir, &release)
     }
@@ -188,7 +192,10 @@ impl ChannelShell {
                 channel,
                 result: self.poll().map_err(|e| e.to_string()),
             }),
-            Command::AdvanceChannel { channel, old, new } => {
+            // The driver uploaded the gate's closures (`upload`) before handing it over.
+            Command::AdvanceChannel {
+                channel, old, new, ..
+            } => {
                 let result = self
                     .advance(old.as_deref(), &new)
                     .unwrap_or_else(|e| AdvanceResult::Failed(e.to_string()));
@@ -223,6 +230,7 @@ impl ChannelShell {
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }
             | Command::Land { .. }
+            | Command::Upload { .. }
             | Command::PollTarget { .. } => return None,
         })
     }

@@ -12,6 +12,7 @@ use crate::core::{ChannelConfig, CoreConfig, LaneConfig, Millis, RepoConfig};
 /// `[repos.forge]`.
 pub mod forge;
 pub use forge::{ForgeConfig, ForgeKind, ForgeMode};
+pub mod cache;
 pub mod notify;
 use crate::core::breakage::{Breakage, BreakagePolicy};
 pub use notify::{check_pattern, NotifyConfig};
@@ -76,6 +77,9 @@ pub struct Config {
     /// Maintainer notifications: caps, opt-out, email and a generic webhook.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// The binary cache landed and gated outputs go to, signed (`docs/builders.md`).
+    #[serde(default)]
+    pub cache: Option<cache::CacheConfig>,
 }
 
 fn default_target_poll() -> u64 {
@@ -563,6 +567,9 @@ impl Config {
             }
         }
         self.notify.validate()?;
+        if let Some(c) = &self.cache {
+            c.validate()?;
+        }
         for b in &self.builders {
             let uri = b.uri.get_ref();
             if uri != "local" && !uri.starts_with("ssh-ng://") && !uri.starts_with("ssh://") {
@@ -741,6 +748,7 @@ impl Config {
             quarantine_after: self.dispatch.quarantine_after,
             probe_delay_ms: self.dispatch.probe_delay_secs as Millis * 1000,
             keep_final: self.retention.keep_in_memory,
+            cache: self.cache.as_ref().map(|c| c.upload.into()),
         }
     }
 

@@ -3,7 +3,7 @@
 //! messages. Each step: feed an input to the core, persist its records in one
 //! transaction, then perform its effects, whose results come back as messages.
 
-use crate::core::{BuildInput, CandidateInput, QueueInput};
+use crate::core::{AdvanceResult, BuildInput, CandidateInput, ChannelInput, QueueInput};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use crate::core::change::{Change, ChangeId};
 use crate::core::evaluation::Evaluation;
 use crate::core::outcome::BuildReport;
 use crate::core::{Command, Core, Input, Millis, ProbeResult, Record, Refusal, Submission};
+use crate::shell::cache::Cache;
 use crate::shell::config::Config;
 use crate::shell::git::Mirror;
 use crate::shell::nix::build::NixBuilder;
@@ -122,6 +123,8 @@ pub struct Driver {
     forges: BTreeMap<String, forge::ForgeShell>,
     /// Pull requests seen carrying their repository's `queue_label` (Gitea, Forgejo).
     labelled: std::collections::BTreeSet<(String, u64)>,
+    /// `[cache]`, its key read at start.
+    cache: Option<Arc<Cache>>,
 }
 
 impl Driver {
@@ -149,6 +152,13 @@ impl Driver {
                 },
             );
         }
+        let cache = match &config.cache {
+            Some(c) => Some(Arc::new(Cache::open(c, config.nix_args())?)),
+            None => None,
+        };
+        let named_cache = cache
+            .as_ref()
+            .map(|c| (c.uri.clone(), c.public_key.clone()));
         let channels = config
             .channels
             .iter()
@@ -161,6 +171,7 @@ impl Driver {
                     target: c.target.clone(),
                     target_url: c.remote.clone().unwrap_or_else(|| repo.url.clone()),
                     artifacts_dir: c.artifacts_dir.clone(),
+                    cache: named_cache.clone(),
                 };
                 (c.name.get_ref().clone(), Arc::new(shell))
             })
@@ -187,6 +198,7 @@ impl Driver {
             reader,
             forges,
             labelled: Default::default(),
+            cache,
         })
     }
 
@@ -568,12 +580,42 @@ impl Driver {
                         .unwrap_or_default(),
                     _ => vec![],
                 };
-                let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Some(input) = shell.perform(cmd, &broken) {
-                        let _ = tx.blocking_send(Msg::Input(input));
+                let upload = match &cmd {
+                    Command::AdvanceChannel { upload, .. } => upload.clone(),
+                    _ => vec![],
+                };
+                let (tx, cache) = (self.tx.clone(), self.cache.clone());
+                tokio::spawn(async move {
+                    // The gate's closures go to the cache before the channel moves.
+                    if let (Some(cache), false) = (&cache, upload.is_empty()) {
+                        if let Err(e) = cache.upload(&upload).await {
+                            if let Command::AdvanceChannel { channel, new, .. } = cmd {
+                                let result = AdvanceResult::Failed(format!(
+                                    "the gate's closure is not in the cache {} yet: {e}",
+                                    cache.uri
+                                ));
+                                let input = ChannelInput::Advanced {
+                                    channel,
+                                    new,
+                                    result,
+                                };
+                                let _ = tx.send(Msg::Input(Input::Channel(input))).await;
+                            }
+                            return;
+                        }
                     }
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Some(input) = shell.perform(cmd, &broken) {
+                            let _ = tx.blocking_send(Msg::Input(input));
+                        }
+                    })
+                    .await;
                 });
+            }
+            Command::Upload { drvs, why } => {
+                if let Some(cache) = self.cache.clone() {
+                    tokio::spawn(async move { cache.upload_retrying(&drvs, &why).await });
+                }
             }
         }
         Ok(())

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod builder;
+pub mod cache;
 pub mod channel;
 pub mod client;
 pub mod config;

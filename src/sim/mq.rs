@@ -357,9 +357,9 @@ impl CoreQueue {
                 let d = env.secs(t.land_secs);
                 env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
             }
-            Command::PublishArtifacts { .. } | Command::PrepareGroup { .. } => {
-                env.violate(format!("the simulated world has no {cmd:?}"))
-            }
+            Command::PublishArtifacts { .. }
+            | Command::PrepareGroup { .. }
+            | Command::Upload { .. } => env.violate(format!("the simulated world has no {cmd:?}")),
             Command::Record(_) => unreachable!("records are applied in pump"),
         }
     }
@@ -588,7 +588,10 @@ impl CoreQueue {
                     result: Ok(w.poll_source(b, target, BETWEEN_CAP)),
                 })
             }
-            Command::AdvanceChannel { channel, old, new } => {
+            // The simulated world has no binary cache: nothing to upload first.
+            Command::AdvanceChannel {
+                channel, old, new, ..
+            } => {
                 let result = self.advance(env, &channel, old.as_deref(), &new)?;
                 Input::Channel(ChannelInput::Advanced {
                     channel,
@@ -599,6 +602,7 @@ impl CoreQueue {
             Command::Build { .. }
             | Command::Record(_)
             | Command::PublishArtifacts { .. }
+            | Command::Upload { .. }
             | Command::PrepareGroup { .. } => return None,
         })
     }

@@ -445,3 +445,50 @@ fn a_required_job_failing_on_the_target_holds_the_lane_until_a_fix_is_pushed() {
         sim.events
     );
 }
+
+#[test]
+fn with_a_cache_a_landing_uploads_its_required_jobs_and_only_then() {
+    let uploads = |sim: &Sim| -> Vec<Vec<String>> {
+        sim.issued
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Command::Upload { drvs, .. } => Some(drvs.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut sim = Sim::new(config_required(8, 0, &["pkg1"]), world());
+    submit_batch(&mut sim, 2, &[]);
+    sim.run();
+    assert!(uploads(&sim).is_empty(), "no cache, no upload");
+
+    let cfg = CoreConfig {
+        cache: Some(crate::core::CacheUpload::Gated),
+        ..config_required(8, 0, &["pkg1"])
+    };
+    let mut sim = Sim::new(cfg.clone(), world());
+    let ids = submit_batch(&mut sim, 2, &[]);
+    sim.run();
+    sim.assert_merged(&ids);
+    let got = uploads(&sim);
+    assert!(sim.lands() >= 1);
+    assert_eq!(got.len(), sim.lands(), "one upload per landing: {got:?}");
+    for drvs in &got {
+        assert_eq!(drvs.len(), 1, "the required job's derivation only: {got:?}");
+        assert!(drvs[0].ends_with("-pkg1.drv"), "{got:?}");
+    }
+
+    // `all`: every successful build goes up as well.
+    let cfg = CoreConfig {
+        cache: Some(crate::core::CacheUpload::All),
+        ..cfg
+    };
+    let mut sim = Sim::new(cfg, world());
+    submit_batch(&mut sim, 2, &[]);
+    sim.run();
+    assert_eq!(
+        uploads(&sim).len(),
+        sim.builds() + sim.lands(),
+        "each build, and each landing"
+    );
+}
