@@ -38,6 +38,8 @@ fn builder(log_dir: &Path, timeout: u64, silent: u64) -> NixBuilder {
         max_silent_time_secs: silent,
         timeout_secs: timeout,
         log_dir: log_dir.to_path_buf(),
+        transfer_timeout: std::time::Duration::from_secs(600),
+        probe_timeout: std::time::Duration::from_secs(60),
     }
 }
 

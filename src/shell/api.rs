@@ -382,7 +382,8 @@ impl Api {
                         };
                         let nix_args = self.config.nix_args();
                         let reader = &self.driver.reader;
-                        status::why::answer(reader, &nix_args, repo, id, limit)
+                        let timeout = self.config.timeouts.inspect();
+                        status::why::answer(reader, (&nix_args, timeout), repo, id, limit)
                             .await
                             .map_err(|e| log::warn!("reading the database for a query: {e}"))
                             .ok()

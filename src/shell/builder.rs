@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::process::Command;
 
@@ -31,6 +32,8 @@ pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<NixBuilder>>
                 max_silent_time_secs: config.nix.max_silent_time_secs,
                 timeout_secs: config.nix.build_timeout_secs,
                 log_dir: log_dir.clone(),
+                transfer_timeout: config.timeouts.transfer(),
+                probe_timeout: config.timeouts.probe(),
             }),
         );
     }
@@ -39,7 +42,11 @@ pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<NixBuilder>>
 
 /// `nix show-derivation` of some derivations: its JSON, or why it failed. Bounded in
 /// time: a hung daemon must not hold up whoever asked.
-async fn show_derivation(nix_args: &[String], drvs: &[String]) -> Result<Vec<u8>, String> {
+async fn show_derivation(
+    nix_args: &[String],
+    drvs: &[String],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let run = Command::new("nix")
         .args([
             "--extra-experimental-features",
@@ -50,27 +57,26 @@ async fn show_derivation(nix_args: &[String], drvs: &[String]) -> Result<Vec<u8>
         .args(drvs)
         .kill_on_drop(true)
         .output();
-    match tokio::time::timeout(SHOW_TIMEOUT, run).await {
+    match tokio::time::timeout(timeout, run).await {
         Ok(Ok(o)) if o.status.success() => Ok(o.stdout),
         Ok(Ok(o)) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
         Ok(Err(e)) => Err(format!("cannot run nix: {e}")),
         Err(_) => Err(format!(
-            "nix show-derivation gave no answer within {} s",
-            SHOW_TIMEOUT.as_secs()
+            "nix show-derivation gave no answer within {} s (timeouts.inspect_secs)",
+            timeout.as_secs()
         )),
     }
 }
-
-const SHOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Reads derivations with `nix show-derivation` (in chunks).
 pub async fn inspect(
     nix_args: &[String],
     drvs: &[String],
+    timeout: Duration,
 ) -> Vec<(String, Result<StepInfo, String>)> {
     let mut out = vec![];
     for chunk in drvs.chunks(200) {
-        match show_derivation(nix_args, chunk).await {
+        match show_derivation(nix_args, chunk, timeout).await {
             Ok(stdout) => {
                 let parsed = parse_show_derivation(&stdout);
                 for d in chunk {
@@ -91,10 +97,11 @@ pub async fn inspect(
 pub async fn read_inputs(
     nix_args: &[String],
     drvs: &[String],
+    timeout: Duration,
 ) -> Result<BTreeMap<String, DrvInputs>, String> {
     let mut out = BTreeMap::new();
     for chunk in drvs.chunks(200) {
-        let stdout = show_derivation(nix_args, chunk).await?;
+        let stdout = show_derivation(nix_args, chunk, timeout).await?;
         out.extend(parse_inputs(&stdout));
     }
     Ok(out)
@@ -193,9 +200,14 @@ pub async fn probe(b: &NixBuilder) -> Result<BuilderIdentity, String> {
     // A probe that times out must not leave its ssh behind, one per probe interval.
     .kill_on_drop(true);
     b.ssh_env(&mut ping);
-    let o = tokio::time::timeout(std::time::Duration::from_secs(60), ping.output())
+    let o = tokio::time::timeout(b.probe_timeout, ping.output())
         .await
-        .map_err(|_| "no answer within 60 s".to_string())?
+        .map_err(|_| {
+            format!(
+                "no answer within {} s (timeouts.probe_secs)",
+                b.probe_timeout.as_secs()
+            )
+        })?
         .map_err(|e| format!("cannot run nix: {e}"))?;
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     if !o.status.success() {
@@ -220,9 +232,7 @@ pub async fn probe(b: &NixBuilder) -> Result<BuilderIdentity, String> {
             .arg(host)
             .args(["nix", "--version"])
             .kill_on_drop(true);
-        if let Ok(Ok(o)) =
-            tokio::time::timeout(std::time::Duration::from_secs(30), ssh.output()).await
-        {
+        if let Ok(Ok(o)) = tokio::time::timeout(b.probe_timeout, ssh.output()).await {
             if let Some(id) = parse_version_line(String::from_utf8_lossy(&o.stdout).trim()) {
                 return Ok(id);
             }

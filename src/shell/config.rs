@@ -14,6 +14,7 @@ pub mod forge;
 pub use forge::{ForgeConfig, ForgeKind, ForgeMode};
 pub mod cache;
 pub mod notify;
+pub mod timeouts;
 use crate::core::breakage::{Breakage, BreakagePolicy};
 pub use notify::{check_pattern, NotifyConfig};
 
@@ -80,6 +81,9 @@ pub struct Config {
     /// The binary cache landed and gated outputs go to, signed (`docs/builders.md`).
     #[serde(default)]
     pub cache: Option<cache::CacheConfig>,
+    /// How long each kind of external call may take.
+    #[serde(default)]
+    pub timeouts: timeouts::Timeouts,
 }
 
 fn default_target_poll() -> u64 {
@@ -570,6 +574,7 @@ impl Config {
         if let Some(c) = &self.cache {
             c.validate()?;
         }
+        self.timeouts.validate()?;
         for b in &self.builders {
             let uri = b.uri.get_ref();
             if uri != "local" && !uri.starts_with("ssh-ng://") && !uri.starts_with("ssh://") {

@@ -130,6 +130,7 @@ pub struct Driver {
 impl Driver {
     pub fn open(config: Config) -> anyhow::Result<Driver> {
         std::fs::create_dir_all(&config.state_dir)?;
+        crate::shell::git::set_timeout(config.timeouts.git());
         let store = Store::open(&config.db_path())?;
         let now = now_ms();
         let core = store
@@ -399,8 +400,9 @@ impl Driver {
         if !self.inspect.is_empty() {
             let drvs = std::mem::take(&mut self.inspect);
             let (tx, args) = (self.tx.clone(), self.config.nix_args());
+            let timeout = self.config.timeouts.inspect();
             tokio::spawn(async move {
-                let infos = crate::shell::builder::inspect(&args, &drvs).await;
+                let infos = crate::shell::builder::inspect(&args, &drvs, timeout).await;
                 let _ = tx
                     .send(Msg::Input(Input::Build(BuildInput::Inspected { infos })))
                     .await;
@@ -641,6 +643,7 @@ impl Driver {
             systems: r.systems.clone(),
             eval: r.eval.clone(),
             tmp: self.tmp.clone(),
+            timeout: self.config.timeouts.eval(),
         }
     }
 
@@ -708,6 +711,8 @@ struct EvalJob {
     systems: Vec<String>,
     eval: Arc<NixEval>,
     tmp: PathBuf,
+    /// `timeouts.eval_secs`: a hung evaluator is killed (its processes die with the future).
+    timeout: Duration,
 }
 
 impl EvalJob {
@@ -725,18 +730,28 @@ impl EvalJob {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("checkout of {commit}: {e}"))?;
-        Ok(match attrs {
-            None => Evaled::Full(
-                self.eval
-                    .evaluate(&tree, &self.jobset, &self.systems, commit)
-                    .await?,
-            ),
-            Some(a) => Evaled::Attrs(
-                self.eval
-                    .evaluate_attrs(&tree, &self.jobset, &self.systems, a)
-                    .await?,
-            ),
-        })
+        let evaluated = async {
+            Ok(match attrs {
+                None => Evaled::Full(
+                    self.eval
+                        .evaluate(&tree, &self.jobset, &self.systems, commit)
+                        .await?,
+                ),
+                Some(a) => Evaled::Attrs(
+                    self.eval
+                        .evaluate_attrs(&tree, &self.jobset, &self.systems, a)
+                        .await?,
+                ),
+            })
+        };
+        tokio::time::timeout(self.timeout, evaluated)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "evaluation of {commit} did not finish within {} s (timeouts.eval_secs); killed",
+                    self.timeout.as_secs()
+                ))
+            })
     }
 }
 

@@ -2,8 +2,14 @@
 //! through the git CLI (any URL it supports); merges, checkouts and ancestry use git2.
 //! Everything here blocks: the driver calls it from `spawn_blocking`.
 
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
 
 use git2::{Oid, Repository, Signature, Time};
 
@@ -18,6 +24,8 @@ pub enum GitError {
     Spawn(std::io::Error),
     #[error("libgit2: {0}")]
     Lib(#[from] git2::Error),
+    #[error("git {args} did not finish within {secs} s (timeouts.git_secs); killed")]
+    TimedOut { args: String, secs: u64 },
     #[error("{0}")]
     Other(String),
 }
@@ -35,21 +43,66 @@ pub struct Chain {
     pub conflicts: Vec<(usize, String)>,
 }
 
+/// `timeouts.git_secs`, set once at start; the default before that (tools, tests).
+static TIMEOUT: OnceLock<Duration> = OnceLock::new();
+
+/// Sets how long any git command may take (`timeouts.git_secs`); the first call wins.
+pub fn set_timeout(limit: Duration) {
+    let _ = TIMEOUT.set(limit);
+}
+
+fn timeout() -> Duration {
+    TIMEOUT.get().copied().unwrap_or(Duration::from_secs(600))
+}
+
 pub(crate) fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
     }
-    // Never prompt for credentials: a daemon has nobody to answer.
-    cmd.args(args).env("GIT_TERMINAL_PROMPT", "0");
-    let out = cmd.output().map_err(GitError::Spawn)?;
-    if !out.status.success() {
+    // Never prompt for credentials: a daemon has nobody to answer. Its own process group,
+    // so that a hung fetch is killed with the ssh or http helper it started.
+    cmd.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(GitError::Spawn)?;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = vec![];
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    let limit = timeout();
+    let status = match child.wait_timeout(limit).map_err(GitError::Spawn)? {
+        Some(status) => status,
+        None => {
+            // SAFETY: the process group of the git we spawned (its PID is the group's ID).
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            let _ = child.wait();
+            // The readers end when the last holder of the pipes is gone; not waited for.
+            return Err(GitError::TimedOut {
+                args: args.join(" "),
+                secs: limit.as_secs(),
+            });
+        }
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    if !status.success() {
         return Err(GitError::Cli {
             args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 /// Normalises what users submit: `feature` means `refs/heads/feature`.

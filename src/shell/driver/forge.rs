@@ -44,7 +44,7 @@ pub(super) fn open(config: &Config) -> anyhow::Result<BTreeMap<String, ForgeShel
             }
             _ => Auth::None,
         };
-        let client = ForgeClient::new(f, auth)
+        let client = ForgeClient::new(f, auth, config.timeouts.forge())
             .map_err(|e| anyhow::anyhow!("repo {:?}: forge client: {e}", r.name.get_ref()))?;
         out.insert(
             r.name.get_ref().clone(),

@@ -20,7 +20,6 @@ use crate::shell::config::{ForgeConfig, ForgeKind};
 const PAGE: usize = 50;
 
 /// Longest wait for one forge request.
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForgeError {
@@ -98,10 +97,16 @@ pub struct ForgeClient {
     repository: String,
     auth: super::app::Auth,
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// For the answer's head and again for its body (`timeouts.forge_secs`).
+    timeout: Duration,
 }
 
 impl ForgeClient {
-    pub fn new(cfg: &ForgeConfig, auth: super::app::Auth) -> std::io::Result<ForgeClient> {
+    pub fn new(
+        cfg: &ForgeConfig,
+        auth: super::app::Auth,
+        timeout: Duration,
+    ) -> std::io::Result<ForgeClient> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()?
             .https_or_http()
@@ -113,6 +118,7 @@ impl ForgeClient {
             repository: cfg.repository.get_ref().clone(),
             auth,
             http: Client::builder(TokioExecutor::new()).build(https),
+            timeout,
         })
     }
 
@@ -198,14 +204,19 @@ impl ForgeClient {
         let req = req
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| transport(e.to_string()))?;
-        let resp = tokio::time::timeout(TIMEOUT, self.http.request(req))
+        let resp = tokio::time::timeout(self.timeout, self.http.request(req))
             .await
-            .map_err(|_| transport(format!("no answer within {TIMEOUT:?}")))?
+            .map_err(|_| {
+                transport(format!(
+                    "no answer within {:?} (timeouts.forge_secs)",
+                    self.timeout
+                ))
+            })?
             .map_err(|e| transport(e.to_string()))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let retry_after = retry_after(&headers, status);
-        let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+        let body = tokio::time::timeout(self.timeout, resp.into_body().collect())
             .await
             .map_err(|_| transport("body too slow".into()))?
             .map_err(|e| transport(e.to_string()))?

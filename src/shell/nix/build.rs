@@ -56,6 +56,10 @@ pub struct NixBuilder {
     pub timeout_secs: u64,
     /// Logs go to `<log_dir>/<drv basename without .drv>.<attempt>.log.gz`.
     pub log_dir: PathBuf,
+    /// Longest one `nix copy` to or from the builder may take (`timeouts.transfer_secs`).
+    pub transfer_timeout: Duration,
+    /// Longest a probe of the builder may take (`timeouts.probe_secs`).
+    pub probe_timeout: Duration,
 }
 
 impl NixBuilder {
@@ -220,13 +224,21 @@ impl NixBuilder {
             .args(&self.nix_args);
         self.ssh_env(&mut cmd);
         let err = raw.try_clone().map_err(|e| e.to_string())?;
-        let status = cmd
+        let run = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::from(raw))
             .stderr(Stdio::from(err))
             .kill_on_drop(true)
-            .status()
+            .status();
+        let status = tokio::time::timeout(self.transfer_timeout, run)
             .await
+            .map_err(|_| {
+                format!(
+                    "nix {} did not finish within {} s (timeouts.transfer_secs); killed",
+                    args.first().map_or("", |a| a.as_str()),
+                    self.transfer_timeout.as_secs()
+                )
+            })?
             .map_err(|e| format!("cannot run nix: {e}"))?;
         if status.success() {
             Ok(())

@@ -70,7 +70,7 @@ pub fn start(store: &Store, repo: &str, id: u64) -> Result<Option<Start>, StoreE
 /// the inputs that rebuild the most jobs (the first `limit`, over every walked job).
 pub async fn answer(
     reader: &Reader,
-    nix_args: &[String],
+    (nix_args, timeout): (&[String], std::time::Duration),
     repo: String,
     id: u64,
     limit: usize,
@@ -95,7 +95,7 @@ pub async fn answer(
         if why.missing.is_empty() || known.len() + why.missing.len() > DRVS_MAX {
             break why;
         }
-        match read_inputs(nix_args, &why.missing).await {
+        match read_inputs(nix_args, &why.missing, timeout).await {
             // A derivation the store no longer has (collected) ends the walk there.
             Ok(read) if read.is_empty() => break why,
             Ok(read) => known.extend(read),
