@@ -1,5 +1,6 @@
 //! What mergequeue reads from Nix about derivations and builds: `nix show-derivation` JSON,
-//! `nix --version` lines, build logs classified into outcomes, and the log tails kept.
+//! `nix --version` lines, build logs classified into outcomes, the log tails kept, and
+//! signing keys (the cache's public key derived from its secret key file).
 //! Any input: no panic, and the tail stays within its bounds.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
     let tail = tail_of(&text, 20, 512);
     assert!(tail.len() <= 512, "tail of {} bytes", tail.len());
     let _ = clean_message(&text);
+    if let Some(public) = mergequeue::shell::cache::public_of(&text) {
+        assert!(public.contains(':'), "{public}");
+    }
     // At most 100 bytes and the ellipsis (3 bytes).
     assert!(truncate(&text, 100).len() <= 103);
 });

@@ -243,6 +243,23 @@ impl Candidates {
         for id in self.waiting_for(drv) {
             let why = format!("{drv} could not be built on any builder: {err}");
             self.abandon(cx, id, now, &why);
+            // Not requeued at the front forever: past its budget a change waits, saying why.
+            for c in self.by_id[&id].changes.clone() {
+                let Some(until) = cx.queue.infra_failed(c, cx.cfg.infra_budget, now) else {
+                    continue;
+                };
+                let reason = format!(
+                    "held after {} infrastructure failures in a row, tested again in {} min: {why}",
+                    cx.cfg.infra_budget,
+                    (until - now) / 60_000
+                );
+                if cx.queue.changes[&c].state == ChangeState::Queued {
+                    cx.set_state(c, ChangeState::Queued, Some(reason.clone()), now);
+                }
+                cx.fx
+                    .event(now, &self.by_id[&id].repo, format!("#{c} {reason}"));
+                cx.fx.wake(until);
+            }
         }
     }
 

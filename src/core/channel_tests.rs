@@ -153,6 +153,7 @@ fn channel_config(look_back: bool, min_interval_ms: Millis) -> CoreConfig {
             speed: 1.0,
         }],
         infra_retries: 5,
+        infra_budget: 3,
         failure_retries: 0,
         quarantine_after: 3,
         probe_delay_ms: 30_000,

@@ -96,6 +96,9 @@ pub struct CoreConfig {
     pub builders: Vec<scheduler::BuilderSpec>,
     /// Infrastructure failures of one step before its requesters give up on it for now.
     pub infra_retries: u32,
+    /// Candidates of one change in a row given up for infrastructure reasons before the
+    /// change is held (queued, with the reason, tested again after a growing delay).
+    pub infra_budget: u32,
     /// Failed builds are built again this many times before the failure is believed.
     pub failure_retries: u32,
     /// Consecutive infrastructure failures that quarantine a builder.
@@ -151,6 +154,7 @@ impl Default for CoreConfig {
             retry_delay_ms: 5_000,
             builders: vec![],
             infra_retries: 5,
+            infra_budget: 3,
             failure_retries: 1,
             quarantine_after: 3,
             probe_delay_ms: 30_000,

@@ -20,7 +20,21 @@ pub(crate) struct Queue {
     /// Changes held by the grace policy, by the time they are tested again: the lane
     /// wakes then.
     grace: BTreeSet<(Millis, ChangeId)>,
+    /// Changes whose candidates were given up for infrastructure reasons, in a row: how
+    /// many times, and until when they wait once over the budget. In memory: a restart
+    /// forgives them, as it forgets every backoff.
+    infra: BTreeMap<ChangeId, InfraHold>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InfraHold {
+    failures: u32,
+    until: Millis,
+}
+
+/// The first wait of a change over its infrastructure budget; doubling, at most `INFRA_HOLD_MAX_MS`.
+const INFRA_HOLD_MS: Millis = 15 * 60_000;
+const INFRA_HOLD_MAX_MS: Millis = 4 * 3_600_000;
 
 /// A held lane waits until its target moves away from `base` (a fix pushed outside the
 /// queue), noticed by polling the target, or until `until`, when the remembered
@@ -144,6 +158,9 @@ impl Queue {
         }
         c.updated_at = now;
         fx.record(Record::Change(c.clone()));
+        if state.is_final() {
+            self.infra.remove(&id);
+        }
     }
 
     /// What an idle lane does next.
@@ -160,6 +177,7 @@ impl Queue {
         // break exactly the jobs it was held for, and nothing else's verdict may ride on it).
         let mut queue = self.lane(repo, branch);
         queue.retain(|c| c.held.as_ref().is_none_or(|h| h.until <= now));
+        queue.retain(|c| self.infra.get(&c.id).is_none_or(|h| h.until <= now));
         let alone = |c: &Change| self.solo.contains(&c.id) || c.held.is_some();
         let oldest = queue.iter().map(|c| c.submitted_at).min();
         // A change to be tested separately goes alone; a batch stops before one.
@@ -183,6 +201,30 @@ impl Queue {
         } else {
             Next::Test(ids)
         }
+    }
+
+    /// A candidate holding `id` was given up for infrastructure reasons. Returns when the
+    /// change is tested again if that used up its budget (`None`: at once, as before).
+    pub(crate) fn infra_failed(
+        &mut self,
+        id: ChangeId,
+        budget: u32,
+        now: Millis,
+    ) -> Option<Millis> {
+        let h = self.infra.entry(id).or_insert(InfraHold {
+            failures: 0,
+            until: now,
+        });
+        h.failures += 1;
+        if h.failures < budget.max(1) {
+            return None;
+        }
+        let over = (h.failures - budget.max(1)).min(16);
+        h.until = now
+            + INFRA_HOLD_MS
+                .saturating_mul(1 << over)
+                .min(INFRA_HOLD_MAX_MS);
+        Some(h.until)
     }
 
     /// Attribution could not pin a failure: test `id` alone from now on.

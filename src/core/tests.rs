@@ -324,6 +324,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
             speed: 1.0,
         }],
         infra_retries: 5,
+        infra_budget: 3,
         failure_retries: 0,
         quarantine_after: 3,
         probe_delay_ms: 30_000,

@@ -273,6 +273,10 @@ pub struct Dispatch {
     /// (their changes go back to the queue, never blamed).
     #[serde(default = "default_infra_retries")]
     pub infra_retries: u32,
+    /// Candidates of one change given up in a row for infrastructure reasons before the
+    /// change is held with the reason (tested again after 15 min, doubling up to 4 h).
+    #[serde(default = "default_infra_budget")]
+    pub infra_budget: u32,
     /// Times a failed build (the package's own failure) is built again, preferably on
     /// another builder, before the failure is remembered and may blame a change.
     #[serde(default = "default_failure_retries")]
@@ -290,6 +294,7 @@ impl Default for Dispatch {
         Dispatch {
             retry_delay_secs: default_retry_delay(),
             infra_retries: default_infra_retries(),
+            infra_budget: default_infra_budget(),
             failure_retries: default_failure_retries(),
             quarantine_after: default_quarantine_after(),
             probe_delay_secs: default_probe_delay(),
@@ -302,6 +307,9 @@ fn default_retry_delay() -> u64 {
 }
 fn default_infra_retries() -> u32 {
     CoreConfig::default().infra_retries
+}
+fn default_infra_budget() -> u32 {
+    CoreConfig::default().infra_budget
 }
 fn default_failure_retries() -> u32 {
     CoreConfig::default().failure_retries
@@ -749,6 +757,7 @@ impl Config {
             retry_delay_ms: self.dispatch.retry_delay_secs as Millis * 1000,
             builders: self.builder_specs(),
             infra_retries: self.dispatch.infra_retries,
+            infra_budget: self.dispatch.infra_budget,
             failure_retries: self.dispatch.failure_retries,
             quarantine_after: self.dispatch.quarantine_after,
             probe_delay_ms: self.dispatch.probe_delay_secs as Millis * 1000,

@@ -265,3 +265,52 @@ fn restore_requeues_orphaned_testing_changes_and_relands_a_landing_candidate() {
     sim.run();
     sim.assert_merged(&ids);
 }
+
+#[test]
+fn a_change_past_its_infrastructure_budget_waits_with_the_reason_instead_of_looping() {
+    let mut w = world();
+    // This derivation's builds end in infrastructure failures for a long while.
+    w.infra.insert("/nix/store/c2-pkg2.drv".into(), 10_000);
+    let mut sim = Sim::new(config(8, 60_000), w);
+    let ids = submit_batch(&mut sim, 3, &[]);
+    let budget = sim.cfg.infra_budget as usize;
+    sim.run_until(|s| {
+        s.change(2)
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("held after"))
+    });
+    assert_eq!(
+        sim.prepares().len(),
+        budget,
+        "one candidate per try, then it waits"
+    );
+    for id in &ids {
+        let c = sim.change(*id);
+        assert_eq!(c.state, ChangeState::Queued, "never blamed: {c:?}");
+        assert!(
+            c.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("could not be built on any builder")),
+            "{c:?}"
+        );
+    }
+    let held_at = sim.now;
+    // The trouble ends; the change is tried again after the hold, and lands.
+    sim.world.infra.clear();
+    sim.run();
+    sim.assert_merged(&ids);
+    let prepares: Vec<Millis> = sim
+        .issued
+        .iter()
+        .filter(|(_, c)| matches!(c, Command::Prepare { .. }))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(prepares.len(), budget + 1, "{prepares:?}");
+    assert!(
+        prepares[budget] - held_at >= 15 * 60_000,
+        "held 15 minutes: {prepares:?}, held at {held_at}"
+    );
+    // The trouble left no remembered verdict behind.
+    assert!(sim.db.memo.values().all(|m| m.class.is_verdict()));
+}

@@ -521,9 +521,10 @@ pub fn classify(drv: &str, exit_code: Option<i32>, log: &str) -> (OutcomeClass, 
         .lines()
         .map(|l| strip_ansi(l).trim().to_string())
         .collect();
-    if lines.iter().any(|l| is_disk_full(l)) {
-        return (OutcomeClass::Infrastructure, None);
-    }
+    // Only Nix's own `error:` lines count, and only after its verdict on the build: the
+    // package's output is the package's (a test suite checking ENOSPC handling prints
+    // "No space left on device"), and a builder that Nix says failed failed. A real full
+    // disk in a build is believed only after `failure_retries` builds elsewhere.
     let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("error:")).collect();
     // Nix sets bit 0x64 of the exit status for build failures (0x65 timeout, 0x66 hash
     // mismatch, 0x68 not deterministic).
@@ -548,7 +549,7 @@ pub fn classify(drv: &str, exit_code: Option<i32>, log: &str) -> (OutcomeClass, 
     // Checked after the own verdict: a builder's output may contain such words.
     if errors
         .iter()
-        .any(|l| INFRA_MARKERS.iter().any(|m| l.contains(m)))
+        .any(|l| is_disk_full(l) || INFRA_MARKERS.iter().any(|m| l.contains(m)))
     {
         return (OutcomeClass::Infrastructure, None);
     }
@@ -699,14 +700,21 @@ error: interrupted by the user
             classify(DEP, Some(1), &lost).0,
             OutcomeClass::Infrastructure
         );
-        let disk = format!(
-            "cp: error writing 'x': No space left on device\n\
-             error: builder for '{FAIL}' failed with exit code 1\n"
-        );
+        // Nix itself could not write: the machine's disk, not the package.
+        let disk = "error: writing to file: No space left on device\n";
         assert_eq!(
-            classify(FAIL, Some(100), &disk).0,
+            classify(FAIL, Some(1), disk).0,
             OutcomeClass::Infrastructure
         );
+        // The package's own output says so, and Nix says its builder failed: a failure
+        // (believed after `failure_retries` builds elsewhere), whatever the words.
+        let words = format!(
+            "cp: error writing 'x': No space left on device\n\
+             error: Connection refused (as the test suite expects)\n\
+             FAIL: test-enospc\n\
+             error: builder for '{FAIL}' failed with exit code 1\n"
+        );
+        assert_eq!(classify(FAIL, Some(100), &words).0, OutcomeClass::Failed);
         let refused = "error: cannot open connection to remote store 'ssh-ng://b1': ssh: connect to host 127.0.0.1 port 2222: Connection refused\n";
         assert_eq!(
             classify(FAIL, Some(1), refused).0,
@@ -718,6 +726,66 @@ error: interrupted by the user
             classify(FAIL, Some(100), other).0,
             OutcomeClass::Infrastructure
         );
+    }
+
+    /// Lines a package's build may print: every marker the classifier knows, disk-full
+    /// words, other derivations' verdicts, and noise.
+    fn package_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let mut known: Vec<String> = INFRA_MARKERS.iter().map(|m| m.to_string()).collect();
+        known.extend(
+            [
+                "No space left on device",
+                "Disk quota exceeded",
+                "error: writing to file: No space left on device",
+                "error: unexpected end-of-file",
+                "error: builder for '/nix/store/zzz-other.drv' failed with exit code 2",
+                "error: 1 dependencies of derivation '/nix/store/zzz-x.drv' failed to build",
+                "building of '/nix/store/zzz-y.drv!*' from .drv file timed out after 1 seconds",
+            ]
+            .map(String::from),
+        );
+        prop_oneof![
+            proptest::sample::select(known),
+            "[ -~]{0,60}",
+            ("error: ", "[ -~]{0,40}").prop_map(|(a, b)| format!("{a}{b}")),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the package printed, Nix's verdict on its builder decides: `failed`
+        /// (or `timed-out`), never infrastructure because of words in the log.
+        #[test]
+        fn the_package_output_never_decides_the_class(
+            lines in proptest::collection::vec(package_line(), 0..30),
+            code in 100..=111i32,
+            timed_out in proptest::bool::ANY,
+        ) {
+            let verdict = if timed_out {
+                format!("error: building of '{FAIL}!*' from .drv file timed out after 2 seconds")
+            } else {
+                format!("error: builder for '{FAIL}' failed with exit code 1")
+            };
+            let log = format!("building '{FAIL}'...\n{}\n{verdict}\n", lines.join("\n"));
+            let want = if timed_out { OutcomeClass::TimedOut } else { OutcomeClass::Failed };
+            proptest::prop_assert_eq!(classify(FAIL, Some(code), &log).0, want);
+        }
+
+        /// Without Nix's verdict on it, the attempt never blames the derivation: whatever
+        /// the output, it is infrastructure or a dependency's failure.
+        #[test]
+        fn without_a_verdict_the_derivation_is_never_failed(
+            lines in proptest::collection::vec(package_line(), 0..30),
+            code in proptest::option::of(0..=255i32),
+        ) {
+            let log = lines.join("\n");
+            proptest::prop_assume!(!log.contains(FAIL));
+            let class = classify(FAIL, code.filter(|c| *c != 0), &log).0;
+            proptest::prop_assert!(
+                matches!(class, OutcomeClass::Infrastructure | OutcomeClass::DependencyFailed),
+                "{:?} from {:?}", class, log
+            );
+        }
     }
 
     /// Captured on this machine with Nix 2.8: the remote `nix-daemon --stdio` killed with
