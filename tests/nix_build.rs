@@ -73,6 +73,7 @@ async fn drv(set: &PackageSet, attr: &str) -> String {
         nix_args: offline(),
         evaluator: Evaluator::NixInstantiate,
         sandbox: mergequeue::shell::nix::eval::EvalSandbox::default(),
+        jobset: Default::default(),
     };
     let r = ev
         .evaluate_attrs(

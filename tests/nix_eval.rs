@@ -29,6 +29,7 @@ fn eval() -> NixEval {
         nix_args: vec!["--option".into(), "substituters".into(), "".into()],
         evaluator: Evaluator::NixInstantiate,
         sandbox: EvalSandbox::default(),
+        jobset: Default::default(),
     }
 }
 
@@ -667,4 +668,87 @@ async fn restricted_evaluation_keeps_secrets_out_of_reach() {
         other => panic!("credential, unrestricted: {other:?}"),
     }
     std::env::remove_var(&var);
+}
+
+/// A Hydra-style `release.nix`: jobs nested as `NAME.SYSTEM` without
+/// `recurseForDerivations`, and a `config` argument that adds unfree jobs.
+const HYDRA_RELEASE: &str = r#"{ system ? builtins.currentSystem, config ? { }, unused ? null }:
+let
+  mk = name: derivation {
+    inherit name system;
+    builder = "/bin/sh";
+    args = [ "-c" "echo ${name} > $out" ];
+  };
+in
+{
+  hello.x86_64-linux = mk "hello";
+  tools = { grep.x86_64-linux = mk "grep"; };
+  cuda = if config.cudaSupport or false then { x86_64-linux = mk "cuda"; } else { };
+  lib = { id = x: x; answer = 42; };
+}
+"#;
+
+fn attrs(e: &Evaluation) -> Vec<String> {
+    e.jobs.iter().map(|(k, _)| k.attr.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_hydra_release_nix_is_walked_with_force_recurse_and_given_its_arguments() {
+    require_nix();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("release.nix"), HYDRA_RELEASE).unwrap();
+    // As nix-env reads it: nested jobs are invisible without recurseForDerivations.
+    let plain = eval()
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await
+        .unwrap();
+    assert_eq!(attrs(&plain), Vec::<String>::new());
+    let hydra = NixEval {
+        jobset: mergequeue::shell::nix::eval::JobsetOptions {
+            force_recurse: true,
+            args: Default::default(),
+        },
+        ..eval()
+    };
+    let e = hydra
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await
+        .unwrap();
+    assert_eq!(e.outcome, EvalOutcome::Ok);
+    assert_eq!(
+        attrs(&e),
+        ["hello.x86_64-linux", "tools.grep.x86_64-linux"],
+        "every set walked; functions and numbers are no jobs"
+    );
+    // A jobset argument (an unfree- or CUDA-aware package set), given as JSON.
+    let mut args = serde_json::Map::new();
+    args.insert(
+        "config".into(),
+        serde_json::json!({ "cudaSupport": true, "allowUnfree": true }),
+    );
+    // Not named by the function: not given (it would be an error).
+    args.insert("other".into(), serde_json::json!(1));
+    let cuda = NixEval {
+        jobset: mergequeue::shell::nix::eval::JobsetOptions {
+            force_recurse: true,
+            args,
+        },
+        ..eval()
+    };
+    let e = cuda
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await
+        .unwrap();
+    assert_eq!(
+        attrs(&e),
+        [
+            "cuda.x86_64-linux",
+            "hello.x86_64-linux",
+            "tools.grep.x86_64-linux"
+        ]
+    );
+    match get(&e, "cuda.x86_64-linux") {
+        JobResult::Ok(j) => assert!(j.drv_path.ends_with("-cuda.drv"), "{}", j.drv_path),
+        other => panic!("{other:?}"),
+    }
 }

@@ -353,6 +353,15 @@ pub struct Repo {
     /// Pull requests on GitHub, Gitea or Forgejo (`docs/forge.md`).
     #[serde(default)]
     pub forge: Option<ForgeConfig>,
+    /// Walk every attribute set of the jobset, as Hydra does (`hello.x86_64-linux`), not
+    /// only those with `recurseForDerivations = true`.
+    #[serde(default)]
+    pub force_recurse: bool,
+    /// Arguments of a jobset that is a function, beside `system` (for example
+    /// `config = { allowUnfree = true, cudaSupport = true }`); each is given only when the
+    /// function names it.
+    #[serde(default)]
+    pub args: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

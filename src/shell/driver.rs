@@ -149,6 +149,10 @@ impl Driver {
                         nix_args: config.nix_args(),
                         evaluator: config.nix.evaluator,
                         sandbox: eval_sandbox(r, &config.nix),
+                        jobset: crate::shell::nix::eval::JobsetOptions {
+                            force_recurse: r.force_recurse,
+                            args: r.args.clone(),
+                        },
                     }),
                 },
             );

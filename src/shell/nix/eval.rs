@@ -69,6 +69,9 @@ struct Input<'a> {
     mode: &'a str,
     trace: bool,
     skip: &'a [Vec<String>],
+    #[serde(rename = "forceRecurse")]
+    force_recurse: bool,
+    args: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 /// A failed wrapper call: Nix's cleaned message and the raw stderr (with trace lines).
@@ -134,6 +137,42 @@ pub struct NixEval {
     pub nix_args: Vec<String>,
     pub evaluator: Evaluator,
     pub sandbox: EvalSandbox,
+    pub jobset: JobsetOptions,
+}
+
+/// How the jobset is read: Hydra's conventions, for `release.nix` files written for it.
+#[derive(Debug, Clone, Default)]
+pub struct JobsetOptions {
+    /// Walk into every attribute set that is not a derivation, as Hydra's evaluator and
+    /// `nix-eval-jobs --force-recurse` do (`hello.x86_64-linux`), not only those with
+    /// `recurseForDerivations = true`.
+    pub force_recurse: bool,
+    /// Arguments for a jobset that is a function, as JSON values (`config = { allowUnfree
+    /// = true; }`); given only when the function names them, beside `system`.
+    pub args: serde_json::Map<String, serde_json::Value>,
+}
+
+impl JobsetOptions {
+    /// `nix-eval-jobs` arguments for the same.
+    fn eval_jobs_args(&self) -> Vec<String> {
+        let mut a = vec![];
+        if self.force_recurse {
+            a.push("--force-recurse".to_string());
+        }
+        for (k, v) in &self.args {
+            let json = serde_json::to_string(v).expect("a JSON value");
+            let escaped = json
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$");
+            a.extend([
+                "--arg".into(),
+                k.clone(),
+                format!("builtins.fromJSON \"{escaped}\""),
+            ]);
+        }
+        a
+    }
 }
 
 /// What evaluated code may reach. The code is a change's, i.e. anyone's who can open a pull
@@ -200,6 +239,7 @@ impl NixEval {
             nix_args: vec!["--option".into(), "substituters".into(), "".into()],
             evaluator: Evaluator::Auto,
             sandbox: EvalSandbox::default(),
+            jobset: JobsetOptions::default(),
         }
     }
 
@@ -352,6 +392,7 @@ impl NixEval {
                 .args(&self.nix_args)
                 .args(self.sandbox.args(&[dir]))
                 .arg("--meta")
+                .args(self.jobset.eval_jobs_args())
                 .arg("--workers")
                 .arg(workers.to_string())
                 .arg("--gc-roots-dir")
@@ -457,6 +498,7 @@ struct Ctx {
     systems: Vec<String>,
     nix_args: Vec<String>,
     sandbox: EvalSandbox,
+    jobset_options: JobsetOptions,
     sem: Arc<Semaphore>,
     counter: AtomicUsize,
 }
@@ -492,6 +534,7 @@ impl Ctx {
             systems,
             nix_args: ev.nix_args.clone(),
             sandbox: ev.sandbox.clone(),
+            jobset_options: ev.jobset.clone(),
             sem: Arc::new(Semaphore::new(permits)),
             counter: AtomicUsize::new(0),
         })
@@ -538,6 +581,8 @@ impl Ctx {
             mode,
             trace,
             skip,
+            force_recurse: self.jobset_options.force_recurse,
+            args: &self.jobset_options.args,
         };
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let input_path = self.tmp.path().join(format!("input-{n}.json"));

@@ -5,9 +5,13 @@ let
   raw = import cfg.file;
   isFn = builtins.isFunction raw;
   takesSystem = isFn && (builtins.functionArgs raw) ? system;
+  # Jobset arguments (`[[repos]] args`), given only where the function names them.
+  args = if isFn then builtins.intersectAttrs (builtins.functionArgs raw) (cfg.args or { }) else { };
   roots =
-    if takesSystem then map (s: { system = s; value = raw { system = s; }; }) cfg.systems
-    else [ { system = builtins.head cfg.systems; value = if isFn then raw { } else raw; } ];
+    if takesSystem then map (s: { system = s; value = raw (args // { system = s; }); }) cfg.systems
+    else [ { system = builtins.head cfg.systems; value = if isFn then raw args else raw; } ];
+  # Hydra's evaluator walks every attribute set; Nixpkgs' release.nix relies on it.
+  forceRecurse = cfg.forceRecurse or false;
   selected =
     if cfg.rootSystem == null then roots
     else builtins.filter (r: r.system == cfg.rootSystem) roots;
@@ -25,7 +29,7 @@ let
   kindOf = v:
     if !(builtins.isAttrs v) then "other"
     else if (v.type or null) == "derivation" then "drv"
-    else if (v.recurseForDerivations or false) == true then "rec"
+    else if forceRecurse || (v.recurseForDerivations or false) == true then "rec"
     else "set";
   # A maintainer as Nixpkgs writes one (an attribute set) or a plain handle; only its
   # string contact fields are kept.
