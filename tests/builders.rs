@@ -96,6 +96,29 @@ async fn a_killed_builder_daemon_is_retried_on_the_other_builder_and_the_change_
         assert_eq!(b["implementation"], "Nix", "{b}");
         assert_eq!(b["version"], "2.8.0", "{b}");
     }
+    // The crash is kept as evidence: grouped by signature for Nix 2.8.0, with its output.
+    let imps = h
+        .client
+        .ok(Method::GET, "/api/v1/implementations", None)
+        .await
+        .unwrap();
+    let crashes = imps["Nix"]["crashes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let eof = crashes
+        .iter()
+        .find(|c| c["signature"] == "unexpected end-of-file")
+        .unwrap_or_else(|| panic!("no crash group: {imps}"));
+    assert_eq!(eof["version"], "2.8.0", "{eof}");
+    assert!(eof["count"].as_u64() >= Some(1), "{eof}");
+    assert_eq!(eof["builders"][0], crashed["uri"], "{eof}");
+    assert!(
+        eof["last_output"]
+            .as_str()
+            .is_some_and(|o| o.contains("unexpected end-of-file")),
+        "{eof}"
+    );
     let metrics = h
         .client
         .call(Method::GET, "/metrics", None)

@@ -104,6 +104,8 @@ pub enum Reply {
 pub struct StoreFacts {
     change_counts: Vec<(String, u64)>,
     attempt_counts: Vec<(String, String, u64)>,
+    /// Recent infrastructure attempts: (builder, log tail, finished at).
+    infrastructure: Vec<(String, String, Millis)>,
     flaky: u64,
     extra_builds: u64,
 }
@@ -117,9 +119,15 @@ impl StoreFacts {
                 attempt_counts: store.attempt_counts()?,
                 flaky: store.flaky_count()?,
                 extra_builds: store.extra_builds_total()?,
+                ..StoreFacts::default()
             },
-            Query::Builders | Query::Implementations => StoreFacts {
+            Query::Builders => StoreFacts {
                 attempt_counts: store.attempt_counts()?,
+                ..StoreFacts::default()
+            },
+            Query::Implementations => StoreFacts {
+                attempt_counts: store.attempt_counts()?,
+                infrastructure: store.infrastructure_tails(CRASHES_READ)?,
                 ..StoreFacts::default()
             },
             _ => StoreFacts::default(),
@@ -434,10 +442,66 @@ fn implementations_json(core: &Core, facts: &StoreFacts) -> Value {
                 .map(|b| &b.spec.id)
                 .collect();
             let attempts = attempts_by_class(counts, |x| ids.iter().any(|id| *id == x));
-            (i, json!({ "builders": ids, "attempts": attempts }))
+            let crashes = crashes_json(sched, &i, &facts.infrastructure);
+            (
+                i,
+                json!({ "builders": ids, "attempts": attempts, "crashes": crashes }),
+            )
         })
         .collect();
     Value::Object(by_impl)
+}
+
+/// Infrastructure attempts read for the crash groups (the most recent).
+const CRASHES_READ: usize = 5000;
+
+/// Crashes of implementation `imp`'s builders, grouped by (version, signature): how many,
+/// on which builders, when last, and the last one's output (the attempt's log tail, which
+/// holds the remote side's last words as ssh passed them on). By the builder's version now.
+fn crashes_json(
+    sched: &crate::core::scheduler::Scheduler,
+    imp: &str,
+    infra: &[(String, String, Millis)],
+) -> Vec<Value> {
+    use std::collections::BTreeMap;
+    /// One (version, signature) group: crashes, builders, the last crash's time and output.
+    type Group = (u64, Vec<String>, Millis, String);
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    // Newest first: the first of a group is its last crash.
+    for (builder, tail, at) in infra {
+        let Some(b) = sched.builders().find(|b| &b.spec.id == builder) else {
+            continue;
+        };
+        if implementation(b) != imp {
+            continue;
+        }
+        let Some(sig) = crate::shell::nix::crash::signature(tail) else {
+            continue;
+        };
+        let version = b.version.clone().unwrap_or_else(|| "unknown".into());
+        let g = groups
+            .entry((version, sig))
+            .or_insert_with(|| (0, vec![], *at, tail.clone()));
+        g.0 += 1;
+        if !g.1.contains(builder) {
+            g.1.push(builder.clone());
+        }
+    }
+    groups
+        .into_iter()
+        .map(
+            |((version, signature), (count, builders, last_at, last_output))| {
+                json!({
+                    "version": version,
+                    "signature": signature,
+                    "count": count,
+                    "builders": builders,
+                    "last_at": last_at,
+                    "last_output": last_output,
+                })
+            },
+        )
+        .collect()
 }
 
 fn implementation(b: &crate::core::scheduler::BuilderState) -> String {

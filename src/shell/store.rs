@@ -703,6 +703,20 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The most recent infrastructure attempts (`limit`), newest first: (builder, log tail,
+    /// finished at), the evidence `/api/v1/implementations` groups by crash signature.
+    pub fn infrastructure_tails(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, String, Millis)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT builder, log_tail, finished_at FROM attempts WHERE class = 'infrastructure' \
+             ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Remembers a comment acted on; `false` when it was seen before.
     pub fn comment_seen(&mut self, repo: &str, id: u64, now: Millis) -> Result<bool, StoreError> {
         let n = self.conn.execute(
