@@ -186,14 +186,40 @@ fn signatures(path: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn as_an_untrusted_user_remote_outputs_import_signed_and_an_unsigned_builder_is_never_blamed()
-{
+/// The set-up every test here shares: a root daemon (trusting `trusted_keys`), a HOME
+/// for the service, and a harness whose server will talk to that daemon (`extra_env` too).
+fn deployed(
+    dir: &Path,
+    trusted_keys: &[String],
+    extra_env: Vec<(String, String)>,
+    opts: BranchOpts,
+    (packages, seed): (usize, u64),
+) -> (Daemon, Harness) {
     common::require_tools();
     assert!(
         is_root(),
         "this test starts a root nix-daemon and runs the service as nobody: run it as root"
     );
+    let daemon = Daemon::start(dir, trusted_keys);
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut env = daemon_env(&daemon, &home);
+    env.extend(extra_env);
+    let h = harness(&dir.join("h"), packages, seed, BranchOpts { env, ..opts });
+    (daemon, h)
+}
+
+/// A `[cache]` table.
+fn cache_toml(uri: &str, secret: &Path) -> String {
+    format!(
+        "[cache]\nuri = {uri:?}\nsecret_key_file = {:?}\n",
+        secret.display().to_string()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn as_an_untrusted_user_remote_outputs_import_signed_and_an_unsigned_builder_is_never_blamed()
+{
     let dir = tempfile::tempdir().unwrap();
     let ssh_config = dir.path().join("ssh_config");
     let (b1_secret, b1_public) = signing_key(dir.path(), "deployed-b1-1");
@@ -201,17 +227,12 @@ async fn as_an_untrusted_user_remote_outputs_import_signed_and_an_unsigned_build
     // nothing (a builder set up without `signingKeyFile`).
     let b1 = Sshd::start_with(dir.path(), "signed", &ssh_config, Some(&b1_secret));
     let b2 = Sshd::start(dir.path(), "unsigned", &ssh_config);
-    let daemon = Daemon::start(dir.path(), &[b1_public]);
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let mut env = daemon_env(&daemon, &home);
-    env.push(("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display())));
+    let ssh = vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))];
     let opts = BranchOpts {
         builders_toml: Some(builders_toml(&[(&b1, 1.0), (&b2, 4.0)])),
-        env,
         ..BranchOpts::default()
     };
-    let mut h = harness(&dir.path().join("h"), 20, 5, opts);
+    let (daemon, mut h) = deployed(dir.path(), &[b1_public], ssh, opts, (20, 5));
     let leaf = h.set.healthy_leaves()[0].clone();
     let version = never_built_version();
     h.change("bump", "bump a leaf", |s| s.set_version(&leaf, &version))
@@ -301,29 +322,12 @@ fn verify(store: &str, public: &str, paths: &[String]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn as_an_untrusted_user_gated_closures_reach_a_signed_cache_before_the_channel_moves() {
-    common::require_tools();
-    assert!(
-        is_root(),
-        "this test starts a root nix-daemon and runs the service as nobody: run it as root"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), &[]);
     let (secret, public) = signing_key(dir.path(), "deployed-cache-1");
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let opts = BranchOpts {
-        env: daemon_env(&daemon, &home),
-        ..BranchOpts::default()
-    };
-    let mut h = harness(&dir.path().join("h"), 20, 6, opts);
-    let cache_dir = dir.path().join("cache");
+    let (daemon, mut h) = deployed(dir.path(), &[], vec![], BranchOpts::default(), (20, 6));
     let artifacts = dir.path().join("artifacts");
-    let cache_uri = format!("file://{}", cache_dir.display());
-    h.append_config(&format!(
-        "[cache]\nuri = {cache_uri:?}\nsecret_key_file = {:?}\n",
-        secret.display().to_string()
-    ))
-    .unwrap();
+    let cache_uri = format!("file://{}", dir.path().join("cache").display());
+    h.append_config(&cache_toml(&cache_uri, &secret)).unwrap();
     h.add_channel(&mergequeue::tools::harness::ChannelSpec {
         artifacts_dir: Some(artifacts.clone()),
         ..Default::default()
@@ -385,27 +389,12 @@ async fn as_an_untrusted_user_gated_closures_reach_a_signed_cache_before_the_cha
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_channel_does_not_move_while_its_gate_cannot_reach_the_cache() {
-    common::require_tools();
-    assert!(
-        is_root(),
-        "this test starts a root nix-daemon: run it as root"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), &[]);
     let (secret, _) = signing_key(dir.path(), "deployed-cache-2");
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let opts = BranchOpts {
-        env: daemon_env(&daemon, &home),
-        ..BranchOpts::default()
-    };
-    let mut h = harness(&dir.path().join("h"), 12, 7, opts);
+    let (daemon, mut h) = deployed(dir.path(), &[], vec![], BranchOpts::default(), (12, 7));
     // A cache the service cannot write to.
-    h.append_config(&format!(
-        "[cache]\nuri = \"file:///proc/mergequeue-no-cache\"\nsecret_key_file = {:?}\n",
-        secret.display().to_string()
-    ))
-    .unwrap();
+    h.append_config(&cache_toml("file:///proc/mergequeue-no-cache", &secret))
+        .unwrap();
     h.add_channel(&mergequeue::tools::harness::ChannelSpec::default())
         .unwrap();
     give_to_nobody(dir.path());
