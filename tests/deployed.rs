@@ -209,6 +209,22 @@ fn deployed(
     (daemon, h)
 }
 
+/// Hands the test's files to `nobody` and starts the server as that user.
+async fn start_as_nobody(h: &mut Harness, dir: &Path) {
+    give_to_nobody(dir);
+    h.run_as = Some(NOBODY);
+    h.start_server().await.unwrap();
+}
+
+/// Branch `bump`: a healthy leaf at a version never built before. Returns the leaf.
+fn bump_a_leaf(h: &mut Harness) -> String {
+    let leaf = h.set.healthy_leaves()[0].clone();
+    let version = never_built_version();
+    h.change("bump", "bump a leaf", |s| s.set_version(&leaf, &version))
+        .unwrap();
+    leaf
+}
+
 /// A `[cache]` table.
 fn cache_toml(uri: &str, secret: &Path) -> String {
     format!(
@@ -233,13 +249,8 @@ async fn as_an_untrusted_user_remote_outputs_import_signed_and_an_unsigned_build
         ..BranchOpts::default()
     };
     let (daemon, mut h) = deployed(dir.path(), &[b1_public], ssh, opts, (20, 5));
-    let leaf = h.set.healthy_leaves()[0].clone();
-    let version = never_built_version();
-    h.change("bump", "bump a leaf", |s| s.set_version(&leaf, &version))
-        .unwrap();
-    give_to_nobody(dir.path());
-    h.run_as = Some(NOBODY);
-    h.start_server().await.unwrap();
+    let leaf = bump_a_leaf(&mut h);
+    start_as_nobody(&mut h, dir.path()).await;
     assert_eq!(
         uid_of(h.server_pid().unwrap()),
         NOBODY.0,
@@ -333,13 +344,8 @@ async fn as_an_untrusted_user_gated_closures_reach_a_signed_cache_before_the_cha
         ..Default::default()
     })
     .unwrap();
-    let leaf = h.set.healthy_leaves()[0].clone();
-    let version = never_built_version();
-    h.change("bump", "bump a leaf", |s| s.set_version(&leaf, &version))
-        .unwrap();
-    give_to_nobody(dir.path());
-    h.run_as = Some(NOBODY);
-    h.start_server().await.unwrap();
+    bump_a_leaf(&mut h);
+    start_as_nobody(&mut h, dir.path()).await;
     let id = h.submit("bump", "bump", "normal").await.unwrap()["id"]
         .as_u64()
         .unwrap();
@@ -397,9 +403,7 @@ async fn a_channel_does_not_move_while_its_gate_cannot_reach_the_cache() {
         .unwrap();
     h.add_channel(&mergequeue::tools::harness::ChannelSpec::default())
         .unwrap();
-    give_to_nobody(dir.path());
-    h.run_as = Some(NOBODY);
-    h.start_server().await.unwrap();
+    start_as_nobody(&mut h, dir.path()).await;
     let t = Instant::now();
     loop {
         let events = h

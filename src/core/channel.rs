@@ -579,12 +579,12 @@ impl Gating {
         now: Millis,
     ) {
         let ch = self.channels.get_mut(name).expect("known");
-        let old = ch.state.rev.clone();
-        ch.state.advancing = Some(Advancing {
-            old: old.clone(),
-            new: new.clone(),
+        let adv = Advancing {
+            old: ch.state.rev.clone(),
+            new,
             gate,
-        });
+        };
+        ch.state.advancing = Some(adv.clone());
         self.save_channel(cx, name);
         self.channel_event(
             cx,
@@ -593,15 +593,10 @@ impl Gating {
             format!(
                 "advancing {} from {} to {}",
                 self.channels[name].config.target,
-                old.as_deref().map_or("nothing", short),
-                short(&new)
+                adv.old.as_deref().map_or("nothing", short),
+                short(&adv.new)
             ),
         );
-        let adv = self.channels[name]
-            .state
-            .advancing
-            .clone()
-            .expect("just set");
         cx.fx.push(advance_command(cx.cfg, name, adv));
     }
 

@@ -13,6 +13,7 @@ use crate::core::why::DrvInputs;
 use crate::core::BuilderIdentity;
 use crate::shell::config::Config;
 use crate::shell::nix::build::NixBuilder;
+use crate::shell::nix::output::last_error_line;
 
 /// One adapter per configured builder, by id (`local` or the store URI).
 pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<NixBuilder>>> {
@@ -211,12 +212,8 @@ pub async fn probe(b: &NixBuilder) -> Result<BuilderIdentity, String> {
         .map_err(|e| format!("cannot run nix: {e}"))?;
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     if !o.status.success() {
-        let err = text
-            .lines()
-            .rev()
-            .find(|l| l.contains("error"))
-            .unwrap_or(text.trim());
-        return Err(err.trim().to_string());
+        let err = last_error_line(&text).unwrap_or(text.trim());
+        return Err(err.to_string());
     }
     let version = text
         .lines()

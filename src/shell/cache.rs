@@ -16,6 +16,7 @@ use tokio::process::Command;
 use tokio::sync::Semaphore;
 
 use crate::shell::config::cache::{CacheConfig, DAEMON_SCHEMES};
+use crate::shell::nix::output::last_error_line;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -173,13 +174,7 @@ impl Cache {
             return Ok(out.stdout);
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let message = stderr
-            .lines()
-            .rev()
-            .find(|l| l.contains("error"))
-            .unwrap_or(stderr.trim())
-            .trim()
-            .to_string();
+        let message = last_error_line(&stderr).unwrap_or(stderr.trim());
         Err(CacheError::Nix {
             what: what.into(),
             message: format!("{message} ({})", out.status),

@@ -430,6 +430,7 @@ fn builders_json(core: &Core, facts: &StoreFacts) -> Value {
 fn implementations_json(core: &Core, facts: &StoreFacts) -> Value {
     let counts = &facts.attempt_counts;
     let sched = core.scheduler();
+    let mut crashes = crashes_by_implementation(sched, &facts.infrastructure);
     let mut impls: Vec<String> = sched.builders().map(implementation).collect();
     impls.sort();
     impls.dedup();
@@ -442,7 +443,7 @@ fn implementations_json(core: &Core, facts: &StoreFacts) -> Value {
                 .map(|b| &b.spec.id)
                 .collect();
             let attempts = attempts_by_class(counts, |x| ids.iter().any(|id| *id == x));
-            let crashes = crashes_json(sched, &i, &facts.infrastructure);
+            let crashes = crashes.remove(&i).unwrap_or_default();
             (
                 i,
                 json!({ "builders": ids, "attempts": attempts, "crashes": crashes }),
@@ -455,53 +456,46 @@ fn implementations_json(core: &Core, facts: &StoreFacts) -> Value {
 /// Infrastructure attempts read for the crash groups (the most recent).
 const CRASHES_READ: usize = 5000;
 
-/// Crashes of implementation `imp`'s builders, grouped by (version, signature): how many,
-/// on which builders, when last, and the last one's output (the attempt's log tail, which
+/// Crashes by builder implementation, each grouped by (version, signature): how many, on
+/// which builders, when last, and the last one's output (the attempt's log tail, which
 /// holds the remote side's last words as ssh passed them on). By the builder's version now.
-fn crashes_json(
+fn crashes_by_implementation(
     sched: &crate::core::scheduler::Scheduler,
-    imp: &str,
     infra: &[(String, String, Millis)],
-) -> Vec<Value> {
+) -> std::collections::BTreeMap<String, Vec<Value>> {
     use std::collections::BTreeMap;
-    /// One (version, signature) group: crashes, builders, the last crash's time and output.
+    /// One group: crashes, builders, the last crash's time and output.
     type Group = (u64, Vec<String>, Millis, String);
-    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String, String), Group> = BTreeMap::new();
     // Newest first: the first of a group is its last crash.
     for (builder, tail, at) in infra {
         let Some(b) = sched.builders().find(|b| &b.spec.id == builder) else {
             continue;
         };
-        if implementation(b) != imp {
-            continue;
-        }
         let Some(sig) = crate::shell::nix::crash::signature(tail) else {
             continue;
         };
         let version = b.version.clone().unwrap_or_else(|| "unknown".into());
         let g = groups
-            .entry((version, sig))
+            .entry((implementation(b), version, sig))
             .or_insert_with(|| (0, vec![], *at, tail.clone()));
         g.0 += 1;
         if !g.1.contains(builder) {
             g.1.push(builder.clone());
         }
     }
-    groups
-        .into_iter()
-        .map(
-            |((version, signature), (count, builders, last_at, last_output))| {
-                json!({
-                    "version": version,
-                    "signature": signature,
-                    "count": count,
-                    "builders": builders,
-                    "last_at": last_at,
-                    "last_output": last_output,
-                })
-            },
-        )
-        .collect()
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for ((imp, version, signature), (count, builders, last_at, last_output)) in groups {
+        out.entry(imp).or_default().push(json!({
+            "version": version,
+            "signature": signature,
+            "count": count,
+            "builders": builders,
+            "last_at": last_at,
+            "last_output": last_output,
+        }));
+    }
+    out
 }
 
 fn implementation(b: &crate::core::scheduler::BuilderState) -> String {

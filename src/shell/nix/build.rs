@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use super::output::last_error_line;
 use super::strip_ansi;
 use crate::core::outcome::{BuildReport, OutcomeClass};
 
@@ -244,12 +245,8 @@ impl NixBuilder {
             Ok(())
         } else {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            Err(text
-                .lines()
-                .rev()
-                .find(|l| l.contains("error"))
+            Err(last_error_line(&text)
                 .unwrap_or("nix copy failed")
-                .trim()
                 .to_string())
         }
     }
@@ -355,7 +352,6 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Reads the classification lines and the tail of the raw log, then compresses it.
 /// The message for outputs that could not be brought back from `store`. A daemon that
 /// requires signatures refuses unsigned paths from a client it does not trust (the module's
 /// service user): `--no-check-sigs` only counts for trusted users. Say what to configure.
@@ -373,6 +369,7 @@ fn import_refused(store: &str, err: &str) -> String {
     }
 }
 
+/// Reads the classification lines and the tail of the raw log, then compresses it.
 async fn finish_log(raw_path: &Path, gz_path: &Path) -> (String, String) {
     let raw_for_scan = raw_path.to_path_buf();
     let scanned = tokio::task::spawn_blocking(move || scan_log(&raw_for_scan)).await;

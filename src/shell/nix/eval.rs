@@ -161,18 +161,24 @@ impl JobsetOptions {
         }
         for (k, v) in &self.args {
             let json = serde_json::to_string(v).expect("a JSON value");
-            let escaped = json
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('$', "\\$");
             a.extend([
                 "--arg".into(),
                 k.clone(),
-                format!("builtins.fromJSON \"{escaped}\""),
+                format!("builtins.fromJSON {}", nix_string(&json)),
             ]);
         }
         a
     }
+}
+
+/// `s` as a Nix string literal (for `--arg`): quoted, with `\`, `"` and `$` escaped.
+fn nix_string(s: &str) -> String {
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('$', "\\$")
+    )
 }
 
 /// What evaluated code may reach. The code is a change's, i.e. anyone's who can open a pull
@@ -398,10 +404,7 @@ impl NixEval {
                 .arg("--gc-roots-dir")
                 .arg(tmp.path());
             if let Some(s) = sys {
-                cmd.arg("--arg").arg("system").arg(format!(
-                    "\"{}\"",
-                    s.replace('\\', "\\\\").replace('"', "\\\"")
-                ));
+                cmd.arg("--arg").arg("system").arg(nix_string(s));
             }
             cmd.arg(dir.join(jobset)).kill_on_drop(true);
             let out = cmd

@@ -132,6 +132,15 @@ pub fn clean_message(stderr: &str) -> String {
     truncate(msg.trim(), MAX_MESSAGE)
 }
 
+/// The last line of a Nix command's output that mentions an error, trimmed: the one that
+/// says why it failed (`nix copy`, `nix store ping`, ...).
+pub fn last_error_line(text: &str) -> Option<&str> {
+    text.lines()
+        .rev()
+        .find(|l| l.contains("error"))
+        .map(str::trim)
+}
+
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
