@@ -144,13 +144,17 @@ pub fn plan(
     };
     let mut d = Delivery::default();
     let sent = |who: &str, jobs: &[usize], d: &mut Delivery| {
+        // Two notices planned in the same millisecond are two notices: each gets its own
+        // `at`, since the day's count is the number of distinct values.
+        let last = today.get(who).and_then(|t| t.last().copied());
+        let at = last.map_or(now, |l| now.max(l + 1));
         for &i in jobs {
             d.sent.push(Sent {
                 maintainer: who.to_string(),
                 event: event.to_string(),
                 job: ids[i].0.clone(),
                 root: ids[i].1.clone(),
-                at: now,
+                at,
             });
         }
     };
