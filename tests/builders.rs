@@ -258,3 +258,214 @@ async fn drained_builders_get_no_work() {
     let done = h.wait_final(&[id], LONG).await.unwrap();
     assert_eq!(state(&done[0]), "merged");
 }
+
+/// Rewrites `leaf` to need a private helper derivation (not a job) that only a builder
+/// with `big` can build, while the leaf itself needs `small`.
+fn leaf_with_helper(
+    s: &mut mergequeue::tools::fixture::PackageSet,
+    leaf: &str,
+    version: &str,
+    fail: bool,
+) -> std::io::Result<()> {
+    let pname = leaf.rsplit('.').next().unwrap();
+    std::fs::write(
+        s.file(leaf),
+        format!(
+            "{{ mk, pkgs, m }}:\nlet\n  helper = mk {{ pname = \"helper\"; version = \"{version}\"; sleep = \"1\"; fail = {fail}; features = [ \"big\" ]; }};\nin\nmk {{ pname = \"{pname}\"; version = \"{version}\"; deps = [ helper ]; features = [ \"small\" ]; }}\n"
+        ),
+    )
+}
+
+/// The input derivation of `drv` whose name starts with `name`.
+fn input_named(drv: &str, name: &str) -> String {
+    let out = std::process::Command::new("nix-store")
+        .args(["-q", "--references", drv])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| {
+            l.ends_with(".drv") && l.split_once('-').is_some_and(|(_, n)| n.starts_with(name))
+        })
+        .unwrap_or_else(|| panic!("no input {name} of {drv}"))
+        .to_string()
+}
+
+async fn attempts_of(h: &mergequeue::tools::harness::Harness, drv: &str) -> Vec<Value> {
+    h.client
+        .ok(Method::GET, &format!("/api/v1/attempts?drv={drv}"), None)
+        .await
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_steps_of_one_closure_are_built_on_the_builders_that_fit_each() {
+    common::require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let ssh_config = dir.path().join("ssh_config");
+    let big = Sshd::start(dir.path(), "big", &ssh_config);
+    let small = Sshd::start(dir.path(), "small", &ssh_config);
+    big.add_nix_conf("system-features = big");
+    small.add_nix_conf("system-features = small");
+    let toml = format!(
+        "[[builders]]\nuri = {:?}\nsystems = [\"x86_64-linux\"]\nmax_jobs = 2\nsupported_features = [\"big\"]\n\
+         [[builders]]\nuri = {:?}\nsystems = [\"x86_64-linux\"]\nmax_jobs = 2\nsupported_features = [\"small\"]\n",
+        big.uri(),
+        small.uri()
+    );
+    let opts = BranchOpts {
+        builders_toml: Some(toml),
+        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
+        ..BranchOpts::default()
+    };
+    let mut h = harness(&dir.path().join("h"), 30, 4, opts);
+    let leaf = h
+        .set
+        .healthy_leaves()
+        .into_iter()
+        .find(|l| !l.contains('.'))
+        .unwrap();
+    let (bad_v, good_v) = (never_built_version(), never_built_version());
+    h.change("bad", "helper breaks", |s| {
+        leaf_with_helper(s, &leaf, &bad_v, true)
+    })
+    .unwrap();
+    h.change("good", "helper builds", |s| {
+        leaf_with_helper(s, &leaf, &good_v, false)
+    })
+    .unwrap();
+    h.start_server().await.unwrap();
+    let bad = h.submit("bad", "helper breaks", "normal").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let done = h.wait_final(&[bad], LONG).await.unwrap();
+    assert_eq!(state(&done[0]), "rejected", "{}", done[0]);
+    let top = common::drv_of(&h, "bad", &leaf);
+    let helper = input_named(&top, "helper");
+    // The helper, not a job, was a step of its own on the one builder that fits it; the leaf
+    // was never started: it is dependency-failed naming the helper.
+    let tried = attempts_of(&h, &helper).await;
+    assert!(!tried.is_empty(), "the helper was built as its own step");
+    for a in &tried {
+        assert_eq!(a["builder"], big.uri(), "{a}");
+        assert_eq!(a["class"], "failed", "{a}");
+    }
+    assert_eq!(
+        attempts_of(&h, &top).await,
+        Vec::<Value>::new(),
+        "the leaf was never started"
+    );
+    let reason = done[0]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains(&leaf) && reason.contains("helper"),
+        "{}",
+        done[0]
+    );
+
+    let good = h.submit("good", "helper builds", "normal").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let done = h.wait_final(&[good], LONG).await.unwrap();
+    assert_eq!(state(&done[0]), "merged", "{}", done[0]);
+    let top = common::drv_of(&h, "good", &leaf);
+    let helper = input_named(&top, "helper");
+    let on = |xs: &[Value]| -> Vec<String> {
+        xs.iter()
+            .filter(|a| a["class"] == "success")
+            .map(|a| a["builder"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(on(&attempts_of(&h, &helper).await), vec![big.uri()]);
+    assert_eq!(on(&attempts_of(&h, &top).await), vec![small.uri()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_nobody_waits_for_is_stopped_on_its_builder() {
+    common::require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let ssh_config = dir.path().join("ssh_config");
+    let b1 = Sshd::start(dir.path(), "b1", &ssh_config);
+    let opts = BranchOpts {
+        builders_toml: Some(builders_toml(&[(&b1, 1.0)])),
+        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
+        ..BranchOpts::default()
+    };
+    let mut h = harness(&dir.path().join("h"), 30, 4, opts);
+    let leaf = h.set.healthy_leaves()[0].clone();
+    let version = never_built_version();
+    h.change("slow", "slow leaf", |s| {
+        s.set_version(&leaf, &version)?;
+        s.set_sleep(&leaf, 120.0)
+    })
+    .unwrap();
+    h.start_server().await.unwrap();
+    let id = h.submit("slow", "slow", "normal").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let t = Instant::now();
+    while b1.daemons_running("sleep 120").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the slow build never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !processes_with(&version).is_empty(),
+        "the builder process is seen"
+    );
+    let (status, v) = h
+        .client
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/repos/pkgs/changes/{id}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status} {v}");
+    // The remote build stops: its builder process is gone well before the 120 s are up
+    // (anywhere on the machine: not merely orphaned by a dead daemon).
+    let t = Instant::now();
+    while !b1.daemons_running("sleep 120").is_empty() || !processes_with(&version).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the remote build still runs {:?} after the cancel",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drv = common::drv_of(&h, "slow", &leaf);
+    let t = Instant::now();
+    let tried = loop {
+        let tried = attempts_of(&h, &drv).await;
+        if !tried.is_empty() || t.elapsed() > Duration::from_secs(30) {
+            break tried;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert_eq!(tried[0]["class"], "cancelled", "{tried:?}");
+    assert_eq!(tried[0]["builder"], b1.uri(), "{tried:?}");
+    let bs = builders(&h).await;
+    assert_eq!(
+        attempts(&bs[0], "failed") + attempts(&bs[0], "infrastructure"),
+        0,
+        "{bs:?}"
+    );
+}
+
+/// Processes anywhere on the machine whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}

@@ -142,15 +142,7 @@ fn uid_of(pid: u32) -> u32 {
 
 /// The output paths of `attr` at the work clone's branch `branch`.
 fn outputs_of(h: &Harness, branch: &str, attr: &str) -> Vec<String> {
-    mergequeue::tools::harness::git(&h.work, &["checkout", "--quiet", branch]).unwrap();
-    let drv = Command::new("nix-instantiate")
-        .args(["--option", "substituters", ""])
-        .arg(h.work.join("release.nix"))
-        .args(["-A", attr])
-        .output()
-        .unwrap();
-    assert!(drv.status.success(), "{drv:?}");
-    let drv = String::from_utf8_lossy(&drv.stdout).trim().to_string();
+    let drv = common::drv_of(h, branch, attr);
     let outs = Command::new("nix-store")
         .args(["-q", "--outputs", &drv])
         .output()

@@ -40,6 +40,7 @@ fn builder(log_dir: &Path, timeout: u64, silent: u64) -> NixBuilder {
         log_dir: log_dir.to_path_buf(),
         transfer_timeout: std::time::Duration::from_secs(600),
         probe_timeout: std::time::Duration::from_secs(60),
+        transfers: Default::default(),
     }
 }
 

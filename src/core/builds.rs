@@ -4,11 +4,12 @@
 //! remembered and never blamed). It knows nothing of candidates or channels: what they
 //! wait for is told back to `Core` as `BuildNews`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::effects::Effects;
 use super::scheduler::{Health, Scheduler, StepInfo};
+use super::steps::StepGraph;
 use super::{next_attempt, BuilderIdentity, Command, CoreConfig, Memo, Millis, Record};
 use crate::core::change;
 use crate::core::evaluation::Evaluation;
@@ -27,6 +28,13 @@ pub(crate) struct Builds {
     evals_requested: BTreeSet<String>,
     /// Consecutive infrastructure failures per commit being evaluated (for the backoff).
     eval_failures: BTreeMap<String, u32>,
+    /// Steps waiting for their inputs to be built as steps of their own.
+    pub(crate) steps: StepGraph,
+    /// What follows from the last input for other steps (dependents of a failed or
+    /// abandoned input), for `Core` to tell after the news of the input itself.
+    followups: VecDeque<BuildNews>,
+    /// A candidate or a channel test ended: some steps may be wanted by no one now.
+    pub(crate) released: bool,
 }
 
 /// What the other machines need to hear after a build input.
@@ -175,10 +183,143 @@ impl Builds {
                     ..StepInfo::default()
                 }
             });
-            let what = format!("system {}, features {:?}", info.system, info.features);
-            self.scheduler.set_info(&drv, info);
-            if self.scheduler.unbuildable(&drv) {
-                fx.event(now, "", format!("no configured builder can build {drv} ({what}); it waits until one is configured"));
+            let Some(prio) = self.scheduler.step(&drv).map(|s| s.prio) else {
+                continue; // nobody needs it any more
+            };
+            let mut pending = BTreeSet::new();
+            let mut failed_root = None;
+            for input in &info.missing {
+                match self.known(input, now) {
+                    Some(m) if m.ok() => {}
+                    Some(m) => {
+                        failed_root = Some(root_of(input, m));
+                        break;
+                    }
+                    None => {
+                        pending.insert(input.clone());
+                    }
+                }
+            }
+            if let Some(root) = failed_root {
+                if self.fail_dependent(cfg, &root, &drv, now, fx) {
+                    self.followups.push_front(BuildNews::Verdict(drv));
+                }
+                continue;
+            }
+            if pending.is_empty() {
+                self.make_ready(&drv, info, now, fx);
+                continue;
+            }
+            for input in &pending {
+                self.request_build(input, prio, now, fx);
+            }
+            self.steps.park(&drv, info, pending);
+        }
+    }
+
+    /// Hands a step whose inputs are all built to the scheduler.
+    fn make_ready(&mut self, drv: &str, info: StepInfo, now: Millis, fx: &mut Effects) {
+        let what = format!("system {}, features {:?}", info.system, info.features);
+        self.scheduler.set_info(drv, info);
+        if self.scheduler.unbuildable(drv) {
+            fx.event(
+                now,
+                "",
+                format!("no configured builder can build {drv} ({what}); it waits until one is configured"),
+            );
+        }
+    }
+
+    /// Cancels every step outside `wanted` (the derivations candidates and channels wait
+    /// for) and the inputs parked steps of `wanted` wait for: queued ones leave, running
+    /// ones are stopped on their builders and report `cancelled`.
+    pub(crate) fn cancel_unwanted(
+        &mut self,
+        mut wanted: BTreeSet<String>,
+        now: Millis,
+        fx: &mut Effects,
+    ) {
+        let mut todo: Vec<String> = wanted.iter().cloned().collect();
+        while let Some(d) = todo.pop() {
+            for i in self.steps.pending(&d) {
+                if wanted.insert(i.clone()) {
+                    todo.push(i.clone());
+                }
+            }
+        }
+        let mut unwanted: Vec<String> = self
+            .scheduler
+            .drvs()
+            .filter(|d| !wanted.contains(*d))
+            .map(String::from)
+            .collect();
+        unwanted.sort();
+        let mut dropped = 0;
+        for drv in unwanted {
+            self.steps.forget(&drv);
+            if self.scheduler.step(&drv).is_some_and(|s| s.cancelled) {
+                continue;
+            }
+            match self.scheduler.cancel(&drv) {
+                Some(builder) => {
+                    fx.event(
+                        now,
+                        "",
+                        format!("{drv} on {builder}: cancelled, nobody waits for it any more"),
+                    );
+                    fx.push(Command::CancelBuild { drv, builder });
+                }
+                None => dropped += 1,
+            }
+        }
+        if dropped > 0 {
+            fx.event(
+                now,
+                "",
+                format!("{dropped} queued build(s) dropped: nobody waits for them any more"),
+            );
+        }
+    }
+
+    /// What follows from the last input for other steps, in order.
+    pub(crate) fn take_followups(&mut self) -> Option<BuildNews> {
+        self.followups.pop_front()
+    }
+
+    /// A verdict for `drv` is remembered: its parked dependents become ready or, when it
+    /// did not build, fail as `dependency-failed` naming the root, and so on down.
+    fn settle(&mut self, cfg: &CoreConfig, drv: &str, now: Millis, fx: &mut Effects) {
+        let mut work = VecDeque::from([drv.to_string()]);
+        while let Some(d) = work.pop_front() {
+            let Some(m) = self.memo.get(&d) else { continue };
+            if m.ok() {
+                for (r, info) in self.steps.built(&d) {
+                    self.make_ready(&r, info, now, fx);
+                }
+                continue;
+            }
+            let root = root_of(&d, m);
+            for r in self.steps.lost(&d) {
+                if self.fail_dependent_only(cfg, &root, &r, now, fx) {
+                    self.followups.push_back(BuildNews::Verdict(r.clone()));
+                    work.push_back(r);
+                }
+            }
+        }
+    }
+
+    /// `drv` could not be built at all: the parked steps that need it cannot be either.
+    fn abandon_dependents(&mut self, drv: &str, err: &str) {
+        let mut work = VecDeque::from([(drv.to_string(), err.to_string())]);
+        while let Some((d, err)) = work.pop_front() {
+            for r in self.steps.lost(&d) {
+                self.scheduler.abandon(&r);
+                let why = format!("its input {d} could not be built: {err}");
+                self.followups.push_back(BuildNews::Abandoned {
+                    drv: r.clone(),
+                    err: why.clone(),
+                });
+                work.push_back((r, why));
             }
         }
     }
@@ -190,6 +331,21 @@ impl Builds {
         now: Millis,
         fx: &mut Effects,
     ) -> BuildNews {
+        let cancelled = self
+            .scheduler
+            .step(&r.drv_path)
+            .is_some_and(|s| s.cancelled);
+        // A failure of a step being stopped is not believed: it may be the stop itself.
+        if r.class == OutcomeClass::Cancelled || (cancelled && r.class != OutcomeClass::Success) {
+            if self.scheduler.stopped(&r.drv_path, &r.builder) {
+                fx.event(
+                    now,
+                    "",
+                    format!("{} is wanted again: queued once more", r.drv_path),
+                );
+            }
+            return BuildNews::Nothing;
+        }
         if !r.class.is_verdict() {
             return self.on_infrastructure(cfg, r, now, fx);
         }
@@ -251,6 +407,7 @@ impl Builds {
         }
         let drv = r.drv_path.clone();
         self.remember(cfg, &drv, r.class, r.log_tail, r.root_drv, now, fx);
+        self.settle(cfg, &drv, now, fx);
         BuildNews::Verdict(drv)
     }
 
@@ -308,6 +465,7 @@ impl Builds {
         if attempts + 1 > cfg.infra_retries {
             // Out of retries: the step leaves the queue; its requesters are told.
             self.scheduler.abandon(&r.drv_path);
+            self.abandon_dependents(&r.drv_path, &err);
             return BuildNews::Abandoned {
                 drv: r.drv_path,
                 err,
@@ -359,9 +517,26 @@ impl Builds {
         now: Millis,
         fx: &mut Effects,
     ) -> bool {
+        let failed = self.fail_dependent_only(cfg, root, drv, now, fx);
+        if failed {
+            self.settle(cfg, drv, now, fx);
+        }
+        failed
+    }
+
+    /// [`Builds::fail_dependent`] without telling `drv`'s own parked dependents.
+    fn fail_dependent_only(
+        &mut self,
+        cfg: &CoreConfig,
+        root: &str,
+        drv: &str,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> bool {
         if drv == root || !self.scheduler.remove(drv) {
             return false;
         }
+        self.steps.forget(drv);
         let tail = format!("not built: its dependency {root} failed");
         self.remember(
             cfg,
@@ -486,136 +661,13 @@ impl Builds {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::scheduler::BuilderSpec;
-
-    fn cfg() -> CoreConfig {
-        CoreConfig {
-            builders: vec![BuilderSpec {
-                id: "b1".into(),
-                systems: ["x86_64-linux".to_string()].into(),
-                supported: Default::default(),
-                mandatory: Default::default(),
-                max_jobs: 4,
-                speed: 1.0,
-            }],
-            infra_retries: 2,
-            failure_retries: 1,
-            ..CoreConfig::default()
-        }
-    }
-
-    fn report(drv: &str, class: OutcomeClass) -> BuildReport {
-        BuildReport {
-            drv_path: drv.into(),
-            class,
-            log_tail: format!("{drv}: {}", class.as_str()),
-            root_drv: None,
-            builder: "b1".into(),
-            duration_ms: 10,
-            log_path: None,
-        }
-    }
-
-    /// Queues `drv`, learns its system and dispatches it; returns the builds sent.
-    fn start(b: &mut Builds, c: &CoreConfig, drv: &str, fx: &mut Effects) -> usize {
-        b.request_build(drv, 2, 0, fx);
-        let info = StepInfo {
-            system: "x86_64-linux".into(),
-            ..StepInfo::default()
-        };
-        b.on_inspected(c, vec![(drv.into(), Ok(info))], |_| None, 0, fx);
-        b.dispatch(0, fx);
-        fx.take()
-            .iter()
-            .filter(|c| matches!(c, Command::Build { .. }))
-            .count()
-    }
-
-    #[test]
-    fn a_remembered_or_queued_build_is_not_requested_again() {
-        let c = cfg();
-        let mut b = Builds::new(&c);
-        let mut fx = Effects::default();
-        assert!(b.request_build("/a.drv", 2, 0, &mut fx));
-        assert!(!b.request_build("/a.drv", 2, 0, &mut fx));
-        assert_eq!(start(&mut b, &c, "/a.drv", &mut fx), 1);
-        let news = b.on_built(&c, report("/a.drv", OutcomeClass::Success), 5, &mut fx);
-        assert_eq!(news, BuildNews::Verdict("/a.drv".into()));
-        assert!(!b.request_build("/a.drv", 2, 6, &mut fx));
-    }
-
-    #[test]
-    fn a_failure_is_built_again_before_it_is_believed_and_then_expires() {
-        let c = cfg();
-        let mut b = Builds::new(&c);
-        let mut fx = Effects::default();
-        start(&mut b, &c, "/f.drv", &mut fx);
-        let first = b.on_built(&c, report("/f.drv", OutcomeClass::Failed), 1, &mut fx);
-        assert_eq!(first, BuildNews::Nothing, "one retry before blaming");
-        assert!(b.known("/f.drv", 1).is_none());
-        b.dispatch(1, &mut fx);
-        let second = b.on_built(&c, report("/f.drv", OutcomeClass::Failed), 2, &mut fx);
-        assert_eq!(second, BuildNews::Verdict("/f.drv".into()));
-        assert!(b.known("/f.drv", 2).is_some_and(|m| !m.ok()));
-        assert!(
-            b.known("/f.drv", 2 + c.failure_ttl_ms).is_none(),
-            "failures expire"
-        );
-    }
-
-    #[test]
-    fn infrastructure_trouble_is_never_remembered_and_gives_up_after_the_retries() {
-        let c = cfg();
-        let mut b = Builds::new(&c);
-        let mut fx = Effects::default();
-        start(&mut b, &c, "/i.drv", &mut fx);
-        let mut now = 0;
-        let mut last = BuildNews::Nothing;
-        for _ in 0..=c.infra_retries {
-            last = b.on_built(
-                &c,
-                report("/i.drv", OutcomeClass::Infrastructure),
-                now,
-                &mut fx,
-            );
-            assert!(b.known("/i.drv", now).is_none());
-            now += 3_600_000;
-            b.dispatch(now, &mut fx);
-        }
-        assert!(matches!(last, BuildNews::Abandoned { ref drv, .. } if drv == "/i.drv"));
-    }
-
-    #[test]
-    fn only_queued_dependents_of_a_failure_fail_without_a_build() {
-        let c = cfg();
-        let mut b = Builds::new(&c);
-        let mut fx = Effects::default();
-        b.request_build("/dep.drv", 2, 0, &mut fx);
-        assert!(!b.fail_dependent(&c, "/root.drv", "/root.drv", 0, &mut fx));
-        assert!(!b.fail_dependent(&c, "/root.drv", "/other.drv", 0, &mut fx));
-        assert!(b.fail_dependent(&c, "/root.drv", "/dep.drv", 0, &mut fx));
-        let m = b.known("/dep.drv", 0).expect("remembered");
-        assert_eq!(m.class, OutcomeClass::DependencyFailed);
-        assert_eq!(m.root_drv.as_deref(), Some("/root.drv"));
-    }
-
-    #[test]
-    fn an_evaluation_that_could_not_run_is_asked_for_again_later() {
-        let c = cfg();
-        let mut b = Builds::new(&c);
-        let mut fx = Effects::default();
-        b.request_eval("r", "abc", &mut fx);
-        b.request_eval("r", "abc", &mut fx);
-        assert_eq!(fx.take().len(), 1, "one request per commit");
-        b.on_eval_failed(&c, ("r", "abc", "disk full"), 0, &mut fx);
-        assert_eq!(fx.next_due(), Some(c.backoff(1)));
-        fx.fire(c.backoff(1));
-        assert!(fx
-            .take()
-            .iter()
-            .any(|x| matches!(x, Command::Evaluate { commit, .. } if commit == "abc")));
+/// The derivation a failure of `drv` comes down to: its own, or its root's.
+fn root_of(drv: &str, m: &Memo) -> String {
+    match (&m.class, &m.root_drv) {
+        (OutcomeClass::DependencyFailed, Some(root)) => root.clone(),
+        _ => drv.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -221,6 +221,15 @@ impl Candidates {
         attached
     }
 
+    /// Every derivation some candidate waits for.
+    pub(crate) fn wanted(&self) -> impl Iterator<Item = &String> {
+        self.by_id.values().flat_map(|c| {
+            c.pending
+                .iter()
+                .chain(c.attribution.iter().flat_map(|a| a.waiting.iter()))
+        })
+    }
+
     /// The candidates whose verdict waits for `drv`.
     fn waiting_for(&self, drv: &str) -> Vec<CandId> {
         self.by_id
@@ -615,6 +624,7 @@ impl Candidates {
         cand.pending.clear();
         cand.attribution = None;
         cand.targets = vec![];
+        cx.builds.released = true;
         if cand.group.is_some() {
             self.group_finished(cx, id, now);
         }

@@ -34,6 +34,16 @@ pub(crate) struct GateCtx<'a> {
     pub(crate) fx: &'a mut Effects,
 }
 
+impl Gating {
+    /// Every derivation some channel's gate check waits for.
+    pub(crate) fn wanted(&self) -> impl Iterator<Item = &String> {
+        self.channels
+            .values()
+            .filter_map(|c| c.test.as_ref())
+            .flat_map(|t| t.pending.iter())
+    }
+}
+
 impl GateCtx<'_> {
     fn request_build(&mut self, drv: &str, prio: u8, now: Millis) -> bool {
         self.builds.request_build(drv, prio, now, self.fx)
@@ -261,6 +271,13 @@ impl Gating {
         now: Millis,
     ) {
         let repo = self.channels[name].config.repo.clone();
+        if self.channels[name]
+            .test
+            .as_ref()
+            .is_some_and(|t| !t.pending.is_empty())
+        {
+            cx.builds.released = true; // the older commit's gate builds may be wanted by no one
+        }
         self.channels.get_mut(name).expect("known").test = Some(GateTest {
             commit: commit.clone(),
             head,
@@ -422,6 +439,7 @@ impl Gating {
             .collect();
         for name in waiting {
             let test = self.channels.get_mut(&name).expect("known").test.take();
+            cx.builds.released = true;
             let commit = test.map(|t| t.commit).unwrap_or_default();
             self.channel_event(
                 cx,

@@ -226,7 +226,7 @@ impl Run {
     fn perform(&mut self, cmd: Command) -> Option<Input> {
         let channel = "unstable".to_string();
         Some(match cmd {
-            Command::Upload { .. } => return None,
+            Command::Upload { .. } | Command::CancelBuild { .. } => return None,
             Command::Record(r) => {
                 if let Record::Event { text, .. } = &r {
                     self.events.push(text.clone());

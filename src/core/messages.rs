@@ -91,6 +91,12 @@ pub enum Command {
         system: String,
         builder: String,
     },
+    /// Stop the attempt of `drv` running on `builder`: nobody waits for it any more. The
+    /// attempt reports `cancelled` (`BuildInput::Built`) once it has stopped.
+    CancelBuild {
+        drv: String,
+        builder: String,
+    },
     /// Find the derivations that depend on a failed one (`BuildInput::Referrers`).
     QueryReferrers {
         root: String,
@@ -162,6 +168,7 @@ impl Command {
             | Command::Evaluate { .. }
             | Command::Inspect { .. }
             | Command::Build { .. }
+            | Command::CancelBuild { .. }
             | Command::QueryReferrers { .. }
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }
@@ -186,6 +193,7 @@ impl Command {
             | Command::Evaluate { .. }
             | Command::Inspect { .. }
             | Command::Build { .. }
+            | Command::CancelBuild { .. }
             | Command::QueryReferrers { .. }
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }

@@ -38,6 +38,9 @@ mod queue;
 pub mod report;
 pub mod scheduler;
 mod snapshot;
+mod steps;
+#[cfg(test)]
+mod steps_props;
 #[cfg(test)]
 mod tests;
 mod verdict;
@@ -617,6 +620,10 @@ impl Core {
             }
         };
         self.tell(news, now);
+        // Dependents of what was decided, after it.
+        while let Some(news) = self.builds.take_followups() {
+            self.tell(news, now);
+        }
     }
 
     /// Routes what the builds machine reports to the candidates and the channels.
@@ -672,6 +679,15 @@ impl Core {
         }
         let (gating, mut cx) = self.gate_ctx();
         gating.tick(&mut cx, now);
+        if std::mem::take(&mut self.builds.released) {
+            let wanted = self
+                .cands
+                .wanted()
+                .chain(self.gating.wanted())
+                .cloned()
+                .collect();
+            self.builds.cancel_unwanted(wanted, now, &mut self.fx);
+        }
         self.builds.dispatch(now, &mut self.fx);
     }
 }

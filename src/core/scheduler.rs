@@ -91,6 +91,9 @@ pub struct StepInfo {
     pub features: BTreeSet<String>,
     /// Input derivations, to prefer a builder that holds their outputs.
     pub inputs: Vec<String>,
+    /// The inputs with an output not valid in the local store: each is built as a step of
+    /// its own before this one is dispatched.
+    pub missing: Vec<String>,
     /// Length of the longest chain of builds this step is on, when the requester knows.
     pub weight_ms: Option<u64>,
 }
@@ -112,6 +115,8 @@ pub struct Step {
     /// Not before this time (backoff after an infrastructure failure).
     pub not_before: Millis,
     running_on: Option<usize>,
+    /// Running, and being stopped on its builder: nobody waits for it any more.
+    pub cancelled: bool,
 }
 
 impl Step {
@@ -208,7 +213,9 @@ impl Scheduler {
     /// Adds a step (or raises the priority of a queued one). Returns false when the
     /// derivation is already queued or running: identical requests are built once.
     pub fn enqueue(&mut self, drv: &str, prio: u8) -> bool {
-        if let Some(s) = self.steps.get(drv) {
+        if let Some(s) = self.steps.get_mut(drv) {
+            // Wanted again while being stopped: queued again once it has stopped.
+            s.cancelled = false;
             if prio < s.prio && s.running_on.is_none() {
                 self.unindex(drv);
                 self.steps.get_mut(drv).expect("present").prio = prio;
@@ -229,6 +236,7 @@ impl Scheduler {
             failed_attempts: 0,
             not_before: 0,
             running_on: None,
+            cancelled: false,
         };
         self.steps.insert(Arc::from(drv), step);
         true
@@ -437,6 +445,51 @@ impl Scheduler {
         Some(n)
     }
 
+    /// Every queued or running step.
+    pub fn drvs(&self) -> impl Iterator<Item = &str> {
+        self.steps.keys().map(|k| &**k)
+    }
+
+    /// Takes out a step nobody needs: a queued one leaves at once (`None`); a running one
+    /// is marked and its builder returned, to be stopped there. Its slot stays taken until
+    /// the attempt reports ([`Scheduler::stopped`]).
+    pub fn cancel(&mut self, drv: &str) -> Option<BuilderId> {
+        let s = self.steps.get_mut(drv)?;
+        match s.running_on {
+            Some(b) => {
+                s.cancelled = true;
+                Some(self.builders[b].spec.id.clone())
+            }
+            None => {
+                self.unindex(drv);
+                self.steps.remove(drv);
+                None
+            }
+        }
+    }
+
+    /// A cancelled attempt stopped: the slot is free, and the step leaves unless it was
+    /// wanted again meanwhile, then it is queued again. Returns whether it was queued.
+    pub fn stopped(&mut self, drv: &str, builder: &str) -> bool {
+        let Some(&bi) = self.by_id.get(builder) else {
+            return false;
+        };
+        let Some(step) = self.steps.get_mut(drv) else {
+            return false;
+        };
+        if step.running_on != Some(bi) {
+            return false;
+        }
+        step.running_on = None;
+        self.builders[bi].running.remove(drv);
+        if step.cancelled {
+            self.steps.remove(drv);
+            return false;
+        }
+        self.index(drv);
+        true
+    }
+
     /// Gives up on a step (retry budget spent): it leaves the queue.
     pub fn abandon(&mut self, drv: &str) -> Option<Step> {
         self.unindex(drv);
@@ -591,6 +644,42 @@ mod tests {
             },
         );
         assert_eq!(s.dispatch(0)[0].1, "a", "draining builders get nothing");
+    }
+
+    #[test]
+    fn a_stopped_step_frees_its_slot_and_leaves_unless_wanted_again() {
+        let mut s = Scheduler::new(vec![spec("b", &["x"], 1, 1.0, &[], &[])]);
+        for d in ["q", "r"] {
+            s.enqueue(d, 2);
+            s.set_info(d, info("x", &[]));
+        }
+        assert_eq!(s.dispatch(0).len(), 1, "one slot");
+        let running = s
+            .builder("b")
+            .unwrap()
+            .running
+            .iter()
+            .next()
+            .unwrap()
+            .to_string();
+        let queued = if running == "q" { "r" } else { "q" };
+        assert_eq!(s.cancel(queued), None, "a queued step leaves at once");
+        assert!(s.step(queued).is_none());
+        assert_eq!(s.cancel(&running).as_deref(), Some("b"));
+        assert!(
+            s.dispatch(0).is_empty(),
+            "the slot is taken until it stopped"
+        );
+        assert!(!s.stopped(&running, "b"));
+        assert!(s.step(&running).is_none() && s.queued() == 0);
+        // Wanted again while being stopped: queued again once it stopped.
+        s.enqueue("q", 2);
+        s.set_info("q", info("x", &[]));
+        s.dispatch(0);
+        s.cancel("q");
+        assert!(!s.enqueue("q", 2));
+        assert!(s.stopped("q", "b"));
+        assert_eq!(s.dispatch(0), vec![("q".to_string(), "b".to_string())]);
     }
 
     #[test]

@@ -389,7 +389,9 @@ impl Sim {
             match cmd {
                 Command::Record(r) => self.apply(r),
                 // No binary cache in this world: the request is only noted.
-                c @ Command::Upload { .. } => self.issued.push((self.now, c)),
+                c @ (Command::Upload { .. } | Command::CancelBuild { .. }) => {
+                    self.issued.push((self.now, c))
+                }
                 other @ (Command::Prepare { .. }
                 | Command::PrepareGroup { .. }
                 | Command::Evaluate { .. }
@@ -469,7 +471,7 @@ impl Sim {
         let w = &mut self.world;
         Some(match cmd {
             Command::Record(_) => unreachable!("records are applied in pump"),
-            Command::Upload { .. } => return None,
+            Command::Upload { .. } | Command::CancelBuild { .. } => return None,
             Command::Prepare { cand, changes, .. } => {
                 let base = w.tip.clone();
                 let mut cur = base.clone();

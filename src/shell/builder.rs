@@ -35,6 +35,7 @@ pub fn pool(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<NixBuilder>>
                 log_dir: log_dir.clone(),
                 transfer_timeout: config.timeouts.transfer(),
                 probe_timeout: config.timeouts.probe(),
+                transfers: Default::default(),
             }),
         );
     }
@@ -69,7 +70,8 @@ async fn show_derivation(
     }
 }
 
-/// Reads derivations with `nix show-derivation` (in chunks).
+/// Reads derivations with `nix show-derivation` (in chunks), and which of their inputs
+/// still need building (`StepInfo::missing`).
 pub async fn inspect(
     nix_args: &[String],
     drvs: &[String],
@@ -80,10 +82,23 @@ pub async fn inspect(
         match show_derivation(nix_args, chunk, timeout).await {
             Ok(stdout) => {
                 let parsed = parse_show_derivation(&stdout);
+                let inputs: BTreeSet<&String> = parsed.values().flat_map(|i| &i.inputs).collect();
+                // Unknown validity: no step of its own, the builder realises it with the
+                // step that needs it (as before step-level dispatch). Slower, never wrong.
+                let unbuilt = unbuilt(nix_args, inputs, timeout).await.unwrap_or_default();
                 for d in chunk {
                     let info = parsed
                         .get(d)
                         .cloned()
+                        .map(|mut i| {
+                            i.missing = i
+                                .inputs
+                                .iter()
+                                .filter(|x| unbuilt.contains(*x))
+                                .cloned()
+                                .collect();
+                            i
+                        })
                         .ok_or_else(|| format!("{d} missing from nix show-derivation"));
                     out.push((d.clone(), info));
                 }
@@ -92,6 +107,71 @@ pub async fn inspect(
         }
     }
     out
+}
+
+/// The derivations among `drvs` with an output that is not valid in the local store.
+async fn unbuilt(
+    nix_args: &[String],
+    drvs: BTreeSet<&String>,
+    timeout: Duration,
+) -> Result<BTreeSet<String>, String> {
+    let drvs: Vec<String> = drvs.into_iter().cloned().collect();
+    let mut by_output = BTreeMap::new();
+    let mut unknown = BTreeSet::new();
+    for chunk in drvs.chunks(200) {
+        let json = show_derivation(nix_args, chunk, timeout).await?;
+        for (drv, outputs) in parse_output_paths(&json) {
+            if outputs.is_empty() {
+                unknown.insert(drv); // content-addressed: nothing to check before it is built
+                continue;
+            }
+            for o in outputs {
+                by_output.insert(o, drv.clone());
+            }
+        }
+    }
+    let paths: Vec<&String> = by_output.keys().collect();
+    let mut out = unknown;
+    for chunk in paths.chunks(500) {
+        let run = Command::new("nix-store")
+            .args(["--check-validity", "--print-invalid"])
+            .args(chunk.iter().map(|p| p.as_str()))
+            .kill_on_drop(true)
+            .output();
+        let o = tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| "nix-store --check-validity gave no answer".to_string())?
+            .map_err(|e| format!("cannot run nix-store: {e}"))?;
+        if !o.status.success() {
+            return Err(String::from_utf8_lossy(&o.stderr).trim().to_string());
+        }
+        for p in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some(d) = by_output.get(p) {
+                out.insert(d.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `nix show-derivation` JSON to each derivation's output paths (none when floating).
+pub fn parse_output_paths(json: &[u8]) -> BTreeMap<String, Vec<String>> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(json) else {
+        return BTreeMap::new();
+    };
+    map.into_iter()
+        .map(|(drv, v)| {
+            let paths = v["outputs"]
+                .as_object()
+                .map(|os| {
+                    os.values()
+                        .filter_map(|o| o["path"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (drv, paths)
+        })
+        .collect()
 }
 
 /// The input derivations and sources of derivations (for [`crate::core::why`]).
@@ -153,6 +233,7 @@ pub fn parse_show_derivation(json: &[u8]) -> BTreeMap<String, StepInfo> {
                 system: v["system"].as_str().unwrap_or("").to_string(),
                 features,
                 inputs,
+                missing: vec![],
                 weight_ms: None,
             };
             (drv, info)

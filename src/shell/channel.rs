@@ -226,6 +226,7 @@ impl ChannelShell {
             | Command::Evaluate { .. }
             | Command::Inspect { .. }
             | Command::Build { .. }
+            | Command::CancelBuild { .. }
             | Command::QueryReferrers { .. }
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }

@@ -24,6 +24,7 @@ use crate::shell::status::{Query, Reply, StoreFacts};
 use crate::shell::store::{Reader, Store};
 
 /// The driver's forge side.
+mod builds;
 mod forge;
 
 pub fn now_ms() -> Millis {
@@ -125,6 +126,8 @@ pub struct Driver {
     labelled: std::collections::BTreeSet<(String, u64)>,
     /// `[cache]`, its key read at start.
     cache: Option<Arc<Cache>>,
+    /// Running attempts by (drv, builder): sending stops one (`Command::CancelBuild`).
+    stops: BTreeMap<(String, String), tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Driver {
@@ -204,6 +207,7 @@ impl Driver {
             forges,
             labelled: Default::default(),
             cache,
+            stops: BTreeMap::new(),
         })
     }
 
@@ -341,6 +345,8 @@ impl Driver {
                 let _ = reply.send(ok);
             }
             Msg::Built(report) => {
+                self.stops
+                    .remove(&(report.drv_path.clone(), report.builder.clone()));
                 self.store.put_attempt(&report, now)?;
                 log::info!(
                     drv = report.drv_path.as_str(),
@@ -400,18 +406,7 @@ impl Driver {
         for cmd in cmds {
             self.perform(cmd)?;
         }
-        // One `nix show-derivation` for all the step's new build requests.
-        if !self.inspect.is_empty() {
-            let drvs = std::mem::take(&mut self.inspect);
-            let (tx, args) = (self.tx.clone(), self.config.nix_args());
-            let timeout = self.config.timeouts.inspect();
-            tokio::spawn(async move {
-                let infos = crate::shell::builder::inspect(&args, &drvs, timeout).await;
-                let _ = tx
-                    .send(Msg::Input(Input::Build(BuildInput::Inspected { infos })))
-                    .await;
-            });
-        }
+        self.inspect_gathered();
         Ok(())
     }
 
@@ -504,29 +499,10 @@ impl Driver {
                 drv,
                 system: _,
                 builder,
-            } => {
-                let Some(b) = self.builders.get(&builder).cloned() else {
-                    anyhow::bail!("the core chose unknown builder {builder}");
-                };
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let report = b.realise(&drv).await;
-                    let _ = tx.send(Msg::Built(report)).await;
-                });
-            }
+            } => self.start_build(drv, builder)?,
+            Command::CancelBuild { drv, builder } => self.stop_build(drv, builder),
+            Command::QueryReferrers { root } => self.query_referrers(root),
             Command::Inspect { drvs } => self.inspect.extend(drvs),
-            Command::QueryReferrers { root } => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let drvs = crate::shell::builder::referrers(&root).await;
-                    let _ = tx
-                        .send(Msg::Input(Input::Build(BuildInput::Referrers {
-                            root,
-                            drvs,
-                        })))
-                        .await;
-                });
-            }
             Command::ProbeBuilder { builder } => {
                 let Some(b) = self.builders.get(&builder).cloned() else {
                     return Ok(());

@@ -357,6 +357,9 @@ impl CoreQueue {
                 let d = env.secs(t.land_secs);
                 env.at(now + d, Ev::Perform(Box::new(cmd), self.epoch));
             }
+            // The simulated builders let a stopped build run out: the core takes its report
+            // as it takes a stop (a success is kept, anything else dropped).
+            Command::CancelBuild { .. } => {}
             Command::PublishArtifacts { .. }
             | Command::PrepareGroup { .. }
             | Command::Upload { .. } => env.violate(format!("the simulated world has no {cmd:?}")),
@@ -541,6 +544,7 @@ impl CoreQueue {
                                 system: env.world.systems[i.sys as usize].clone(),
                                 features,
                                 inputs: vec![],
+                                missing: vec![],
                                 weight_ms: None,
                             }
                         });
@@ -600,6 +604,7 @@ impl CoreQueue {
                 })
             }
             Command::Build { .. }
+            | Command::CancelBuild { .. }
             | Command::Record(_)
             | Command::PublishArtifacts { .. }
             | Command::Upload { .. }

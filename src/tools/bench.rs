@@ -294,6 +294,7 @@ fn schedule(steps: usize, builders: usize, decisions: usize) {
             system: system.into(),
             features: features.into_iter().collect(),
             inputs: vec![],
+            missing: vec![],
             weight_ms: Some(rng.u64(..3_600_000)),
         };
         s.set_info(&drv, info);

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! bootstrap/busybox      copy of /bin/busybox (in a folder: busybox picks applets by argv[0])
-//! lib.nix                { system }: { mk = { pname, version, deps, sleep, fail, eval, maintainers }: drv; }
+//! lib.nix                { system }: { mk = { pname, version, deps, sleep, fail, eval, maintainers, features }: drv; }
 //! maintainers.nix        { alice = { github = "alice"; name = "alice"; }; ... }
 //! release.nix            { system ? builtins.currentSystem }: attrset of all packages
 //! pkgs/<name>.nix        one file per package (so changes to different packages never conflict)
@@ -137,13 +137,14 @@ let
   bb = builtins.path { path = ./bootstrap; name = "bootstrap"; };
 in
 {
-  mk = { pname, version, deps ? [ ], sleep ? "0", fail ? false, eval ? "ok", maintainers ? [ ] }:
+  mk = { pname, version, deps ? [ ], sleep ? "0", fail ? false, eval ? "ok", maintainers ? [ ], features ? [ ] }:
     if eval == "throw" then throw "fixture: ${pname} does not evaluate (throw)"
     else if eval == "abort" then abort "fixture: ${pname} does not evaluate (abort)"
     else if eval == "type-error" then 1 + "fixture: ${pname} does not evaluate (type error)"
     else
       # meta cannot go into `derivation` (a set cannot be coerced to a string): attach it after.
-      derivation {
+      # requiredSystemFeatures only when asked for: other derivations keep their hashes.
+      derivation ({
         name = "${pname}-${version}";
         inherit system deps;
         builder = "${bb}/busybox";
@@ -155,7 +156,8 @@ in
           { echo "${pname}-${version}"; for d in $deps; do cat "$d"; done | md5sum; } > "$out"
           echo "built ${pname}-${version}"
         '' ];
-      } // { meta = { inherit maintainers; description = "${pname}, a generated package"; }; };
+      } // (if features == [ ] then { } else { requiredSystemFeatures = features; }))
+      // { meta = { inherit maintainers; description = "${pname}, a generated package"; }; };
 }
 "#;
 

@@ -91,3 +91,17 @@ pub fn leaf_with_private_dep(h: &Harness) -> (String, String) {
     }
     panic!("no leaf with a private dependency in this package set");
 }
+
+/// The derivation of `attr` at the work clone's branch `branch`.
+pub fn drv_of(h: &Harness, branch: &str, attr: &str) -> String {
+    mergequeue::tools::harness::git(&h.work, &["checkout", "--quiet", branch]).unwrap();
+    let drv = std::process::Command::new("nix-instantiate")
+        .args(["--option", "substituters", ""])
+        .arg(h.work.join("release.nix"))
+        .args(["-A", attr])
+        .output()
+        .unwrap();
+    mergequeue::tools::harness::git(&h.work, &["checkout", "--quiet", "master"]).unwrap();
+    assert!(drv.status.success(), "{drv:?}");
+    String::from_utf8_lossy(&drv.stdout).trim().to_string()
+}

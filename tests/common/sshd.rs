@@ -140,6 +140,16 @@ impl Sshd {
         );
     }
 
+    /// Appends `line` to the builder's nix.conf (read by each new remote `nix-daemon`),
+    /// e.g. `system-features = big`.
+    pub fn add_nix_conf(&self, line: &str) {
+        let path = self.dir.join("nix.conf");
+        let mut conf = std::fs::read_to_string(&path).unwrap();
+        conf.push_str(line);
+        conf.push('\n');
+        std::fs::write(&path, conf).unwrap();
+    }
+
     pub fn uri(&self) -> String {
         format!(
             "ssh-ng://{}?remote-store=local?root={}",

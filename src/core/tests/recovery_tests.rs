@@ -314,3 +314,51 @@ fn a_change_past_its_infrastructure_budget_waits_with_the_reason_instead_of_loop
     // The trouble left no remembered verdict behind.
     assert!(sim.db.memo.values().all(|m| m.class.is_verdict()));
 }
+
+#[test]
+fn a_build_nobody_waits_for_is_stopped_and_its_stop_is_never_a_verdict() {
+    let mut sim = Sim::new(config(8, 60_000), world());
+    let ids = submit_batch(&mut sim, 1, &[]);
+    let drv = "/nix/store/c1-pkg1.drv";
+    // Until its build is dispatched (queued here: "running" on its builder).
+    sim.run_until(|s| {
+        s.queue
+            .iter()
+            .any(|c| matches!(c, Command::Build { drv: d, .. } if d == drv))
+    });
+    sim.cancel(ids[0]).expect("cancellable while testing");
+    let stops: Vec<(String, String)> = sim
+        .issued
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Command::CancelBuild { drv, builder } => Some((drv.clone(), builder.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0].0, drv);
+    // The attempt reports that it stopped: its slot is free, nothing is remembered.
+    let at = sim
+        .queue
+        .iter()
+        .position(|c| matches!(c, Command::Build { drv: d, .. } if d == drv))
+        .unwrap();
+    sim.queue.remove(at);
+    let report = BuildReport {
+        drv_path: drv.into(),
+        class: OutcomeClass::Cancelled,
+        log_tail: "stopped".into(),
+        root_drv: None,
+        builder: stops[0].1.clone(),
+        duration_ms: 5,
+        log_path: None,
+    };
+    sim.core
+        .handle(Input::Build(BuildInput::Built(report)), sim.now);
+    sim.pump();
+    assert!(sim.core.memo(drv).is_none(), "a stop is no verdict");
+    // Submitted again, it is built again from the start.
+    let again = sim.submit("h1b", Patch::alter("pkg1", "c1"), Priority::Normal);
+    sim.run();
+    sim.assert_merged(&[again]);
+}

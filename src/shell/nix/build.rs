@@ -61,6 +61,11 @@ pub struct NixBuilder {
     pub transfer_timeout: Duration,
     /// Longest a probe of the builder may take (`timeouts.probe_secs`).
     pub probe_timeout: Duration,
+    /// Held for every `nix copy` to or from this builder. Nix 2.8 can fail two concurrent
+    /// copies of the same path to one `ssh-ng://` store (`not an absolute path:
+    /// 'nix-archive-1'`); with steps of one closure spread over the fleet, two steps on one
+    /// builder often share inputs.
+    pub transfers: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl NixBuilder {
@@ -97,7 +102,11 @@ impl NixBuilder {
         };
         if let Some(store) = &self.store {
             // Send the derivation closure and the input outputs we already have.
-            if let Err(e) = self.copy_inputs(store, drv, &raw_path).await {
+            let sent = {
+                let _one_at_a_time = self.transfers.lock().await;
+                self.copy_inputs(store, drv, &raw_path).await
+            };
+            if let Err(e) = sent {
                 let tail = finish_log(&raw_path, &gz_path).await.1;
                 return report(
                     OutcomeClass::Infrastructure,
@@ -188,6 +197,7 @@ impl NixBuilder {
         if let (Some(store), Ok(s)) = (&self.store, &status) {
             if s.success() {
                 // Bring the outputs back: gates, channels and dependents built elsewhere need them.
+                let _one_at_a_time = self.transfers.lock().await;
                 if let Err(e) = self.copy_outputs_back(store, drv, &raw_path).await {
                     status = Err(import_refused(store, &e));
                 }
