@@ -469,3 +469,106 @@ fn processes_with(marker: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+async fn verifications(h: &mergequeue::tools::harness::Harness, drv: &str) -> Vec<Value> {
+    h.client
+        .ok(
+            Method::GET,
+            &format!("/api/v1/verifications?drv={drv}"),
+            None,
+        )
+        .await
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verified_builds_compare_two_builders_and_a_mismatch_blames_no_change() {
+    common::require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let ssh_config = dir.path().join("ssh_config");
+    let b1 = Sshd::start(dir.path(), "b1", &ssh_config);
+    let b2 = Sshd::start(dir.path(), "b2", &ssh_config);
+    let opts = BranchOpts {
+        builders_toml: Some(builders_toml(&[(&b1, 1.0), (&b2, 1.0)])),
+        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
+        ..BranchOpts::default()
+    };
+    let mut h = harness(&dir.path().join("h"), 30, 4, opts);
+    h.append_config("[verify]\nsample = 1.0\n").unwrap();
+    let leaf = h.set.healthy_leaves()[0].clone();
+    let version = never_built_version();
+    h.change("bump", "bump a leaf", |s| s.set_version(&leaf, &version))
+        .unwrap();
+    let dice_v = never_built_version();
+    h.change("dice", "a package whose output is random", |s| {
+        std::fs::write(
+            s.file("dice"),
+            format!("{{ mk, pkgs, m }}:\nmk {{ pname = \"dice\"; version = \"{dice_v}\"; random = true; }}\n"),
+        )
+    })
+    .unwrap();
+    h.start_server().await.unwrap();
+    let mut ids = vec![];
+    for b in ["bump", "dice"] {
+        ids.push(
+            h.submit(b, b, "normal").await.unwrap()["id"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    for c in h.wait_final(&ids, LONG).await.unwrap() {
+        assert_eq!(state(&c), "merged", "a mismatch never blocks a change: {c}");
+    }
+    let wait_for = |drv: String| {
+        let h = &h;
+        async move {
+            let t = Instant::now();
+            loop {
+                let vs = verifications(h, &drv).await;
+                if !vs.is_empty() {
+                    return vs[0].clone();
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "{drv} never verified"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let same = wait_for(common::drv_of(&h, "bump", &leaf)).await;
+    assert_eq!(same["matched"], true, "{same}");
+    assert_eq!(same["nondeterministic"], false, "{same}");
+    assert_ne!(same["builders"][0], same["builders"][1], "{same}");
+    assert_eq!(same["nar_hashes"][0], same["nar_hashes"][1], "{same}");
+    assert!(
+        same["nar_hashes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256"),
+        "{same}"
+    );
+    let differ = wait_for(common::drv_of(&h, "dice", "dice")).await;
+    assert_eq!(differ["matched"], false, "{differ}");
+    assert_ne!(differ["nar_hashes"][0], differ["nar_hashes"][1], "{differ}");
+    // Both builders' trust is lowered; the metric counts the mismatch.
+    for b in builders(&h).await {
+        assert_eq!(b["verification_mismatches"], 1, "{b}");
+    }
+    let metrics = h
+        .client
+        .call(Method::GET, "/metrics", None)
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("mergequeue_verifications_total{result=\"mismatched\"} 1"),
+        "{metrics}"
+    );
+}

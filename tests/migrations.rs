@@ -436,6 +436,7 @@ fn core_restores_from_a_migrated_v1_database() {
         channels: BTreeMap::new(),
         keep_final: CoreConfig::default().keep_final,
         cache: None,
+        verify: None,
     };
     let mut core = Core::restore(
         config,
@@ -639,6 +640,7 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
         )]),
         keep_final: CoreConfig::default().keep_final,
         cache: None,
+        verify: None,
     };
     let mut core = Core::restore(config, vec![], vec![], vec![], loaded, 1_700_000_300_000);
     let cmds = core.take_commands();

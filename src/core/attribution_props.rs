@@ -353,9 +353,10 @@ impl Run {
     fn perform(&mut self, cmd: Command) -> Option<Input> {
         let w = &mut self.world;
         Some(match cmd {
-            Command::Record(_) | Command::Upload { .. } | Command::CancelBuild { .. } => {
-                return None
-            }
+            Command::Record(_)
+            | Command::Upload { .. }
+            | Command::CancelBuild { .. }
+            | Command::Verify { .. } => return None,
             Command::Prepare { cand, .. } if self.infra.0 > 0 => {
                 self.infra.0 -= 1;
                 self.infra_at.push(self.now);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::effects::Effects;
 use super::scheduler::{Health, Scheduler, StepInfo};
 use super::steps::StepGraph;
+use super::verify::{self, Verifier};
 use super::{next_attempt, BuilderIdentity, Command, CoreConfig, Memo, Millis, Record};
 use crate::core::change;
 use crate::core::evaluation::Evaluation;
@@ -35,6 +36,7 @@ pub(crate) struct Builds {
     followups: VecDeque<BuildNews>,
     /// A candidate or a channel test ended: some steps may be wanted by no one now.
     pub(crate) released: bool,
+    pub(crate) verifier: Verifier,
 }
 
 /// What the other machines need to hear after a build input.
@@ -369,12 +371,26 @@ impl Builds {
                 return BuildNews::Nothing;
             }
         }
+        // Chosen before the step leaves the scheduler, which knows who could build it.
+        let verify_on = (r.class == OutcomeClass::Success)
+            .then(|| self.verify_on(cfg, &r.drv_path, &r.builder))
+            .flatten();
         if self
             .scheduler
             .finish(&r.drv_path, &r.builder, None, r.duration_ms)
             .is_none()
         {
             return BuildNews::Nothing; // a duplicate or stale report
+        }
+        if let Some(second) = verify_on {
+            self.verifier
+                .in_flight
+                .insert(r.drv_path.clone(), r.builder.clone());
+            fx.push(Command::Verify {
+                drv: r.drv_path.clone(),
+                first: r.builder.clone(),
+                builder: second,
+            });
         }
         if r.class == OutcomeClass::Success && failed_before > 0 {
             fx.event(
@@ -474,6 +490,68 @@ impl Builds {
         BuildNews::Nothing
     }
 
+    /// The second builder a successful build of `drv` on `first` is verified on, when it is
+    /// in the `[verify]` sample and another builder can take it.
+    fn verify_on(&self, cfg: &CoreConfig, drv: &str, first: &str) -> Option<String> {
+        let policy = cfg.verify.as_ref()?;
+        if !verify::sampled(drv, policy.per_million) || self.verifier.in_flight.contains_key(drv) {
+            return None;
+        }
+        verify::second_builder(self.scheduler.able(drv), self.scheduler.builder(first))
+    }
+
+    /// A verified build's comparison: recorded; a mismatch lowers both builders' trust
+    /// unless the derivation is known to be non-deterministic. Never a verdict.
+    pub(crate) fn on_verified(
+        &mut self,
+        cfg: &CoreConfig,
+        (drv, first, second): (&str, &str, &str),
+        result: Result<[String; 2], String>,
+        now: Millis,
+        fx: &mut Effects,
+    ) {
+        if self.verifier.in_flight.remove(drv).is_none() {
+            return; // a duplicate, or from before a restart
+        }
+        let hashes = match result {
+            Ok(h) => h,
+            Err(e) => {
+                fx.event(
+                    now,
+                    "",
+                    format!("verification of {drv} on {second} could not run: {e}"),
+                );
+                return;
+            }
+        };
+        let policy = cfg.verify.clone().unwrap_or_default();
+        let builders = [first.to_string(), second.to_string()];
+        let v = self.verifier.judge(&policy, drv, builders, hashes, now);
+        if !v.matched && !v.nondeterministic {
+            for b in [first, second] {
+                if let Some(b) = self.scheduler.builder_mut(b) {
+                    b.mismatches += 1;
+                }
+            }
+        }
+        let what = match (v.matched, v.nondeterministic) {
+            (true, _) => "outputs identical".to_string(),
+            (false, true) => {
+                "outputs differ; the derivation is known to be non-deterministic".into()
+            }
+            (false, false) => format!(
+                "OUTPUTS DIFFER ({} vs {}); both builders' trust is lowered",
+                v.nar_hashes[0], v.nar_hashes[1]
+            ),
+        };
+        fx.event(
+            now,
+            "",
+            format!("verified {drv} on {first} and {second}: {what}"),
+        );
+        fx.record(Record::Verification(v));
+    }
+
     /// Remembers a verdict and persists it.
     #[allow(clippy::too_many_arguments)]
     fn remember(
@@ -537,7 +615,13 @@ impl Builds {
             return false;
         }
         self.steps.forget(drv);
-        let tail = format!("not built: its dependency {root} failed");
+        // The root's own log tail: the reason a person reads is the root cause's output.
+        let tail = match self.memo.get(root) {
+            Some(m) if !m.log_tail.is_empty() => {
+                format!("not built: its dependency {root} failed:\n{}", m.log_tail)
+            }
+            _ => format!("not built: its dependency {root} failed"),
+        };
         self.remember(
             cfg,
             drv,

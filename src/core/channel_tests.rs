@@ -173,6 +173,7 @@ fn channel_config(look_back: bool, min_interval_ms: Millis) -> CoreConfig {
         )]),
         keep_final: CoreConfig::default().keep_final,
         cache: None,
+        verify: None,
     }
 }
 
@@ -226,7 +227,9 @@ impl Run {
     fn perform(&mut self, cmd: Command) -> Option<Input> {
         let channel = "unstable".to_string();
         Some(match cmd {
-            Command::Upload { .. } | Command::CancelBuild { .. } => return None,
+            Command::Upload { .. } | Command::CancelBuild { .. } | Command::Verify { .. } => {
+                return None
+            }
             Command::Record(r) => {
                 if let Record::Event { text, .. } = &r {
                     self.events.push(text.clone());

@@ -48,6 +48,8 @@ pub enum Record {
     },
     /// Something maintainers are to hear, kept until the notifier delivered it.
     Notice(crate::core::breakage::Notice),
+    /// A verified build's comparison (`/api/v1/verifications`).
+    Verification(crate::core::verify::Verification),
     /// Something to tell the repository's forge, kept in the outbox until delivered.
     Forge {
         repo: String,
@@ -95,6 +97,13 @@ pub enum Command {
     /// attempt reports `cancelled` (`BuildInput::Built`) once it has stopped.
     CancelBuild {
         drv: String,
+        builder: String,
+    },
+    /// Build `drv`, which `first` built, again on `builder` and compare the outputs' NAR
+    /// hashes (`BuildInput::Verified`).
+    Verify {
+        drv: String,
+        first: String,
         builder: String,
     },
     /// Find the derivations that depend on a failed one (`BuildInput::Referrers`).
@@ -169,6 +178,7 @@ impl Command {
             | Command::Inspect { .. }
             | Command::Build { .. }
             | Command::CancelBuild { .. }
+            | Command::Verify { .. }
             | Command::QueryReferrers { .. }
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }
@@ -194,6 +204,7 @@ impl Command {
             | Command::Inspect { .. }
             | Command::Build { .. }
             | Command::CancelBuild { .. }
+            | Command::Verify { .. }
             | Command::QueryReferrers { .. }
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }
@@ -308,6 +319,14 @@ pub enum BuildInput {
     BuilderProbed {
         builder: String,
         result: Result<BuilderIdentity, String>,
+    },
+    /// The NAR hashes of `drv`'s outputs as `first` built them and as `second` did, or why
+    /// the second build could not run.
+    Verified {
+        drv: String,
+        first: String,
+        second: String,
+        result: Result<[String; 2], String>,
     },
 }
 

@@ -44,6 +44,7 @@ mod steps_props;
 #[cfg(test)]
 mod tests;
 mod verdict;
+pub mod verify;
 pub mod why;
 
 use std::collections::BTreeMap;
@@ -119,6 +120,8 @@ pub struct CoreConfig {
     pub keep_final: usize,
     /// What goes to the binary cache (`[cache]`); `None`: there is no cache.
     pub cache: Option<CacheUpload>,
+    /// Verified builds (`[verify]`); `None`: none.
+    pub verify: Option<verify::VerifyPolicy>,
 }
 
 /// Which outputs the shell uploads to the binary cache.
@@ -165,6 +168,7 @@ impl Default for CoreConfig {
             target_poll_ms: 60_000,
             keep_final: 1_000,
             cache: None,
+            verify: None,
         }
     }
 }
@@ -612,6 +616,17 @@ impl Core {
                         self.tell(BuildNews::Verdict(d), now);
                     }
                 }
+                BuildNews::Nothing
+            }
+            BuildInput::Verified {
+                drv,
+                first,
+                second,
+                result,
+            } => {
+                let what = (drv.as_str(), first.as_str(), second.as_str());
+                self.builds
+                    .on_verified(cfg, what, result, now, &mut self.fx);
                 BuildNews::Nothing
             }
             BuildInput::BuilderProbed { builder, result } => {

@@ -72,6 +72,8 @@ pub struct BuilderState {
     pub last_error: Option<String>,
     /// Derivations built there recently (bounded): it holds their outputs.
     pub holds: HashSet<Arc<str>>,
+    /// Verified builds whose NAR hashes differed from another builder's: lower trust.
+    pub mismatches: u32,
 }
 
 impl BuilderState {
@@ -79,7 +81,7 @@ impl BuilderState {
         self.spec.max_jobs.saturating_sub(self.running.len())
     }
 
-    fn accepts(&self) -> bool {
+    pub(crate) fn accepts(&self) -> bool {
         matches!(self.health, Health::Up | Health::Unknown)
     }
 }
@@ -179,6 +181,7 @@ impl Scheduler {
                 version: None,
                 last_error: None,
                 holds: HashSet::new(),
+                mismatches: 0,
             })
             .collect();
         Scheduler {
@@ -367,7 +370,15 @@ impl Scheduler {
                 .iter()
                 .filter(|d| b.holds.contains(d.as_str()))
                 .count();
-            (held, (b.spec.speed * 1000.0) as i64, b.free(), Reverse(i))
+            // Trust first: a builder whose outputs differed from others' gets work only
+            // when no other can take it.
+            (
+                Reverse(b.mismatches),
+                held,
+                (b.spec.speed * 1000.0) as i64,
+                b.free(),
+                Reverse(i),
+            )
         };
         let chosen = bucket
             .able
@@ -443,6 +454,16 @@ impl Scheduler {
         self.builders[bi].running.remove(drv);
         self.index(drv);
         Some(n)
+    }
+
+    /// The builders that could take `drv` (system and features), known once inspected.
+    pub fn able(&self, drv: &str) -> impl Iterator<Item = &BuilderState> {
+        let able = self
+            .steps
+            .get(drv)
+            .and_then(|s| s.bucket)
+            .map_or(&[][..], |b| &self.buckets[b].able[..]);
+        able.iter().map(|&i| &self.builders[i])
     }
 
     /// Every queued or running step.

@@ -36,7 +36,10 @@ impl Snapshot {
                 self.memo.insert(drv.clone(), memo.clone());
             }
             // The outbox is the shell's to deliver; nothing restored reads it.
-            Record::Event { .. } | Record::Forge { .. } | Record::Notice(_) => {}
+            Record::Event { .. }
+            | Record::Forge { .. }
+            | Record::Notice(_)
+            | Record::Verification(_) => {}
             Record::Broken(j) => {
                 self.broken.insert((j.repo.clone(), j.key()), j.clone());
             }

@@ -332,6 +332,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         channels: BTreeMap::new(),
         keep_final: CoreConfig::default().keep_final,
         cache: None,
+        verify: None,
     }
 }
 
@@ -389,9 +390,9 @@ impl Sim {
             match cmd {
                 Command::Record(r) => self.apply(r),
                 // No binary cache in this world: the request is only noted.
-                c @ (Command::Upload { .. } | Command::CancelBuild { .. }) => {
-                    self.issued.push((self.now, c))
-                }
+                c @ (Command::Upload { .. }
+                | Command::CancelBuild { .. }
+                | Command::Verify { .. }) => self.issued.push((self.now, c)),
                 other @ (Command::Prepare { .. }
                 | Command::PrepareGroup { .. }
                 | Command::Evaluate { .. }
@@ -471,7 +472,9 @@ impl Sim {
         let w = &mut self.world;
         Some(match cmd {
             Command::Record(_) => unreachable!("records are applied in pump"),
-            Command::Upload { .. } | Command::CancelBuild { .. } => return None,
+            Command::Upload { .. } | Command::CancelBuild { .. } | Command::Verify { .. } => {
+                return None
+            }
             Command::Prepare { cand, changes, .. } => {
                 let base = w.tip.clone();
                 let mut cur = base.clone();

@@ -154,6 +154,7 @@ impl Api {
             Query::Candidate { repo, id } => self.candidate(repo, id).await,
             q @ (Query::Events { .. }
             | Query::Attempts { .. }
+            | Query::Verifications { .. }
             | Query::Log { .. }
             | Query::StoredChange { .. }
             | Query::Compare { .. }
@@ -295,6 +296,10 @@ impl Api {
             (&Method::GET, ["api", "v1", "attempts"]) => {
                 let drv = query_param(&query, "drv").unwrap_or_default();
                 self.ask(Query::Attempts { drv }).await
+            }
+            (&Method::GET, ["api", "v1", "verifications"]) => {
+                let drv = query_param(&query, "drv");
+                self.ask(Query::Verifications { drv }).await
             }
             (&Method::GET, ["api", "v1", "attempts", id, "log"]) => match id.parse() {
                 Ok(attempt) => self.ask(Query::Log { attempt }).await,

@@ -227,6 +227,7 @@ impl ChannelShell {
             | Command::Inspect { .. }
             | Command::Build { .. }
             | Command::CancelBuild { .. }
+            | Command::Verify { .. }
             | Command::QueryReferrers { .. }
             | Command::ProbeBuilder { .. }
             | Command::Probe { .. }

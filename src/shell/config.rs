@@ -15,6 +15,7 @@ pub use forge::{ForgeConfig, ForgeKind, ForgeMode};
 pub mod cache;
 pub mod notify;
 pub mod timeouts;
+pub mod verify;
 use crate::core::breakage::{Breakage, BreakagePolicy};
 pub use notify::{check_pattern, NotifyConfig};
 
@@ -84,6 +85,9 @@ pub struct Config {
     /// How long each kind of external call may take.
     #[serde(default)]
     pub timeouts: timeouts::Timeouts,
+    /// Verified builds: a sample rebuilt on a second builder (`docs/builders.md`).
+    #[serde(default)]
+    pub verify: Option<verify::VerifyConfig>,
 }
 
 fn default_target_poll() -> u64 {
@@ -592,6 +596,9 @@ impl Config {
             c.validate()?;
         }
         self.timeouts.validate()?;
+        if let Some(v) = &self.verify {
+            v.validate()?;
+        }
         for b in &self.builders {
             let uri = b.uri.get_ref();
             if uri != "local" && !uri.starts_with("ssh-ng://") && !uri.starts_with("ssh://") {
@@ -772,6 +779,7 @@ impl Config {
             probe_delay_ms: self.dispatch.probe_delay_secs as Millis * 1000,
             keep_final: self.retention.keep_in_memory,
             cache: self.cache.as_ref().map(|c| c.upload.into()),
+            verify: self.verify.as_ref().map(|v| v.policy()),
         }
     }
 

@@ -395,6 +395,9 @@ impl Driver {
                 Record::Unbroken { repo, key } => log::info!(
                     repo = repo.as_str(); "[{repo}] no longer broken: {key}"
                 ),
+                Record::Verification(v) => log::info!(
+                    drv = v.drv.as_str(); "verified {} on {} and {}: matched {}", v.drv, v.builders[0], v.builders[1], v.matched
+                ),
                 Record::Notice(n) => log::debug!(
                     repo = n.repo.as_str(); "[{}] notice {} for #{}", n.repo, n.event.as_str(), n.change
                 ),
@@ -501,6 +504,11 @@ impl Driver {
                 builder,
             } => self.start_build(drv, builder)?,
             Command::CancelBuild { drv, builder } => self.stop_build(drv, builder),
+            Command::Verify {
+                drv,
+                first,
+                builder,
+            } => self.verify_build(drv, first, builder),
             Command::QueryReferrers { root } => self.query_referrers(root),
             Command::Inspect { drvs } => self.inspect.extend(drvs),
             Command::ProbeBuilder { builder } => {

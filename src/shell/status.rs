@@ -48,6 +48,10 @@ pub enum Query {
     Attempts {
         drv: String,
     },
+    /// Verified builds' comparisons, newest first (of one derivation, when given).
+    Verifications {
+        drv: Option<String>,
+    },
     Log {
         attempt: i64,
     },
@@ -108,6 +112,8 @@ pub struct StoreFacts {
     infrastructure: Vec<(String, String, Millis)>,
     flaky: u64,
     extra_builds: u64,
+    /// Verified builds: (matched, differing, differing but known non-deterministic).
+    verifications: (u64, u64, u64),
 }
 
 impl StoreFacts {
@@ -119,6 +125,7 @@ impl StoreFacts {
                 attempt_counts: store.attempt_counts()?,
                 flaky: store.flaky_count()?,
                 extra_builds: store.extra_builds_total()?,
+                verifications: store.verification_counts()?,
                 ..StoreFacts::default()
             },
             Query::Builders => StoreFacts {
@@ -159,6 +166,10 @@ pub fn from_store(store: &Store, q: Query) -> Result<Option<Reply>, Query> {
                     .collect(),
             ))
         }),
+        Query::Verifications { drv } => store
+            .verifications(drv.as_deref(), 500)
+            .ok()
+            .map(|vs| Reply::Json(serde_json::to_value(vs).expect("serialisable"))),
         Query::Log { attempt } => (|| {
             let a = store.attempt(attempt).ok()??;
             Some(Reply::Text(read_log(a.log_path.as_deref()?).ok()?))
@@ -287,6 +298,7 @@ pub fn answer(
         Query::Channels { name: Some(n) } => Reply::Json(channel_json(config, core, &n, now)?),
         Query::Events { .. }
         | Query::Attempts { .. }
+        | Query::Verifications { .. }
         | Query::Log { .. }
         | Query::StoredChange { .. }
         | Query::Compare { .. }
@@ -361,6 +373,8 @@ fn metrics(config: &Config, core: &Core, facts: &StoreFacts, now: Millis) -> Str
             );
         }
     }
+    let (same, differ, nondet) = facts.verifications;
+    let _ = writeln!(out, "# HELP mergequeue_verifications_total Verified builds by result.\n# TYPE mergequeue_verifications_total counter\nmergequeue_verifications_total{{result=\"matched\"}} {same}\nmergequeue_verifications_total{{result=\"mismatched\"}} {differ}\nmergequeue_verifications_total{{result=\"nondeterministic\"}} {nondet}");
     out.push_str("# HELP mergequeue_builder_up Whether a builder takes new builds (1) or is quarantined or drained (0).\n# TYPE mergequeue_builder_up gauge\n");
     for b in core.scheduler().builders() {
         let up = matches!(
@@ -418,6 +432,7 @@ fn builders_json(core: &Core, facts: &StoreFacts) -> Value {
                 "implementation": b.implementation,
                 "version": b.version,
                 "consecutive_infrastructure_failures": b.consecutive_infra,
+                "verification_mismatches": b.mismatches,
                 "last_error": b.last_error,
                 "attempts": attempts_by_class(counts, |x| x == b.spec.id),
             })

@@ -204,6 +204,17 @@ pub fn migrations() -> Migrations<'static> {
             );
             CREATE INDEX notified_at ON notified(maintainer, at);",
         ),
+        // v12: verified builds' comparisons.
+        M::up(
+            "CREATE TABLE verifications (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at INTEGER NOT NULL,
+                drv TEXT NOT NULL,
+                matched INTEGER NOT NULL,
+                verification TEXT NOT NULL
+            );
+            CREATE INDEX verifications_drv ON verifications(drv);",
+        ),
     ])
 }
 
@@ -336,6 +347,7 @@ impl Store {
                 Record::Broken(job) => breakage::put(&tx, job)?,
                 Record::Unbroken { repo, key } => breakage::remove(&tx, repo, key)?,
                 Record::Notice(n) => breakage::enqueue(&tx, n)?,
+                Record::Verification(v) => verify_rows::put(&tx, v)?,
                 Record::Forge { repo, command } => {
                     tx.execute(
                         "INSERT INTO forge_outbox (repo, command) VALUES (?1, ?2)",
@@ -780,6 +792,7 @@ impl Store {
 /// Deleting what retention no longer keeps.
 pub mod breakage;
 pub mod retention;
+mod verify_rows;
 
 /// Read-only connections used off the driver task.
 pub mod reader;

@@ -249,7 +249,10 @@ impl CoreQueue {
                     return false;
                 }
             }
-            Record::ChannelAdvance { .. } | Record::Forge { .. } | Record::Notice(_) => {}
+            Record::ChannelAdvance { .. }
+            | Record::Forge { .. }
+            | Record::Notice(_)
+            | Record::Verification(_) => {}
             Record::Broken(_) | Record::Unbroken { .. } => {}
             Record::Event { text, .. } => {
                 if std::env::var_os("MQ_SIM_DEBUG").is_some() {
@@ -360,6 +363,8 @@ impl CoreQueue {
             // The simulated builders let a stopped build run out: the core takes its report
             // as it takes a stop (a success is kept, anything else dropped).
             Command::CancelBuild { .. } => {}
+            // The simulated builders are deterministic: there is nothing to compare.
+            Command::Verify { .. } => {}
             Command::PublishArtifacts { .. }
             | Command::PrepareGroup { .. }
             | Command::Upload { .. } => env.violate(format!("the simulated world has no {cmd:?}")),
@@ -605,6 +610,7 @@ impl CoreQueue {
             }
             Command::Build { .. }
             | Command::CancelBuild { .. }
+            | Command::Verify { .. }
             | Command::Record(_)
             | Command::PublishArtifacts { .. }
             | Command::Upload { .. }

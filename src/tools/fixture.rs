@@ -137,7 +137,7 @@ let
   bb = builtins.path { path = ./bootstrap; name = "bootstrap"; };
 in
 {
-  mk = { pname, version, deps ? [ ], sleep ? "0", fail ? false, eval ? "ok", maintainers ? [ ], features ? [ ] }:
+  mk = { pname, version, deps ? [ ], sleep ? "0", fail ? false, eval ? "ok", maintainers ? [ ], features ? [ ], random ? false }:
     if eval == "throw" then throw "fixture: ${pname} does not evaluate (throw)"
     else if eval == "abort" then abort "fixture: ${pname} does not evaluate (abort)"
     else if eval == "type-error" then 1 + "fixture: ${pname} does not evaluate (type error)"
@@ -154,7 +154,7 @@ in
           ${if sleep == "0" || sleep == "0.00" then "" else "sleep ${sleep}"}
           ${if fail then "echo '__MARKER__ ${pname}-${version} is broken' >&2; exit 1" else ""}
           { echo "${pname}-${version}"; for d in $deps; do cat "$d"; done | md5sum; } > "$out"
-          echo "built ${pname}-${version}"
+          echo "built ${pname}-${version}"${if random then "; echo $RANDOM$RANDOM$RANDOM >> $out" else ""}
         '' ];
       } // (if features == [ ] then { } else { requiredSystemFeatures = features; }))
       // { meta = { inherit maintainers; description = "${pname}, a generated package"; }; };

@@ -130,3 +130,108 @@ fn an_evaluation_that_could_not_run_is_asked_for_again_later() {
         .iter()
         .any(|x| matches!(x, Command::Evaluate { commit, .. } if commit == "abc")));
 }
+
+fn two_builders(sample: f64, nondeterministic: &[&str]) -> CoreConfig {
+    let mut c = cfg();
+    let mut b2 = c.builders[0].clone();
+    b2.id = "b2".into();
+    c.builders.push(b2);
+    c.verify = Some(crate::core::verify::VerifyPolicy {
+        per_million: (sample * 1e6) as u32,
+        nondeterministic: nondeterministic.iter().map(|s| s.to_string()).collect(),
+    });
+    c
+}
+
+fn verifies(fx: &mut Effects) -> Vec<(String, String, String)> {
+    fx.take()
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Verify {
+                drv,
+                first,
+                builder,
+            } => Some((drv, first, builder)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sampled_success_is_built_again_elsewhere_and_a_mismatch_lowers_trust() {
+    let c = two_builders(1.0, &["noisy-*"]);
+    let mut b = Builds::new(&c);
+    let mut fx = Effects::default();
+    for (drv, h2) in [
+        ("/nix/store/a-same-1.drv", "sha256:1"),
+        ("/nix/store/b-diff-1.drv", "sha256:2"),
+        ("/nix/store/c-noisy-1.drv", "sha256:3"),
+    ] {
+        start(&mut b, &c, drv, &mut fx);
+        let ran_on = b.scheduler.running_on(drv).unwrap().to_string();
+        let mut r = report(drv, OutcomeClass::Success);
+        r.builder = ran_on.clone();
+        b.on_built(&c, r, 1, &mut fx);
+        let v = verifies(&mut fx);
+        assert_eq!(v.len(), 1, "{drv}: {v:?}");
+        assert_eq!(v[0].1, ran_on);
+        assert_ne!(v[0].2, ran_on, "another builder");
+        let hashes = ["sha256:1".to_string(), h2.to_string()];
+        b.on_verified(&c, (drv, &v[0].1, &v[0].2), Ok(hashes), 2, &mut fx);
+        let recorded: Vec<_> = fx
+            .take()
+            .into_iter()
+            .filter_map(|x| match x {
+                Command::Record(Record::Verification(v)) => Some(v),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].matched, h2 == "sha256:1");
+        assert_eq!(recorded[0].nondeterministic, drv.contains("noisy"));
+    }
+    // Only the unexplained mismatch counted, against both builders.
+    for id in ["b1", "b2"] {
+        assert_eq!(b.scheduler.builder(id).unwrap().mismatches, 1, "{id}");
+    }
+    // A report for a comparison nobody asked for changes nothing.
+    b.on_verified(
+        &c,
+        ("/nix/store/z.drv", "b1", "b2"),
+        Ok(["x".into(), "y".into()]),
+        3,
+        &mut fx,
+    );
+    assert_eq!(b.scheduler.builder("b1").unwrap().mismatches, 1);
+}
+
+#[test]
+fn nothing_is_verified_outside_the_sample_or_without_a_second_builder() {
+    let mut fx = Effects::default();
+    let c = two_builders(0.0, &[]);
+    let mut b = Builds::new(&c);
+    start(&mut b, &c, "/nix/store/a-x.drv", &mut fx);
+    let on = b
+        .scheduler
+        .running_on("/nix/store/a-x.drv")
+        .unwrap()
+        .to_string();
+    let mut r = report("/nix/store/a-x.drv", OutcomeClass::Success);
+    r.builder = on;
+    b.on_built(&c, r, 1, &mut fx);
+    assert!(verifies(&mut fx).is_empty());
+    let mut one = cfg();
+    one.verify = two_builders(1.0, &[]).verify;
+    let mut b = Builds::new(&one);
+    start(&mut b, &one, "/nix/store/a-x.drv", &mut fx);
+    b.on_built(
+        &one,
+        report("/nix/store/a-x.drv", OutcomeClass::Success),
+        1,
+        &mut fx,
+    );
+    assert!(
+        verifies(&mut fx).is_empty(),
+        "one builder: nothing to compare with"
+    );
+}

@@ -44,6 +44,24 @@ impl Driver {
         }
     }
 
+    /// Builds `drv` again on `second` and reports the comparison (`BuildInput::Verified`).
+    pub(super) fn verify_build(&self, drv: String, first: String, second: String) {
+        let Some(b) = self.builders.get(&second).cloned() else {
+            return;
+        };
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = b.verify(&drv).await;
+            let input = BuildInput::Verified {
+                drv,
+                first,
+                second,
+                result,
+            };
+            let _ = tx.send(Msg::Input(Input::Build(input))).await;
+        });
+    }
+
     pub(super) fn query_referrers(&self, root: String) {
         let tx = self.tx.clone();
         tokio::spawn(async move {

@@ -104,7 +104,7 @@ impl NixBuilder {
             // Send the derivation closure and the input outputs we already have.
             let sent = {
                 let _one_at_a_time = self.transfers.lock().await;
-                self.copy_inputs(store, drv, &raw_path).await
+                self.copy_inputs(store, drv, &[], &raw_path).await
             };
             if let Err(e) = sent {
                 let tail = finish_log(&raw_path, &gz_path).await.1;
@@ -223,7 +223,7 @@ impl NixBuilder {
     }
 
     /// Runs one transfer command, its output appended to the attempt's log.
-    async fn run_logged(&self, args: &[String], log: &Path) -> Result<(), String> {
+    pub(super) async fn run_logged(&self, args: &[String], log: &Path) -> Result<(), String> {
         let raw = OpenOptions::new()
             .create(true)
             .append(true)
@@ -261,7 +261,14 @@ impl NixBuilder {
         }
     }
 
-    async fn copy_inputs(&self, store: &str, drv: &str, log: &Path) -> Result<(), String> {
+    /// Sends `drv`'s closure and the outputs of it that are valid here, except `skip`.
+    pub(super) async fn copy_inputs(
+        &self,
+        store: &str,
+        drv: &str,
+        skip: &[String],
+        log: &Path,
+    ) -> Result<(), String> {
         let to = vec![
             "copy".to_string(),
             "--derivation".into(),
@@ -278,7 +285,7 @@ impl NixBuilder {
             .map_err(|e| e.to_string())?;
         let paths: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|p| !p.ends_with(".drv") && !p.is_empty())
+            .filter(|p| !p.ends_with(".drv") && !p.is_empty() && !skip.iter().any(|s| s == p))
             .map(String::from)
             .collect();
         if paths.is_empty() {

@@ -4,6 +4,7 @@ pub mod build;
 pub mod crash;
 pub mod eval;
 pub mod output;
+pub mod verify;
 
 /// Removes terminal colour sequences from Nix's messages.
 pub(crate) fn strip_ansi(s: &str) -> String {
