@@ -591,6 +591,14 @@ let
               ];
               description = "Evaluator: `auto` uses nix-eval-jobs when it is on the service's PATH.";
             };
+            eval_workers = mkOption {
+              type = types.ints.unsigned;
+              description = "nix-eval-jobs worker processes (0: one per core, at most 8). Default 0.";
+            };
+            eval_max_memory_mib = mkOption {
+              type = types.ints.unsigned;
+              description = "Memory one nix-eval-jobs worker may use before it is restarted, MiB (0: nix-eval-jobs' default). Default 4096.";
+            };
             max_silent_time_secs = mkOption {
               type = types.ints.unsigned;
               description = "Kill a build that prints nothing for this long (0: no limit). Default 10800.";
@@ -773,6 +781,16 @@ in
       };
     };
 
+    nixEvalJobs = {
+      enable = mkEnableOption ''
+        evaluation with nix-eval-jobs: several worker processes, each restarted past a
+        memory limit ({option}`settings.nix.eval_workers`,
+        {option}`settings.nix.eval_max_memory_mib`). Puts it on the service's PATH and
+        makes it the evaluator (`settings.nix.evaluator`, overridable)
+      '';
+      package = mkPackageOption pkgs "nix-eval-jobs" { };
+    };
+
     cache.secretKeyFile = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -854,7 +872,9 @@ in
       listen = mkDefault "127.0.0.1:8080";
       nix = {
         options = mkDefault { };
-        evaluator = mkDefault "auto";
+        evaluator = mkDefault (if cfg.nixEvalJobs.enable then "nix-eval-jobs" else "auto");
+        eval_workers = mkDefault 0;
+        eval_max_memory_mib = mkDefault 4096;
         max_silent_time_secs = mkDefault 10800;
         build_timeout_secs = mkDefault 36000;
         failure_ttl_secs = mkDefault 86400;
@@ -962,7 +982,8 @@ in
         config.nix.package
         pkgs.git
         pkgs.openssh
-      ];
+      ]
+      ++ lib.optional cfg.nixEvalJobs.enable cfg.nixEvalJobs.package;
       environment = {
         # nix and ssh misbehave without a writable HOME (see services.harmonia).
         HOME = stateDir;

@@ -219,6 +219,18 @@ for name in ["store-secret", "relative-key", "forge-secret-in-settings",
     if not scenarios[name]["failedAssertions"]:
         problem(f"{name}: expected a failed assertion")
 
+nej = scenarios["nix-eval-jobs"]
+if "nix-eval-jobs" not in nej["unit"]["path"]:
+    problem(f"nix-eval-jobs: not on the service's PATH: {nej['unit']['path']}")
+if nej["settings"].get("nix", {}).get("evaluator") != "nix-eval-jobs":
+    problem(f"nix-eval-jobs: evaluator is {nej['settings'].get('nix')}")
+if nej["settings"]["nix"].get("eval_workers") != 4 or nej["settings"]["nix"].get("eval_max_memory_mib") != 2048:
+    problem(f"nix-eval-jobs: limits not rendered: {nej['settings']['nix']}")
+if nej.get("failedAssertions") or nej.get("warnings"):
+    problem(f"nix-eval-jobs: {nej.get('failedAssertions')} {nej.get('warnings')}")
+if "nix-eval-jobs" in scenarios["basic"]["unit"]["path"]:
+    problem("basic: nix-eval-jobs on PATH without nixEvalJobs.enable")
+
 for name in positive + ["basic-bad"]:
     s = scenarios[name]
     if "mergequeue check-config --config" not in (s.get("checkScript") or ""):

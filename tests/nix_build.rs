@@ -75,6 +75,7 @@ async fn drv(set: &PackageSet, attr: &str) -> String {
         evaluator: Evaluator::NixInstantiate,
         sandbox: mergequeue::shell::nix::eval::EvalSandbox::default(),
         jobset: Default::default(),
+        limits: Default::default(),
     };
     let r = ev
         .evaluate_attrs(

@@ -30,6 +30,7 @@ fn eval() -> NixEval {
         evaluator: Evaluator::NixInstantiate,
         sandbox: EvalSandbox::default(),
         jobset: Default::default(),
+        limits: Default::default(),
     }
 }
 
@@ -751,4 +752,43 @@ async fn a_hydra_release_nix_is_walked_with_force_recurse_and_given_its_argument
         JobResult::Ok(j) => assert!(j.drv_path.ends_with("-cuda.drv"), "{}", j.drv_path),
         other => panic!("{other:?}"),
     }
+}
+
+/// `[nix] eval_workers` and `eval_max_memory_mib` reach nix-eval-jobs as `--workers` and
+/// `--max-memory-size` (a recording stand-in: nix-eval-jobs is not installed here).
+#[tokio::test]
+async fn nix_eval_jobs_gets_its_workers_and_memory_limit() {
+    const NAME: &str = "nix_eval_jobs_gets_its_workers_and_memory_limit";
+    let Ok(record) = std::env::var(SCENARIO) else {
+        let bins = tempfile::tempdir().unwrap();
+        let record = bins.path().join("args");
+        let fake = bins.path().join("nix-eval-jobs");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", record.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        run_alone(NAME, &record.display().to_string(), bins.path());
+        let args = std::fs::read_to_string(&record).unwrap();
+        assert!(args.contains("--workers 3"), "{args}");
+        assert!(args.contains("--max-memory-size 1024"), "{args}");
+        return;
+    };
+    // In the child: PATH holds only the recording nix-eval-jobs.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("release.nix"), "{ system }: { }").unwrap();
+    let ev = NixEval {
+        evaluator: Evaluator::NixEvalJobs,
+        limits: mergequeue::shell::nix::eval::EvalJobsLimits {
+            workers: 3,
+            max_memory_mib: 1024,
+        },
+        ..eval()
+    };
+    let _ = ev
+        .evaluate(dir.path(), "release.nix", &systems(), "c")
+        .await;
+    assert!(std::path::Path::new(&record).exists(), "nix-eval-jobs ran");
 }

@@ -68,6 +68,7 @@ let
     busybox = stubDrv "busybox" { };
     jq = stubDrv "jq" { };
     nix = stubDrv "nix" { };
+    nix-eval-jobs = stubDrv "nix-eval-jobs" { };
     nixos = module: evalSystem [ module ];
     testers.testBuildFailure = drv: stubDrv "test-build-failure" { inherit drv; };
     # For flake.nix: the VM test module itself stands in for the test derivation.
@@ -456,6 +457,19 @@ in
           settings.cache = {
             uri = "file:///var/lib/mergequeue/cache";
             secret_key_file = "/run/keys/cache-key";
+          };
+        };
+      }
+    ]);
+    # nix-eval-jobs on the service's PATH, the evaluator, with its worker limits.
+    nix-eval-jobs = summarize (evalSystem [
+      {
+        services.mergequeue = {
+          enable = true;
+          nixEvalJobs.enable = true;
+          settings.nix = {
+            eval_workers = 4;
+            eval_max_memory_mib = 2048;
           };
         };
       }

@@ -230,6 +230,12 @@ pub struct NixConfig {
     /// `auto` (nix-eval-jobs when on PATH), `nix-eval-jobs` or `nix-instantiate`.
     #[serde(default)]
     pub evaluator: Evaluator,
+    /// nix-eval-jobs worker processes; 0: one per core, at most 8.
+    #[serde(default)]
+    pub eval_workers: usize,
+    /// Memory one nix-eval-jobs worker may use before it is restarted (MiB; 0: its default).
+    #[serde(default = "default_eval_memory")]
+    pub eval_max_memory_mib: u64,
     /// Kill a build that prints nothing for this many seconds (0 = no limit).
     #[serde(default = "default_max_silent")]
     pub max_silent_time_secs: u64,
@@ -252,11 +258,17 @@ fn yes() -> bool {
     true
 }
 
+fn default_eval_memory() -> u64 {
+    4096
+}
+
 impl Default for NixConfig {
     fn default() -> Self {
         NixConfig {
             options: default_nix_options(),
             evaluator: Evaluator::default(),
+            eval_workers: 0,
+            eval_max_memory_mib: default_eval_memory(),
             max_silent_time_secs: default_max_silent(),
             build_timeout_secs: default_build_timeout(),
             failure_ttl_secs: default_failure_ttl(),

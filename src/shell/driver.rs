@@ -156,6 +156,10 @@ impl Driver {
                             force_recurse: r.force_recurse,
                             args: r.args.clone(),
                         },
+                        limits: crate::shell::nix::eval::EvalJobsLimits {
+                            workers: config.nix.eval_workers,
+                            max_memory_mib: config.nix.eval_max_memory_mib,
+                        },
                     }),
                 },
             );

@@ -138,6 +138,16 @@ pub struct NixEval {
     pub evaluator: Evaluator,
     pub sandbox: EvalSandbox,
     pub jobset: JobsetOptions,
+    pub limits: EvalJobsLimits,
+}
+
+/// `nix-eval-jobs` resources (`[nix] eval_workers`, `eval_max_memory_mib`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalJobsLimits {
+    /// Worker processes; 0: one per core, at most 8.
+    pub workers: usize,
+    /// Memory one worker may use before it is restarted, MiB; 0: nix-eval-jobs' own default.
+    pub max_memory_mib: u64,
 }
 
 /// How the jobset is read: Hydra's conventions, for `release.nix` files written for it.
@@ -246,6 +256,7 @@ impl NixEval {
             evaluator: Evaluator::Auto,
             sandbox: EvalSandbox::default(),
             jobset: JobsetOptions::default(),
+            limits: EvalJobsLimits::default(),
         }
     }
 
@@ -382,9 +393,12 @@ impl NixEval {
             return Ok(failed(format!("jobset file '{jobset}' does not exist")));
         }
         let tmp = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get().min(8))
-            .unwrap_or(2);
+        let workers = match self.limits.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get().min(8))
+                .unwrap_or(2),
+            n => n,
+        };
         let runs: Vec<Option<&String>> = if systems.is_empty() {
             vec![None]
         } else {
@@ -401,6 +415,17 @@ impl NixEval {
                 .args(self.jobset.eval_jobs_args())
                 .arg("--workers")
                 .arg(workers.to_string())
+                .args(
+                    (self.limits.max_memory_mib > 0)
+                        .then(|| {
+                            [
+                                "--max-memory-size".to_string(),
+                                self.limits.max_memory_mib.to_string(),
+                            ]
+                        })
+                        .into_iter()
+                        .flatten(),
+                )
                 .arg("--gc-roots-dir")
                 .arg(tmp.path());
             if let Some(s) = sys {
