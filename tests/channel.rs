@@ -380,3 +380,141 @@ async fn a_community_channel_follows_an_upstream_and_pushes_to_its_own_remote() 
         .unwrap();
     assert!(!buf.contains("panicked"), "{buf}");
 }
+
+/// A community channel over an upstream it does not own, gated on a job that needs the
+/// `cuda` system feature: the gate builds only on the builder offering it; while that
+/// builder is down the channel waits, nothing is blamed, and it moves once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_community_channel_gates_a_cuda_job_on_the_builder_that_offers_the_feature() {
+    common::require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let ssh_config = dir.path().join("ssh_config");
+    let mut gpu = common::sshd::Sshd::start(dir.path(), "gpu", &ssh_config);
+    gpu.add_nix_conf("system-features = cuda");
+    let opts = BranchOpts {
+        builders_toml: Some(format!(
+            "[[builders]]\nuri = \"local\"\nsystems = [\"x86_64-linux\"]\nmax_jobs = 2\n\
+             [[builders]]\nuri = {:?}\nsystems = [\"x86_64-linux\"]\nmax_jobs = 1\nsupported_features = [\"cuda\"]\n",
+            gpu.uri()
+        )),
+        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
+        extra_toml: "[dispatch]\nprobe_delay_secs = 1\nretry_delay_secs = 1\n".into(),
+        ..BranchOpts::default()
+    };
+    let mut h = harness(&dir.path().join("h"), 30, 25, opts);
+    let cuda = |version: String| {
+        move |s: &mut mergequeue::tools::fixture::PackageSet| {
+            std::fs::write(
+                s.file("cudapkg"),
+                format!("{{ mk, pkgs, m }}:\nmk {{ pname = \"cudapkg\"; version = \"{version}\"; features = [ \"cuda\" ]; }}\n"),
+            )
+        }
+    };
+    h.push_direct("a CUDA package", cuda(common::never_built_version()))
+        .unwrap();
+    let theirs = dir.path().join("theirs.git");
+    let mine = dir.path().join("mine.git");
+    let upstream = h.upstream.display().to_string();
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "--quiet",
+            "--bare",
+            &upstream,
+            theirs.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    git(
+        dir.path(),
+        &["init", "--quiet", "--bare", mine.to_str().unwrap()],
+    )
+    .unwrap();
+    h.append_config(&format!(
+        "[[repos]]\nname = \"theirs\"\nurl = \"file://{}\"\n",
+        theirs.display()
+    ))
+    .unwrap();
+    h.add_channel(&ChannelSpec {
+        name: "cuda".into(),
+        repo: "theirs".into(),
+        target: "cuda-unstable".into(),
+        gate: vec!["cudapkg".into()],
+        remote: Some(format!("file://{}", mine.display())),
+        poll_interval_secs: 1,
+        ..ChannelSpec::default()
+    })
+    .unwrap();
+    h.start_server().await.unwrap();
+    let head = git(&theirs, &["rev-parse", "refs/heads/master"]).unwrap();
+    h.wait_channel("cuda", LONG, |v| rev(v) == Some(&head))
+        .await
+        .unwrap();
+    let drv = common::drv_of(&h, "origin/master", "cudapkg");
+    let tried = attempts_of(&h, &drv).await;
+    assert!(!tried.is_empty(), "the gate job was built");
+    for a in &tried {
+        assert_eq!(a["builder"], gpu.uri(), "only the builder with cuda: {a}");
+        assert_eq!(a["class"], "success", "{a}");
+    }
+    // The GPU builder goes away and upstream moves: the channel waits, visibly, unblamed.
+    gpu.stop();
+    h.push_direct("a new CUDA package", cuda(common::never_built_version()))
+        .unwrap();
+    git(&theirs, &["fetch", "--quiet", &upstream, "+master:master"]).unwrap();
+    let new = git(&theirs, &["rev-parse", "refs/heads/master"]).unwrap();
+    let v = h
+        .wait_channel("cuda", LONG, |v| {
+            v["source_head"] == new.as_str() && !v["testing"].is_null()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let v2 = h.channel("cuda").await.unwrap();
+    assert_eq!(rev(&v2), Some(head.as_str()), "the channel waits: {v2}");
+    assert!(
+        v2["blocked"].is_null() || v2["blocked"]["rev"] != new.as_str(),
+        "nothing is blamed: {v2}"
+    );
+    let builders = h
+        .client
+        .ok(Method::GET, "/api/v1/builders", None)
+        .await
+        .unwrap();
+    let gpu_state = builders
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["uri"] == gpu.uri())
+        .map(|b| b["state"].clone());
+    assert_eq!(gpu_state, Some("quarantined".into()), "{builders} {v}");
+    let drv = common::drv_of(&h, "origin/master", "cudapkg");
+    let tried = attempts_of(&h, &drv).await;
+    assert!(
+        tried.iter().all(|a| a["class"] == "infrastructure"),
+        "{tried:?}"
+    );
+    // Back: the gate builds there and the channel moves.
+    gpu.resume();
+    h.wait_channel("cuda", LONG, |v| rev(v) == Some(&new))
+        .await
+        .unwrap();
+    let tried = attempts_of(&h, &drv).await;
+    assert!(
+        tried
+            .iter()
+            .any(|a| a["class"] == "success" && a["builder"] == gpu.uri()),
+        "{tried:?}"
+    );
+}
+
+async fn attempts_of(h: &Harness, drv: &str) -> Vec<Value> {
+    h.client
+        .ok(Method::GET, &format!("/api/v1/attempts?drv={drv}"), None)
+        .await
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}

@@ -1,6 +1,7 @@
 //! Adapters that run the Nix CLI: evaluation of jobsets and realisation of derivations.
 
 pub mod build;
+pub mod classify;
 pub mod crash;
 pub mod eval;
 pub mod output;
