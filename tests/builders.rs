@@ -40,11 +40,7 @@ async fn a_killed_builder_daemon_is_retried_on_the_other_builder_and_the_change_
     let ssh_config = dir.path().join("ssh_config");
     let b1 = Sshd::start(dir.path(), "b1", &ssh_config);
     let b2 = Sshd::start(dir.path(), "b2", &ssh_config);
-    let opts = BranchOpts {
-        builders_toml: Some(builders_toml(&[(&b1, 2.0), (&b2, 1.0)])),
-        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
-        ..BranchOpts::default()
-    };
+    let opts = common::over_ssh(builders_toml(&[(&b1, 2.0), (&b2, 1.0)]), &ssh_config, "");
     let mut h = harness(&dir.path().join("h"), 30, 4, opts);
     let leaf = h.set.healthy_leaves()[0].clone();
     // A version never built before on this machine: outputs valid in the local store
@@ -139,12 +135,11 @@ async fn an_unreachable_builder_is_quarantined_the_work_moves_and_it_returns() {
     let mut b1 = Sshd::start(dir.path(), "down", &ssh_config);
     let b2 = Sshd::start(dir.path(), "up", &ssh_config);
     b1.stop();
-    let opts = BranchOpts {
-        builders_toml: Some(builders_toml(&[(&b1, 4.0), (&b2, 1.0)])),
-        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
-        extra_toml: "[dispatch]\nprobe_delay_secs = 1\nretry_delay_secs = 1\n".into(),
-        ..BranchOpts::default()
-    };
+    let opts = common::over_ssh(
+        builders_toml(&[(&b1, 4.0), (&b2, 1.0)]),
+        &ssh_config,
+        "[dispatch]\nprobe_delay_secs = 1\nretry_delay_secs = 1\n",
+    );
     let mut h = harness(&dir.path().join("h"), 30, 6, opts);
     let leaf = h.set.healthy_leaves()[0].clone();
     h.change("c", "change", |s| s.bump(&leaf).map(|_| ()))
@@ -291,16 +286,6 @@ fn input_named(drv: &str, name: &str) -> String {
         .to_string()
 }
 
-async fn attempts_of(h: &mergequeue::tools::harness::Harness, drv: &str) -> Vec<Value> {
-    h.client
-        .ok(Method::GET, &format!("/api/v1/attempts?drv={drv}"), None)
-        .await
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_steps_of_one_closure_are_built_on_the_builders_that_fit_each() {
     common::require_tools();
@@ -316,11 +301,7 @@ async fn the_steps_of_one_closure_are_built_on_the_builders_that_fit_each() {
         big.uri(),
         small.uri()
     );
-    let opts = BranchOpts {
-        builders_toml: Some(toml),
-        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
-        ..BranchOpts::default()
-    };
+    let opts = common::over_ssh(toml, &ssh_config, "");
     let mut h = harness(&dir.path().join("h"), 30, 4, opts);
     let leaf = h
         .set
@@ -347,14 +328,14 @@ async fn the_steps_of_one_closure_are_built_on_the_builders_that_fit_each() {
     let helper = input_named(&top, "helper");
     // The helper, not a job, was a step of its own on the one builder that fits it; the leaf
     // was never started: it is dependency-failed naming the helper.
-    let tried = attempts_of(&h, &helper).await;
+    let tried = common::attempts_of(&h, &helper).await;
     assert!(!tried.is_empty(), "the helper was built as its own step");
     for a in &tried {
         assert_eq!(a["builder"], big.uri(), "{a}");
         assert_eq!(a["class"], "failed", "{a}");
     }
     assert_eq!(
-        attempts_of(&h, &top).await,
+        common::attempts_of(&h, &top).await,
         Vec::<Value>::new(),
         "the leaf was never started"
     );
@@ -378,8 +359,8 @@ async fn the_steps_of_one_closure_are_built_on_the_builders_that_fit_each() {
             .map(|a| a["builder"].as_str().unwrap_or("").to_string())
             .collect()
     };
-    assert_eq!(on(&attempts_of(&h, &helper).await), vec![big.uri()]);
-    assert_eq!(on(&attempts_of(&h, &top).await), vec![small.uri()]);
+    assert_eq!(on(&common::attempts_of(&h, &helper).await), vec![big.uri()]);
+    assert_eq!(on(&common::attempts_of(&h, &top).await), vec![small.uri()]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -388,11 +369,7 @@ async fn a_build_nobody_waits_for_is_stopped_on_its_builder() {
     let dir = tempfile::tempdir().unwrap();
     let ssh_config = dir.path().join("ssh_config");
     let b1 = Sshd::start(dir.path(), "b1", &ssh_config);
-    let opts = BranchOpts {
-        builders_toml: Some(builders_toml(&[(&b1, 1.0)])),
-        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
-        ..BranchOpts::default()
-    };
+    let opts = common::over_ssh(builders_toml(&[(&b1, 1.0)]), &ssh_config, "");
     let mut h = harness(&dir.path().join("h"), 30, 4, opts);
     let leaf = h.set.healthy_leaves()[0].clone();
     let version = never_built_version();
@@ -441,7 +418,7 @@ async fn a_build_nobody_waits_for_is_stopped_on_its_builder() {
     let drv = common::drv_of(&h, "slow", &leaf);
     let t = Instant::now();
     let tried = loop {
-        let tried = attempts_of(&h, &drv).await;
+        let tried = common::attempts_of(&h, &drv).await;
         if !tried.is_empty() || t.elapsed() > Duration::from_secs(30) {
             break tried;
         }
@@ -491,11 +468,7 @@ async fn verified_builds_compare_two_builders_and_a_mismatch_blames_no_change() 
     let ssh_config = dir.path().join("ssh_config");
     let b1 = Sshd::start(dir.path(), "b1", &ssh_config);
     let b2 = Sshd::start(dir.path(), "b2", &ssh_config);
-    let opts = BranchOpts {
-        builders_toml: Some(builders_toml(&[(&b1, 1.0), (&b2, 1.0)])),
-        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
-        ..BranchOpts::default()
-    };
+    let opts = common::over_ssh(builders_toml(&[(&b1, 1.0), (&b2, 1.0)]), &ssh_config, "");
     let mut h = harness(&dir.path().join("h"), 30, 4, opts);
     h.append_config("[verify]\nsample = 1.0\n").unwrap();
     let leaf = h.set.healthy_leaves()[0].clone();

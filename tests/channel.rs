@@ -452,7 +452,7 @@ async fn a_community_channel_gates_a_cuda_job_on_the_builder_that_offers_the_fea
         .await
         .unwrap();
     let drv = common::drv_of(&h, "origin/master", "cudapkg");
-    let tried = attempts_of(&h, &drv).await;
+    let tried = common::attempts_of(&h, &drv).await;
     assert!(!tried.is_empty(), "the gate job was built");
     for a in &tried {
         assert_eq!(a["builder"], gpu.uri(), "only the builder with cuda: {a}");
@@ -490,7 +490,7 @@ async fn a_community_channel_gates_a_cuda_job_on_the_builder_that_offers_the_fea
         .map(|b| b["state"].clone());
     assert_eq!(gpu_state, Some("quarantined".into()), "{builders} {v}");
     let drv = common::drv_of(&h, "origin/master", "cudapkg");
-    let tried = attempts_of(&h, &drv).await;
+    let tried = common::attempts_of(&h, &drv).await;
     assert!(
         tried.iter().all(|a| a["class"] == "infrastructure"),
         "{tried:?}"
@@ -500,21 +500,11 @@ async fn a_community_channel_gates_a_cuda_job_on_the_builder_that_offers_the_fea
     h.wait_channel("cuda", LONG, |v| rev(v) == Some(&new))
         .await
         .unwrap();
-    let tried = attempts_of(&h, &drv).await;
+    let tried = common::attempts_of(&h, &drv).await;
     assert!(
         tried
             .iter()
             .any(|a| a["class"] == "success" && a["builder"] == gpu.uri()),
         "{tried:?}"
     );
-}
-
-async fn attempts_of(h: &Harness, drv: &str) -> Vec<Value> {
-    h.client
-        .ok(Method::GET, &format!("/api/v1/attempts?drv={drv}"), None)
-        .await
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }

@@ -105,3 +105,33 @@ pub fn drv_of(h: &Harness, branch: &str, attr: &str) -> String {
     assert!(drv.status.success(), "{drv:?}");
     String::from_utf8_lossy(&drv.stdout).trim().to_string()
 }
+
+/// `GET /api/v1/attempts?drv=`: every attempt at `drv`, each with its `builder` and `class`.
+pub async fn attempts_of(h: &Harness, drv: &str) -> Vec<Value> {
+    h.client
+        .ok(
+            hyper::Method::GET,
+            &format!("/api/v1/attempts?drv={drv}"),
+            None,
+        )
+        .await
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `BranchOpts` for builders reached over ssh through `ssh_config` (`[[builders]]` in
+/// `builders_toml`).
+pub fn over_ssh(
+    builders_toml: String,
+    ssh_config: &std::path::Path,
+    extra_toml: &str,
+) -> BranchOpts {
+    BranchOpts {
+        builders_toml: Some(builders_toml),
+        env: vec![("NIX_SSHOPTS".into(), format!("-F {}", ssh_config.display()))],
+        extra_toml: extra_toml.into(),
+        ..BranchOpts::default()
+    }
+}
