@@ -42,19 +42,7 @@ async fn a_killed_builder_daemon_is_retried_on_the_other_builder_and_the_change_
     let b2 = Sshd::start(dir.path(), "b2", &ssh_config);
     let opts = common::over_ssh(builders_toml(&[(&b1, 2.0), (&b2, 1.0)]), &ssh_config, "");
     let mut h = harness(&dir.path().join("h"), 30, 4, opts);
-    let leaf = h.set.healthy_leaves()[0].clone();
-    // A version never built before on this machine: outputs valid in the local store
-    // from an earlier run would make the remote build a no-op.
-    let version = never_built_version();
-    h.change("slow", "slow leaf", |s| {
-        s.set_version(&leaf, &version)?;
-        s.set_sleep(&leaf, 6.0)
-    })
-    .unwrap();
-    h.start_server().await.unwrap();
-    let id = h.submit("slow", "slow", "normal").await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let (_, _, id) = common::submit_slow(&mut h, 6.0).await;
     // Wait for the slow build under either builder's daemon, then kill that daemon.
     let t = Instant::now();
     let (victim, on) = loop {
@@ -371,17 +359,7 @@ async fn a_build_nobody_waits_for_is_stopped_on_its_builder() {
     let b1 = Sshd::start(dir.path(), "b1", &ssh_config);
     let opts = common::over_ssh(builders_toml(&[(&b1, 1.0)]), &ssh_config, "");
     let mut h = harness(&dir.path().join("h"), 30, 4, opts);
-    let leaf = h.set.healthy_leaves()[0].clone();
-    let version = never_built_version();
-    h.change("slow", "slow leaf", |s| {
-        s.set_version(&leaf, &version)?;
-        s.set_sleep(&leaf, 120.0)
-    })
-    .unwrap();
-    h.start_server().await.unwrap();
-    let id = h.submit("slow", "slow", "normal").await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let (leaf, version, id) = common::submit_slow(&mut h, 120.0).await;
     let t = Instant::now();
     while b1.daemons_running("sleep 120").is_empty() {
         assert!(
@@ -448,17 +426,7 @@ fn processes_with(marker: &str) -> Vec<u32> {
 }
 
 async fn verifications(h: &mergequeue::tools::harness::Harness, drv: &str) -> Vec<Value> {
-    h.client
-        .ok(
-            Method::GET,
-            &format!("/api/v1/verifications?drv={drv}"),
-            None,
-        )
-        .await
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    common::list(h, &format!("/api/v1/verifications?drv={drv}")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -106,19 +106,38 @@ pub fn drv_of(h: &Harness, branch: &str, attr: &str) -> String {
     String::from_utf8_lossy(&drv.stdout).trim().to_string()
 }
 
-/// `GET /api/v1/attempts?drv=`: every attempt at `drv`, each with its `builder` and `class`.
-pub async fn attempts_of(h: &Harness, drv: &str) -> Vec<Value> {
+/// A JSON list from the API (`[]` when the answer is not a list).
+pub async fn list(h: &Harness, path: &str) -> Vec<Value> {
     h.client
-        .ok(
-            hyper::Method::GET,
-            &format!("/api/v1/attempts?drv={drv}"),
-            None,
-        )
+        .ok(hyper::Method::GET, path, None)
         .await
         .unwrap()
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// `GET /api/v1/attempts?drv=`: every attempt at `drv`, each with its `builder` and `class`.
+pub async fn attempts_of(h: &Harness, drv: &str) -> Vec<Value> {
+    list(h, &format!("/api/v1/attempts?drv={drv}")).await
+}
+
+/// Submits a change that gives a healthy leaf a version never built here and a build of
+/// `secs` seconds; returns the leaf, its version and the change id.
+pub async fn submit_slow(h: &mut Harness, secs: f64) -> (String, String, u64) {
+    let leaf = h.set.healthy_leaves()[0].clone();
+    // Outputs valid in the local store from an earlier run would make the build a no-op.
+    let version = never_built_version();
+    h.change("slow", "slow leaf", |s| {
+        s.set_version(&leaf, &version)?;
+        s.set_sleep(&leaf, secs)
+    })
+    .unwrap();
+    h.start_server().await.unwrap();
+    let id = h.submit("slow", "slow", "normal").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    (leaf, version, id)
 }
 
 /// `BranchOpts` for builders reached over ssh through `ssh_config` (`[[builders]]` in
