@@ -19,7 +19,7 @@ impl NixBuilder {
     /// builder. `Err` when the second build could not run (infrastructure, never a verdict).
     pub async fn verify(&self, drv: &str) -> Result<[String; 2], String> {
         let outs = outputs(drv).await?;
-        let first = nar_hashes(&self.nix_args, None, &outs, self).await?;
+        let first = nar_hashes(self, None, &outs).await?;
         let log = self.log_dir.join(format!(
             "{}.verify.log",
             drv.rsplit('/').next().unwrap_or("drv")
@@ -51,17 +51,14 @@ impl NixBuilder {
             .args(["--no-link", "--store", store])
             .args(&self.nix_args);
         self.ssh_env(&mut c);
-        if nar_hashes(&self.nix_args, Some(store), outs, self)
-            .await
-            .is_ok()
-        {
+        if nar_hashes(self, Some(store), outs).await.is_ok() {
             // The builder holds the first build's outputs (sent as another step's inputs).
             c.arg("--rebuild").arg(drv);
             return self.checked(c, first, "nix build --rebuild").await;
         }
         c.arg(drv);
         run(c, self.deadline()).await?;
-        let second = nar_hashes(&self.nix_args, Some(store), outs, self).await?;
+        let second = nar_hashes(self, Some(store), outs).await?;
         Ok([first.to_string(), second])
     }
 
@@ -110,10 +107,9 @@ async fn outputs(drv: &str) -> Result<Vec<String>, String> {
 /// The outputs' NAR hashes in `store` (the local one for `None`), one string: the hash
 /// alone for one output, `path=hash` pairs for several.
 async fn nar_hashes(
-    nix_args: &[String],
+    b: &NixBuilder,
     store: Option<&str>,
     outs: &[String],
-    b: &NixBuilder,
 ) -> Result<String, String> {
     let mut c = Command::new("nix");
     c.args([
@@ -122,7 +118,7 @@ async fn nar_hashes(
         "path-info",
         "--json",
     ])
-    .args(nix_args);
+    .args(&b.nix_args);
     if let Some(s) = store {
         c.args(["--store", s]);
         b.ssh_env(&mut c);
