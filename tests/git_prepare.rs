@@ -82,7 +82,7 @@ fn a_change_ref_deleted_on_the_remote_is_vanished_not_a_conflict() {
     let m = r.mirror();
     let list = changes(&[(1, "a"), (2, "gone"), (3, "c")]);
     // While the ref exists, it is merged like the others.
-    let p = m.prepare("master", &list).unwrap();
+    let p = m.prepare("master", &list, None, 1).unwrap();
     assert!(p.vanished.is_empty(), "{:?}", p.vanished);
     assert_eq!(
         p.merged.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -90,7 +90,7 @@ fn a_change_ref_deleted_on_the_remote_is_vanished_not_a_conflict() {
     );
 
     git(&r.work, &["push", "--quiet", "origin", "--delete", "gone"]).unwrap();
-    let p = m.prepare("master", &list).unwrap();
+    let p = m.prepare("master", &list, None, 1).unwrap();
     assert_eq!(p.vanished.len(), 1, "{:?}", p.vanished);
     assert_eq!(p.vanished[0].0, 2);
     assert!(
@@ -114,7 +114,9 @@ fn a_change_ref_deleted_on_the_remote_is_vanished_not_a_conflict() {
     assert_eq!(p.base, master);
 
     // Only the vanished one: nothing merged, nothing conflicting.
-    let p = m.prepare("master", &changes(&[(2, "gone")])).unwrap();
+    let p = m
+        .prepare("master", &changes(&[(2, "gone")]), None, 1)
+        .unwrap();
     assert_eq!(
         p.vanished.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
         [2]
@@ -134,13 +136,13 @@ fn an_unreachable_remote_is_an_error() {
         &format!("file://{}", nowhere.display()),
     )
     .unwrap();
-    assert!(m.prepare("master", &list).is_err());
+    assert!(m.prepare("master", &list, None, 1).is_err());
 
     // A remote that was there and is gone.
     let m = r.mirror();
-    m.prepare("master", &list).unwrap();
+    m.prepare("master", &list, None, 1).unwrap();
     std::fs::rename(&r.upstream, r.upstream.with_extension("moved")).unwrap();
-    let e = m.prepare("master", &list).expect_err("an error");
+    let e = m.prepare("master", &list, None, 1).expect_err("an error");
     assert!(e.to_string().contains("fetch"), "{e}");
 }
 
@@ -149,7 +151,7 @@ fn a_ref_that_exists_but_cannot_be_fetched_is_an_error_not_vanished() {
     let r = Remote::new();
     r.branch("a", "a", "a\n");
     let m = r.mirror();
-    m.prepare("master", &[]).unwrap();
+    m.prepare("master", &[], None, 1).unwrap();
     // `refs/mq/change/7/x` keeps the mirror from creating `refs/mq/change/7`.
     git(
         &m.path,
@@ -157,7 +159,7 @@ fn a_ref_that_exists_but_cannot_be_fetched_is_an_error_not_vanished() {
     )
     .unwrap();
     let e = m
-        .prepare("master", &changes(&[(7, "a")]))
+        .prepare("master", &changes(&[(7, "a")]), None, 1)
         .expect_err("an error");
     let e = e.to_string();
     assert!(e.contains("refs/heads/a exists on the remote"), "{e}");
@@ -167,4 +169,42 @@ fn a_ref_that_exists_but_cannot_be_fetched_is_an_error_not_vanished() {
 fn assert_remote_untouched(upstream: &Path) {
     let refs = git(upstream, &["for-each-ref", "--format=%(refname)"]).unwrap();
     assert_eq!(refs, "refs/heads/a\nrefs/heads/master");
+}
+
+#[test]
+fn a_candidate_behind_another_is_merged_onto_its_commit_and_old_refs_are_dropped() {
+    let r = Remote::new();
+    r.branch("a", "a", "a\n");
+    r.branch("b", "b", "b\n");
+    let m = r.mirror();
+    let first = m.prepare("master", &changes(&[(1, "a")]), None, 1).unwrap();
+    let ahead = first.merged.last().unwrap().1.clone();
+    let second = m
+        .prepare("master", &changes(&[(2, "b")]), Some(&ahead), 2)
+        .unwrap();
+    assert_eq!(second.base, ahead, "merged onto the candidate ahead");
+    let tip = &second.merged.last().unwrap().1;
+    let parents = git(&m.path, &["rev-list", "--parents", "-n", "1", tip]).unwrap();
+    assert!(parents.contains(&ahead), "{parents}");
+    // Both chains stay reachable; the tip of the target was not asked for again.
+    let refs = git(
+        &m.path,
+        &["for-each-ref", "--format=%(refname)", "refs/mq/candidates"],
+    )
+    .unwrap();
+    assert_eq!(refs, "refs/mq/candidates/1\nrefs/mq/candidates/2");
+    // A commit the mirror does not have is an error, not a merge onto something else.
+    let e = m
+        .prepare("master", &changes(&[(3, "b")]), Some(&"0".repeat(40)), 3)
+        .expect_err("an error");
+    assert!(!e.to_string().is_empty());
+    // Refs of candidates long finished are dropped.
+    m.prepare("master", &changes(&[(4, "b")]), None, 100)
+        .unwrap();
+    let refs = git(
+        &m.path,
+        &["for-each-ref", "--format=%(refname)", "refs/mq/candidates"],
+    )
+    .unwrap();
+    assert_eq!(refs, "refs/mq/candidates/100");
 }

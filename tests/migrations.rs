@@ -420,6 +420,8 @@ fn core_restores_from_a_migrated_v1_database() {
                         batch_delay_ms: 0,
                         build_priority: None,
                         breakage: Default::default(),
+                        window: 1,
+                        window_floor: 1,
                     },
                 )]),
             },
@@ -674,6 +676,8 @@ fn a_merge_group_candidate_round_trips_on_an_upgraded_database() {
         batch_delay_ms: 0,
         build_priority: None,
         breakage: Default::default(),
+        window: 1,
+        window_floor: 1,
     };
     let mut cfg = CoreConfig::default();
     cfg.repos.insert(

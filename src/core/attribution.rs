@@ -651,7 +651,10 @@ impl Candidates {
                     self.hold_for_grace(cx, id, &att, *c, breaks, now);
                     held.push(*c);
                 }
-                None => self.reject(cx, *c, reason.clone(), now),
+                None => {
+                    self.reject(cx, *c, reason.clone(), now);
+                    self.decided(&(cand.repo.clone(), cand.branch.clone()), true);
+                }
             }
         }
         let innocents: Vec<ChangeId> = cand

@@ -73,6 +73,10 @@ struct Case {
     broken: BTreeSet<usize>,
     changes: Vec<Kind>,
     batch_max: usize,
+    /// Candidates in flight at once (speculation).
+    window: usize,
+    /// Changes submitted with `urgent` priority (tested alone, ahead of the others).
+    urgent: BTreeSet<usize>,
 }
 
 impl Case {
@@ -106,11 +110,15 @@ fn case() -> impl Strategy<Value = Case> {
             })
             .collect();
         let broken: BTreeSet<usize> = (1..n).filter(|_| rng.u8(0..100) < 15).collect();
+        let window = 1 + rng.usize(0..5);
+        let urgent = (0..k).filter(|_| rng.u8(0..100) < 10).collect();
         let mut c = Case {
             deps,
             broken,
             changes: vec![],
             batch_max,
+            window,
+            urgent,
         };
         let healthy: Vec<usize> = (0..n).filter(|&p| !c.sick(p)).collect();
         let sick: Vec<usize> = (0..n).filter(|&p| c.sick(p)).collect();
@@ -308,7 +316,7 @@ fn job_result(r: &Result<String, ()>, p: usize) -> JobResult {
     }
 }
 
-fn config(batch_max: usize) -> CoreConfig {
+fn config(batch_max: usize, window: usize) -> CoreConfig {
     CoreConfig {
         repos: BTreeMap::from([(
             REPO.to_string(),
@@ -321,6 +329,8 @@ fn config(batch_max: usize) -> CoreConfig {
                         batch_delay_ms: 0,
                         build_priority: None,
                         breakage: Default::default(),
+                        window,
+                        window_floor: 1,
                     },
                 )]),
             },
@@ -382,8 +392,13 @@ impl Run {
                     result: Err("error: writing to file: No space left on device".into()),
                 })
             }
-            Command::Prepare { cand, changes, .. } => {
-                let base = w.tip.clone();
+            Command::Prepare {
+                cand,
+                changes,
+                onto,
+                ..
+            } => {
+                let base = onto.unwrap_or_else(|| w.tip.clone());
                 let mut cur = base.clone();
                 let (mut heads, mut merged, mut conflicts) = (vec![], vec![], vec![]);
                 for (id, git_ref) in changes {
@@ -555,7 +570,7 @@ fn run_case(case: &Case) -> Result<(usize, u64), String> {
 /// injected first; also returns when they were answered.
 fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec<Millis>), String> {
     let mut run = Run {
-        core: Core::new(config(case.batch_max)),
+        core: Core::new(config(case.batch_max, case.window)),
         world: World::new(case.clone()),
         now: 1_700_000_000_000,
         queue: VecDeque::new(),
@@ -575,7 +590,11 @@ fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec
                     head: head_of(i),
                     title: format!("{:?}", case.changes[i]),
                     author: "alice".into(),
-                    priority: Priority::Normal,
+                    priority: if case.urgent.contains(&i) {
+                        Priority::Urgent
+                    } else {
+                        Priority::Normal
+                    },
                     pr: None,
                     approver: None,
                 },
@@ -609,6 +628,17 @@ fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec
             return Err(format!("innocent {i} {kind:?} is {:?}: {reason}", ch.state));
         }
     }
+    // The branch holds exactly the innocent changes: nothing else landed, speculation
+    // or not.
+    let landed: BTreeSet<usize> = run.world.commits[&run.world.tip].iter().copied().collect();
+    let innocent: BTreeSet<usize> = (0..case.changes.len())
+        .filter(|&i| !case.changes[i].culprit())
+        .collect();
+    if landed != innocent {
+        return Err(format!(
+            "the branch holds {landed:?}, the innocents are {innocent:?}"
+        ));
+    }
     let extra: u64 = run.core.candidates().map(|c| c.extra_builds as u64).sum();
     Ok((culprits, extra, run.infra_at))
 }
@@ -635,6 +665,8 @@ fn failed_evaluations_and_preparations_are_retried_with_a_growing_delay() {
         broken: BTreeSet::new(),
         changes: vec![Kind::Good(1)],
         batch_max: 8,
+        window: 1,
+        urgent: BTreeSet::new(),
     };
     let (_, _, at) = run_case_with(&case, (3, 3, 0)).unwrap_or_else(|m| panic!("{m}"));
     assert_eq!(at.len(), 6);
@@ -698,6 +730,8 @@ fn the_smallest_case_a_bump_and_a_new_failing_package() {
             broken: BTreeSet::new(),
             changes: order,
             batch_max: 8,
+            window: 4,
+            urgent: BTreeSet::new(),
         };
         run_case(&case).unwrap_or_else(|m| panic!("{m}"));
     }

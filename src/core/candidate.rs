@@ -90,6 +90,9 @@ pub struct Candidate {
     /// Jobs this candidate, once landed, enters in the broken registry: held changes
     /// allowed to break them after their grace period (`breakage.rs`).
     pub marks: Vec<super::breakage::BrokenJob>,
+    /// The candidate this one is merged on top of (speculation); `None`: the target's tip.
+    pub ahead: Option<CandId>,
+    pub(crate) spec: super::window::Spec,
     pub(crate) targets: Vec<Target>,
     pub(crate) pending: BTreeSet<String>,
     pub(crate) eval_blockers: Vec<Blocker>,
@@ -116,6 +119,7 @@ impl Candidate {
     pub fn persisted(&self) -> Candidate {
         let mut c = self.clone();
         c.clear_working_state();
+        c.spec = Default::default();
         c
     }
 
@@ -139,8 +143,13 @@ impl Candidate {
 #[derive(Debug, Default)]
 pub(crate) struct Candidates {
     pub(crate) by_id: BTreeMap<CandId, Candidate>,
-    /// The candidate in flight per lane (repository, branch).
-    pub(crate) in_flight: BTreeMap<(String, String), CandId>,
+    /// The candidates in flight per lane (repository, branch), the next to land first:
+    /// each is merged onto the commit of the one before it (`window.rs`).
+    pub(crate) in_flight: BTreeMap<(String, String), Vec<CandId>>,
+    /// The effective window per lane, when it differs from the configured one.
+    pub(crate) windows: BTreeMap<(String, String), usize>,
+    /// Recent failure rate per lane (rejected among decided changes).
+    pub(crate) rates: BTreeMap<(String, String), f64>,
     /// Attribution probes out, by id: whose they are.
     pub(crate) probes: BTreeMap<ProbeId, CandId>,
     pub(crate) next_cand: CandId,
@@ -198,36 +207,51 @@ impl Candidates {
     ) -> BTreeSet<ChangeId> {
         self.next_cand = candidates.iter().map(|c| c.id + 1).max().unwrap_or(1);
         let mut attached = BTreeSet::new();
-        for mut cand in candidates {
-            if matches!(cand.phase, Phase::Done) {
-                // History for the API, and the root of a follow-up still counting builds.
-                self.by_id.insert(cand.id, cand);
-                continue;
+        let mut live = vec![];
+        for cand in candidates {
+            if cand.phase != Phase::Done {
+                attached.extend(cand.changes.iter().copied());
+                if cand.group.is_none() {
+                    live.push(cand.id);
+                } else {
+                    let mut cand = cand.clone();
+                    cand.reset_for_prepare();
+                    self.emit_prepare(cx, &cand, None);
+                    cx.fx.record(Record::Candidate(cand.clone()));
+                    self.by_id.insert(cand.id, cand);
+                    continue;
+                }
             }
-            attached.extend(cand.changes.iter().copied());
-            let lane = (cand.repo.clone(), cand.branch.clone());
-            if cand.phase == Phase::Landing {
-                self.emit_land(cx, &cand);
-            } else {
-                cand.reset_for_prepare();
-                self.emit_prepare(cx, &cand);
-            }
-            cx.fx.record(Record::Candidate(cand.clone()));
-            if cand.group.is_none() {
-                self.in_flight.insert(lane, cand.id);
-            }
+            // Done: history for the API, and the root of a follow-up still counting builds.
             self.by_id.insert(cand.id, cand);
+        }
+        self.restore_chains(live);
+        // The head caught while landing lands again (idempotent); every other candidate
+        // is prepared again, in chain order, onto the one ahead of it.
+        for (lane, chain) in self.in_flight.clone() {
+            for (i, id) in chain.iter().enumerate() {
+                let cand = self.by_id.get_mut(id).expect("restored");
+                if !(i == 0 && cand.phase == Phase::Landing) {
+                    cand.reset_for_prepare();
+                }
+                let cand = cand.clone();
+                cx.fx.record(Record::Candidate(cand));
+            }
+            self.kick(cx, &lane, 0);
         }
         attached
     }
 
     /// Every derivation some candidate waits for.
     pub(crate) fn wanted(&self) -> impl Iterator<Item = &String> {
-        self.by_id.values().flat_map(|c| {
-            c.pending
-                .iter()
-                .chain(c.attribution.iter().flat_map(|a| a.waiting.iter()))
-        })
+        self.by_id
+            .values()
+            .flat_map(|c| {
+                c.pending
+                    .iter()
+                    .chain(c.attribution.iter().flat_map(|a| a.waiting.iter()))
+            })
+            .chain(self.warm())
     }
 
     /// The candidates whose verdict waits for `drv`.
@@ -342,6 +366,8 @@ impl Candidates {
             summary: None,
             group,
             marks: vec![],
+            ahead: None,
+            spec: Default::default(),
             targets: vec![],
             pending: BTreeSet::new(),
             eval_blockers: vec![],
@@ -360,13 +386,15 @@ impl Candidates {
             repo,
             format!("candidate {id} on {branch}: testing {list}{why}"),
         );
-        self.emit_prepare(cx, &cand);
         // A merge group is not the branch's candidate: groups run beside each other.
-        if cand.group.is_none() {
-            self.in_flight
-                .insert((repo.to_string(), branch.to_string()), id);
+        let group = cand.group.is_some();
+        if group {
+            self.emit_prepare(cx, &cand, None);
         }
         self.save(cx, cand);
+        if !group {
+            self.join(cx, &(repo.to_string(), branch.to_string()), id, now);
+        }
     }
 
     pub(crate) fn save(&mut self, cx: &mut Ctx, cand: Candidate) {
@@ -379,7 +407,9 @@ impl Candidates {
         cx.fx.push(Command::Record(Record::Candidate(cand)));
     }
 
-    pub(crate) fn emit_prepare(&mut self, cx: &mut Ctx, cand: &Candidate) {
+    /// Prepares `cand` merged onto `onto` (the commit of the candidate ahead of it), or
+    /// onto the target's tip.
+    pub(crate) fn emit_prepare(&mut self, cx: &mut Ctx, cand: &Candidate, onto: Option<String>) {
         if let Some(group) = &cand.group {
             cx.fx.push(Command::PrepareGroup {
                 cand: cand.id,
@@ -398,6 +428,7 @@ impl Candidates {
             repo: cand.repo.clone(),
             branch: cand.branch.clone(),
             changes,
+            onto,
         });
     }
 
@@ -421,6 +452,10 @@ impl Candidates {
         blockers: Vec<Blocker>,
         now: Millis,
     ) {
+        if self.park(cx, id, &blockers, now) {
+            return;
+        }
+        self.failed_verdict(cx, id);
         self.by_id.get_mut(&id).expect("known").phase = Phase::Attributing;
         self.begin_attribution(cx, id, blockers, now);
     }
@@ -440,6 +475,13 @@ impl Candidates {
             return;
         }
         let repo = self.by_id[&id].repo.clone();
+        let lane = (repo.clone(), self.by_id[&id].branch.clone());
+        let base = result.as_ref().map_or("", |p| p.base.as_str());
+        if !self.current_prepare(id, base) && self.by_id[&id].group.is_none() {
+            // Merged onto what is no longer ahead of it, or a newer prepare is out.
+            self.kick(cx, &lane, now);
+            return;
+        }
         let p = match result {
             Ok(p) => p,
             Err(msg) => {
@@ -455,8 +497,12 @@ impl Candidates {
                         delay / 1000
                     ),
                 );
+                let onto = self.by_id[&id]
+                    .ahead
+                    .and_then(|a| self.by_id[&a].commit().map(str::to_string));
+                self.by_id.get_mut(&id).expect("known").spec.sent += 1;
                 let cand = self.by_id[&id].clone();
-                self.emit_prepare(cx, &cand);
+                self.emit_prepare(cx, &cand, onto);
                 let cmd = cx.fx.pop().expect("just pushed");
                 cx.fx.later(now + delay, cmd);
                 return;
@@ -503,6 +549,8 @@ impl Candidates {
         cx.request_eval(&repo, &p.base);
         cx.request_eval(&repo, &commit);
         self.advance_eval(cx, id, now);
+        // The candidate behind it can be merged onto its commit now.
+        self.kick(cx, &lane, now);
     }
 
     /// An evaluation arrived: the candidates waiting for it go on.
@@ -558,7 +606,11 @@ impl Candidates {
                         "; attribution of candidate {root} and its follow-ups cost {extra} builds beyond the batches' own"
                     )
                 });
-                cx.queue.release(&(cand.repo.clone(), cand.branch.clone()));
+                let lane = (cand.repo.clone(), cand.branch.clone());
+                cx.queue.release(&lane);
+                for _ in &cand.changes {
+                    self.decided(&lane, false);
+                }
                 self.landed_registry(cx, &cand, &commit, now);
                 upload_landed(cx, &cand, &commit);
                 cx.fx.event(
@@ -570,6 +622,8 @@ impl Candidates {
                         short(&commit)
                     ),
                 );
+                // The one behind it is the head now, on the new tip.
+                self.landed_head(cx, id, now);
                 self.finish(cx, id, format!("landed {commit}"), now);
                 return Some((cand.repo, cand.branch));
             }
@@ -583,11 +637,11 @@ impl Candidates {
                         short(&tip)
                     ),
                 );
-                let c = self.by_id.get_mut(&id).expect("known");
-                c.reset_for_prepare();
-                let c = c.clone();
-                self.emit_prepare(cx, &c);
-                self.save_id(cx, id);
+                // It and every candidate behind it are merged again onto the new tip.
+                let lane = (cand.repo.clone(), cand.branch.clone());
+                let at = self.chain(&lane).iter().position(|c| *c == id).unwrap_or(0);
+                self.rebase_from(cx, &lane, at, now);
+                self.kick(cx, &lane, now);
             }
             LandResult::Failed(msg) => {
                 cx.fx.event(
@@ -624,14 +678,10 @@ impl Candidates {
         cand.pending.clear();
         cand.attribution = None;
         cand.targets = vec![];
+        cand.spec.warm.clear();
         cx.builds.released = true;
         if cand.group.is_some() {
             self.group_finished(cx, id, now);
-        }
-        let cand = &self.by_id[&id];
-        let lane = (cand.repo.clone(), cand.branch.clone());
-        if self.in_flight.get(&lane) == Some(&id) {
-            self.in_flight.remove(&lane);
         }
         self.save_id(cx, id);
         self.probes.retain(|_, c| *c != id);
@@ -642,6 +692,8 @@ impl Candidates {
             keep.extend(c.merged.iter().map(|(_, m)| m.clone()));
         }
         cx.builds.keep_evals(&keep);
+        // Those behind it are merged again without it (a landed head left already).
+        self.leave(cx, id, now);
     }
 
     /// Drops a candidate without a verdict: its changes go back to the queue.
@@ -666,6 +718,15 @@ impl Candidates {
         let lane = (cand.repo.clone(), cand.branch.clone());
         let base = cand.base.clone().unwrap_or_default();
         if cand.group.is_none() {
+            // Nothing behind it can land either: its changes wait in the queue too.
+            while let Some(&last) = self.chain(&lane).last().filter(|l| **l != id) {
+                self.abandon(
+                    cx,
+                    last,
+                    now,
+                    "the lane is held: required jobs fail on its target",
+                );
+            }
             cx.queue.hold(cx.cfg, lane, &base, now);
         }
         let reason = format!(

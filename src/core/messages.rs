@@ -70,6 +70,8 @@ pub enum Command {
         repo: String,
         branch: String,
         changes: Vec<(ChangeId, String)>,
+        /// Merge onto this commit (the candidate ahead's) instead of the branch's tip.
+        onto: Option<String>,
     },
     /// Fetch a merge group's head and report `CandidateInput::Prepared` with its chain
     /// as the merge chain (GitHub made the commits; nothing is merged here).

@@ -44,6 +44,8 @@ mod steps_props;
 #[cfg(test)]
 mod tests;
 mod verdict;
+mod window;
+pub use window::adaptive_batch;
 pub mod verify;
 pub mod why;
 
@@ -81,6 +83,10 @@ pub struct LaneConfig {
     pub batch_delay_ms: Millis,
     /// Priority class of the lane's builds; `None`: the most urgent change's.
     pub build_priority: Option<crate::core::change::Priority>,
+    /// Candidates in flight at once, each built on top of the one before (1: none).
+    pub window: usize,
+    /// The least the effective window shrinks to after failures.
+    pub window_floor: usize,
     /// What a change that newly breaks jobs gets: rejected, or held and marked broken.
     pub breakage: breakage::BreakagePolicy,
 }
@@ -343,13 +349,20 @@ impl Core {
         self.cands.by_id.get(&id)
     }
 
-    /// The lane's candidate in flight.
+    /// The lane's candidate next to land (the head of its window).
     pub fn in_flight(&self, repo: &str, branch: &str) -> Option<&Candidate> {
-        let id = self
-            .cands
-            .in_flight
-            .get(&(repo.to_string(), branch.to_string()))?;
-        self.cands.by_id.get(id)
+        self.window(repo, branch).into_iter().next()
+    }
+
+    /// The lane's candidates in flight, the next to land first; each is built on top of
+    /// the one before it.
+    pub fn window(&self, repo: &str, branch: &str) -> Vec<&Candidate> {
+        let lane = (repo.to_string(), branch.to_string());
+        self.cands
+            .chain(&lane)
+            .iter()
+            .filter_map(|id| self.cands.by_id.get(id))
+            .collect()
     }
 
     pub fn memo(&self, drv: &str) -> Option<&Memo> {
@@ -540,7 +553,7 @@ impl Core {
         let mut needed: std::collections::BTreeSet<CandId> =
             live.iter().filter_map(|c| c.follow_up_of).collect();
         needed.extend(self.cands.probes.values().copied());
-        needed.extend(self.cands.in_flight.values().copied());
+        needed.extend(self.cands.in_flight.values().flatten().copied());
         let held: std::collections::BTreeSet<ChangeId> = live
             .iter()
             .flat_map(|c| c.changes.iter().copied())
@@ -667,27 +680,40 @@ impl Core {
         }
     }
 
-    /// Starts a candidate on every idle lane that has queued changes, moves the
-    /// channels on and dispatches builds.
+    /// Starts candidates for a lane: every urgent change alone, at once; then batches
+    /// (sized by the lane's recent failure rate) until its window is full.
+    fn fill_window(&mut self, repo: &str, branch: &str, now: Millis) {
+        let lane = (repo.to_string(), branch.to_string());
+        let conf = self.config.repos[repo].lanes[branch].clone();
+        while let Some(u) = self.queue.urgent(repo, branch, now) {
+            let (cands, mut cx) = self.split();
+            cands.start_candidate(&mut cx, repo, branch, vec![u], None, None, now);
+        }
+        loop {
+            let (cands, mut cx) = self.split();
+            if cands.chain(&lane).len() >= cands.window_now(&cx, &lane) {
+                return;
+            }
+            let batch = window::adaptive_batch(cands.failure_rate(&lane), conf.batch_max);
+            match cx.queue.next(repo, branch, &conf, batch, now) {
+                queue::Next::Test(ids) => {
+                    cands.start_candidate(&mut cx, repo, branch, ids, None, None, now)
+                }
+                queue::Next::Gather(until) => {
+                    self.fx.wake(until);
+                    return;
+                }
+                queue::Next::Idle => return,
+            }
+        }
+    }
+
+    /// Starts candidates on every lane with room in its window and queued changes,
+    /// moves the channels on and dispatches builds.
     fn tick(&mut self, now: Millis) {
         self.queue.expire_holds(now);
         for (repo, branch) in self.lanes() {
-            if self
-                .cands
-                .in_flight
-                .contains_key(&(repo.clone(), branch.clone()))
-            {
-                continue;
-            }
-            let lane = &self.config.repos[&repo].lanes[&branch];
-            match self.queue.next(&repo, &branch, lane, now) {
-                queue::Next::Test(ids) => {
-                    let (cands, mut cx) = self.split();
-                    cands.start_candidate(&mut cx, &repo, &branch, ids, None, None, now);
-                }
-                queue::Next::Gather(until) => self.fx.wake(until),
-                queue::Next::Idle => {}
-            }
+            self.fill_window(&repo, &branch, now);
         }
         for (repo, branch) in self.queue.polls_due(&self.config, now) {
             self.fx.push(Command::PollTarget { repo, branch });

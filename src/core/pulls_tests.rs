@@ -15,6 +15,8 @@ fn core() -> Core {
         batch_delay_ms: 0,
         build_priority: None,
         breakage: Default::default(),
+        window: 1,
+        window_floor: 1,
     };
     let mut c = CoreConfig::default();
     c.repos.insert(

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::effects::Effects;
 use super::{CoreConfig, LaneConfig, Millis, Record, Refusal, Submission};
-use crate::core::change::{Change, ChangeId, ChangeState};
+use crate::core::change::{Change, ChangeId, ChangeState, Priority};
 
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
@@ -164,8 +164,38 @@ impl Queue {
     }
 
     /// What an idle lane does next.
-    pub(crate) fn next(&self, repo: &str, branch: &str, lane: &LaneConfig, now: Millis) -> Next {
-        let (batch_max, delay) = (lane.batch_max, lane.batch_delay_ms);
+    /// The next urgent change of a lane, tested alone and at once (unless the lane or
+    /// the change is held).
+    pub(crate) fn urgent(&self, repo: &str, branch: &str, now: Millis) -> Option<ChangeId> {
+        if self
+            .holds
+            .get(&(repo.to_string(), branch.to_string()))
+            .is_some_and(|h| h.until > now)
+        {
+            return None;
+        }
+        self.lane(repo, branch)
+            .into_iter()
+            .filter(|c| c.priority == Priority::Urgent)
+            .filter(|c| c.held.as_ref().is_none_or(|h| h.until <= now))
+            .find(|c| self.infra.get(&c.id).is_none_or(|h| h.until <= now))
+            .map(|c| c.id)
+    }
+
+    /// What a lane with room in its window does next; `batch_max` is the batch size for
+    /// now (at most the lane's).
+    pub(crate) fn next(
+        &self,
+        repo: &str,
+        branch: &str,
+        lane: &LaneConfig,
+        batch_max: usize,
+        now: Millis,
+    ) -> Next {
+        let (batch_max, delay) = (
+            batch_max.clamp(1, lane.batch_max.max(1)),
+            lane.batch_delay_ms,
+        );
         if self
             .holds
             .get(&(repo.to_string(), branch.to_string()))
@@ -308,7 +338,6 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::change::Priority;
     use crate::core::RepoConfig;
 
     fn cfg(batch_max: usize, delay: Millis) -> (CoreConfig, LaneConfig) {
@@ -318,6 +347,8 @@ mod tests {
             batch_delay_ms: delay,
             build_priority: None,
             breakage: Default::default(),
+            window: 1,
+            window_floor: 1,
         };
         let mut c = CoreConfig::default();
         c.repos.insert(
@@ -351,7 +382,10 @@ mod tests {
         let a = submit(&mut q, &c, Priority::Normal, 1);
         let b = submit(&mut q, &c, Priority::Normal, 2);
         let u = submit(&mut q, &c, Priority::Urgent, 3);
-        assert_eq!(q.next("r", "main", &lane, 3), Next::Test(vec![u, a]));
+        assert_eq!(
+            q.next("r", "main", &lane, lane.batch_max, 3),
+            Next::Test(vec![u, a])
+        );
         let _ = b;
     }
 
@@ -363,9 +397,15 @@ mod tests {
         let b = submit(&mut q, &c, Priority::Normal, 2);
         let d = submit(&mut q, &c, Priority::Normal, 3);
         q.test_alone(b);
-        assert_eq!(q.next("r", "main", &lane, 3), Next::Test(vec![a]));
+        assert_eq!(
+            q.next("r", "main", &lane, lane.batch_max, 3),
+            Next::Test(vec![a])
+        );
         q.set_state(a, ChangeState::Merged, None, 4, &mut Effects::default());
-        assert_eq!(q.next("r", "main", &lane, 4), Next::Test(vec![b]));
+        assert_eq!(
+            q.next("r", "main", &lane, lane.batch_max, 4),
+            Next::Test(vec![b])
+        );
         let _ = d;
     }
 
@@ -374,10 +414,18 @@ mod tests {
         let (c, lane) = cfg(2, 100);
         let mut q = Queue::new(vec![]);
         submit(&mut q, &c, Priority::Normal, 10);
-        assert_eq!(q.next("r", "main", &lane, 50), Next::Gather(110));
-        assert!(matches!(q.next("r", "main", &lane, 110), Next::Test(_)));
+        assert_eq!(
+            q.next("r", "main", &lane, lane.batch_max, 50),
+            Next::Gather(110)
+        );
+        assert!(matches!(
+            q.next("r", "main", &lane, lane.batch_max, 110),
+            Next::Test(_)
+        ));
         submit(&mut q, &c, Priority::Normal, 60);
-        assert!(matches!(q.next("r", "main", &lane, 60), Next::Test(v) if v.len() == 2));
+        assert!(
+            matches!(q.next("r", "main", &lane, lane.batch_max, 60), Next::Test(v) if v.len() == 2)
+        );
     }
 
     #[test]
@@ -388,7 +436,7 @@ mod tests {
         let key = ("r".to_string(), "main".to_string());
         let until = q.hold(&c, key.clone(), "b0", 0);
         assert_eq!(until, c.failure_ttl_ms);
-        assert_eq!(q.next("r", "main", &lane, 1), Next::Idle);
+        assert_eq!(q.next("r", "main", &lane, lane.batch_max, 1), Next::Idle);
         assert_eq!(q.next_wakeup(), Some(c.target_poll_ms));
         assert!(q.polls_due(&c, 1).is_empty(), "not due yet");
         let t = c.target_poll_ms;
@@ -396,12 +444,15 @@ mod tests {
         assert!(q.polls_due(&c, t).is_empty(), "one read at a time");
         assert_eq!(q.on_target_polled(&key, &Ok("b0".into())), None);
         assert_eq!(q.on_target_polled(&key, &Err("offline".into())), None);
-        assert_eq!(q.next("r", "main", &lane, t), Next::Idle);
+        assert_eq!(q.next("r", "main", &lane, lane.batch_max, t), Next::Idle);
         assert_eq!(
             q.on_target_polled(&key, &Ok("b1".into())),
             Some("b0".into())
         );
-        assert!(matches!(q.next("r", "main", &lane, t), Next::Test(_)));
+        assert!(matches!(
+            q.next("r", "main", &lane, lane.batch_max, t),
+            Next::Test(_)
+        ));
     }
 
     #[test]
@@ -410,8 +461,14 @@ mod tests {
         let mut q = Queue::new(vec![]);
         submit(&mut q, &c, Priority::Normal, 0);
         let until = q.hold(&c, ("r".into(), "main".into()), "b0", 0);
-        assert_eq!(q.next("r", "main", &lane, until - 1), Next::Idle);
-        assert!(matches!(q.next("r", "main", &lane, until), Next::Test(_)));
+        assert_eq!(
+            q.next("r", "main", &lane, lane.batch_max, until - 1),
+            Next::Idle
+        );
+        assert!(matches!(
+            q.next("r", "main", &lane, lane.batch_max, until),
+            Next::Test(_)
+        ));
         assert!(q.polls_due(&c, until).is_empty());
         assert_eq!(q.next_wakeup(), None, "an ended hold wakes nobody");
     }

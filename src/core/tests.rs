@@ -305,6 +305,8 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         batch_delay_ms: delay,
         build_priority: None,
         breakage: Default::default(),
+        window: 1,
+        window_floor: 1,
     };
     CoreConfig {
         repos: BTreeMap::from([(
@@ -475,8 +477,13 @@ impl Sim {
             Command::Upload { .. } | Command::CancelBuild { .. } | Command::Verify { .. } => {
                 return None
             }
-            Command::Prepare { cand, changes, .. } => {
-                let base = w.tip.clone();
+            Command::Prepare {
+                cand,
+                changes,
+                onto,
+                ..
+            } => {
+                let base = onto.unwrap_or_else(|| w.tip.clone());
                 let mut cur = base.clone();
                 let (mut heads, mut merged, mut conflicts) = (vec![], vec![], vec![]);
                 for (id, git_ref) in changes {

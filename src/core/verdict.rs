@@ -321,12 +321,15 @@ impl Candidates {
                 now,
                 &repo,
                 format!(
-                    "candidate {id}: gate passed{extra}; landing {}",
-                    short(cand.commit().unwrap_or(""))
+                    "candidate {id}: gate passed{extra}; landing {}{}",
+                    short(cand.commit().unwrap_or("")),
+                    self.onto_text(id)
                 ),
             );
-            self.emit_land(cx, &cand);
             self.save_id(cx, id);
+            // It lands once every candidate ahead of it has.
+            let lane = (cand.repo.clone(), cand.branch.clone());
+            self.kick(cx, &lane, now);
         } else {
             self.attribute(cx, id, blockers, now);
         }

@@ -386,6 +386,14 @@ pub struct Branch {
     pub name: Spanned<String>,
     #[serde(default = "default_batch_max")]
     pub batch_max: Spanned<usize>,
+    /// Candidates in flight at once, each merged and built on top of the one before it
+    /// (speculation); 1: one at a time.
+    #[serde(default = "default_one")]
+    pub window: Spanned<usize>,
+    /// The least the effective window shrinks to after failures (it halves on each
+    /// failure and grows by one on each landing, up to `window`).
+    #[serde(default = "default_one")]
+    pub window_floor: Spanned<usize>,
     /// Attribute paths that must build on every landed commit.
     #[serde(default)]
     pub required: Vec<String>,
@@ -487,6 +495,10 @@ fn default_jobset() -> String {
 fn default_systems() -> Vec<String> {
     vec!["x86_64-linux".into()]
 }
+fn default_one() -> Spanned<usize> {
+    Spanned::new(0..0, 1)
+}
+
 fn default_batch_max() -> Spanned<usize> {
     Spanned::new(0..0, 8)
 }
@@ -599,6 +611,21 @@ impl Config {
                     return Err((
                         Some(b.batch_max.span()),
                         "batch_max must be at least 1".into(),
+                    ));
+                }
+                if *b.window.get_ref() == 0 {
+                    return Err((
+                        Some(b.window.span()),
+                        "window must be at least 1 (1: no speculation)".into(),
+                    ));
+                }
+                if *b.window_floor.get_ref() == 0 || b.window_floor.get_ref() > b.window.get_ref() {
+                    return Err((
+                        Some(b.window_floor.span()),
+                        format!(
+                            "window_floor must be between 1 and window ({})",
+                            b.window.get_ref()
+                        ),
                     ));
                 }
             }
@@ -741,6 +768,8 @@ impl Config {
                                 required: b.required.clone(),
                                 batch_delay_ms: b.batch_delay_secs as Millis * 1000,
                                 build_priority: b.build_priority,
+                                window: *b.window.get_ref(),
+                                window_floor: *b.window_floor.get_ref(),
                                 breakage: BreakagePolicy {
                                     mode: b.breakage,
                                     protected: b

@@ -425,9 +425,12 @@ impl Driver {
                 repo,
                 branch,
                 changes,
+                onto,
             } => {
                 self.with_mirror(&repo, move |m| {
-                    let result = m.prepare(&branch, &changes).map_err(|e| e.to_string());
+                    let result = m
+                        .prepare(&branch, &changes, onto.as_deref(), cand)
+                        .map_err(|e| e.to_string());
                     Input::Candidate(CandidateInput::Prepared { cand, result })
                 });
             }

@@ -106,6 +106,26 @@ pub(crate) fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError>
 }
 
 /// Normalises what users submit: `feature` means `refs/heads/feature`.
+/// Candidates kept reachable by their refs: the window, its rebases and a margin.
+const CANDIDATE_REFS_KEPT: u64 = 64;
+
+/// Drops `refs/mq/candidates/N` of candidates long finished (ids are increasing).
+fn drop_old_candidate_refs(repo: &Repository, newest: u64) -> Result<(), GitError> {
+    let mut old = vec![];
+    for r in repo.references_glob("refs/mq/candidates/*")? {
+        let r = r?;
+        let Some(name) = r.name() else { continue };
+        let id = name.rsplit('/').next().and_then(|n| n.parse::<u64>().ok());
+        if id.is_some_and(|id| id + CANDIDATE_REFS_KEPT < newest) {
+            old.push(name.to_string());
+        }
+    }
+    for name in old {
+        repo.find_reference(&name)?.delete()?;
+    }
+    Ok(())
+}
+
 pub fn full_ref(r: &str) -> String {
     if r.starts_with("refs/") {
         r.to_string()
@@ -188,14 +208,27 @@ impl Mirror {
     /// is listed in `vanished`, not merged. `Err` is an infrastructure failure of the whole
     /// preparation, retried by the core: the target branch cannot be fetched, the remote
     /// cannot be asked whether a ref exists, or a ref that exists cannot be fetched.
+    /// With `onto` (the commit of the candidate ahead, made here) the changes are merged
+    /// onto it instead of the tip.
     pub fn prepare(
         &self,
         branch: &str,
         changes: &[(ChangeId, String)],
+        onto: Option<&str>,
+        cand: u64,
     ) -> Result<Prepared, GitError> {
-        let target = format!("refs/mq/target/{branch}");
-        self.fetch(&[format!("+refs/heads/{branch}:{target}")])?;
-        let base = self.resolve(&target)?;
+        let base = match onto {
+            Some(c) => self
+                .repo()?
+                .find_commit(Oid::from_str(c)?)?
+                .id()
+                .to_string(),
+            None => {
+                let target = format!("refs/mq/target/{branch}");
+                self.fetch(&[format!("+refs/heads/{branch}:{target}")])?;
+                self.resolve(&target)?
+            }
+        };
         let mut heads = vec![];
         let mut vanished = vec![];
         let specs: Vec<String> = changes
@@ -225,13 +258,16 @@ impl Mirror {
         })?;
         let tip = chain.merged.last().map(|(_, c)| c.clone());
         if let Some(tip) = &tip {
-            // Keep the chain reachable until it is landed or replaced.
-            self.repo()?.reference(
-                &format!("refs/mq/candidate/{branch}"),
+            // Keep the chain reachable until it is landed or replaced: one ref per
+            // candidate (those behind build on it), the oldest ones dropped.
+            let repo = self.repo()?;
+            repo.reference(
+                &format!("refs/mq/candidates/{cand}"),
                 Oid::from_str(tip)?,
                 true,
                 "candidate",
             )?;
+            drop_old_candidate_refs(&repo, cand)?;
         }
         Ok(Prepared {
             base,

@@ -233,6 +233,8 @@ pub(crate) fn candidate_json(k: &crate::core::Candidate) -> Value {
         "base": k.base,
         "commit": k.commit(),
         "phase": k.phase.as_str(),
+        "stage": "queue",
+        "ahead": k.ahead,
         "follow_up_of": k.follow_up_of,
         "builds": k.builds,
         "extra_builds": k.extra_builds,

@@ -215,6 +215,8 @@ pub fn migrations() -> Migrations<'static> {
             );
             CREATE INDEX verifications_drv ON verifications(drv);",
         ),
+        // v13: speculation: the candidate each one is built on top of.
+        M::up("ALTER TABLE candidates ADD COLUMN ahead INTEGER;"),
     ])
 }
 
@@ -297,8 +299,8 @@ impl Store {
                 Record::Candidate(c) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO candidates (id, repo, branch, changes, base, merged, phase, follow_up_of,
-                         builds, extra_builds, created_at, last_build_at, finished_at, summary, merge_group, marks)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                         builds, extra_builds, created_at, last_build_at, finished_at, summary, merge_group, marks, ahead)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                         params![
                             c.id,
                             c.repo,
@@ -318,7 +320,8 @@ impl Store {
                                 .as_ref()
                                 .map(|g| serde_json::to_string(g).expect("serialisable")),
                             (!c.marks.is_empty())
-                                .then(|| serde_json::to_string(&c.marks).expect("serialisable"))
+                                .then(|| serde_json::to_string(&c.marks).expect("serialisable")),
+                            c.ahead
                         ],
                     )?;
                 }
@@ -473,7 +476,7 @@ impl Store {
     ) -> Result<Vec<Candidate>, StoreError> {
         let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, branch, changes, base, merged, phase, follow_up_of, builds, extra_builds,
-             created_at, last_build_at, finished_at, summary, merge_group, marks FROM candidates WHERE {cond} ORDER BY id"
+             created_at, last_build_at, finished_at, summary, merge_group, marks, ahead FROM candidates WHERE {cond} ORDER BY id"
         ))?;
         let rows = st.query_map(params, |r| {
             Ok((
@@ -495,6 +498,7 @@ impl Store {
                     r.get::<_, Option<String>>(13)?,
                     r.get::<_, Option<String>>(14)?,
                     r.get::<_, Option<String>>(15)?,
+                    r.get::<_, Option<u64>>(16)?,
                 ),
             ))
         })?;
@@ -511,7 +515,7 @@ impl Store {
                 follow_up_of,
                 (builds, extra),
                 (created, last, fin),
-                (summary, group, marks),
+                (summary, group, marks, ahead),
             ) = row?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("candidate {id}: {what}"));
             out.push(Candidate {
@@ -537,6 +541,8 @@ impl Store {
                     Some(m) => serde_json::from_str(&m).map_err(|_| corrupt("marks"))?,
                     None => vec![],
                 },
+                ahead,
+                spec: Default::default(),
                 targets: vec![],
                 pending: Default::default(),
                 eval_blockers: vec![],

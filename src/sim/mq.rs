@@ -48,6 +48,8 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
                     batch_delay_ms: (l.batch_delay_minutes * 60_000.0) as i64,
                     build_priority: l.build_priority,
                     breakage: Default::default(),
+                    window: l.window.max(1),
+                    window_floor: l.window_floor.clamp(1, l.window.max(1)),
                 },
             )
         })
@@ -443,10 +445,14 @@ impl CoreQueue {
                 cand,
                 branch,
                 changes,
+                onto,
                 ..
             } => {
                 let b = w.branch_index(&branch)?;
-                let base = w.tip(b);
+                let base = match &onto {
+                    Some(c) => w.commit(c)?,
+                    None => w.tip(b),
+                };
                 let mut cur = base;
                 let (mut heads, mut merged, mut conflicts) = (vec![], vec![], vec![]);
                 for (id, git_ref) in changes {

@@ -169,6 +169,12 @@ pub struct Lane {
     /// `build_priority` of the branch (urgent, high, normal, low).
     #[serde(default)]
     pub build_priority: Option<crate::core::change::Priority>,
+    /// Candidates in flight at once (speculation), as `window` of a branch.
+    #[serde(default = "one")]
+    pub window: usize,
+    /// `window_floor` of the branch.
+    #[serde(default = "one")]
+    pub window_floor: usize,
 }
 
 /// A channel following a lane's branch, as `[[channels]]` in the product's config.

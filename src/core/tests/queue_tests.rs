@@ -266,7 +266,7 @@ fn cancelled_changes_never_land() {
 }
 
 #[test]
-fn queue_order_is_priority_then_submission_and_batches_are_capped() {
+fn queue_order_is_priority_then_submission_and_batches_are_capped_and_urgent_goes_at_once() {
     let mut sim = Sim::new(config(2, 0), world());
     // Occupies the lane while the others queue up.
     let first = sim.submit("h0", Patch::alter("pkg0", "c0"), Priority::Low);
@@ -279,11 +279,22 @@ fn queue_order_is_priority_then_submission_and_batches_are_capped() {
     let l2 = sim.submit("h5", Patch::alter("pkg5", "c5"), Priority::Low);
     let h1 = sim.submit("h6", Patch::alter("pkg6", "c6"), Priority::High);
     let order: Vec<ChangeId> = sim.core.queue(REPO, BRANCH).iter().map(|c| c.id).collect();
-    assert_eq!(order, vec![u1, h1, n1, n2, l1, l2]);
+    // The urgent change is not queued: it is tested alone at once.
+    assert_eq!(order, vec![h1, n1, n2, l1, l2]);
+    assert_eq!(sim.state(u1), ChangeState::Testing);
     sim.run();
     assert_eq!(
         sim.prepares(),
-        vec![vec![first], vec![u1, h1], vec![n1, n2], vec![l1, l2]]
+        // The urgent change goes ahead of the one in flight, which is prepared again
+        // on top of it.
+        vec![
+            vec![first],
+            vec![u1],
+            vec![first],
+            vec![h1, n1],
+            vec![n2, l1],
+            vec![l2]
+        ]
     );
     sim.assert_merged(&[first, l1, n1, u1, n2, l2, h1]);
 }
