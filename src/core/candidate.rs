@@ -61,6 +61,20 @@ pub(crate) struct Target {
     pub base_drv: Option<String>,
 }
 
+/// Working state of a candidate in a chain (never persisted: a restart sends again).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Spec {
+    /// Prepares sent and not answered yet: only the answer to the last one counts.
+    pub(crate) sent: u32,
+    /// The land is out (the head only).
+    pub(crate) land_sent: bool,
+    /// A failure found while the candidate ahead had not landed yet.
+    pub(crate) parked: Option<Vec<Blocker>>,
+    /// Builds the candidate waited for before it was prepared again: still wanted (not
+    /// cancelled), since most of them come back after the new evaluation.
+    pub(crate) warm: BTreeSet<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub id: CandId,
@@ -92,7 +106,7 @@ pub struct Candidate {
     pub marks: Vec<super::breakage::BrokenJob>,
     /// The candidate this one is merged on top of (speculation); `None`: the target's tip.
     pub ahead: Option<CandId>,
-    pub(crate) spec: super::window::Spec,
+    pub(crate) spec: Spec,
     pub(crate) targets: Vec<Target>,
     pub(crate) pending: BTreeSet<String>,
     pub(crate) eval_blockers: Vec<Blocker>,

@@ -19,20 +19,6 @@ use crate::core::change::{short, ChangeState, Priority};
 /// A lane: (repository, branch).
 pub(crate) type Lane = (String, String);
 
-/// Working state of a candidate in a chain (never persisted: a restart sends again).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Spec {
-    /// Prepares sent and not answered yet: only the answer to the last one counts.
-    pub(crate) sent: u32,
-    /// The land is out (the head only).
-    pub(crate) land_sent: bool,
-    /// A failure found while the candidate ahead had not landed yet.
-    pub(crate) parked: Option<Vec<Blocker>>,
-    /// Builds the candidate waited for before it was prepared again: still wanted (not
-    /// cancelled), since most of them come back after the new evaluation.
-    pub(crate) warm: BTreeSet<String>,
-}
-
 /// Failure-rate memory: each decided change weighs this much (the last ~10 count).
 const RATE_WEIGHT: f64 = 0.1;
 /// The failure rate a lane starts with before it has decided anything.
