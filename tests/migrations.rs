@@ -439,6 +439,8 @@ fn core_restores_from_a_migrated_v1_database() {
         keep_final: CoreConfig::default().keep_final,
         cache: None,
         verify: None,
+        build_deadline_ms: 48 * 3_600_000,
+        eval_deadline_ms: 4 * 3_600_000,
     };
     let mut core = Core::restore(
         config,
@@ -643,6 +645,8 @@ fn channel_rows_round_trip_on_an_upgraded_database() {
         keep_final: CoreConfig::default().keep_final,
         cache: None,
         verify: None,
+        build_deadline_ms: 48 * 3_600_000,
+        eval_deadline_ms: 4 * 3_600_000,
     };
     let mut core = Core::restore(config, vec![], vec![], vec![], loaded, 1_700_000_300_000);
     let cmds = core.take_commands();

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::effects::Effects;
+use super::liveness::Deadlines;
 use super::scheduler::{Health, Scheduler, StepInfo};
 use super::steps::StepGraph;
 use super::verify::{self, Verifier};
@@ -37,6 +38,8 @@ pub(crate) struct Builds {
     /// A candidate or a channel test ended: some steps may be wanted by no one now.
     pub(crate) released: bool,
     pub(crate) verifier: Verifier,
+    /// When each dispatched build and asked-for evaluation is overdue.
+    pub(crate) deadlines: Deadlines,
 }
 
 /// What the other machines need to hear after a build input.
@@ -96,6 +99,7 @@ impl Builds {
     /// Asks for the evaluation of `commit` unless it is known or already asked for.
     pub(crate) fn request_eval(&mut self, repo: &str, commit: &str, fx: &mut Effects) {
         if !self.evals.contains_key(commit) && self.evals_requested.insert(commit.to_string()) {
+            self.deadlines.eval_sent(repo, commit, None);
             fx.push(Command::Evaluate {
                 repo: repo.to_string(),
                 commit: commit.to_string(),
@@ -105,6 +109,7 @@ impl Builds {
 
     pub(crate) fn on_evaluated(&mut self, eval: Arc<Evaluation>) -> BuildNews {
         let commit = eval.commit.clone();
+        self.deadlines.eval_answered(&commit);
         self.evals_requested.remove(&commit);
         self.eval_failures.remove(&commit);
         self.evals.insert(commit, eval.clone());
@@ -133,6 +138,8 @@ impl Builds {
             ),
         );
         self.evals_requested.insert(commit.to_string());
+        let due = now + delay + cfg.eval_deadline_ms;
+        self.deadlines.eval_sent(repo, commit, Some(due));
         fx.later(
             now + delay,
             Command::Evaluate {
@@ -142,8 +149,10 @@ impl Builds {
         );
     }
 
-    pub(crate) fn dispatch(&mut self, now: Millis, fx: &mut Effects) {
+    pub(crate) fn dispatch(&mut self, cfg: &CoreConfig, now: Millis, fx: &mut Effects) {
         for (drv, builder) in self.scheduler.dispatch(now) {
+            let due = now.saturating_add(cfg.build_deadline_ms);
+            self.deadlines.build_sent(&drv, &builder, due);
             let system = self
                 .scheduler
                 .step(&drv)
@@ -333,6 +342,7 @@ impl Builds {
         now: Millis,
         fx: &mut Effects,
     ) -> BuildNews {
+        self.deadlines.build_answered(&r.drv_path, &r.builder);
         let cancelled = self
             .scheduler
             .step(&r.drv_path)

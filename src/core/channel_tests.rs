@@ -174,6 +174,8 @@ fn channel_config(look_back: bool, min_interval_ms: Millis) -> CoreConfig {
         keep_final: CoreConfig::default().keep_final,
         cache: None,
         verify: None,
+        build_deadline_ms: 48 * 3_600_000,
+        eval_deadline_ms: 4 * 3_600_000,
     }
 }
 

@@ -28,6 +28,7 @@ mod evidence;
 pub mod forge;
 mod grace;
 pub mod groups;
+mod liveness;
 mod messages;
 pub mod notify;
 pub mod outcome;
@@ -128,6 +129,11 @@ pub struct CoreConfig {
     pub cache: Option<CacheUpload>,
     /// Verified builds (`[verify]`); `None`: none.
     pub verify: Option<verify::VerifyPolicy>,
+    /// A dispatched build whose result has not arrived after this long is stopped and
+    /// retried as an infrastructure failure (`liveness.rs`).
+    pub build_deadline_ms: Millis,
+    /// The same for an evaluation: asked for again.
+    pub eval_deadline_ms: Millis,
 }
 
 /// Which outputs the shell uploads to the binary cache.
@@ -175,6 +181,8 @@ impl Default for CoreConfig {
             keep_final: 1_000,
             cache: None,
             verify: None,
+            build_deadline_ms: 48 * 3_600_000,
+            eval_deadline_ms: 4 * 3_600_000 + 600_000,
         }
     }
 }
@@ -330,6 +338,7 @@ impl Core {
             .into_iter()
             .chain(self.gating.next_wakeup())
             .chain(self.queue.next_wakeup())
+            .chain(self.builds.deadlines.next())
             .min()
     }
 
@@ -680,6 +689,44 @@ impl Core {
         }
     }
 
+    /// Builds and evaluations whose result is overdue: a build is stopped and retried as
+    /// an infrastructure failure of its builder; an evaluation is asked for again.
+    fn expire_overdue(&mut self, now: Millis) {
+        self.builds.deadlines.arm(now, self.config.eval_deadline_ms);
+        let due = self.builds.deadlines.due(now);
+        for (drv, builder) in due.builds {
+            let secs = self.config.build_deadline_ms / 1000;
+            self.fx.push(Command::CancelBuild {
+                drv: drv.clone(),
+                builder: builder.clone(),
+            });
+            let report = outcome::BuildReport {
+                log_tail: format!(
+                    "no result from {builder} within {secs} s (timeouts.build_secs): stopped there and retried"
+                ),
+                drv_path: drv,
+                class: outcome::OutcomeClass::Infrastructure,
+                root_drv: None,
+                builder,
+                duration_ms: 0,
+                log_path: None,
+            };
+            self.handle_build(BuildInput::Built(report), now);
+        }
+        for (repo, commit) in due.evals {
+            let secs = self.config.eval_deadline_ms / 1000;
+            let error = format!("no result within {secs} s (timeouts.eval_secs): asked again");
+            self.handle_build(
+                BuildInput::EvalFailed {
+                    repo,
+                    commit,
+                    error,
+                },
+                now,
+            );
+        }
+    }
+
     /// Starts candidates for a lane: every urgent change alone, at once; then batches
     /// (sized by the lane's recent failure rate) until its window is full.
     fn fill_window(&mut self, repo: &str, branch: &str, now: Millis) {
@@ -729,6 +776,7 @@ impl Core {
                 .collect();
             self.builds.cancel_unwanted(wanted, now, &mut self.fx);
         }
-        self.builds.dispatch(now, &mut self.fx);
+        self.expire_overdue(now);
+        self.builds.dispatch(&self.config, now, &mut self.fx);
     }
 }

@@ -119,7 +119,7 @@ fn run(c: &Case, slots: usize) -> (Verdicts, Vec<u32>) {
     }
     let mut now = 0;
     for _round in 0..10_000 {
-        b.dispatch(now, &mut fx);
+        b.dispatch(&cfg, now, &mut fx);
         let cmds = fx.take();
         if cmds.is_empty() {
             break;

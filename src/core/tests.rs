@@ -335,6 +335,8 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         keep_final: CoreConfig::default().keep_final,
         cache: None,
         verify: None,
+        build_deadline_ms: 48 * 3_600_000,
+        eval_deadline_ms: 4 * 3_600_000,
     }
 }
 

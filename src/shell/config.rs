@@ -821,6 +821,10 @@ impl Config {
             keep_final: self.retention.keep_in_memory,
             cache: self.cache.as_ref().map(|c| c.upload.into()),
             verify: self.verify.as_ref().map(|v| v.policy()),
+            build_deadline_ms: self.timeouts.build_secs as Millis * 1000,
+            // The shell kills an evaluation at eval_secs; a request may also wait that
+            // long for a free evaluator first. The core waits for both, and a margin.
+            eval_deadline_ms: (2 * self.timeouts.eval_secs as Millis + 600) * 1000,
         }
     }
 

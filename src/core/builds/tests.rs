@@ -39,7 +39,7 @@ fn start(b: &mut Builds, c: &CoreConfig, drv: &str, fx: &mut Effects) -> usize {
         ..StepInfo::default()
     };
     b.on_inspected(c, vec![(drv.into(), Ok(info))], |_| None, 0, fx);
-    b.dispatch(0, fx);
+    b.dispatch(c, 0, fx);
     fx.take()
         .iter()
         .filter(|c| matches!(c, Command::Build { .. }))
@@ -68,7 +68,7 @@ fn a_failure_is_built_again_before_it_is_believed_and_then_expires() {
     let first = b.on_built(&c, report("/f.drv", OutcomeClass::Failed), 1, &mut fx);
     assert_eq!(first, BuildNews::Nothing, "one retry before blaming");
     assert!(b.known("/f.drv", 1).is_none());
-    b.dispatch(1, &mut fx);
+    b.dispatch(&c, 1, &mut fx);
     let second = b.on_built(&c, report("/f.drv", OutcomeClass::Failed), 2, &mut fx);
     assert_eq!(second, BuildNews::Verdict("/f.drv".into()));
     assert!(b.known("/f.drv", 2).is_some_and(|m| !m.ok()));
@@ -95,7 +95,7 @@ fn infrastructure_trouble_is_never_remembered_and_gives_up_after_the_retries() {
         );
         assert!(b.known("/i.drv", now).is_none());
         now += 3_600_000;
-        b.dispatch(now, &mut fx);
+        b.dispatch(&c, now, &mut fx);
     }
     assert!(matches!(last, BuildNews::Abandoned { ref drv, .. } if drv == "/i.drv"));
 }

@@ -362,3 +362,65 @@ fn a_build_nobody_waits_for_is_stopped_and_its_stop_is_never_a_verdict() {
     sim.run();
     sim.assert_merged(&[again]);
 }
+
+#[test]
+fn a_build_or_evaluation_whose_result_never_arrives_is_timed_out_and_retried() {
+    let mut cfg = config(8, 0);
+    cfg.build_deadline_ms = 3_600_000;
+    cfg.eval_deadline_ms = 1_800_000;
+    let mut sim = Sim::new(cfg, world());
+    let ids = submit_batch(&mut sim, 2, &[]);
+    // The first evaluation and the first build are lost on the way: no result ever comes.
+    let mut lost = (None, None);
+    sim.run_until(|s| {
+        s.queue
+            .iter()
+            .any(|c| matches!(c, Command::Evaluate { .. }))
+    });
+    let i = sim
+        .queue
+        .iter()
+        .position(|c| matches!(c, Command::Evaluate { .. }))
+        .expect("an evaluation");
+    lost.0 = sim.queue.remove(i);
+    let start = sim.now;
+    sim.run_until(|s| s.queue.iter().any(|c| matches!(c, Command::Build { .. })));
+    let i = sim
+        .queue
+        .iter()
+        .position(|c| matches!(c, Command::Build { .. }))
+        .expect("a build");
+    lost.1 = sim.queue.remove(i);
+    let Some(Command::Build { drv, builder, .. }) = lost.1.clone() else {
+        panic!("{lost:?}")
+    };
+    sim.run();
+    sim.assert_merged(&ids);
+    assert!(sim.now >= start + 1_800_000, "waited for the deadline");
+    let evals_of = |c: &str| {
+        sim.issued
+            .iter()
+            .filter(|(_, x)| matches!(x, Command::Evaluate { commit, .. } if commit == c))
+            .count()
+    };
+    let Some(Command::Evaluate { commit, .. }) = &lost.0 else {
+        panic!()
+    };
+    assert_eq!(
+        evals_of(commit),
+        2,
+        "the lost evaluation was asked for again"
+    );
+    // The lost build was stopped where it was sent and built again, never blamed.
+    assert!(sim.issued.iter().any(|(_, c)| matches!(c,
+        Command::CancelBuild { drv: d, builder: b } if *d == drv && *b == builder)));
+    assert_eq!(
+        sim.core.memo(&drv).map(|m| m.class),
+        Some(OutcomeClass::Success)
+    );
+    assert!(
+        sim.events.iter().any(|e| e.contains("timeouts.build_secs")),
+        "{:#?}",
+        sim.events
+    );
+}

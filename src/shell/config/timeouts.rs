@@ -29,6 +29,15 @@ pub struct Timeouts {
     /// One request to a forge's API (its answer's head, and again its body).
     #[serde(default = "default_forge")]
     pub forge_secs: u64,
+    /// One build step, from dispatch to its result: past it, the core stops the step and
+    /// retries it elsewhere as an infrastructure failure (a lost result never stalls a
+    /// branch). Longer than any legitimate build.
+    #[serde(default = "default_build")]
+    pub build_secs: u64,
+}
+
+fn default_build() -> u64 {
+    48 * 3600
 }
 
 fn default_git() -> u64 {
@@ -58,6 +67,7 @@ impl Default for Timeouts {
             transfer_secs: default_transfer(),
             inspect_secs: default_inspect(),
             probe_secs: default_probe(),
+            build_secs: default_build(),
             forge_secs: default_forge(),
         }
     }
@@ -71,6 +81,7 @@ impl Timeouts {
             ("transfer_secs", self.transfer_secs),
             ("inspect_secs", self.inspect_secs),
             ("probe_secs", self.probe_secs),
+            ("build_secs", self.build_secs),
             ("forge_secs", self.forge_secs),
         ] {
             if v == 0 {
