@@ -50,6 +50,9 @@ enum Kind {
     Readme,
     /// Does not merge onto the target.
     Conflict,
+    /// Does not merge on top of change `j` (an earlier one): rejected if `j` lands, lands
+    /// if `j` is rejected.
+    ConflictsWith(usize),
 }
 
 impl Kind {
@@ -89,6 +92,12 @@ impl Case {
         self.broken.contains(&p) || self.deps[p].iter().any(|&d| self.sick(d))
     }
 
+    /// Whether change `i` must be rejected (a change that conflicts with another is
+    /// judged by `conflicts_consistent`: which lands first is a matter of timing).
+    fn culprit(&self, i: usize) -> bool {
+        self.changes[i].culprit()
+    }
+
     /// The job a culprit must be blamed for (named in its reason).
     fn own_job(&self, i: usize) -> Option<String> {
         match &self.changes[i] {
@@ -122,7 +131,7 @@ fn case() -> impl Strategy<Value = Case> {
         };
         let healthy: Vec<usize> = (0..n).filter(|&p| !c.sick(p)).collect();
         let sick: Vec<usize> = (0..n).filter(|&p| c.sick(p)).collect();
-        for _ in 0..k {
+        for i in 0..k {
             let pick = |rng: &mut fastrand::Rng, v: &[usize]| v[rng.usize(0..v.len())];
             let kind = match rng.u8(0..100) {
                 0..=29 => Kind::Good(rng.usize(0..n)),
@@ -134,10 +143,18 @@ fn case() -> impl Strategy<Value = Case> {
                 73..=80 if !sick.is_empty() => Kind::TouchBroken(pick(&mut rng, &sick)),
                 81..=87 => Kind::Flaky(rng.usize(0..n)),
                 88..=93 => Kind::Readme,
-                94..=99 => Kind::Conflict,
+                94..=96 => Kind::Conflict,
+                97..=99 if i > 0 => Kind::ConflictsWith(rng.usize(0..i)),
                 _ => Kind::Good(rng.usize(0..n)),
             };
             c.changes.push(kind);
+        }
+        // Which of two conflicting changes lands first would depend on timing if the
+        // second could overtake the first.
+        for (i, k) in c.changes.iter().enumerate() {
+            if matches!(k, Kind::ConflictsWith(_)) {
+                c.urgent.remove(&i);
+            }
         }
         c
     })
@@ -178,6 +195,13 @@ impl World {
     fn merge(&mut self, parent: &str, change: usize) -> Result<String, String> {
         if self.case.changes[change] == Kind::Conflict {
             return Err("CONFLICT (content): merge conflict in README".into());
+        }
+        if let Kind::ConflictsWith(j) = self.case.changes[change] {
+            if self.commits[parent].contains(&j) {
+                return Err(format!(
+                    "CONFLICT (content): merge conflict in NEWS with change {j}"
+                ));
+            }
         }
         let k = (parent.to_string(), change);
         if let Some(c) = self.merges.get(&k) {
@@ -232,7 +256,7 @@ impl World {
                 Kind::Throw(p) => throws[*p] = true,
                 Kind::NewFails(d) => news.push((i, *d, true)),
                 Kind::NewBuilds(d) => news.push((i, *d, false)),
-                Kind::Readme | Kind::Conflict => {}
+                Kind::Readme | Kind::Conflict | Kind::ConflictsWith(_) => {}
             }
         }
         let mut res: Vec<Result<String, ()>> = vec![];
@@ -560,6 +584,39 @@ impl Run {
     }
 }
 
+/// A change `i` that does not merge on top of `j`: rejected exactly when `j` landed
+/// before it, merged exactly when it landed with `j` absent or after it (`tip`: the
+/// changes on the branch, in order). Never rejected for a `j` that did not land.
+fn conflicts_consistent(
+    case: &Case,
+    tip: &[usize],
+    state: impl Fn(usize) -> ChangeState,
+) -> Result<(), String> {
+    for (i, kind) in case.changes.iter().enumerate() {
+        let Kind::ConflictsWith(j) = *kind else {
+            continue;
+        };
+        let pos = |c: usize| tip.iter().position(|&x| x == c);
+        let ok = match state(i) {
+            ChangeState::Rejected => pos(j).is_some(),
+            ChangeState::Merged => match (pos(i), pos(j)) {
+                (Some(pi), Some(pj)) => pi < pj,
+                (Some(_), None) => true,
+                _ => false,
+            },
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "{i} {kind:?} is {:?}, #{j} is {:?}, the branch holds {tip:?}",
+                state(i),
+                state(j)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs a case to the end; returns (innocents rejected, messages of failed checks,
 /// culprits, extra builds).
 fn run_case(case: &Case) -> Result<(usize, u64), String> {
@@ -606,10 +663,17 @@ fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec
     run.pump();
     run.run();
     let mut culprits = 0;
+    let tip = run.world.commits[&run.world.tip].clone();
+    conflicts_consistent(case, &tip, |i| {
+        run.core.change(run.ids[i]).expect("known").state
+    })?;
     for (i, kind) in case.changes.iter().enumerate() {
         let ch = run.core.change(run.ids[i]).expect("known");
         let reason = ch.reason.clone().unwrap_or_default();
-        if kind.culprit() {
+        if matches!(kind, Kind::ConflictsWith(_)) {
+            continue;
+        }
+        if case.culprit(i) {
             culprits += 1;
             if ch.state != ChangeState::Rejected {
                 return Err(format!("culprit {i} {kind:?} is {:?}", ch.state));
@@ -632,7 +696,11 @@ fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec
     // or not.
     let landed: BTreeSet<usize> = run.world.commits[&run.world.tip].iter().copied().collect();
     let innocent: BTreeSet<usize> = (0..case.changes.len())
-        .filter(|&i| !case.changes[i].culprit())
+        .filter(|&i| !case.culprit(i))
+        .filter(|&i| {
+            !matches!(case.changes[i], Kind::ConflictsWith(_))
+                || run.core.change(run.ids[i]).expect("known").state == ChangeState::Merged
+        })
         .collect();
     if landed != innocent {
         return Err(format!(

@@ -66,6 +66,9 @@ pub(crate) struct Target {
 pub(crate) struct Spec {
     /// Prepares sent and not answered yet: only the answer to the last one counts.
     pub(crate) sent: u32,
+    /// Answers still to come to prepares sent before the candidate was merged again on
+    /// another base: ignored when they come.
+    pub(crate) stale: u32,
     /// The land is out (the head only).
     pub(crate) land_sent: bool,
     /// A failure found while the candidate ahead had not landed yet.
@@ -541,9 +544,41 @@ impl Candidates {
             }
         }
         let branch = self.by_id[&id].branch.clone();
+        let ahead = self.by_id[&id].ahead;
+        let order = self.by_id[&id].changes.clone();
         for (cid, why) in &p.conflicts {
-            let reason = format!("merge conflict with {branch} at {}: {why}", short(&p.base));
-            self.reject(cx, *cid, reason, now);
+            // Certain only on the tip with nothing merged before it: otherwise it may
+            // conflict with a change that never lands.
+            let before: Vec<ChangeId> = order
+                .iter()
+                .take_while(|c| *c != cid)
+                .filter(|c| p.merged.iter().any(|(m, _)| m == *c))
+                .copied()
+                .collect();
+            if ahead.is_none() && before.is_empty() {
+                let reason = format!("merge conflict with {branch} at {}: {why}", short(&p.base));
+                self.reject(cx, *cid, reason, now);
+                continue;
+            }
+            // It waits for the candidate whose changes it may conflict with: its own
+            // (changes merged before it), else the one ahead.
+            let (after, wait) = match ahead {
+                Some(a) if before.is_empty() => (format!("candidate {a} ahead"), a),
+                _ => (
+                    before
+                        .iter()
+                        .map(|c| format!("#{c}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    id,
+                ),
+            };
+            let reason = format!(
+                "conflicts with what is merged before it ({after}); tested again alone once candidate {wait} is decided: {why}"
+            );
+            cx.queue.wait_for(*cid, wait);
+            cx.set_state(*cid, ChangeState::Queued, Some(reason.clone()), now);
+            cx.fx.event(now, &repo, format!("#{cid} {reason}"));
         }
         for (cid, why) in &p.vanished {
             let reason = format!("the change's ref no longer exists: {why}");
@@ -694,6 +729,7 @@ impl Candidates {
         cand.targets = vec![];
         cand.spec.warm.clear();
         cx.builds.released = true;
+        cx.queue.candidate_done(id);
         if cand.group.is_some() {
             self.group_finished(cx, id, now);
         }

@@ -24,6 +24,9 @@ pub(crate) struct Queue {
     /// many times, and until when they wait once over the budget. In memory: a restart
     /// forgives them, as it forgets every backoff.
     infra: BTreeMap<ChangeId, InfraHold>,
+    /// Changes that conflicted with changes merged before them (in their batch or in a
+    /// candidate ahead): they wait until that candidate is decided, then go alone.
+    waits: BTreeMap<ChangeId, super::CandId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +179,7 @@ impl Queue {
         }
         self.lane(repo, branch)
             .into_iter()
-            .filter(|c| c.priority == Priority::Urgent)
+            .filter(|c| c.priority == Priority::Urgent && !self.waits.contains_key(&c.id))
             .filter(|c| c.held.as_ref().is_none_or(|h| h.until <= now))
             .find(|c| self.infra.get(&c.id).is_none_or(|h| h.until <= now))
             .map(|c| c.id)
@@ -208,6 +211,7 @@ impl Queue {
         let mut queue = self.lane(repo, branch);
         queue.retain(|c| c.held.as_ref().is_none_or(|h| h.until <= now));
         queue.retain(|c| self.infra.get(&c.id).is_none_or(|h| h.until <= now));
+        queue.retain(|c| !self.waits.contains_key(&c.id));
         let alone = |c: &Change| self.solo.contains(&c.id) || c.held.is_some();
         let oldest = queue.iter().map(|c| c.submitted_at).min();
         // A change to be tested separately goes alone; a batch stops before one.
@@ -255,6 +259,19 @@ impl Queue {
                 .saturating_mul(1 << over)
                 .min(INFRA_HOLD_MAX_MS);
         Some(h.until)
+    }
+
+    /// `id` conflicted with changes merged before it in candidate `cand`: it waits until
+    /// that candidate is decided, then is tested alone (a conflict is only certain on the
+    /// target's tip with nothing merged before it).
+    pub(crate) fn wait_for(&mut self, id: ChangeId, cand: super::CandId) {
+        self.waits.insert(id, cand);
+        self.solo.insert(id);
+    }
+
+    /// Candidate `cand` is decided: the changes waiting for it are free to go.
+    pub(crate) fn candidate_done(&mut self, cand: super::CandId) {
+        self.waits.retain(|_, c| *c != cand);
     }
 
     /// Attribution could not pin a failure: test `id` alone from now on.

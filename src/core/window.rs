@@ -175,6 +175,7 @@ impl Candidates {
                 warm.extend(a.waiting.iter().cloned());
             }
             c.reset_for_prepare();
+            c.spec.stale += std::mem::take(&mut c.spec.sent);
             c.ahead = ahead;
             c.spec.land_sent = false;
             c.spec.parked = None;
@@ -268,6 +269,10 @@ impl Candidates {
     /// of the candidate that is ahead now.
     pub(crate) fn current_prepare(&mut self, id: CandId, base: &str) -> bool {
         let c = self.by_id.get_mut(&id).expect("known");
+        if c.spec.stale > 0 {
+            c.spec.stale -= 1;
+            return false;
+        }
         c.spec.sent = c.spec.sent.saturating_sub(1);
         if c.spec.sent > 0 {
             return false;
@@ -384,5 +389,56 @@ impl Candidates {
     /// Every derivation a rebased candidate waited for before it was prepared again.
     pub(crate) fn warm(&self) -> impl Iterator<Item = &String> {
         self.by_id.values().flat_map(|c| c.spec.warm.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adaptive_batch;
+    use proptest::prelude::*;
+
+    /// Changes landed at the first try per candidate run, estimated by playing batches
+    /// of `n` with a failure rate `p`: a batch that fails costs its bisection probes
+    /// and the follow-up run.
+    fn simulated(n: usize, p: f64, rng: &mut fastrand::Rng) -> f64 {
+        let (mut landed, mut runs) = (0.0, 0.0);
+        for _ in 0..20_000 {
+            runs += 1.0;
+            if (0..n).all(|_| rng.f64() >= p) {
+                landed += n as f64;
+            } else if n > 1 {
+                runs += (n as f64).log2().ceil() + 1.0;
+            }
+        }
+        landed / runs
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+        /// The size chosen is within noise of the best size found by playing the batches.
+        #[test]
+        fn the_batch_size_is_the_best_one_played(p in 0.0f64..0.6, max in 1usize..=16, seed: u64) {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let n = adaptive_batch(p, max);
+            prop_assert!((1..=max).contains(&n));
+            let chosen = simulated(n, p, &mut rng);
+            let best = (1..=max).map(|m| simulated(m, p, &mut rng)).fold(0.0, f64::max);
+            prop_assert!(chosen >= best * 0.93 - 0.01, "p {p}: {n} gives {chosen}, best {best}");
+        }
+
+        /// More failures never make batches bigger.
+        #[test]
+        fn batches_shrink_as_failures_grow(p in 0.0f64..0.99, d in 0.0f64..0.3, max in 1usize..=32) {
+            prop_assert!(adaptive_batch((p + d).min(1.0), max) <= adaptive_batch(p, max));
+        }
+    }
+
+    #[test]
+    fn figures_quoted_in_the_design() {
+        assert_eq!(adaptive_batch(0.0, 16), 16);
+        assert_eq!(adaptive_batch(0.02, 8), 8);
+        assert_eq!(adaptive_batch(0.10, 16), 4);
+        assert_eq!(adaptive_batch(0.30, 16), 1);
     }
 }

@@ -138,10 +138,17 @@ fn run_grace(case: &Case, policy: &Policy) -> Result<Run, String> {
     run.run();
     let index: BTreeMap<ChangeId, usize> =
         run.ids.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+    let tip = run.world.commits[&run.world.tip].clone();
+    conflicts_consistent(case, &tip, |i| {
+        run.core.change(run.ids[i]).expect("known").state
+    })?;
     for (i, kind) in case.changes.iter().enumerate() {
         let ch = run.core.change(run.ids[i]).expect("known");
         let reason = ch.reason.clone().unwrap_or_default();
         let state = ch.state;
+        if matches!(kind, Kind::ConflictsWith(_)) {
+            continue; // judged by conflicts_consistent
+        }
         match breaks(case, i) {
             _ if matches!(kind, Kind::WholeEval | Kind::Conflict)
                 && state != ChangeState::Rejected =>

@@ -178,22 +178,29 @@ fn failures_already_on_the_base_do_not_block_but_new_failing_jobs_do() {
 }
 
 #[test]
-fn conflicting_change_is_rejected_and_the_batch_goes_on() {
+fn conflicting_change_waits_for_the_batch_then_is_rejected_alone_on_the_tip() {
     let mut sim = Sim::new(config(8, 60_000), world());
     let ids = submit_batch(&mut sim, 8, &[(5, Patch::alter("pkg5", "c5").conflict())]);
     sim.run();
     assert_eq!(sim.state(5), ChangeState::Rejected);
     let reason = sim.reason(5);
+    // Not on the first try: changes merged before it might never land. Alone on the
+    // tip, the conflict is certain.
     assert!(
-        reason.starts_with("merge conflict with master at c0"),
+        reason.starts_with("merge conflict with master at m"),
         "{reason}"
     );
     assert!(reason.contains("CONFLICT (content)"), "{reason}");
+    assert!(sim
+        .events
+        .iter()
+        .any(|e| e.contains("#5 conflicts with what is merged before it (#1 #2 #3 #4)")));
     let rest = without(&ids, &[5]);
     sim.assert_merged(&rest);
-    // Same candidate, no follow-up.
-    assert_eq!(sim.core.candidates().count(), 1);
+    // The batch went on without it; it was tried once more, alone.
+    assert_eq!(sim.core.candidates().count(), 2);
     assert_eq!(sim.cand(1).changes, rest);
+    assert_eq!(sim.cand(2).changes, Vec::<ChangeId>::new());
     assert_eq!(sim.builds(), 7);
 }
 
