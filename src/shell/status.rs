@@ -222,6 +222,7 @@ pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Va
         "pr": c.pr,
         "approver": c.approver,
         "held": c.held,
+        "stage": "queue",
     })
 }
 
