@@ -514,12 +514,7 @@ impl Candidates {
                         delay / 1000
                     ),
                 );
-                let onto = self.by_id[&id]
-                    .ahead
-                    .and_then(|a| self.by_id[&a].commit().map(str::to_string));
-                self.by_id.get_mut(&id).expect("known").spec.sent += 1;
-                let cand = self.by_id[&id].clone();
-                self.emit_prepare(cx, &cand, onto);
+                self.send_prepare(cx, id, self.onto(id).flatten());
                 let cmd = cx.fx.pop().expect("just pushed");
                 cx.fx.later(now + delay, cmd);
                 return;

@@ -62,25 +62,22 @@ impl Deadlines {
 
     /// Takes out everything due by `now`.
     pub(crate) fn due(&mut self, now: Millis) -> Overdue {
-        let builds: Vec<(String, String)> = self
-            .builds
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &builds {
-            self.builds.remove(k);
-        }
-        let evals: Vec<(String, String)> = self
-            .evals
-            .iter()
-            .filter(|(_, (_, t))| t.is_some_and(|t| t <= now))
-            .map(|(c, (r, _))| (r.clone(), c.clone()))
-            .collect();
-        for (_, c) in &evals {
-            self.evals.remove(c);
-        }
-        Overdue { builds, evals }
+        let mut out = Overdue::default();
+        self.builds.retain(|k, t| {
+            let due = *t <= now;
+            if due {
+                out.builds.push(k.clone());
+            }
+            !due
+        });
+        self.evals.retain(|c, (r, t)| {
+            let due = t.is_some_and(|t| t <= now);
+            if due {
+                out.evals.push((r.clone(), c.clone()));
+            }
+            !due
+        });
+        out
     }
 }
 

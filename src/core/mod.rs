@@ -731,7 +731,6 @@ impl Core {
     /// (sized by the lane's recent failure rate) until its window is full.
     fn fill_window(&mut self, repo: &str, branch: &str, now: Millis) {
         let lane = (repo.to_string(), branch.to_string());
-        let conf = self.config.repos[repo].lanes[branch].clone();
         while let Some(u) = self.queue.urgent(repo, branch, now) {
             let (cands, mut cx) = self.split();
             cands.start_candidate(&mut cx, repo, branch, vec![u], None, None, now);
@@ -741,8 +740,9 @@ impl Core {
             if cands.chain(&lane).len() >= cands.window_now(&cx, &lane) {
                 return;
             }
+            let conf = &cx.cfg.repos[repo].lanes[branch];
             let batch = window::adaptive_batch(cands.failure_rate(&lane), conf.batch_max);
-            match cx.queue.next(repo, branch, &conf, batch, now) {
+            match cx.queue.next(repo, branch, conf, batch, now) {
                 queue::Next::Test(ids) => {
                     cands.start_candidate(&mut cx, repo, branch, ids, None, None, now)
                 }

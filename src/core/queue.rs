@@ -166,10 +166,12 @@ impl Queue {
         }
     }
 
-    /// What an idle lane does next.
-    /// The next urgent change of a lane, tested alone and at once (unless the lane or
-    /// the change is held).
-    pub(crate) fn urgent(&self, repo: &str, branch: &str, now: Millis) -> Option<ChangeId> {
+    /// The lane's changes that may be tested now, in queue order; `None` while the lane
+    /// is held. A change in its grace period waits; after it, it is tested alone (it may
+    /// break exactly the jobs it was held for, and nothing else's verdict may ride on it).
+    /// So do changes held after infrastructure failures and changes waiting for the
+    /// candidate they may conflict with.
+    fn testable(&self, repo: &str, branch: &str, now: Millis) -> Option<Vec<&Change>> {
         if self
             .holds
             .get(&(repo.to_string(), branch.to_string()))
@@ -177,11 +179,19 @@ impl Queue {
         {
             return None;
         }
-        self.lane(repo, branch)
+        let mut queue = self.lane(repo, branch);
+        queue.retain(|c| c.held.as_ref().is_none_or(|h| h.until <= now));
+        queue.retain(|c| self.infra.get(&c.id).is_none_or(|h| h.until <= now));
+        queue.retain(|c| !self.waits.contains_key(&c.id));
+        Some(queue)
+    }
+
+    /// The next urgent change of a lane, tested alone and at once (unless the lane or
+    /// the change is held).
+    pub(crate) fn urgent(&self, repo: &str, branch: &str, now: Millis) -> Option<ChangeId> {
+        self.testable(repo, branch, now)?
             .into_iter()
-            .filter(|c| c.priority == Priority::Urgent && !self.waits.contains_key(&c.id))
-            .filter(|c| c.held.as_ref().is_none_or(|h| h.until <= now))
-            .find(|c| self.infra.get(&c.id).is_none_or(|h| h.until <= now))
+            .find(|c| c.priority == Priority::Urgent)
             .map(|c| c.id)
     }
 
@@ -199,19 +209,9 @@ impl Queue {
             batch_max.clamp(1, lane.batch_max.max(1)),
             lane.batch_delay_ms,
         );
-        if self
-            .holds
-            .get(&(repo.to_string(), branch.to_string()))
-            .is_some_and(|h| h.until > now)
-        {
+        let Some(queue) = self.testable(repo, branch, now) else {
             return Next::Idle;
-        }
-        // A change in its grace period waits; after it, it is tested alone (it may
-        // break exactly the jobs it was held for, and nothing else's verdict may ride on it).
-        let mut queue = self.lane(repo, branch);
-        queue.retain(|c| c.held.as_ref().is_none_or(|h| h.until <= now));
-        queue.retain(|c| self.infra.get(&c.id).is_none_or(|h| h.until <= now));
-        queue.retain(|c| !self.waits.contains_key(&c.id));
+        };
         let alone = |c: &Change| self.solo.contains(&c.id) || c.held.is_some();
         let oldest = queue.iter().map(|c| c.submitted_at).min();
         // A change to be tested separately goes alone; a batch stops before one.

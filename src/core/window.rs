@@ -204,10 +204,7 @@ impl Candidates {
             let chain = self.chain(lane).to_vec();
             let mut acted = false;
             for (i, &id) in chain.iter().enumerate() {
-                let onto: Option<Option<String>> = match i.checked_sub(1) {
-                    None => Some(None),
-                    Some(a) => self.by_id[&chain[a]].commit().map(|c| Some(c.to_string())),
-                };
+                let onto = self.onto(id);
                 let c = &self.by_id[&id];
                 let phase = c.phase;
                 match phase {
@@ -254,6 +251,15 @@ impl Candidates {
             if !acted {
                 return;
             }
+        }
+    }
+
+    /// What `id` is to be merged onto: `Some(None)` the target's tip, `Some(commit)` the
+    /// commit of the candidate ahead; `None` while that one has no commit yet.
+    pub(crate) fn onto(&self, id: CandId) -> Option<Option<String>> {
+        match self.by_id[&id].ahead {
+            None => Some(None),
+            Some(a) => self.by_id[&a].commit().map(|c| Some(c.to_string())),
         }
     }
 

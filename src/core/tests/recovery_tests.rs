@@ -371,28 +371,11 @@ fn a_build_or_evaluation_whose_result_never_arrives_is_timed_out_and_retried() {
     let mut sim = Sim::new(cfg, world());
     let ids = submit_batch(&mut sim, 2, &[]);
     // The first evaluation and the first build are lost on the way: no result ever comes.
-    let mut lost = (None, None);
-    sim.run_until(|s| {
-        s.queue
-            .iter()
-            .any(|c| matches!(c, Command::Evaluate { .. }))
-    });
-    let i = sim
-        .queue
-        .iter()
-        .position(|c| matches!(c, Command::Evaluate { .. }))
-        .expect("an evaluation");
-    lost.0 = sim.queue.remove(i);
+    let lost_eval = lose_next(&mut sim, |c| matches!(c, Command::Evaluate { .. }));
     let start = sim.now;
-    sim.run_until(|s| s.queue.iter().any(|c| matches!(c, Command::Build { .. })));
-    let i = sim
-        .queue
-        .iter()
-        .position(|c| matches!(c, Command::Build { .. }))
-        .expect("a build");
-    lost.1 = sim.queue.remove(i);
-    let Some(Command::Build { drv, builder, .. }) = lost.1.clone() else {
-        panic!("{lost:?}")
+    let lost_build = lose_next(&mut sim, |c| matches!(c, Command::Build { .. }));
+    let Command::Build { drv, builder, .. } = lost_build else {
+        panic!("{lost_build:?}")
     };
     sim.run();
     sim.assert_merged(&ids);
@@ -403,8 +386,8 @@ fn a_build_or_evaluation_whose_result_never_arrives_is_timed_out_and_retried() {
             .filter(|(_, x)| matches!(x, Command::Evaluate { commit, .. } if commit == c))
             .count()
     };
-    let Some(Command::Evaluate { commit, .. }) = &lost.0 else {
-        panic!()
+    let Command::Evaluate { commit, .. } = &lost_eval else {
+        panic!("{lost_eval:?}")
     };
     assert_eq!(
         evals_of(commit),
@@ -423,4 +406,12 @@ fn a_build_or_evaluation_whose_result_never_arrives_is_timed_out_and_retried() {
         "{:#?}",
         sim.events
     );
+}
+
+/// Runs until a command matching `is` is due to be performed, and drops it: lost on the
+/// way, it never gets a result.
+fn lose_next(sim: &mut Sim, is: impl Fn(&Command) -> bool) -> Command {
+    sim.run_until(|s| s.queue.iter().any(&is));
+    let i = sim.queue.iter().position(&is).expect("issued");
+    sim.queue.remove(i).expect("present")
 }
