@@ -420,6 +420,7 @@ fn core_restores_from_a_migrated_v1_database() {
                         batch_delay_ms: 0,
                         build_priority: None,
                         breakage: Default::default(),
+                        mass_rebuild_threshold: None,
                         window: 1,
                         window_floor: 1,
                     },
@@ -680,6 +681,7 @@ fn a_merge_group_candidate_round_trips_on_an_upgraded_database() {
         batch_delay_ms: 0,
         build_priority: None,
         breakage: Default::default(),
+        mass_rebuild_threshold: None,
         window: 1,
         window_floor: 1,
     };

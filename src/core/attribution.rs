@@ -644,13 +644,14 @@ impl Candidates {
                 })
             })
         });
-        let mut held = vec![];
+        let (mut held, mut back) = (vec![], vec![]);
         for (c, reason) in &culprits {
             match self.grace_breaks(cx, id, &att, *c) {
                 Some(breaks) => {
                     self.hold_for_grace(cx, id, &att, *c, breaks, now);
                     held.push(*c);
                 }
+                None if self.return_to_stage(cx, *c, reason, now) => back.push(*c),
                 None => {
                     self.reject(cx, *c, reason.clone(), now);
                     self.decided(&(cand.repo.clone(), cand.branch.clone()), true);
@@ -666,17 +667,25 @@ impl Candidates {
         let list = |held_ones: bool| {
             culprits
                 .keys()
-                .filter(|c| held.contains(c) == held_ones)
+                .filter(|c| !back.contains(c) && held.contains(c) == held_ones)
                 .map(|c| format!("#{c}"))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
         // "rejected #3", or "rejected #3; held #5" when the grace policy held some.
-        let names = match (list(false), list(true)) {
+        let mut names = match (list(false), list(true)) {
             (r, h) if h.is_empty() => r,
             (r, h) if r.is_empty() => format!("none; held {h}"),
             (r, h) => format!("{r}; held {h}"),
         };
+        if !back.is_empty() {
+            let b: Vec<String> = back.iter().map(|c| format!("#{c}")).collect();
+            let sep = if names.is_empty() { "none" } else { "" };
+            names = format!(
+                "{names}{sep}; back to the mass-rebuild stage {}",
+                b.join(" ")
+            );
+        }
         let base = short(cand.base.as_deref().unwrap_or("")).to_string();
         if culprits.is_empty() && !att.held.is_empty() {
             // Required jobs fail on the base itself: nobody in the batch is to blame and

@@ -80,6 +80,8 @@ struct Case {
     window: usize,
     /// Changes submitted with `urgent` priority (tested alone, ahead of the others).
     urgent: BTreeSet<usize>,
+    /// `mass_rebuild_threshold` of the lane.
+    mass: Option<usize>,
 }
 
 impl Case {
@@ -121,6 +123,7 @@ fn case() -> impl Strategy<Value = Case> {
         let broken: BTreeSet<usize> = (1..n).filter(|_| rng.u8(0..100) < 15).collect();
         let window = 1 + rng.usize(0..5);
         let urgent = (0..k).filter(|_| rng.u8(0..100) < 10).collect();
+        let mass = (rng.u8(0..100) < 40).then(|| 1 + rng.usize(0..4));
         let mut c = Case {
             deps,
             broken,
@@ -128,6 +131,7 @@ fn case() -> impl Strategy<Value = Case> {
             batch_max,
             window,
             urgent,
+            mass,
         };
         let healthy: Vec<usize> = (0..n).filter(|&p| !c.sick(p)).collect();
         let sick: Vec<usize> = (0..n).filter(|&p| c.sick(p)).collect();
@@ -340,7 +344,7 @@ fn job_result(r: &Result<String, ()>, p: usize) -> JobResult {
     }
 }
 
-fn config(batch_max: usize, window: usize) -> CoreConfig {
+fn config(batch_max: usize, window: usize, mass: Option<usize>) -> CoreConfig {
     CoreConfig {
         repos: BTreeMap::from([(
             REPO.to_string(),
@@ -353,6 +357,7 @@ fn config(batch_max: usize, window: usize) -> CoreConfig {
                         batch_delay_ms: 0,
                         build_priority: None,
                         breakage: Default::default(),
+                        mass_rebuild_threshold: mass,
                         window,
                         window_floor: 1,
                     },
@@ -389,6 +394,7 @@ impl Run {
         Some(match cmd {
             Command::Record(_)
             | Command::Upload { .. }
+            | Command::PublishStage { .. }
             | Command::CancelBuild { .. }
             | Command::Verify { .. } => return None,
             Command::Prepare { cand, .. } if self.infra.0 > 0 => {
@@ -627,7 +633,7 @@ fn run_case(case: &Case) -> Result<(usize, u64), String> {
 /// injected first; also returns when they were answered.
 fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec<Millis>), String> {
     let mut run = Run {
-        core: Core::new(config(case.batch_max, case.window)),
+        core: Core::new(config(case.batch_max, case.window, case.mass)),
         world: World::new(case.clone()),
         now: 1_700_000_000_000,
         queue: VecDeque::new(),
@@ -707,6 +713,7 @@ fn run_case_with(case: &Case, infra: (u32, u32, u32)) -> Result<(usize, u64, Vec
             "the branch holds {landed:?}, the innocents are {innocent:?}"
         ));
     }
+    stage_props::routed_by_size(case, |i| run.core.change(run.ids[i]).expect("known"))?;
     let extra: u64 = run.core.candidates().map(|c| c.extra_builds as u64).sum();
     Ok((culprits, extra, run.infra_at))
 }
@@ -735,6 +742,7 @@ fn failed_evaluations_and_preparations_are_retried_with_a_growing_delay() {
         batch_max: 8,
         window: 1,
         urgent: BTreeSet::new(),
+        mass: None,
     };
     let (_, _, at) = run_case_with(&case, (3, 3, 0)).unwrap_or_else(|m| panic!("{m}"));
     assert_eq!(at.len(), 6);
@@ -800,6 +808,7 @@ fn the_smallest_case_a_bump_and_a_new_failing_package() {
             batch_max: 8,
             window: 4,
             urgent: BTreeSet::new(),
+            mass: None,
         };
         run_case(&case).unwrap_or_else(|m| panic!("{m}"));
     }
@@ -807,3 +816,5 @@ fn the_smallest_case_a_bump_and_a_new_failing_package() {
 
 #[cfg(test)]
 mod grace_props;
+#[cfg(test)]
+mod stage_props;

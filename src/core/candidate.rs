@@ -13,7 +13,7 @@ use super::effects::Effects;
 use super::evidence::Attribution;
 use super::queue::Queue;
 use super::{CandId, Command, CoreConfig, LandResult, Millis, Prepared, ProbeId, Record};
-use crate::core::change::{short, ChangeId, ChangeState};
+use crate::core::change::{short, ChangeId, ChangeState, Stage};
 use crate::core::evaluation::JobKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +109,9 @@ pub struct Candidate {
     pub marks: Vec<super::breakage::BrokenJob>,
     /// The candidate this one is merged on top of (speculation); `None`: the target's tip.
     pub ahead: Option<CandId>,
+    /// The queue's candidate, or the mass-rebuild stage's (never landed: its changes
+    /// are queued into the target once it passes).
+    pub stage: Stage,
     pub(crate) spec: Spec,
     pub(crate) targets: Vec<Target>,
     pub(crate) pending: BTreeSet<String>,
@@ -228,14 +231,22 @@ impl Candidates {
         for cand in candidates {
             if cand.phase != Phase::Done {
                 attached.extend(cand.changes.iter().copied());
-                if cand.group.is_none() {
+                if cand.group.is_none() && cand.stage == Stage::Queue {
                     live.push(cand.id);
                 } else {
+                    // Beside the chain (a merge group, the mass-rebuild stage): prepared
+                    // again on its own.
                     let mut cand = cand.clone();
                     cand.reset_for_prepare();
-                    self.emit_prepare(cx, &cand, None);
                     cx.fx.record(Record::Candidate(cand.clone()));
-                    self.by_id.insert(cand.id, cand);
+                    let (id, group) = (cand.id, cand.group.is_some());
+                    self.by_id.insert(id, cand);
+                    if group {
+                        let cand = self.by_id[&id].clone();
+                        self.emit_prepare(cx, &cand, None);
+                    } else {
+                        self.send_prepare(cx, id, None);
+                    }
                     continue;
                 }
             }
@@ -335,6 +346,9 @@ impl Candidates {
         self.by_id
             .get(&id)
             .and_then(|c| {
+                if let Some(p) = self.stage_prio(c.id) {
+                    return Some(p);
+                }
                 let lane = cx.cfg.repos.get(&c.repo)?.lanes.get(&c.branch)?;
                 if let Some(p) = lane.build_priority {
                     return Some(p as u8);
@@ -363,6 +377,14 @@ impl Candidates {
     ) {
         let id = self.next_cand;
         self.next_cand += 1;
+        // A follow-up stays in its root's stage; else the changes say where they are.
+        let stage = match follow_up_of {
+            Some(root) => self.by_id.get(&root).map_or(Stage::Queue, |r| r.stage),
+            None if group.is_none() && ids.iter().all(|c| cx.queue.in_stage(*c)) => {
+                Stage::MassRebuild
+            }
+            None => Stage::Queue,
+        };
         for &c in &ids {
             cx.set_state(c, ChangeState::Testing, None, now);
         }
@@ -384,6 +406,7 @@ impl Candidates {
             group,
             marks: vec![],
             ahead: None,
+            stage,
             spec: Default::default(),
             targets: vec![],
             pending: BTreeSet::new(),
@@ -398,18 +421,27 @@ impl Candidates {
             .collect::<Vec<_>>()
             .join(" ");
         let why = follow_up_of.map_or(String::new(), |f| format!(" (innocents of candidate {f})"));
+        let in_stage = if stage == Stage::MassRebuild {
+            " in the mass-rebuild stage, on its tip"
+        } else {
+            ""
+        };
         cx.fx.event(
             now,
             repo,
-            format!("candidate {id} on {branch}: testing {list}{why}"),
+            format!("candidate {id} on {branch}{in_stage}: testing {list}{why}"),
         );
-        // A merge group is not the branch's candidate: groups run beside each other.
-        let group = cand.group.is_some();
-        if group {
-            self.emit_prepare(cx, &cand, None);
-        }
+        // A merge group is not the branch's candidate: groups run beside each other, and
+        // so does the mass-rebuild stage's (always on the target's tip).
+        let beside = cand.group.is_some() || stage == Stage::MassRebuild;
+        let sent = cand.group.is_none();
         self.save(cx, cand);
-        if !group {
+        if beside && sent {
+            self.send_prepare(cx, id, None);
+        } else if beside {
+            let cand = self.by_id[&id].clone();
+            self.emit_prepare(cx, &cand, None);
+        } else {
             self.join(cx, &(repo.to_string(), branch.to_string()), id, now);
         }
     }
@@ -552,7 +584,9 @@ impl Candidates {
                 .collect();
             if ahead.is_none() && before.is_empty() {
                 let reason = format!("merge conflict with {branch} at {}: {why}", short(&p.base));
-                self.reject(cx, *cid, reason, now);
+                if !self.return_to_stage(cx, *cid, &reason, now) {
+                    self.reject(cx, *cid, reason, now);
+                }
                 continue;
             }
             // It waits for the candidate whose changes it may conflict with: its own
@@ -590,6 +624,7 @@ impl Candidates {
         cand.phase = Phase::Evaluating;
         let commit = cand.commit().expect("non-empty").to_string();
         self.save_id(cx, id);
+        self.publish_stage(cx, id);
         cx.request_eval(&repo, &p.base);
         cx.request_eval(&repo, &commit);
         self.advance_eval(cx, id, now);

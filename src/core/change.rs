@@ -108,6 +108,9 @@ pub struct Change {
     /// again (alone, allowed to break them) once `until` passes (`docs/breakage.md`).
     #[serde(default)]
     pub held: Option<Held>,
+    /// Where the change is tested: the queue, or first the mass-rebuild stage.
+    #[serde(default)]
+    pub route: Route,
 }
 
 impl Change {
@@ -123,6 +126,51 @@ impl Change {
 pub struct Held {
     pub until: Millis,
     pub breaks: Vec<crate::core::evaluation::JobKey>,
+}
+
+/// The two stages of a lane (`docs/design.md`, "The mass-rebuild stage").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Tested on the target (speculatively, in batches) and landed.
+    #[default]
+    Queue,
+    /// Rebuilds too much for the queue: batched and built on the target's tip at low
+    /// priority first, then queued into the target with its batch.
+    MassRebuild,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::MassRebuild => "mass-rebuild",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        [Stage::Queue, Stage::MassRebuild]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// What the lane knows of a change's size and way through the stages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub stage: Stage,
+    /// Jobs it rebuilds per system, once known: from an evaluation of it on its own.
+    #[serde(default)]
+    pub rebuilds: std::collections::BTreeMap<String, usize>,
+    /// The stage candidate it passed: it is queued into the target with the changes that
+    /// passed with it, merged in the same order, so the stage's builds are reused.
+    #[serde(default)]
+    pub passed_by: Option<u64>,
+    /// Times it went back from the queue to the stage (it no longer merged, or what
+    /// changed on the target meanwhile broke it).
+    #[serde(default)]
+    pub returns: u32,
 }
 
 /// A commit's abbreviation in messages: its first 12 hex digits.

@@ -229,9 +229,10 @@ impl Run {
     fn perform(&mut self, cmd: Command) -> Option<Input> {
         let channel = "unstable".to_string();
         Some(match cmd {
-            Command::Upload { .. } | Command::CancelBuild { .. } | Command::Verify { .. } => {
-                return None
-            }
+            Command::Upload { .. }
+            | Command::PublishStage { .. }
+            | Command::CancelBuild { .. }
+            | Command::Verify { .. } => return None,
             Command::Record(r) => {
                 if let Record::Event { text, .. } = &r {
                     self.events.push(text.clone());

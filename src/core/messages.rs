@@ -160,6 +160,13 @@ pub enum Command {
         drvs: Vec<String>,
         why: String,
     },
+    /// Point the lane's mass-rebuild ref at the stage's current batch, for inspection.
+    /// Best effort: nothing waits for it.
+    PublishStage {
+        repo: String,
+        branch: String,
+        commit: String,
+    },
     /// Write a channel's artifacts for `rev` atomically; reports `ArtifactsPublished`.
     PublishArtifacts {
         channel: String,
@@ -189,6 +196,7 @@ impl Command {
             | Command::PollSource { .. }
             | Command::AdvanceChannel { .. }
             | Command::Upload { .. }
+            | Command::PublishStage { .. }
             | Command::PublishArtifacts { .. } => None,
         }
     }
@@ -212,6 +220,7 @@ impl Command {
             | Command::Probe { .. }
             | Command::Land { .. }
             | Command::Upload { .. }
+            | Command::PublishStage { .. }
             | Command::PollTarget { .. } => None,
         }
     }

@@ -39,6 +39,7 @@ mod queue;
 pub mod report;
 pub mod scheduler;
 mod snapshot;
+mod stage;
 mod steps;
 #[cfg(test)]
 mod steps_props;
@@ -90,6 +91,9 @@ pub struct LaneConfig {
     pub window_floor: usize,
     /// What a change that newly breaks jobs gets: rejected, or held and marked broken.
     pub breakage: breakage::BreakagePolicy,
+    /// A change that rebuilds at least this many jobs on some system goes through the
+    /// mass-rebuild stage first (`stage.rs`); `None`: no stage.
+    pub mass_rebuild_threshold: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -732,9 +736,12 @@ impl Core {
     fn fill_window(&mut self, repo: &str, branch: &str, now: Millis) {
         let lane = (repo.to_string(), branch.to_string());
         while let Some(u) = self.queue.urgent(repo, branch, now) {
+            self.queue.unstage(u);
             let (cands, mut cx) = self.split();
             cands.start_candidate(&mut cx, repo, branch, vec![u], None, None, now);
         }
+        let (cands, mut cx) = self.split();
+        cands.fill_stage(&mut cx, repo, branch, now);
         loop {
             let (cands, mut cx) = self.split();
             if cands.chain(&lane).len() >= cands.window_now(&cx, &lane) {

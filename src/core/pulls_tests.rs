@@ -15,6 +15,7 @@ fn core() -> Core {
         batch_delay_ms: 0,
         build_priority: None,
         breakage: Default::default(),
+        mass_rebuild_threshold: None,
         window: 1,
         window_floor: 1,
     };

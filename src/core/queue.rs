@@ -131,6 +131,7 @@ impl Queue {
             pr: s.pr,
             approver: s.approver,
             held: None,
+            route: Default::default(),
         };
         fx.event(
             now,
@@ -209,18 +210,31 @@ impl Queue {
             batch_max.clamp(1, lane.batch_max.max(1)),
             lane.batch_delay_ms,
         );
-        let Some(queue) = self.testable(repo, branch, now) else {
+        let Some(mut queue) = self.testable(repo, branch, now) else {
             return Next::Idle;
         };
+        // Mass rebuilds wait for the stage; what passed it comes back as a group.
+        queue.retain(|c| !self.in_stage(c.id));
         let alone = |c: &Change| self.solo.contains(&c.id) || c.held.is_some();
         let oldest = queue.iter().map(|c| c.submitted_at).min();
-        // A change to be tested separately goes alone; a batch stops before one.
+        // A change to be tested separately goes alone; a batch stops before one. A group
+        // that passed the stage goes together, merged in the order the stage built it.
         let ids: Vec<ChangeId> = match queue.first() {
             Some(c) if alone(c) => vec![c.id],
+            Some(c) if c.route.passed_by.is_some() => {
+                let group = c.route.passed_by;
+                return Next::Test(
+                    queue
+                        .iter()
+                        .filter(|x| x.route.passed_by == group && !alone(x))
+                        .map(|x| x.id)
+                        .collect(),
+                );
+            }
             Some(_) | None => queue
                 .iter()
                 .take(batch_max)
-                .take_while(|c| !alone(c))
+                .take_while(|c| !alone(c) && c.route.passed_by.is_none())
                 .map(|c| c.id)
                 .collect(),
         };
@@ -234,6 +248,31 @@ impl Queue {
             Next::Idle
         } else {
             Next::Test(ids)
+        }
+    }
+
+    /// The changes the lane's mass-rebuild stage tests next, in queue order: up to
+    /// `batch_max`, a change to be tested alone by itself.
+    pub(crate) fn stage_next(
+        &self,
+        repo: &str,
+        branch: &str,
+        batch_max: usize,
+        now: Millis,
+    ) -> Vec<ChangeId> {
+        let Some(mut queue) = self.testable(repo, branch, now) else {
+            return vec![];
+        };
+        queue.retain(|c| self.in_stage(c.id));
+        let alone = |c: &Change| self.solo.contains(&c.id) || c.held.is_some();
+        match queue.first() {
+            Some(c) if alone(c) => vec![c.id],
+            _ => queue
+                .iter()
+                .take(batch_max.max(1))
+                .take_while(|c| !alone(c))
+                .map(|c| c.id)
+                .collect(),
         }
     }
 
@@ -364,6 +403,7 @@ mod tests {
             batch_delay_ms: delay,
             build_priority: None,
             breakage: Default::default(),
+            mass_rebuild_threshold: None,
             window: 1,
             window_floor: 1,
         };

@@ -305,6 +305,7 @@ fn config_required(batch_max: usize, delay: Millis, required: &[&str]) -> CoreCo
         batch_delay_ms: delay,
         build_priority: None,
         breakage: Default::default(),
+        mass_rebuild_threshold: None,
         window: 1,
         window_floor: 1,
     };
@@ -395,6 +396,7 @@ impl Sim {
                 Command::Record(r) => self.apply(r),
                 // No binary cache in this world: the request is only noted.
                 c @ (Command::Upload { .. }
+                | Command::PublishStage { .. }
                 | Command::CancelBuild { .. }
                 | Command::Verify { .. }) => self.issued.push((self.now, c)),
                 other @ (Command::Prepare { .. }
@@ -476,9 +478,10 @@ impl Sim {
         let w = &mut self.world;
         Some(match cmd {
             Command::Record(_) => unreachable!("records are applied in pump"),
-            Command::Upload { .. } | Command::CancelBuild { .. } | Command::Verify { .. } => {
-                return None
-            }
+            Command::Upload { .. }
+            | Command::PublishStage { .. }
+            | Command::CancelBuild { .. }
+            | Command::Verify { .. } => return None,
             Command::Prepare {
                 cand,
                 changes,

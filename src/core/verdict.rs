@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::blocker::Blocker;
 use super::candidate::{Candidates, Ctx, Phase, Target};
 use super::{CandId, Memo, Millis};
-use crate::core::change::short;
+use crate::core::change::{short, Stage};
 use crate::core::evaluation::{diff, EvalOutcome, Evaluation, JobKey, JobResult};
 
 impl Candidates {
@@ -43,6 +43,14 @@ impl Candidates {
             base_eval
         };
         let d = diff(&base_eval, &new_eval);
+        let mut rebuilds: std::collections::BTreeMap<String, usize> = Default::default();
+        for k in d.rebuild_set() {
+            *rebuilds.entry(k.system.clone()).or_default() += 1;
+        }
+        if self.route_by_rebuilds(cx, id, &rebuilds, now) {
+            return;
+        }
+        let cand = &self.by_id[&id];
         let mut keys: BTreeSet<JobKey> = d.rebuild_set().cloned().collect();
         let mut blockers: Vec<Blocker> = d
             .failing
@@ -301,6 +309,8 @@ impl Candidates {
         }
         if blockers.is_empty() && self.by_id[&id].group.is_some() {
             self.group_passed(cx, id, now);
+        } else if blockers.is_empty() && self.by_id[&id].stage == Stage::MassRebuild {
+            self.stage_passed(cx, id, now);
         } else if blockers.is_empty() {
             let cand = self.by_id.get_mut(&id).expect("known");
             cand.phase = Phase::Landing;

@@ -233,6 +233,7 @@ impl ChannelShell {
             | Command::Probe { .. }
             | Command::Land { .. }
             | Command::Upload { .. }
+            | Command::PublishStage { .. }
             | Command::PollTarget { .. } => return None,
         })
     }

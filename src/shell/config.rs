@@ -394,6 +394,11 @@ pub struct Branch {
     /// failure and grows by one on each landing, up to `window`).
     #[serde(default = "default_one")]
     pub window_floor: Spanned<usize>,
+    /// A change that rebuilds at least this many jobs on some system goes through the
+    /// mass-rebuild stage first: batched and built on the branch's tip at the lowest
+    /// build priority, then queued into the branch with its batch. Absent: no stage.
+    #[serde(default)]
+    pub mass_rebuild_threshold: Option<Spanned<usize>>,
     /// Attribute paths that must build on every landed commit.
     #[serde(default)]
     pub required: Vec<String>,
@@ -619,6 +624,17 @@ impl Config {
                         "window must be at least 1 (1: no speculation)".into(),
                     ));
                 }
+                if let Some(t) = b
+                    .mass_rebuild_threshold
+                    .as_ref()
+                    .filter(|t| *t.get_ref() == 0)
+                {
+                    return Err((
+                        Some(t.span()),
+                        "mass_rebuild_threshold must be at least 1 (leave it out for no mass-rebuild stage)"
+                            .into(),
+                    ));
+                }
                 if *b.window_floor.get_ref() == 0 || b.window_floor.get_ref() > b.window.get_ref() {
                     return Err((
                         Some(b.window_floor.span()),
@@ -770,6 +786,10 @@ impl Config {
                                 build_priority: b.build_priority,
                                 window: *b.window.get_ref(),
                                 window_floor: *b.window_floor.get_ref(),
+                                mass_rebuild_threshold: b
+                                    .mass_rebuild_threshold
+                                    .as_ref()
+                                    .map(|t| *t.get_ref()),
                                 breakage: BreakagePolicy {
                                     mode: b.breakage,
                                     protected: b

@@ -609,6 +609,22 @@ impl Driver {
                     .await;
                 });
             }
+            Command::PublishStage {
+                repo,
+                branch,
+                commit,
+            } => {
+                let mirror = self.repos[&repo].mirror.clone();
+                tokio::task::spawn_blocking(move || {
+                    let m = mirror.lock().expect("mirror lock");
+                    if let Err(e) = m.publish_stage(&branch, &commit) {
+                        log::warn!(
+                            repo = repo.as_str();
+                            "[{repo}] could not publish the mass-rebuild ref of {branch}: {e}"
+                        );
+                    }
+                });
+            }
             Command::Upload { drvs, why } => {
                 if let Some(cache) = self.cache.clone() {
                     tokio::spawn(async move { cache.upload_retrying(&drvs, &why).await });

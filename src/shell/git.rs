@@ -126,6 +126,11 @@ fn drop_old_candidate_refs(repo: &Repository, newest: u64) -> Result<(), GitErro
     Ok(())
 }
 
+/// The ref the queue rewrites to show a lane's current mass-rebuild batch.
+pub fn stage_ref(branch: &str) -> String {
+    format!("refs/mergequeue/mass-rebuild/{branch}")
+}
+
 pub fn full_ref(r: &str) -> String {
     if r.starts_with("refs/") {
         r.to_string()
@@ -440,6 +445,21 @@ impl Mirror {
         let mut co = git2::build::CheckoutBuilder::new();
         co.target_dir(dir).force();
         repo.checkout_tree(tree.as_object(), Some(&mut co))?;
+        Ok(())
+    }
+
+    /// Points the lane's mass-rebuild ref at the stage's current batch, in the mirror and
+    /// on the remote (`refs/mergequeue/mass-rebuild/BRANCH`, rewritten each time: for
+    /// inspection, never a branch anyone merges into).
+    pub fn publish_stage(&self, branch: &str, commit: &str) -> Result<(), GitError> {
+        let name = stage_ref(branch);
+        self.repo()?
+            .reference(&name, Oid::from_str(commit)?, true, "mass-rebuild stage")?;
+        let spec = format!("+{commit}:{name}");
+        git(
+            Some(&self.path),
+            &["push", "--quiet", "--", &self.url, &spec],
+        )?;
         Ok(())
     }
 

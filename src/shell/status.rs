@@ -13,7 +13,7 @@ pub mod why;
 
 use serde_json::{json, Value};
 
-use crate::core::change::{Change, ChangeId, ChangeState};
+use crate::core::change::{Change, ChangeId, ChangeState, Stage};
 use crate::core::outcome::OutcomeClass;
 use crate::core::{Core, Millis};
 use crate::shell::config::Config;
@@ -222,7 +222,17 @@ pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Va
         "pr": c.pr,
         "approver": c.approver,
         "held": c.held,
-        "stage": "queue",
+        // Where it is tested now: a change that passed the stage is the queue's again.
+        "stage": if candidate.is_some_and(|k| k.stage == Stage::MassRebuild)
+            || (c.route.stage == Stage::MassRebuild && c.route.passed_by.is_none())
+        {
+            "mass-rebuild"
+        } else {
+            "queue"
+        },
+        "rebuilds": (!c.route.rebuilds.is_empty()).then_some(&c.route.rebuilds),
+        "passed_stage_in": c.route.passed_by,
+        "stage_returns": c.route.returns,
     })
 }
 
@@ -234,8 +244,10 @@ pub(crate) fn candidate_json(k: &crate::core::Candidate) -> Value {
         "base": k.base,
         "commit": k.commit(),
         "phase": k.phase.as_str(),
-        "stage": "queue",
+        "stage": k.stage.as_str(),
         "ahead": k.ahead,
+        "ref": (k.stage == Stage::MassRebuild && k.phase != crate::core::Phase::Done)
+            .then(|| crate::shell::git::stage_ref(&k.branch)),
         "follow_up_of": k.follow_up_of,
         "builds": k.builds,
         "extra_builds": k.extra_builds,

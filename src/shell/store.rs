@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
-use crate::core::change::{Change, ChangeState, Priority};
+use crate::core::change::{Change, ChangeState, Priority, Stage};
 use crate::core::evaluation::Evaluation;
 use crate::core::outcome::{BuildReport, OutcomeClass};
 use crate::core::{Candidate, Memo, Millis, Phase, Record};
@@ -217,6 +217,12 @@ pub fn migrations() -> Migrations<'static> {
         ),
         // v13: speculation: the candidate each one is built on top of.
         M::up("ALTER TABLE candidates ADD COLUMN ahead INTEGER;"),
+        // v14: the mass-rebuild stage: where a change is tested and how big it is; which
+        // stage a candidate belongs to (absent: the queue).
+        M::up(
+            "ALTER TABLE changes ADD COLUMN route TEXT;
+             ALTER TABLE candidates ADD COLUMN stage TEXT;",
+        ),
     ])
 }
 
@@ -271,8 +277,8 @@ impl Store {
                 Record::Change(c) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO changes (id, repo, target, git_ref, submitted_head, head, title, author,
-                         priority, state, reason, landed_commit, submitted_at, updated_at, pr, approver, held)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                         priority, state, reason, landed_commit, submitted_at, updated_at, pr, approver, held, route)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                         params![
                             c.id,
                             c.repo,
@@ -292,15 +298,17 @@ impl Store {
                             c.approver,
                             c.held
                                 .as_ref()
-                                .map(|h| serde_json::to_string(h).expect("serialisable"))
+                                .map(|h| serde_json::to_string(h).expect("serialisable")),
+                            (c.route != Default::default())
+                                .then(|| serde_json::to_string(&c.route).expect("serialisable"))
                         ],
                     )?;
                 }
                 Record::Candidate(c) => {
                     tx.execute(
                         "INSERT OR REPLACE INTO candidates (id, repo, branch, changes, base, merged, phase, follow_up_of,
-                         builds, extra_builds, created_at, last_build_at, finished_at, summary, merge_group, marks, ahead)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                         builds, extra_builds, created_at, last_build_at, finished_at, summary, merge_group, marks, ahead, stage)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                         params![
                             c.id,
                             c.repo,
@@ -321,7 +329,8 @@ impl Store {
                                 .map(|g| serde_json::to_string(g).expect("serialisable")),
                             (!c.marks.is_empty())
                                 .then(|| serde_json::to_string(&c.marks).expect("serialisable")),
-                            c.ahead
+                            c.ahead,
+                            (c.stage != Stage::Queue).then(|| c.stage.as_str())
                         ],
                     )?;
                 }
@@ -415,7 +424,7 @@ impl Store {
     ) -> Result<Vec<Change>, StoreError> {
         let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, target, git_ref, submitted_head, head, title, author, priority, state, reason,
-             landed_commit, submitted_at, updated_at, pr, approver, held FROM changes WHERE {cond} ORDER BY id"
+             landed_commit, submitted_at, updated_at, pr, approver, held, route FROM changes WHERE {cond} ORDER BY id"
         ))?;
         let rows = st.query_map(params, |r| {
             Ok((
@@ -437,15 +446,24 @@ impl Store {
                     pr: r.get(14)?,
                     approver: r.get(15)?,
                     held: None,
+                    route: Default::default(),
                 },
-                r.get::<_, Option<String>>(16)?,
+                (
+                    r.get::<_, Option<String>>(16)?,
+                    r.get::<_, Option<String>>(17)?,
+                ),
                 r.get::<_, String>(8)?,
                 r.get::<_, String>(9)?,
             ))
         })?;
         let mut out = vec![];
         for row in rows {
-            let (mut c, held, prio, state) = row?;
+            let (mut c, (held, route), prio, state) = row?;
+            c.route = route
+                .map(|r| serde_json::from_str(&r))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("change {}: route: {e}", c.id)))?
+                .unwrap_or_default();
             c.held = held
                 .map(|h| serde_json::from_str(&h))
                 .transpose()
@@ -476,7 +494,7 @@ impl Store {
     ) -> Result<Vec<Candidate>, StoreError> {
         let mut st = self.conn.prepare(&format!(
             "SELECT id, repo, branch, changes, base, merged, phase, follow_up_of, builds, extra_builds,
-             created_at, last_build_at, finished_at, summary, merge_group, marks, ahead FROM candidates WHERE {cond} ORDER BY id"
+             created_at, last_build_at, finished_at, summary, merge_group, marks, ahead, stage FROM candidates WHERE {cond} ORDER BY id"
         ))?;
         let rows = st.query_map(params, |r| {
             Ok((
@@ -499,6 +517,7 @@ impl Store {
                     r.get::<_, Option<String>>(14)?,
                     r.get::<_, Option<String>>(15)?,
                     r.get::<_, Option<u64>>(16)?,
+                    r.get::<_, Option<String>>(17)?,
                 ),
             ))
         })?;
@@ -515,7 +534,7 @@ impl Store {
                 follow_up_of,
                 (builds, extra),
                 (created, last, fin),
-                (summary, group, marks, ahead),
+                (summary, group, marks, ahead, stage),
             ) = row?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("candidate {id}: {what}"));
             out.push(Candidate {
@@ -542,6 +561,10 @@ impl Store {
                     None => vec![],
                 },
                 ahead,
+                stage: match stage {
+                    Some(s) => Stage::parse(&s).ok_or_else(|| corrupt("stage"))?,
+                    None => Stage::Queue,
+                },
                 spec: Default::default(),
                 targets: vec![],
                 pending: Default::default(),

@@ -48,6 +48,7 @@ pub fn core_config(sc: &super::scenario::Scenario, batch_max: Option<usize>) -> 
                     batch_delay_ms: (l.batch_delay_minutes * 60_000.0) as i64,
                     build_priority: l.build_priority,
                     breakage: Default::default(),
+                    mass_rebuild_threshold: l.mass_rebuild_threshold,
                     window: l.window.max(1),
                     window_floor: l.window_floor.clamp(1, l.window.max(1)),
                 },
@@ -367,6 +368,8 @@ impl CoreQueue {
             Command::CancelBuild { .. } => {}
             // The simulated builders are deterministic: there is nothing to compare.
             Command::Verify { .. } => {}
+            // Nobody inspects the simulated remote.
+            Command::PublishStage { .. } => {}
             Command::PublishArtifacts { .. }
             | Command::PrepareGroup { .. }
             | Command::Upload { .. } => env.violate(format!("the simulated world has no {cmd:?}")),
@@ -620,6 +623,7 @@ impl CoreQueue {
             | Command::Record(_)
             | Command::PublishArtifacts { .. }
             | Command::Upload { .. }
+            | Command::PublishStage { .. }
             | Command::PrepareGroup { .. } => return None,
         })
     }

@@ -175,6 +175,10 @@ pub struct Lane {
     /// `window_floor` of the branch.
     #[serde(default = "one")]
     pub window_floor: usize,
+    /// `mass_rebuild_threshold` of the branch: changes rebuilding at least this many jobs
+    /// on some system go through the mass-rebuild stage first.
+    #[serde(default)]
+    pub mass_rebuild_threshold: Option<usize>,
 }
 
 /// A channel following a lane's branch, as `[[channels]]` in the product's config.

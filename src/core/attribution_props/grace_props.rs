@@ -87,7 +87,7 @@ fn breaks(case: &Case, i: usize) -> Option<(BTreeSet<String>, BTreeSet<String>)>
 }
 
 fn grace_config(batch_max: usize, p: &Policy) -> CoreConfig {
-    let mut cfg = config(batch_max, 1);
+    let mut cfg = config(batch_max, 1, None);
     let lane = cfg
         .repos
         .get_mut(REPO)
@@ -232,6 +232,7 @@ fn a_new_failing_package_waits_out_its_grace_period_and_lands_marked_broken() {
         batch_max: 8,
         window: 1,
         urgent: BTreeSet::new(),
+        mass: None,
     };
     let policy = Policy {
         protected_pkgs: BTreeSet::new(),
