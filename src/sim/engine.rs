@@ -113,6 +113,10 @@ pub trait Queue {
     fn breakage(&self, _end: i64) -> Option<super::breakage::BreakageStats> {
         None
     }
+    /// The changes (by index) that went through a mass-rebuild stage.
+    fn staged(&self) -> std::collections::BTreeSet<usize> {
+        Default::default()
+    }
 }
 
 impl<'a> Env<'a> {

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod graph;
 pub mod mq;
 pub mod policy;
+pub mod pooled;
 pub mod report;
 pub mod scenario;
 pub mod svg;
@@ -48,6 +49,10 @@ pub struct SimArgs {
     /// kill builders; check the invariants after every step.
     #[arg(long)]
     pub faults: bool,
+    /// Run these seeds (`A..B`, both included) and report percentiles pooled over every
+    /// change of every seed, and the worst seed; with --compare, for every policy.
+    #[arg(long, conflicts_with = "seed")]
+    pub seeds: Option<String>,
     /// Override the scenario's number of days with arrivals.
     #[arg(long)]
     pub days: Option<f64>,
@@ -108,7 +113,8 @@ pub fn simulate_with(
     };
     let faults = faults && matches!(policy, "mergequeue" | "mergequeue-grace" | "one-at-a-time");
     let (m, w, attempts, slot_ms) = engine::run(sc, seed, faults, queue.as_mut());
-    let mut r = report::build(sc, seed, policy, faults, &m, &w, attempts, slot_ms);
+    let staged = queue.staged();
+    let mut r = report::build(sc, seed, policy, faults, &m, &w, attempts, slot_ms, &staged);
     r.breakage =
         queue
             .breakage((r.simulated_hours * 3.6e6) as i64)
@@ -128,6 +134,56 @@ pub fn to_json(r: &[Report]) -> String {
     v.expect("serialisable") + "\n"
 }
 
+/// The size from which a change counts as a mass rebuild in the pooled figures: the
+/// first lane's `mass_rebuild_threshold`, else Nixpkgs' 1,000.
+fn mass_size(sc: &Scenario) -> usize {
+    sc.lanes
+        .first()
+        .and_then(|l| l.mass_rebuild_threshold)
+        .unwrap_or(1000)
+}
+
+fn main_seeds(
+    args: &SimArgs,
+    sc: &Scenario,
+    seeds: &[u64],
+    policies: &[&str],
+) -> anyhow::Result<ExitCode> {
+    let mut all = vec![];
+    let mut violation = None;
+    for p in policies {
+        let t = std::time::Instant::now();
+        let mut reports = vec![];
+        for &seed in seeds {
+            let r = simulate(sc, seed, p, args.faults)?;
+            if let Some(v) = &r.violation {
+                violation.get_or_insert((p.to_string(), seed, v.clone()));
+            }
+            reports.push(r);
+        }
+        eprintln!(
+            "simulated {p}: {} seeds in {:.1} s wall",
+            seeds.len(),
+            t.elapsed().as_secs_f64()
+        );
+        all.push((pooled::pooled(&reports, mass_size(sc)), reports));
+    }
+    let summary: Vec<pooled::Pooled> = all.iter().map(|(p, _)| p.clone()).collect();
+    print!("{}", pooled::table(&summary));
+    if let Some(path) = &args.json {
+        let v = serde_json::json!({
+            "pooled": summary,
+            "runs": all.iter().flat_map(|(_, r)| r).collect::<Vec<_>>(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")?;
+    }
+    if let Some((p, seed, v)) = violation {
+        eprintln!("invariant violated (policy {p}, replay with --seed {seed}): {v}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn main(args: SimArgs) -> anyhow::Result<ExitCode> {
     let mut sc = Scenario::load(&args.scenario)?;
     if let Some(d) = args.days {
@@ -139,6 +195,9 @@ pub fn main(args: SimArgs) -> anyhow::Result<ExitCode> {
     } else {
         vec![args.policy.as_str()]
     };
+    if let Some(seeds) = &args.seeds {
+        return main_seeds(&args, &sc, &pooled::parse_seeds(seeds)?, &policies);
+    }
     let mut reports = vec![];
     for p in policies {
         let t = std::time::Instant::now();

@@ -554,11 +554,15 @@ impl CoreQueue {
                             if env.world.graph.dur_ms[i.pkg as usize] > big_ms {
                                 features.insert(BIG.to_string());
                             }
+                            // Fresh inputs the core has not seen built are built first,
+                            // as their own steps (the core skips those it remembers).
+                            let missing: Vec<String> =
+                                env.world.inputs.get(&d).map_or(vec![], |v| v.to_vec());
                             StepInfo {
                                 system: env.world.systems[i.sys as usize].clone(),
                                 features,
-                                inputs: vec![],
-                                missing: vec![],
+                                inputs: missing.clone(),
+                                missing,
                                 weight_ms: None,
                             }
                         });
@@ -710,6 +714,18 @@ impl CoreQueue {
 }
 
 impl Queue for CoreQueue {
+    fn staged(&self) -> BTreeSet<usize> {
+        self.db
+            .changes
+            .values()
+            .filter(|c| {
+                c.route.stage == crate::core::change::Stage::MassRebuild
+                    || c.route.passed_by.is_some()
+            })
+            .filter_map(|c| idx_of_ref(&c.git_ref))
+            .collect()
+    }
+
     fn breakage(&self, end: i64) -> Option<super::breakage::BreakageStats> {
         let grace = self.cfg.repos.values().flat_map(|r| r.lanes.values());
         grace

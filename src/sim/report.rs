@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::engine::{latencies, percentile, Metrics, RejectKind};
 use super::scenario::Scenario;
 use super::world::World;
+use crate::core::Millis;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pct {
@@ -72,6 +73,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakage: Option<super::breakage::BreakageStats>,
     pub samples: Vec<SamplePoint>,
+    /// One record per accepted change.
+    pub changes: Vec<ChangeRecord>,
     /// Sorted latencies (hours) of all landed changes, for the CDF.
     #[serde(skip)]
     pub cdf_all: Vec<f64>,
@@ -80,6 +83,25 @@ pub struct Report {
     /// Small changes, accept to channel (empty without channels).
     #[serde(skip)]
     pub cdf_channel_small: Vec<f64>,
+}
+
+/// What became of one change.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeRecord {
+    pub id: usize,
+    /// Jobs it rebuilds per system (its package's reverse closure).
+    pub size: usize,
+    /// Seed 004's "small": under `small_total_hours` of builds, `small_sequential_hours`
+    /// in sequence.
+    pub small: bool,
+    /// `queue`, or `mass-rebuild` when it went through the stage.
+    pub stage: &'static str,
+    pub accepted_h: f64,
+    pub landed_h: Option<f64>,
+    /// When the first channel following its branch contained it.
+    pub channel_h: Option<f64>,
+    /// merged, rejected-failure, rejected-conflict, or open (not final at the end).
+    pub state: &'static str,
 }
 
 fn r3(x: f64) -> f64 {
@@ -110,6 +132,7 @@ pub fn build(
     w: &World,
     build_attempts: u64,
     slot_ms: u64,
+    staged: &std::collections::BTreeSet<usize>,
 ) -> Report {
     let n = w.changes.len();
     let landed = m.landed.iter().filter(|l| l.is_some()).count();
@@ -179,6 +202,32 @@ pub fn build(
     }
     let culprits = count(RejectKind::Failure);
     let build_hours = slot_ms as f64 / 3.6e6;
+    let hours = |t: Millis| r3(t as f64 / 3.6e6);
+    let records = w
+        .changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.at <= m.end)
+        .map(|(i, c)| ChangeRecord {
+            id: i,
+            size: c.rebuild.len(),
+            small: c.small,
+            stage: if staged.contains(&i) {
+                "mass-rebuild"
+            } else {
+                "queue"
+            },
+            accepted_h: hours(c.at),
+            landed_h: m.landed[i].map(hours),
+            channel_h: m.channelled[i].map(hours),
+            state: match (m.landed[i], m.rejected[i]) {
+                (Some(_), _) => "merged",
+                (None, Some((_, RejectKind::Failure))) => "rejected-failure",
+                (None, Some((_, RejectKind::Conflict))) => "rejected-conflict",
+                (None, None) => "open",
+            },
+        })
+        .collect();
     Report {
         scenario: sc.name.clone(),
         seed,
@@ -220,6 +269,7 @@ pub fn build(
         violation: m.violation.clone(),
         breakage: None,
         samples,
+        changes: records,
         cdf_all: all,
         cdf_small: small,
         cdf_channel_small: if m.channel_advances.is_some() {

@@ -25,8 +25,13 @@ pub struct Scenario {
     pub hourly_profile: Vec<f64>,
     /// Arrival factor per weekday, Monday first (7 numbers).
     pub weekday_factor: Vec<f64>,
-    /// A change is "small" when it rebuilds at most this many packages (per system).
-    pub small_max_rebuilds: usize,
+    /// A change is "small" (seed 004) when its rebuild set takes less than this many
+    /// hours of build time in all, on every system, at speed 1 ...
+    #[serde(default = "ten")]
+    pub small_total_hours: f64,
+    /// ... and its longest chain of builds less than this many.
+    #[serde(default = "two")]
+    pub small_sequential_hours: f64,
     pub goals: Goals,
     pub graph: Graph,
     /// The rebuild-size mix: classes of reverse-closure sizes with weights and lanes.
@@ -103,8 +108,11 @@ pub struct SizeClass {
     pub min: usize,
     pub max: usize,
     pub weight: f64,
-    /// The target branch changes of this class go to (a lane in `lanes`).
-    pub lane: String,
+    /// The target branch changes of this class go to (a lane in `lanes`). Absent: the
+    /// first lane's branch, and the core routes the change by its rebuild count (the
+    /// mass-rebuild stage, with `mass_rebuild_threshold`).
+    #[serde(default)]
+    pub lane: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +230,10 @@ pub struct Builder {
     pub count: usize,
 }
 
+fn two() -> f64 {
+    2.0
+}
+
 fn one() -> usize {
     1
 }
@@ -325,7 +337,9 @@ impl Scenario {
         }
         for c in &self.sizes {
             anyhow::ensure!(
-                self.lanes.iter().any(|l| l.branch == c.lane),
+                c.lane
+                    .as_ref()
+                    .is_none_or(|lane| self.lanes.iter().any(|l| &l.branch == lane)),
                 "sizes: lane {:?} is not in lanes",
                 c.lane
             );

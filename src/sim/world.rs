@@ -85,6 +85,8 @@ pub struct JobRef {
     pub broken: bool,
     pub root: bool,
     pub everr: bool,
+    /// Changed from the package set the simulation starts with (never built before it).
+    pub fresh: bool,
 }
 
 pub struct World {
@@ -99,6 +101,9 @@ pub struct World {
     heads: HashMap<String, usize>,
     pub landed_at: Vec<Option<Millis>>,
     pub drvs: HashMap<String, DrvInfo>,
+    /// A fresh derivation's fresh inputs (on its system): built before it, so that a
+    /// candidate takes its critical path, not its longest single build.
+    pub inputs: HashMap<String, Box<[String]>>,
     evaluated: HashSet<u32>,
     /// Spurious failures reported so far (a flaky base build can mask a regression).
     pub spurious: u64,
@@ -210,13 +215,12 @@ fn workload(sc: &Scenario, graph: &mut Graph, seed: u64) -> Vec<ChangeSpec> {
         let eval_error = Some(root) != graph.tested && rng.f64() < f.eval_error;
         let breaks_eval = rng.f64() < f.whole_eval_failure;
         let conflict = rng.f64() < f.conflict;
-        let per_system =
-            rebuild.len() - usize::from(graph.tested.is_some_and(|t| rebuild.contains(&t)));
-        let lane = sc
-            .lanes
-            .iter()
-            .position(|l| l.branch == sc.sizes[b].lane)
+        let lane = sc.sizes[b]
+            .lane
+            .as_ref()
+            .and_then(|name| sc.lanes.iter().position(|l| &l.branch == name))
             .unwrap_or(0);
+        let (total_ms, sequential_ms) = build_hours(graph, &rebuild);
         out.push(ChangeSpec {
             idx,
             at: t as Millis,
@@ -229,10 +233,30 @@ fn workload(sc: &Scenario, graph: &mut Graph, seed: u64) -> Vec<ChangeSpec> {
             eval_error,
             breaks_eval,
             conflict,
-            small: per_system <= sc.small_max_rebuilds,
+            small: (total_ms as f64) < sc.small_total_hours * HOUR as f64
+                && (sequential_ms as f64) < sc.small_sequential_hours * HOUR as f64,
         });
     }
     out
+}
+
+/// The build time of a rebuild set at speed 1 (every system its packages have jobs
+/// on) and its longest chain of builds (the critical path), in milliseconds. The set is
+/// sorted and a package's dependencies are lower-numbered: one pass in order.
+pub fn build_hours(graph: &Graph, rebuild: &[Pkg]) -> (u64, u64) {
+    let mut before: HashMap<Pkg, u64> = HashMap::new();
+    let (mut total, mut longest) = (0u64, 0u64);
+    for &p in rebuild {
+        let d = graph.dur_ms[p as usize];
+        total += d * u64::from(graph.avail[p as usize].count_ones());
+        let end = before.get(&p).copied().unwrap_or(0) + d;
+        longest = longest.max(end);
+        for &y in graph.dependents(p) {
+            let b = before.entry(y).or_default();
+            *b = (*b).max(end);
+        }
+    }
+    (total, longest)
 }
 
 impl World {
@@ -250,6 +274,7 @@ impl World {
             heads: HashMap::new(),
             landed_at: vec![None; changes.len()],
             drvs: HashMap::new(),
+            inputs: HashMap::new(),
             evaluated: HashSet::new(),
             spurious: 0,
             regressions: vec![],
@@ -459,6 +484,7 @@ impl World {
                     broken: pre || brk > 0,
                     root: pre || roots.contains(&p),
                     everr: ev > 0,
+                    fresh: val != 0,
                 });
             }
         }
@@ -467,6 +493,32 @@ impl World {
 
     fn register(&mut self, c: u32, jobs: &[JobRef]) {
         let lane = self.commits[c as usize].branch as u8;
+        // Dependencies point to lower-numbered packages: a fresh job is an input of the
+        // jobs of its dependents on its system.
+        let at: HashMap<(Pkg, u8), usize> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| ((j.pkg, j.sys), i))
+            .collect();
+        let mut inputs: HashMap<usize, Vec<String>> = HashMap::new();
+        // A package broken before the simulation starts does not break its dependents in
+        // this world (their base versions build): it is no input anyone waits for.
+        for j in jobs
+            .iter()
+            .filter(|j| j.fresh && !self.graph.broken[j.pkg as usize])
+        {
+            for &y in self.graph.dependents(j.pkg) {
+                if let Some(&i) = at.get(&(y, j.sys)) {
+                    inputs.entry(i).or_default().push(j.drv.clone());
+                }
+            }
+        }
+        for (i, v) in inputs {
+            if !self.inputs.contains_key(&jobs[i].drv) {
+                self.inputs
+                    .insert(jobs[i].drv.clone(), v.into_boxed_slice());
+            }
+        }
         for j in jobs {
             if !self.drvs.contains_key(&j.drv) {
                 self.drvs.insert(
