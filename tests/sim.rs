@@ -212,3 +212,45 @@ fn pruning_memory_changes_no_decision() {
         }
     }
 }
+
+/// Every change targets master and the core routes it by its rebuild count: the mass
+/// rebuilds go through the stage and then the queue, under faults, over many seeds.
+#[test]
+fn mass_rebuilds_routed_by_the_core_land_through_the_stage_under_faults() {
+    let mut sc = small();
+    for s in &mut sc.sizes {
+        s.lane = None;
+    }
+    sc.lanes.retain(|l| l.branch == "master");
+    let threshold = 101;
+    sc.lanes[0].mass_rebuild_threshold = Some(threshold);
+    let (mut staged, mut mass) = (0, 0);
+    let mut failed = vec![];
+    for seed in 1..=200 {
+        let r = simulate(&sc, seed, "mergequeue", true).unwrap();
+        if let Some(v) = &r.violation {
+            failed.push(format!("seed {seed}: {v}"));
+        }
+        if r.not_final_at_end > 0 {
+            failed.push(format!("seed {seed}: {} not final", r.not_final_at_end));
+        }
+        for c in &r.changes {
+            let big = c.size >= threshold;
+            mass += usize::from(big);
+            if c.stage == "mass-rebuild" {
+                staged += 1;
+                assert!(big, "seed {seed}: {c:?} is no mass rebuild");
+            }
+            if big && c.state == "merged" {
+                assert_eq!(c.stage, "mass-rebuild", "seed {seed}: {c:?}");
+                assert!(
+                    c.channel_h.is_some(),
+                    "seed {seed}: {c:?} never reached the channel"
+                );
+            }
+        }
+    }
+    eprintln!("200 seeds: {mass} mass rebuilds, {staged} through the stage");
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(staged >= 20, "the stage was hardly used: {staged}");
+}

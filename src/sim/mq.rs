@@ -7,7 +7,7 @@
 //! results are lost or delivered twice, and builders die.
 
 use crate::core::{BuildInput, CandidateInput, ChannelInput, QueueInput};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::builders::{BuildJob, Running};
@@ -117,6 +117,12 @@ pub struct CoreQueue {
     /// The evaluation scope of each requested commit, fixed when the core asks (the base
     /// and the candidate of one step must be evaluated over the same packages).
     scopes: BTreeMap<String, Vec<usize>>,
+    /// The scope each commit was evaluated with, and the base each candidate commit was
+    /// merged onto: a candidate is evaluated with its base's scope, so that both
+    /// evaluations hold the same unchanged packages (the simulated evaluation is partial;
+    /// a real one holds every job) and the diff is exactly what the candidate changes.
+    evaluated_scopes: HashMap<String, Vec<usize>>,
+    base_of: HashMap<String, String>,
     /// Each channel's target branch in the simulated remote.
     remote: BTreeMap<String, Option<u32>>,
     breakage: super::breakage::Tracker,
@@ -146,6 +152,8 @@ impl CoreQueue {
             wake_at: None,
             submitted: 0,
             scopes: BTreeMap::new(),
+            evaluated_scopes: HashMap::new(),
+            base_of: HashMap::new(),
         }
     }
 
@@ -305,7 +313,15 @@ impl CoreQueue {
             Command::Evaluate { commit, .. } => {
                 if let Some(c) = env.world.commit(commit) {
                     let b = env.world.branch_name(c).to_string();
-                    let mut scope = self.live(&b);
+                    let base_scope = self.base_of.get(commit).and_then(|base| {
+                        self.scopes
+                            .get(base)
+                            .or_else(|| self.evaluated_scopes.get(base))
+                    });
+                    let mut scope = match base_scope {
+                        Some(s) => s.clone(),
+                        None => self.live(&b),
+                    };
                     // Jobs in the broken registry stay in every evaluation (as in a full
                     // one): absent from it, the core would take them for removed.
                     scope.extend(env.world.marked_broken.iter().copied());
@@ -464,7 +480,10 @@ impl CoreQueue {
                     match w.merge(cur, idx) {
                         Ok(c) => {
                             cur = c;
-                            merged.push((id, w.commit_id(c).to_string()));
+                            let id_c = w.commit_id(c).to_string();
+                            self.base_of
+                                .insert(id_c.clone(), w.commit_id(base).to_string());
+                            merged.push((id, id_c));
                         }
                         Err(why) => conflicts.push((id, why)),
                     }
@@ -484,9 +503,9 @@ impl CoreQueue {
                 self.evals_busy = self.evals_busy.saturating_sub(1);
                 let c = w.commit(&commit)?;
                 let scope = self.scopes.remove(&commit).unwrap_or_default();
-                Input::Build(BuildInput::Evaluated {
-                    eval: Arc::new(env.world.evaluate(c, &scope)),
-                })
+                let eval = Arc::new(env.world.evaluate(c, &scope));
+                self.evaluated_scopes.insert(commit, scope);
+                Input::Build(BuildInput::Evaluated { eval })
             }
             Command::Probe {
                 probe,
