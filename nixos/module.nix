@@ -312,6 +312,18 @@ let
         example = [ "tested" ];
         description = "Attribute paths that must build on every landed commit.";
       };
+      window = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 4;
+        description = "Candidates in flight at once, each built on top of the one ahead (speculation). `null`: the service's default, 1.";
+      };
+      mass_rebuild_threshold = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 1000;
+        description = "A change rebuilding at least this many jobs on some system goes through the mass-rebuild stage first. `null`: no stage.";
+      };
     };
   };
 
