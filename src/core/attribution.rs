@@ -696,6 +696,15 @@ impl Candidates {
                 .map(|&b| att.blockers[b].summary())
                 .collect::<Vec<_>>()
                 .join("; ");
+            // The failure may be spurious (it was believed after `failure_retries`): the
+            // hold ends after a growing delay, and these jobs are built again then.
+            for &b in &att.held {
+                if let Blocker::Build { drv, base_drv, .. } = &att.blockers[b] {
+                    for d in std::iter::once(drv).chain(base_drv) {
+                        cx.builds.forget_failure(d, now, cx.fx);
+                    }
+                }
+            }
             self.hold(
                 cx,
                 id,

@@ -797,6 +797,7 @@ impl Candidates {
         let cand = self.by_id[&id].clone();
         let lane = (cand.repo.clone(), cand.branch.clone());
         let base = cand.base.clone().unwrap_or_default();
+        let mut again = String::new();
         if cand.group.is_none() {
             // Nothing behind it can land either: its changes wait in the queue too.
             while let Some(&last) = self.chain(&lane).last().filter(|l| **l != id) {
@@ -807,10 +808,11 @@ impl Candidates {
                     "the lane is held: required jobs fail on its target",
                 );
             }
-            cx.queue.hold(cx.cfg, lane, &base, now);
+            let until = cx.queue.hold(cx.cfg, lane, &base, now);
+            again = format!(", or in {} min", (until - now + 59_999) / 60_000);
         }
         let reason = format!(
-            "waiting: {why}; tested again when {} moves from {} (read every {} s)",
+            "waiting: {why}; tested again when {} moves from {} (read every {} s){again}",
             cand.branch,
             short(&base),
             cx.cfg.target_poll_ms / 1000

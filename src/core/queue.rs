@@ -27,6 +27,8 @@ pub(crate) struct Queue {
     /// Changes that conflicted with changes merged before them (in their batch or in a
     /// candidate ahead): they wait until that candidate is decided, then go alone.
     waits: BTreeMap<ChangeId, super::CandId>,
+    /// Consecutive holds of a lane on the same base: each waits twice as long.
+    hold_rounds: BTreeMap<(String, String), (String, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,10 @@ struct InfraHold {
 /// The first wait of a change over its infrastructure budget; doubling, at most `INFRA_HOLD_MAX_MS`.
 const INFRA_HOLD_MS: Millis = 15 * 60_000;
 const INFRA_HOLD_MAX_MS: Millis = 4 * 3_600_000;
+/// The first hold of a lane waits this long (then twice as long each time on the same
+/// base, at most `failure_ttl_ms`): a required job that fails on the target may have
+/// failed spuriously twice, and one build of it to find out is cheap.
+const HOLD_RETRY_MS: Millis = 30 * 60_000;
 
 /// A held lane waits until its target moves away from `base` (a fix pushed outside the
 /// queue), noticed by polling the target, or until `until`, when the remembered
@@ -328,7 +334,16 @@ impl Queue {
         base: &str,
         now: Millis,
     ) -> Millis {
-        let until = now + cfg.failure_ttl_ms.max(1);
+        let round = match self.hold_rounds.get(&lane) {
+            Some((b, n)) if b == base => n + 1,
+            _ => 0,
+        };
+        self.hold_rounds
+            .insert(lane.clone(), (base.to_string(), round));
+        let delay = HOLD_RETRY_MS
+            .saturating_mul(1 << round.min(16))
+            .min(cfg.failure_ttl_ms.max(1));
+        let until = now + delay;
         self.holds.insert(
             lane,
             Hold {
@@ -388,6 +403,7 @@ impl Queue {
     /// Something landed on the lane: its target is fine again.
     pub(crate) fn release(&mut self, lane: &(String, String)) {
         self.holds.remove(lane);
+        self.hold_rounds.remove(lane);
     }
 }
 
@@ -492,7 +508,7 @@ mod tests {
         submit(&mut q, &c, Priority::Normal, 0);
         let key = ("r".to_string(), "main".to_string());
         let until = q.hold(&c, key.clone(), "b0", 0);
-        assert_eq!(until, c.failure_ttl_ms);
+        assert_eq!(until, HOLD_RETRY_MS.min(c.failure_ttl_ms));
         assert_eq!(q.next("r", "main", &lane, lane.batch_max, 1), Next::Idle);
         assert_eq!(q.next_wakeup(), Some(c.target_poll_ms));
         assert!(q.polls_due(&c, 1).is_empty(), "not due yet");
@@ -528,6 +544,23 @@ mod tests {
         ));
         assert!(q.polls_due(&c, until).is_empty());
         assert_eq!(q.next_wakeup(), None, "an ended hold wakes nobody");
+    }
+
+    #[test]
+    fn holds_on_the_same_base_wait_twice_as_long_each_time_up_to_the_failure_ttl() {
+        let (c, _) = cfg(1, 0);
+        let mut q = Queue::new(vec![]);
+        let key = ("r".to_string(), "main".to_string());
+        let waits: Vec<Millis> = (0..10).map(|_| q.hold(&c, key.clone(), "b0", 0)).collect();
+        assert_eq!(waits[0], HOLD_RETRY_MS);
+        assert_eq!(waits[1], 2 * HOLD_RETRY_MS);
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*waits.last().unwrap(), c.failure_ttl_ms);
+        // Another base, or a landing, starts again from the first wait.
+        assert_eq!(q.hold(&c, key.clone(), "b1", 0), HOLD_RETRY_MS);
+        q.hold(&c, key.clone(), "b1", 0);
+        q.release(&key);
+        assert_eq!(q.hold(&c, key.clone(), "b1", 0), HOLD_RETRY_MS);
     }
 
     #[test]

@@ -440,7 +440,7 @@ fn a_required_job_failing_on_the_target_holds_the_lane_until_a_fix_is_pushed() {
     assert_eq!(sim.world.lands, 0);
     // While the target stays where it is, the lane only reads it: no new candidate.
     let candidates = sim.core.candidates().count();
-    let until = sim.now + 30 * 60_000;
+    let until = sim.now + 20 * 60_000;
     sim.run_until(|s| s.now >= until);
     assert_eq!(sim.core.candidates().count(), candidates);
     assert!(sim
