@@ -27,6 +27,10 @@ pub(crate) struct Queue {
     /// Changes that conflicted with changes merged before them (in their batch or in a
     /// candidate ahead): they wait until that candidate is decided, then go alone.
     waits: BTreeMap<ChangeId, super::CandId>,
+    /// Largest batch a change may be tested in: it was in a batch that rebuilt too much
+    /// together, and each split halves it, so the mass rebuild among them is found in a
+    /// few evaluations while the others stay batched (`stage.rs`).
+    caps: BTreeMap<ChangeId, usize>,
     /// Consecutive holds of a lane on the same base: each waits twice as long.
     hold_rounds: BTreeMap<(String, String), (String, u32)>,
 }
@@ -237,12 +241,21 @@ impl Queue {
                         .collect(),
                 );
             }
-            Some(_) | None => queue
-                .iter()
-                .take(batch_max)
-                .take_while(|c| !alone(c) && c.route.passed_by.is_none())
-                .map(|c| c.id)
-                .collect(),
+            Some(_) | None => {
+                let mut ids = vec![];
+                let mut limit = batch_max;
+                for c in queue
+                    .iter()
+                    .take_while(|c| !alone(c) && c.route.passed_by.is_none())
+                {
+                    limit = limit.min(self.caps.get(&c.id).copied().unwrap_or(usize::MAX));
+                    if ids.len() >= limit {
+                        break;
+                    }
+                    ids.push(c.id);
+                }
+                ids
+            }
         };
         if let Some(oldest) = oldest {
             // Gather a fuller batch first, unless it is full already.
@@ -317,6 +330,14 @@ impl Queue {
     /// Candidate `cand` is decided: the changes waiting for it are free to go.
     pub(crate) fn candidate_done(&mut self, cand: super::CandId) {
         self.waits.retain(|_, c| *c != cand);
+    }
+
+    /// `id` was in a batch of `n` that rebuilt too much together: from now on it is
+    /// tested in batches of at most half that.
+    pub(crate) fn split(&mut self, id: ChangeId, n: usize) {
+        let cap = (n / 2).max(1);
+        let c = self.caps.entry(id).or_insert(cap);
+        *c = (*c).min(cap);
     }
 
     /// Attribution could not pin a failure: test `id` alone from now on.
@@ -561,6 +582,31 @@ mod tests {
         q.hold(&c, key.clone(), "b1", 0);
         q.release(&key);
         assert_eq!(q.hold(&c, key.clone(), "b1", 0), HOLD_RETRY_MS);
+    }
+
+    #[test]
+    fn a_batch_that_rebuilt_too_much_is_split_in_halves() {
+        let (c, lane) = cfg(8, 0);
+        let mut q = Queue::new(vec![]);
+        let ids: Vec<ChangeId> = (0..8)
+            .map(|i| submit(&mut q, &c, Priority::Normal, i))
+            .collect();
+        for id in &ids {
+            q.split(*id, 8);
+        }
+        let Next::Test(first) = q.next("r", "main", &lane, 8, 10) else {
+            panic!("nothing to test");
+        };
+        assert_eq!(first, ids[..4]);
+        // A half that rebuilt too much again is halved again; a cap never grows.
+        for id in &ids[..4] {
+            q.split(*id, 4);
+            q.split(*id, 8);
+        }
+        assert_eq!(
+            q.next("r", "main", &lane, 8, 10),
+            Next::Test(ids[..2].to_vec())
+        );
     }
 
     #[test]

@@ -85,12 +85,14 @@ impl Candidates {
                 now,
             );
         } else {
-            // Which change it is shows only in an evaluation of each on its own.
+            // Which change it is shows only in evaluations of fewer of them: halves, as
+            // in a bisection, so the others stay batched.
+            let half = (changes.len() / 2).max(1);
             let reason = format!(
-                "candidate {id} is a mass rebuild ({size}): its changes are evaluated one at a time to find which"
+                "candidate {id} is a mass rebuild ({size}): its changes are tested in batches of at most {half} to find which"
             );
             for c in &changes {
-                cx.queue.test_alone(*c);
+                cx.queue.split(*c, changes.len());
                 cx.set_state(*c, ChangeState::Queued, Some(reason.clone()), now);
             }
             cx.fx.event(now, &repo, format!("candidate {id}: {reason}"));
