@@ -23,6 +23,9 @@ pub struct Pooled {
     pub scenario: String,
     pub policy: String,
     pub seeds: Vec<u64>,
+    /// Whether the policy gates a channel at all (the baselines do not: their channel
+    /// figures are empty).
+    pub gates_channel: bool,
     /// Accept → first channel, small changes (seed 004's definition).
     pub small_channel: Pool,
     /// Accept → landed, small changes.
@@ -112,6 +115,7 @@ pub fn pooled(reports: &[Report], mass_size: usize) -> Pooled {
         scenario: first.map_or(String::new(), |r| r.scenario.clone()),
         policy: first.map_or(String::new(), |r| r.policy.clone()),
         seeds: reports.iter().map(|r| r.seed).collect(),
+        gates_channel: reports.iter().any(|r| r.latency_channel_hours.is_some()),
         small_channel: pool(&mut small_channel),
         small_landed: pool(&mut small_landed),
         mass_channel: pool(&mut mass_channel),
@@ -164,6 +168,9 @@ pub fn table(all: &[Pooled]) -> String {
             "p95",
             "p99"
         ));
+        if !p.gates_channel {
+            out.push_str("  (this policy gates no channel: landing only)\n");
+        }
         out.push_str(&row("small, accept -> channel", &p.small_channel));
         out.push_str(&row("small, accept -> landed", &p.small_landed));
         out.push_str(&row(
