@@ -664,26 +664,24 @@ impl Candidates {
             .copied()
             .filter(|c| !culprits.contains_key(c))
             .collect();
-        let list = |held_ones: bool| {
-            culprits
-                .keys()
-                .filter(|c| !back.contains(c) && held.contains(c) == held_ones)
-                .map(|c| format!("#{c}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+        let names_of = |held_ones: bool| {
+            crate::core::change::list(
+                culprits
+                    .keys()
+                    .filter(|c| !back.contains(c) && held.contains(c) == held_ones),
+            )
         };
         // "rejected #3", or "rejected #3; held #5" when the grace policy held some.
-        let mut names = match (list(false), list(true)) {
+        let mut names = match (names_of(false), names_of(true)) {
             (r, h) if h.is_empty() => r,
             (r, h) if r.is_empty() => format!("none; held {h}"),
             (r, h) => format!("{r}; held {h}"),
         };
         if !back.is_empty() {
-            let b: Vec<String> = back.iter().map(|c| format!("#{c}")).collect();
             let sep = if names.is_empty() { "none" } else { "" };
             names = format!(
                 "{names}{sep}; back to the mass-rebuild stage {}",
-                b.join(" ")
+                crate::core::change::list(&back)
             );
         }
         let base = short(cand.base.as_deref().unwrap_or("")).to_string();

@@ -13,7 +13,7 @@ use super::effects::Effects;
 use super::evidence::Attribution;
 use super::queue::Queue;
 use super::{CandId, Command, CoreConfig, LandResult, Millis, Prepared, ProbeId, Record};
-use crate::core::change::{short, ChangeId, ChangeState, Stage};
+use crate::core::change::{list, short, ChangeId, ChangeState, Stage};
 use crate::core::evaluation::JobKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,12 +414,7 @@ impl Candidates {
             attribution: None,
             preexisting: vec![],
         };
-        let list = cand
-            .changes
-            .iter()
-            .map(|c| format!("#{c}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let list = list(&cand.changes);
         let why = follow_up_of.map_or(String::new(), |f| format!(" (innocents of candidate {f})"));
         let in_stage = if stage == Stage::MassRebuild {
             " in the mass-rebuild stage, on its tip"
@@ -593,14 +588,7 @@ impl Candidates {
             // (changes merged before it), else the one ahead.
             let (after, wait) = match ahead {
                 Some(a) if before.is_empty() => (format!("candidate {a} ahead"), a),
-                _ => (
-                    before
-                        .iter()
-                        .map(|c| format!("#{c}"))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    id,
-                ),
+                _ => (list(&before), id),
             };
             let reason = format!(
                 "conflicts with what is merged before it ({after}); tested again alone once candidate {wait} is decided: {why}"
@@ -668,12 +656,7 @@ impl Candidates {
                     ch.landed_commit = Some(commit.clone());
                     cx.set_state(*c, ChangeState::Merged, None, now);
                 }
-                let list = cand
-                    .changes
-                    .iter()
-                    .map(|c| format!("#{c}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let list = list(&cand.changes);
                 let cost = cand.follow_up_of.map_or(String::new(), |root| {
                     let extra: u32 = self
                         .by_id

@@ -173,6 +173,14 @@ pub struct Route {
     pub returns: u32,
 }
 
+/// Changes as messages name them: "#3 #5".
+pub fn list<'a>(ids: impl IntoIterator<Item = &'a ChangeId>) -> String {
+    ids.into_iter()
+        .map(|c| format!("#{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A commit's abbreviation in messages: its first 12 hex digits.
 pub fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]

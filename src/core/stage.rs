@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use super::candidate::{Candidates, Ctx};
 use super::queue::Queue;
 use super::{CandId, Command, Millis};
-use crate::core::change::{short, ChangeId, ChangeState, Priority, Stage};
+use crate::core::change::{list, short, ChangeId, ChangeState, Priority, Stage};
 
 /// The build priority of the stage's builds: below every change priority of the queue.
 pub(crate) const STAGE_PRIO: u8 = Priority::Low as u8 + 1;
@@ -109,12 +109,7 @@ impl Candidates {
     /// The stage's candidate passed: its changes are queued into the target together.
     pub(crate) fn stage_passed(&mut self, cx: &mut Ctx, id: CandId, now: Millis) {
         let cand = self.by_id[&id].clone();
-        let list = cand
-            .changes
-            .iter()
-            .map(|c| format!("#{c}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let list = list(&cand.changes);
         let base = short(cand.base.as_deref().unwrap_or("")).to_string();
         let reason = format!(
             "passed the mass-rebuild stage in candidate {id} (on {base}, with {list}); queued into {}",

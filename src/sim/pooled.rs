@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::engine::percentile;
-use super::report::{ChangeRecord, Report};
+use super::report::{h, ChangeRecord, Report};
 
 /// Pooled latencies of one group of changes, hours.
 #[derive(Debug, Clone, Serialize)]
@@ -127,14 +127,6 @@ pub fn pooled(reports: &[Report], mass_size: usize) -> Pooled {
         build_hours_per_landed: (hours / landed.max(1) as f64 * 1000.0).round() / 1000.0,
         max_queue_depth: reports.iter().map(|r| r.max_queue_depth).max().unwrap_or(0),
         not_final_at_end: reports.iter().map(|r| r.not_final_at_end).sum(),
-    }
-}
-
-fn h(x: Option<f64>) -> String {
-    match x {
-        Some(v) if v < 10.0 => format!("{v:.2}"),
-        Some(v) => format!("{v:.1}"),
-        None => "> end".into(),
     }
 }
 

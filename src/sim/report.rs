@@ -280,7 +280,8 @@ pub fn build(
     }
 }
 
-fn h(x: Option<f64>) -> String {
+/// Hours in a table: two decimals below 10, one above; `> end` when not reached.
+pub(super) fn h(x: Option<f64>) -> String {
     match x {
         Some(v) if v < 10.0 => format!("{v:.2}"),
         Some(v) => format!("{v:.1}"),
