@@ -727,9 +727,27 @@ impl Gating {
             return;
         };
         match result {
-            Ok(()) => {
+            Ok(()) if ch.state.rev.as_deref() == Some(rev) => {
                 self.channels.get_mut(name).expect("known").state.published = Some(rev.to_string());
                 self.save_channel(cx, name);
+            }
+            Ok(()) => {
+                // An older revision's artifacts finished after the channel moved on: they
+                // may have taken `latest` back. Publish the current revision again, after
+                // this one (idempotent), so the newest is what users see.
+                if let Some(a) = ch
+                    .history
+                    .last()
+                    .filter(|a| Some(&a.rev) == ch.state.rev.as_ref())
+                    .cloned()
+                {
+                    cx.fx.push(Command::PublishArtifacts {
+                        channel: name.to_string(),
+                        rev: a.rev,
+                        at: a.at,
+                        gate: a.gate,
+                    });
+                }
             }
             Err(msg) => {
                 // Only the current revision's artifacts are worth publishing.
