@@ -128,11 +128,17 @@ async fn a_channel_advances_when_its_gate_passes() {
         .any(|e| e.starts_with(&format!("{prefix}/bootstrap/"))));
     // The previous revision's artifacts are kept too; no temporary directory is left.
     assert!(artifacts.join(&initial).join("manifest.json").exists());
-    assert!(!std::fs::read_dir(&artifacts).unwrap().any(|e| e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with(".tmp")));
+    // (A publish of the previous revision may still be running: it finishes soon.)
+    let tmp_left = || {
+        std::fs::read_dir(&artifacts)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp"))
+    };
+    let t = std::time::Instant::now();
+    while tmp_left() && t.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!tmp_left(), "a temporary directory was left");
     let metrics = h
         .client
         .call(Method::GET, "/metrics", None)
