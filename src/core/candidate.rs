@@ -239,14 +239,9 @@ impl Candidates {
                     let mut cand = cand.clone();
                     cand.reset_for_prepare();
                     cx.fx.record(Record::Candidate(cand.clone()));
-                    let (id, group) = (cand.id, cand.group.is_some());
+                    let id = cand.id;
                     self.by_id.insert(id, cand);
-                    if group {
-                        let cand = self.by_id[&id].clone();
-                        self.emit_prepare(cx, &cand, None);
-                    } else {
-                        self.send_prepare(cx, id, None);
-                    }
+                    self.send_prepare(cx, id, None);
                     continue;
                 }
             }
@@ -429,13 +424,9 @@ impl Candidates {
         // A merge group is not the branch's candidate: groups run beside each other, and
         // so does the mass-rebuild stage's (always on the target's tip).
         let beside = cand.group.is_some() || stage == Stage::MassRebuild;
-        let sent = cand.group.is_none();
         self.save(cx, cand);
-        if beside && sent {
+        if beside {
             self.send_prepare(cx, id, None);
-        } else if beside {
-            let cand = self.by_id[&id].clone();
-            self.emit_prepare(cx, &cand, None);
         } else {
             self.join(cx, &(repo.to_string(), branch.to_string()), id, now);
         }

@@ -173,6 +173,13 @@ pub struct Route {
     pub returns: u32,
 }
 
+impl Route {
+    /// Waits for (or is in) the mass-rebuild stage: routed there and not passed yet.
+    pub fn in_stage(&self) -> bool {
+        self.stage == Stage::MassRebuild && self.passed_by.is_none()
+    }
+}
+
 /// Changes as messages name them: "#3 #5".
 pub fn list<'a>(ids: impl IntoIterator<Item = &'a ChangeId>) -> String {
     ids.into_iter()

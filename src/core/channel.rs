@@ -78,17 +78,8 @@ impl Gating {
                 && ch.state.rev.is_some()
                 && ch.state.published != ch.state.rev
             {
-                if let Some(last) = ch
-                    .history
-                    .last()
-                    .filter(|a| Some(&a.rev) == ch.state.rev.as_ref())
-                {
-                    cx.fx.push(Command::PublishArtifacts {
-                        channel: name.clone(),
-                        rev: last.rev.clone(),
-                        at: last.at,
-                        gate: last.gate.clone(),
-                    });
+                if let Some(cmd) = republish_current(&name, &ch) {
+                    cx.fx.push(cmd);
                 }
             }
             gating.channels.insert(name, ch);
@@ -735,18 +726,8 @@ impl Gating {
                 // An older revision's artifacts finished after the channel moved on: they
                 // may have taken `latest` back. Publish the current revision again, after
                 // this one (idempotent), so the newest is what users see.
-                if let Some(a) = ch
-                    .history
-                    .last()
-                    .filter(|a| Some(&a.rev) == ch.state.rev.as_ref())
-                    .cloned()
-                {
-                    cx.fx.push(Command::PublishArtifacts {
-                        channel: name.to_string(),
-                        rev: a.rev,
-                        at: a.at,
-                        gate: a.gate,
-                    });
+                if let Some(cmd) = republish_current(name, ch) {
+                    cx.fx.push(cmd);
                 }
             }
             Err(msg) => {
@@ -754,28 +735,34 @@ impl Gating {
                 if ch.state.rev.as_deref() != Some(rev) {
                     return;
                 }
-                let last = ch.history.last().filter(|a| a.rev == rev).cloned();
+                let again = republish_current(name, ch);
                 self.channel_event(
                     cx,
                     name,
                     now,
                     format!("publishing artifacts failed, retrying: {msg}"),
                 );
-                if let Some(a) = last {
-                    let retry = cx.cfg.retry_delay_ms;
-                    cx.fx.later(
-                        now + retry,
-                        Command::PublishArtifacts {
-                            channel: name.to_string(),
-                            rev: a.rev,
-                            at: a.at,
-                            gate: a.gate,
-                        },
-                    );
+                if let Some(cmd) = again {
+                    cx.fx.later(now + cx.cfg.retry_delay_ms, cmd);
                 }
             }
         }
     }
+}
+
+/// Publishing the artifacts of the channel's current revision (again), when its last
+/// advance is to that revision.
+fn republish_current(name: &str, ch: &Channel) -> Option<Command> {
+    let a = ch
+        .history
+        .last()
+        .filter(|a| Some(&a.rev) == ch.state.rev.as_ref())?;
+    Some(Command::PublishArtifacts {
+        channel: name.to_string(),
+        rev: a.rev.clone(),
+        at: a.at,
+        gate: a.gate.clone(),
+    })
 }
 
 /// The command that moves a channel to `adv.new`, uploading the gate's closures to the

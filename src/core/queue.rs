@@ -197,6 +197,12 @@ impl Queue {
         Some(queue)
     }
 
+    /// Whether `c` is tested by itself: attribution could not pin a failure, it waited
+    /// for a candidate it conflicted with, or it is held by the grace policy.
+    fn alone(&self, c: &Change) -> bool {
+        self.solo.contains(&c.id) || c.held.is_some()
+    }
+
     /// The next urgent change of a lane, tested alone and at once (unless the lane or
     /// the change is held).
     pub(crate) fn urgent(&self, repo: &str, branch: &str, now: Millis) -> Option<ChangeId> {
@@ -225,7 +231,7 @@ impl Queue {
         };
         // Mass rebuilds wait for the stage; what passed it comes back as a group.
         queue.retain(|c| !self.in_stage(c.id));
-        let alone = |c: &Change| self.solo.contains(&c.id) || c.held.is_some();
+        let alone = |c: &Change| self.alone(c);
         let oldest = queue.iter().map(|c| c.submitted_at).min();
         // A change to be tested separately goes alone; a batch stops before one. A group
         // that passed the stage goes together, merged in the order the stage built it.
@@ -283,7 +289,7 @@ impl Queue {
             return vec![];
         };
         queue.retain(|c| self.in_stage(c.id));
-        let alone = |c: &Change| self.solo.contains(&c.id) || c.held.is_some();
+        let alone = |c: &Change| self.alone(c);
         match queue.first() {
             Some(c) if alone(c) => vec![c.id],
             _ => queue

@@ -204,9 +204,7 @@ impl Candidates {
 impl Queue {
     /// Whether `id` waits for (or is in) the mass-rebuild stage.
     pub(crate) fn in_stage(&self, id: ChangeId) -> bool {
-        self.changes
-            .get(&id)
-            .is_some_and(|c| c.route.stage == Stage::MassRebuild && c.route.passed_by.is_none())
+        self.changes.get(&id).is_some_and(|c| c.route.in_stage())
     }
 
     /// An urgent change is tested in the queue at once, whatever its size.

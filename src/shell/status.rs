@@ -223,9 +223,7 @@ pub fn change_json(c: &Change, candidate: Option<&crate::core::Candidate>) -> Va
         "approver": c.approver,
         "held": c.held,
         // Where it is tested now: a change that passed the stage is the queue's again.
-        "stage": if candidate.is_some_and(|k| k.stage == Stage::MassRebuild)
-            || (c.route.stage == Stage::MassRebuild && c.route.passed_by.is_none())
-        {
+        "stage": if candidate.is_some_and(|k| k.stage == Stage::MassRebuild) || c.route.in_stage() {
             "mass-rebuild"
         } else {
             "queue"
